@@ -1,0 +1,392 @@
+//! Spanned YAML → [`Config`], collecting every error. Each section has a reader that takes what
+//! it knows and reports the rest as unknown, so a field cannot be silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::source::{self, CredentialKind};
+use super::{
+    Config, Credential, DEFAULT_CONCURRENCY, DEFAULT_HTTP, DEFAULT_INTERVAL, DEFAULT_SOCKET, Listen, Log,
+    LogFormat, MIN_INTERVAL, WebhookSecret, Webhooks,
+};
+use crate::yaml::{Diagnostics, Fields, Node, Report};
+
+const TOP: &[&str] = &[
+    "cluster",
+    "fleet",
+    "credentials",
+    "interval",
+    "state_dir",
+    "kubeconfig",
+    "listen",
+    "webhooks",
+    "concurrency",
+    "log",
+];
+
+/// Decodes config text read from `file`.
+pub(super) fn decode(text: &str, file: &Path) -> Result<Config, Diagnostics> {
+    let shown = file.display().to_string();
+    let doc = Node::parse(text, &shown)?;
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
+    let mut report = Report::new(shown);
+    let config = decode_top(&doc, &base, file, &mut report);
+    match config {
+        Some(config) if report.is_clean() => Ok(config),
+        _ => Err(report.finish()),
+    }
+}
+
+fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Option<Config> {
+    let mut top = Fields::new(doc, "", report)?;
+    let cluster = top.require("cluster", doc, report).and_then(|n| {
+        let name = n.str("cluster", report)?;
+        check_name(name)
+            .map_err(|why| report.error(n, "cluster", why))
+            .ok()?;
+        Some(name.to_string())
+    });
+    let credentials = match top.get("credentials") {
+        Some(n) => decode_credentials(n, base, report),
+        None => Some(BTreeMap::new()),
+    };
+    let kinds = credentials.clone().unwrap_or_default();
+    let known = |name: &str| kinds.get(name).map(Credential::kind);
+    let fleet = top
+        .require("fleet", doc, report)
+        .and_then(|n| source::decode(n, "fleet", base, &known, report));
+    let interval = match top.get("interval") {
+        Some(n) => n.duration("interval", report).and_then(|d| {
+            if d < MIN_INTERVAL {
+                report.error(
+                    n,
+                    "interval",
+                    format!(
+                        "{} is too short; the least is {}",
+                        humantime::format_duration(d),
+                        humantime::format_duration(MIN_INTERVAL)
+                    ),
+                );
+                return None;
+            }
+            Some(d)
+        }),
+        None => Some(DEFAULT_INTERVAL),
+    };
+    let state_dir = match top.get("state_dir") {
+        Some(n) => n.str("state_dir", report).and_then(|p| {
+            let dir = base.join(p);
+            if dir.exists() && !dir.is_dir() {
+                report.error(
+                    n,
+                    "state_dir",
+                    format!("{} exists and is not a directory", dir.display()),
+                );
+                return None;
+            }
+            Some(dir)
+        }),
+        None => Some(Config::default_state_dir()),
+    };
+    let kubeconfig = match top.get("kubeconfig") {
+        Some(n) => decode_kubeconfig(n, base, report).map(Some),
+        None => Some(None),
+    };
+    let listen = decode_listen(top.get("listen"), base, report);
+    let webhooks = match top.get("webhooks") {
+        Some(n) => decode_webhooks(n, base, report),
+        None => Some(Webhooks::default()),
+    };
+    let concurrency = match top.get("concurrency") {
+        Some(n) => n.u32("concurrency", report).and_then(|c| {
+            if c == 0 {
+                report.error(n, "concurrency", "must be at least 1");
+                return None;
+            }
+            Some(c)
+        }),
+        None => Some(DEFAULT_CONCURRENCY),
+    };
+    let log = decode_log(top.get("log"), report);
+    top.finish(TOP, report);
+
+    Some(Config {
+        file: file.to_path_buf(),
+        cluster: cluster?,
+        fleet: fleet?,
+        credentials: credentials?,
+        interval: interval?,
+        state_dir: state_dir?,
+        kubeconfig: kubeconfig?,
+        listen: listen?,
+        webhooks: webhooks?,
+        concurrency: concurrency?,
+        log: log?,
+    })
+}
+
+/// Cluster, tenant and app names become label values and path segments: DNS-1123 labels.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+fn decode_credentials(node: &Node, base: &Path, report: &mut Report) -> Option<BTreeMap<String, Credential>> {
+    let crate::yaml::Value::Map(entries) = &node.value else {
+        return report.wrong_type(node, "credentials", "a mapping of names to credentials");
+    };
+    let mut out = BTreeMap::new();
+    for (key, value) in entries {
+        let Some(name) = key.str("credentials", report) else {
+            continue;
+        };
+        let path = format!("credentials.{name}");
+        if let Some(credential) = decode_credential(value, &path, base, report) {
+            out.insert(name.to_string(), credential);
+        }
+    }
+    Some(out)
+}
+
+fn decode_credential(node: &Node, path: &str, base: &Path, report: &mut Report) -> Option<Credential> {
+    const ALLOWED: &[&str] = &[
+        "ssh_key_file",
+        "passphrase_file",
+        "known_hosts_file",
+        "token_file",
+        "username",
+        "password_file",
+    ];
+    let mut fields = Fields::new(node, path, report)?;
+    let mut file = |key: &str, fields: &mut Fields<'_>| {
+        let n = fields.get(key)?;
+        readable_file(n, &fields.path(key), base, report)
+    };
+    let c = Credential {
+        ssh_key_file: file("ssh_key_file", &mut fields),
+        passphrase_file: file("passphrase_file", &mut fields),
+        known_hosts_file: file("known_hosts_file", &mut fields),
+        token_file: file("token_file", &mut fields),
+        password_file: file("password_file", &mut fields),
+        username: fields
+            .get("username")
+            .and_then(|n| Some(n.str(&fields.path("username"), report)?.to_string())),
+    };
+    let ssh = fields.present(&["ssh_key_file", "passphrase_file", "known_hosts_file"]);
+    let https = fields.present(&["token_file", "username", "password_file"]);
+    fields.finish(ALLOWED, report);
+
+    let mut problem = |message: &str| report.error(node, path, message);
+    match (ssh.is_empty(), https.is_empty()) {
+        (true, true) => problem(
+            "empty: give ssh_key_file and known_hosts_file, or token_file, or username and password_file",
+        ),
+        (false, false) => problem(&format!(
+            "mixes SSH fields ({}) with HTTPS fields ({}); make two credentials",
+            ssh.join(", "),
+            https.join(", ")
+        )),
+        (false, true) => {
+            if !ssh.contains(&"ssh_key_file") {
+                problem("ssh_key_file is missing");
+            }
+            if !ssh.contains(&"known_hosts_file") {
+                problem("known_hosts_file is missing: SSH host keys are always verified");
+            }
+        }
+        (true, false) => {
+            if https.contains(&"token_file") && https.contains(&"password_file") {
+                problem("give token_file or password_file, not both");
+            } else if https.contains(&"password_file") && !https.contains(&"username") {
+                problem("password_file needs a username");
+            } else if https == ["username"] {
+                problem("username needs a token_file or password_file");
+            }
+        }
+    }
+    Some(c)
+}
+
+/// A path to a file that must exist and be readable now.
+fn readable_file(node: &Node, path: &str, base: &Path, report: &mut Report) -> Option<PathBuf> {
+    let text = node.str(path, report)?;
+    let file = base.join(text);
+    match std::fs::File::open(&file) {
+        Ok(_) if file.is_dir() => report.error(
+            node,
+            path,
+            format!("{} is a directory, not a file", file.display()),
+        ),
+        Ok(_) => return Some(file),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            report.error(node, path, format!("no such file: {}", file.display()))
+        }
+        Err(e) => report.error(node, path, format!("cannot read {}: {e}", file.display())),
+    }
+    None
+}
+
+fn decode_kubeconfig(node: &Node, base: &Path, report: &mut Report) -> Option<PathBuf> {
+    let file = readable_file(node, "kubeconfig", base, report)?;
+    match kube::config::Kubeconfig::read_from(&file) {
+        Ok(kc) if kc.current_context.is_none() && kc.contexts.is_empty() => {
+            report.error(node, "kubeconfig", format!("{} has no contexts", file.display()));
+            None
+        }
+        Ok(_) => Some(file),
+        Err(error) => {
+            report.error(
+                node,
+                "kubeconfig",
+                format!("{} is not a usable kubeconfig: {error}", file.display()),
+            );
+            None
+        }
+    }
+}
+
+fn decode_listen(node: Option<&Node>, base: &Path, report: &mut Report) -> Option<Listen> {
+    let defaults = Listen {
+        http: DEFAULT_HTTP.parse().ok(),
+        socket: Some(PathBuf::from(DEFAULT_SOCKET)),
+    };
+    let Some(node) = node else { return Some(defaults) };
+    let mut fields = Fields::new(node, "listen", report)?;
+    // An explicit `null` (`http:` with nothing after it) turns a listener off; absence keeps the default.
+    let http = match fields.get("http") {
+        Some(n) => n.str("listen.http", report).and_then(|a| match a.parse() {
+            Ok(addr) => Some(Some(addr)),
+            Err(_) => {
+                report.error(
+                    n,
+                    "listen.http",
+                    format!("{a:?} is not an address like 0.0.0.0:8080 or [::1]:8080"),
+                );
+                None
+            }
+        }),
+        None if has_key(node, "http") => Some(None),
+        None => Some(defaults.http),
+    };
+    let socket = match fields.get("socket") {
+        Some(n) => n.str("listen.socket", report).map(|p| Some(base.join(p))),
+        None if has_key(node, "socket") => Some(None),
+        None => Some(defaults.socket),
+    };
+    fields.finish(&["http", "socket"], report);
+    Some(Listen {
+        http: http?,
+        socket: socket?,
+    })
+}
+
+fn has_key(node: &Node, key: &str) -> bool {
+    matches!(&node.value, crate::yaml::Value::Map(e) if e.iter().any(|(k, _)| k.value == crate::yaml::Value::Str(key.into())))
+}
+
+fn decode_webhooks(node: &Node, base: &Path, report: &mut Report) -> Option<Webhooks> {
+    const PROVIDERS: &[&str] = &["github", "gitlab", "gitea", "bitbucket", "generic"];
+    let mut fields = Fields::new(node, "webhooks", report)?;
+    let mut one = |name: &str, fields: &mut Fields<'_>| {
+        let n = fields.get(name)?;
+        let path = fields.path(name);
+        // GitLab sends the shared secret itself as a token; the others sign the body with it.
+        let secret_key = if name == "gitlab" {
+            "token_file"
+        } else {
+            "secret_file"
+        };
+        let allowed: &[&str] = if name == "generic" {
+            &[secret_key, "header"]
+        } else {
+            &[secret_key]
+        };
+        let mut f = Fields::new(n, &path, report)?;
+        let file = f
+            .require(secret_key, n, report)
+            .and_then(|s| readable_file(s, &f.path(secret_key), base, report));
+        let header = f
+            .get("header")
+            .and_then(|h| Some(h.str(&f.path("header"), report)?.to_string()));
+        f.finish(allowed, report);
+        Some(WebhookSecret { file: file?, header })
+    };
+    let hooks = Webhooks {
+        github: one("github", &mut fields),
+        gitlab: one("gitlab", &mut fields),
+        gitea: one("gitea", &mut fields),
+        bitbucket: one("bitbucket", &mut fields),
+        generic: one("generic", &mut fields),
+    };
+    fields.finish(PROVIDERS, report);
+    Some(hooks)
+}
+
+fn decode_log(node: Option<&Node>, report: &mut Report) -> Option<Log> {
+    let mut log = Log {
+        format: LogFormat::Text,
+        level: "info".to_string(),
+    };
+    let Some(node) = node else { return Some(log) };
+    let mut fields = Fields::new(node, "log", report)?;
+    let mut ok = true;
+    if let Some(n) = fields.get("format") {
+        match n.str("log.format", report) {
+            Some("text") => log.format = LogFormat::Text,
+            Some("json") => log.format = LogFormat::Json,
+            Some(other) => {
+                report.error(
+                    n,
+                    "log.format",
+                    format!("{other:?} is not a log format; use text or json"),
+                );
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    if let Some(n) = fields.get("level") {
+        match n.str("log.level", report) {
+            Some(level) => match crate::logging::check_filter(level) {
+                Ok(()) => log.level = level.to_string(),
+                Err(why) => {
+                    report.error(n, "log.level", why);
+                    ok = false;
+                }
+            },
+            None => ok = false,
+        }
+    }
+    fields.finish(&["format", "level"], report);
+    ok.then_some(log)
+}
+
+// === impl Credential ===
+
+impl Credential {
+    /// SSH or HTTPS, from the fields it has.
+    pub fn kind(&self) -> CredentialKind {
+        if self.ssh_key_file.is_some() || self.known_hosts_file.is_some() || self.passphrase_file.is_some() {
+            CredentialKind::Ssh
+        } else {
+            CredentialKind::Https
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The agent config file (`flotilla.yaml`): what it holds once validated, and how it is loaded.
+//!
+//! Loading reads the file into a spanned YAML tree ([`crate::yaml`]) and decodes it in one pass
+//! that collects every error, each with `file:line:column` and the field path, the way Vector
+//! compiles its config. Relative paths in the file are relative to the file's own folder, so a
+//! config and its neighbours can move together.
+
+mod decode;
+mod source;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use source::{GitRef, SourceLocation, SourceSpec};
+
+use crate::yaml::{Diagnostic, Diagnostics};
+
+/// A validated agent config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// The name of the cluster this agent manages; matched against `clusters/<name>/` in the fleet.
+    pub cluster: String,
+    /// The fleet repository.
+    pub fleet: SourceSpec,
+    /// Named credentials, referenced by sources in this file and in the fleet's tenant files.
+    pub credentials: BTreeMap<String, Credential>,
+    /// Default reconcile interval of every unit.
+    pub interval: Duration,
+    /// Where checkouts and caches live.
+    pub state_dir: PathBuf,
+    /// `None`: kube's usual inference ($KUBECONFIG, ~/.kube/config, in-cluster).
+    pub kubeconfig: Option<PathBuf>,
+    pub listen: Listen,
+    pub webhooks: Webhooks,
+    /// How many units reconcile at once.
+    pub concurrency: u32,
+    pub log: Log,
+}
+
+/// How to authenticate to a Git host. Secrets are always read from files, never written inline.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Credential {
+    /// SSH private key (for `ssh://` and `git@host:path` URLs).
+    pub ssh_key_file: Option<PathBuf>,
+    /// Passphrase of the SSH key, if it has one.
+    pub passphrase_file: Option<PathBuf>,
+    /// Host keys the SSH server must present; an unknown or changed key is refused.
+    pub known_hosts_file: Option<PathBuf>,
+    /// HTTPS token (sent as the password).
+    pub token_file: Option<PathBuf>,
+    /// HTTPS user name (default for tokens: `git`).
+    pub username: Option<String>,
+    /// HTTPS password.
+    pub password_file: Option<PathBuf>,
+}
+
+/// Where the daemon listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen {
+    /// Webhooks, API, metrics and health; `None` disables HTTP.
+    pub http: Option<SocketAddr>,
+    /// The operator socket used by `flotilla sync` and `flotilla status`; `None` disables it.
+    pub socket: Option<PathBuf>,
+}
+
+/// Webhook receivers, each enabled by giving its secret.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Webhooks {
+    pub github: Option<WebhookSecret>,
+    pub gitlab: Option<WebhookSecret>,
+    pub gitea: Option<WebhookSecret>,
+    pub bitbucket: Option<WebhookSecret>,
+    pub generic: Option<WebhookSecret>,
+}
+
+/// The file holding a webhook's shared secret (GitLab calls it a token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookSecret {
+    pub file: PathBuf,
+    /// For the generic receiver: the header carrying `sha256=<hex HMAC>`.
+    pub header: Option<String>,
+}
+
+/// Log settings; `--log-format` and `--log-level` override them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Log {
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, or `info,flotilla::source=debug`.
+    pub level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read at all (missing, unreadable). Permanent until the file changes.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read and is wrong; every problem is listed. Permanent until the file changes.
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+/// Default location of the config file.
+pub const DEFAULT_PATH: &str = "/etc/flotilla/flotilla.yaml";
+/// Default `interval`.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+/// Shortest `interval` accepted: anything shorter would hammer the Git hosts and the API server.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `concurrency`.
+pub const DEFAULT_CONCURRENCY: u32 = 4;
+/// Default `listen.http`.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+/// Default `listen.socket`.
+pub const DEFAULT_SOCKET: &str = "/run/flotilla/flotilla.sock";
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let shown = path.display().to_string();
+        let Ok(text) = String::from_utf8(bytes) else {
+            return Err(Error::Invalid(Diagnostics::one(Diagnostic {
+                file: shown,
+                line: 1,
+                column: 1,
+                path: String::new(),
+                message: "not a text file (not valid UTF-8); expected a YAML mapping".to_string(),
+            })));
+        };
+        Config::parse(&text, path)
+    }
+
+    /// Validates config text as if it were read from `path` (which anchors relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, Error> {
+        decode::decode(text, path).map_err(Error::Invalid)
+    }
+
+    /// The state directory's default: systemd's `$STATE_DIRECTORY` if set, else `/var/lib/flotilla`.
+    pub fn default_state_dir() -> PathBuf {
+        std::env::var_os("STATE_DIRECTORY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/flotilla"))
+    }
+}

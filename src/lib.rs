@@ -1,0 +1,10 @@
+//! flotilla: a GitOps agent for multi-tenant Kubernetes.
+//!
+//! The pipeline and the folder of each stage are described in `ARCHITECTURE.md`.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod yaml;

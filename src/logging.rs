@@ -1,0 +1,33 @@
+//! Log setup: tracing with a text or JSON formatter on stderr, filtered by a level or directives.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Checks a filter (`info`, `warn,flotilla=debug`) without installing it.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    EnvFilter::builder()
+        .parse(filter)
+        .map(drop)
+        .map_err(|error| format!("{filter:?} is not a log level or filter: {error}"))
+}
+
+/// Installs the global subscriber. Called once, after the config (if any) is loaded, so the
+/// config's `log` section and the command-line flags both apply.
+pub fn init(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::builder()
+        .parse(filter)
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests calling the CLI entry twice in one process) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+    };
+}

@@ -1,0 +1,545 @@
+//! Spanned YAML: a parsed document that remembers where each node came from, and a reader that
+//! turns it into typed values while collecting *every* error with `file:line:column` and the field
+//! path. The config file, the fleet files and `tenant.yaml` are all read through it, so all of
+//! them report errors the same way.
+//!
+//! serde-saphyr parses (the same YAML stack kube uses); we only ask it for a tree of
+//! [`Node`]s with positions and do the typing ourselves. A derived `Deserialize` with
+//! `deny_unknown_fields` stops at the first error, and users of a config file want them all.
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+
+/// One YAML node and where it starts (1-based line and column).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub value: Value,
+    pub line: u32,
+    pub column: u32,
+}
+
+/// The value of a [`Node`]. Mapping entries keep their file order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+}
+
+/// One problem found in a file: where, which field, what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: u32,
+    pub column: u32,
+    /// Dotted field path (`credentials.platform.ssh_key_file`); empty for the document itself.
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in one pass over one or more files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+/// Collects diagnostics for one file while a reader walks it.
+#[derive(Debug)]
+pub struct Report {
+    file: String,
+    found: Vec<Diagnostic>,
+}
+
+/// A mapping being read field by field; [`Fields::finish`] reports the fields nobody asked for.
+pub struct Fields<'a> {
+    entries: &'a [(Node, Node)],
+    taken: Vec<bool>,
+    path: String,
+}
+
+// === impl Node ===
+
+impl Node {
+    /// Parses one YAML document. An empty document (nothing or only comments) is an error: every
+    /// file flotilla reads must say something.
+    pub fn parse(text: &str, file: &str) -> Result<Node, Diagnostics> {
+        let options = serde_saphyr::options! {
+            strict_booleans: true,
+            with_snippet: false,
+        };
+        match serde_saphyr::from_str_with_options::<Node>(text, options) {
+            Ok(node) if node.value == Value::Null => Err(Diagnostics::one(Diagnostic {
+                file: file.to_string(),
+                line: 1,
+                column: 1,
+                path: String::new(),
+                message: "the file is empty; expected a mapping".to_string(),
+            })),
+            Ok(node) => Ok(node),
+            Err(error) => {
+                let (line, column) = error
+                    .location()
+                    .map(|l| (l.line() as u32, l.column() as u32))
+                    .unwrap_or((1, 1));
+                Err(Diagnostics::one(Diagnostic {
+                    file: file.to_string(),
+                    line,
+                    column,
+                    path: String::new(),
+                    message: format!("not valid YAML: {}", error.without_snippet()),
+                }))
+            }
+        }
+    }
+
+    /// What a user would call this node's type, for "expected X, found Y" messages.
+    pub fn kind(&self) -> &'static str {
+        match self.value {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a number",
+            Value::Str(_) => "a string",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        self.value == Value::Null
+    }
+
+    /// The node as a string, or a "wrong type" diagnostic.
+    pub fn str(&self, path: &str, report: &mut Report) -> Option<&str> {
+        match &self.value {
+            Value::Str(s) => Some(s),
+            _ => report.wrong_type(self, path, "a string"),
+        }
+    }
+
+    pub fn bool(&self, path: &str, report: &mut Report) -> Option<bool> {
+        match self.value {
+            Value::Bool(b) => Some(b),
+            _ => report.wrong_type(self, path, "a boolean (true or false)"),
+        }
+    }
+
+    pub fn u32(&self, path: &str, report: &mut Report) -> Option<u32> {
+        match self.value {
+            Value::Int(i) => match u32::try_from(i) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    report.error(self, path, format!("{i} is out of range (0 to {})", u32::MAX));
+                    None
+                }
+            },
+            _ => report.wrong_type(self, path, "a whole number"),
+        }
+    }
+
+    /// A humantime duration such as `30s`, `5m` or `1h 30m`.
+    pub fn duration(&self, path: &str, report: &mut Report) -> Option<std::time::Duration> {
+        let text = self.str(path, report)?;
+        match humantime::parse_duration(text) {
+            Ok(d) => Some(d),
+            Err(error) => {
+                report.error(
+                    self,
+                    path,
+                    format!("{text:?} is not a duration ({error}); write it like 30s, 5m or 1h"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A list of strings.
+    pub fn strings(&self, path: &str, report: &mut Report) -> Option<Vec<String>> {
+        let Value::Seq(items) = &self.value else {
+            return report.wrong_type(self, path, "a list of strings");
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            out.push(item.str(&format!("{path}[{i}]"), report)?.to_string());
+        }
+        Some(out)
+    }
+
+    /// A mapping of string keys to strings (labels, vars).
+    pub fn string_map(
+        &self,
+        path: &str,
+        report: &mut Report,
+    ) -> Option<std::collections::BTreeMap<String, String>> {
+        let Value::Map(entries) = &self.value else {
+            return report.wrong_type(self, path, "a mapping of strings");
+        };
+        let mut out = std::collections::BTreeMap::new();
+        for (key, value) in entries {
+            let key = key.str(path, report)?;
+            let value = value.str(&join(path, key), report)?;
+            out.insert(key.to_string(), value.to_string());
+        }
+        Some(out)
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let spanned = Spanned::<Value>::deserialize(deserializer)?;
+        Ok(Node {
+            value: spanned.value,
+            line: spanned.referenced.line() as u32,
+            column: spanned.referenced.column() as u32,
+        })
+    }
+}
+
+// === impl Value ===
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_i64<E>(self, i: i64) -> Result<Value, E> {
+        Ok(Value::Int(i))
+    }
+    fn visit_u64<E>(self, u: u64) -> Result<Value, E> {
+        Ok(i64::try_from(u).map_or(Value::Float(u as f64), Value::Int))
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+        Ok(Value::Float(f))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::Str(s.to_string()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::Str(s))
+    }
+    fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Value, E> {
+        String::from_utf8(b.to_vec())
+            .map(Value::Str)
+            .map_err(|_| E::custom("binary data is not supported"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element::<Node>()? {
+            items.push(item);
+        }
+        Ok(Value::Seq(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+        while let Some((key, value)) = map.next_entry::<Node, Node>()? {
+            entries.push((key, value));
+        }
+        Ok(Value::Map(entries))
+    }
+}
+
+// === impl Diagnostic ===
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+// === impl Diagnostics ===
+
+impl Diagnostics {
+    pub fn one(d: Diagnostic) -> Self {
+        Diagnostics(vec![d])
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn extend(&mut self, other: Diagnostics) {
+        self.0.extend(other.0);
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.0.iter()
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    /// One diagnostic per line, in file order.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            d.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+// === impl Report ===
+
+impl Report {
+    pub fn new(file: impl Into<String>) -> Self {
+        Report {
+            file: file.into(),
+            found: Vec::new(),
+        }
+    }
+
+    /// Records a problem at `node`.
+    pub fn error(&mut self, node: &Node, path: &str, message: impl Into<String>) {
+        self.found.push(Diagnostic {
+            file: self.file.clone(),
+            line: node.line,
+            column: node.column,
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// Records "expected X, found Y" and returns `None`, so readers can `return` it.
+    pub fn wrong_type<T>(&mut self, node: &Node, path: &str, expected: &str) -> Option<T> {
+        self.error(node, path, format!("expected {expected}, found {}", node.kind()));
+        None
+    }
+
+    /// The diagnostics, sorted by position so they read top to bottom.
+    pub fn finish(mut self) -> Diagnostics {
+        self.found.sort_by_key(|d| (d.line, d.column));
+        Diagnostics(self.found)
+    }
+
+    pub fn is_clean(&self) -> bool {
+        self.found.is_empty()
+    }
+}
+
+// === impl Fields ===
+
+impl<'a> Fields<'a> {
+    /// Starts reading `node` as a mapping. `null` reads as an empty mapping (`fleet:` with
+    /// nothing under it), so the missing fields are reported rather than a type error.
+    pub fn new(node: &'a Node, path: &str, report: &mut Report) -> Option<Self> {
+        let entries: &[(Node, Node)] = match &node.value {
+            Value::Map(entries) => entries,
+            Value::Null => &[],
+            _ => return report.wrong_type(node, path, "a mapping"),
+        };
+        Some(Fields {
+            entries,
+            taken: vec![false; entries.len()],
+            path: path.to_string(),
+        })
+    }
+
+    /// The path of a field of this mapping.
+    pub fn path(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+
+    /// The value of `key`, if present and not null; marks it as known.
+    pub fn get(&mut self, key: &str) -> Option<&'a Node> {
+        let i = self
+            .entries
+            .iter()
+            .position(|(k, _)| k.value == Value::Str(key.to_string()))?;
+        self.taken[i] = true;
+        let value = &self.entries[i].1;
+        (!value.is_null()).then_some(value)
+    }
+
+    /// The value of a required `key`; its absence is reported at `at` (the mapping itself).
+    pub fn require(&mut self, key: &str, at: &Node, report: &mut Report) -> Option<&'a Node> {
+        let value = self.get(key);
+        if value.is_none() {
+            report.error(at, &self.path(key), "required field is missing");
+        }
+        value
+    }
+
+    /// The keys present in the mapping, in order (for "exactly one of" checks).
+    pub fn present(&self, keys: &[&'static str]) -> Vec<&'static str> {
+        keys.iter()
+            .copied()
+            .filter(|key| {
+                self.entries
+                    .iter()
+                    .any(|(k, v)| k.value == Value::Str(key.to_string()) && !v.is_null())
+            })
+            .collect()
+    }
+
+    /// Reports every field that no reader asked for, naming the ones that are allowed.
+    pub fn finish(self, allowed: &[&str], report: &mut Report) {
+        for ((key, _), taken) in self.entries.iter().zip(&self.taken) {
+            if *taken {
+                continue;
+            }
+            let Value::Str(name) = &key.value else {
+                report.wrong_type::<()>(key, &self.path, "a field name");
+                continue;
+            };
+            let hint = match closest(name, allowed) {
+                Some(near) => format!("did you mean {near:?}? "),
+                None => String::new(),
+            };
+            report.error(
+                key,
+                &join(&self.path, name),
+                format!("unknown field; {hint}allowed here: {}", allowed.join(", ")),
+            );
+        }
+    }
+}
+
+/// Joins a field path and a key: `join("fleet", "ref")` is `fleet.ref`.
+pub fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// The allowed name closest to a misspelt one, if it is close enough to be a likely typo.
+fn closest<'a>(name: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    allowed
+        .iter()
+        .map(|a| (edit_distance(name, a), *a))
+        .filter(|(d, a)| *d <= 2.max(a.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Node {
+        Node::parse(text, "t.yaml").unwrap()
+    }
+
+    #[test]
+    fn nodes_carry_positions_of_nested_values() {
+        let doc = parse("a:\n  b: [1, x]\n  c: true\n");
+        let Value::Map(top) = &doc.value else { panic!() };
+        let Value::Map(inner) = &top[0].1.value else {
+            panic!()
+        };
+        assert_eq!((inner[0].0.line, inner[0].0.column), (2, 3));
+        let Value::Seq(items) = &inner[0].1.value else {
+            panic!()
+        };
+        assert_eq!(items[0].value, Value::Int(1));
+        assert_eq!(items[1].value, Value::Str("x".into()));
+        assert_eq!((items[1].line, items[1].column), (2, 10));
+        assert_eq!(inner[1].1.value, Value::Bool(true));
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_stay_strings() {
+        let doc = parse("a: on\n");
+        let Value::Map(top) = &doc.value else { panic!() };
+        assert_eq!(top[0].1.value, Value::Str("on".into()));
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_are_one_clear_error() {
+        for text in ["", "   \n", "# nothing\n"] {
+            let err = Node::parse(text, "t.yaml").unwrap_err();
+            assert_eq!(err.len(), 1);
+            assert!(err.to_string().contains("t.yaml:1:1: the file is empty"), "{err}");
+        }
+    }
+
+    #[test]
+    fn broken_yaml_is_one_error_with_a_position() {
+        let err = Node::parse("a: [1, 2\nb: {\n", "t.yaml").unwrap_err();
+        assert_eq!(err.len(), 1);
+        let text = err.to_string();
+        assert!(
+            text.starts_with("t.yaml:") && text.contains("not valid YAML"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let err = Node::parse("a: 1\na: 2\n", "t.yaml").unwrap_err();
+        assert!(err.to_string().contains("t.yaml:2:"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_with_a_suggestion() {
+        let doc = parse("intervl: 5m\nzzz: 1\n");
+        let mut report = Report::new("t.yaml");
+        let mut fields = Fields::new(&doc, "", &mut report).unwrap();
+        assert!(fields.get("interval").is_none());
+        fields.finish(&["interval", "cluster"], &mut report);
+        let text = report.finish().to_string();
+        assert!(
+            text.contains("t.yaml:1:1: intervl: unknown field; did you mean \"interval\"?"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t.yaml:2:1: zzz: unknown field; allowed here: interval, cluster"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
+    }
+}
