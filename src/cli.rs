@@ -106,11 +106,9 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let Cli { global, command } = cli;
-    if let Some(level) = &global.log_level {
-        if let Err(why) = logging::check_filter(level) {
-            eprintln!("error: --log-level: {why}");
-            return Ok(ExitCode::from(2));
-        }
+    if let Some(Err(why)) = global.log_level.as_deref().map(logging::check_filter) {
+        eprintln!("error: --log-level: {why}");
+        return Ok(ExitCode::from(2));
     }
     match command {
         Command::Version => {
@@ -139,11 +137,10 @@ fn validate(global: &Global) -> anyhow::Result<ExitCode> {
     match load(global) {
         Ok(config) => {
             println!(
-                "{}: ok (cluster {}, fleet {} at {})",
+                "{}: ok (cluster {}, fleet {})",
                 global.config.display(),
                 config.cluster,
-                config.fleet.location,
-                config.fleet.reference
+                config.fleet
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -90,7 +90,10 @@ impl Node {
                     line,
                     column,
                     path: String::new(),
-                    message: format!("not valid YAML: {}", error.without_snippet()),
+                    message: format!(
+                        "not valid YAML: {}",
+                        strip_position(&error.without_snippet().to_string())
+                    ),
                 }))
             }
         }
@@ -423,6 +426,20 @@ impl<'a> Fields<'a> {
                 format!("unknown field; {hint}allowed here: {}", allowed.join(", ")),
             );
         }
+    }
+}
+
+/// Drops the parser's own trailing "at line L, column C": the diagnostic already says where.
+fn strip_position(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(i)
+            if message[i + 9..]
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == ',' || c == ' ' || c.is_ascii_alphabetic()) =>
+        {
+            &message[..i]
+        }
+        _ => message,
     }
 }
 

@@ -28,12 +28,13 @@ const TOP: &[&str] = &[
 pub(super) fn decode(text: &str, file: &Path) -> Result<Config, Diagnostics> {
     let shown = file.display().to_string();
     let doc = Node::parse(text, &shown)?;
-    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = if base.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        base
-    };
+    // Paths in the file are relative to its folder, made absolute so that nothing later depends
+    // on the working directory.
+    let absolute = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let base = absolute
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
     let mut report = Report::new(shown);
     let config = decode_top(&doc, &base, file, &mut report);
     match config {

@@ -103,7 +103,7 @@ pub enum LogFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file could not be read at all (missing, unreadable). Permanent until the file changes.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         #[source]

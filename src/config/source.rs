@@ -59,6 +59,22 @@ impl fmt::Display for SourceLocation {
     }
 }
 
+// === impl SourceSpec ===
+
+impl fmt::Display for SourceSpec {
+    /// `ssh://git@host/fleet.git (branch main)`, `/srv/fleet`, plus `path` when set; safe for logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.location)?;
+        if let SourceLocation::Url(_) = self.location {
+            write!(f, " ({})", self.reference)?;
+        }
+        if let Some(path) = &self.path {
+            write!(f, " path {path}")?;
+        }
+        Ok(())
+    }
+}
+
 // === impl GitRef ===
 
 impl fmt::Display for GitRef {
@@ -329,7 +345,7 @@ fn decode_ref(node: &Node, path: &str, report: &mut Report) -> Option<GitRef> {
     if let Some((n, sha)) = commit {
         if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
             report.error(
-                &n,
+                n,
                 &format!("{path}.commit"),
                 format!("{sha:?} is not a full 40-character commit SHA"),
             );
@@ -351,7 +367,7 @@ fn decode_ref(node: &Node, path: &str, report: &mut Report) -> Option<GitRef> {
         Ok(req) => Some(GitRef::Semver(req)),
         Err(error) => {
             report.error(
-                &n,
+                n,
                 &format!("{path}.semver"),
                 format!("{range:?} is not a semver range: {error}"),
             );

@@ -1,0 +1,334 @@
+//! `flotilla validate --config FILE` on the agent config: the shipped example passes, and a bad
+//! file gets every error at once, each with file:line:column and the field path, and exit 2.
+
+use crate::support::{Dir, flotilla, repo_root};
+
+#[test]
+fn the_shipped_example_validates() {
+    let run = flotilla(
+        &repo_root(),
+        &["validate", "--config", "config/examples/flotilla.yaml"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("ok (cluster dev"), "{run:?}");
+    assert!(run.stderr.is_empty(), "{run:?}");
+}
+
+#[test]
+fn every_error_is_reported_in_one_run_with_line_and_column() {
+    let dir = Dir::new();
+    dir.write("known_hosts", "127.0.0.1 ssh-ed25519 AAAA\n");
+    dir.write(
+        "flotilla.yaml",
+        "\
+cluster: dev
+fleet:
+  url: ssh://git@git.example.com/platform/fleet.git
+  ref: { branch: main, tag: v1.0.0 }
+  credentials: platform
+credentials:
+  platform:
+    ssh_key_file: keys/platform
+    known_hosts_file: known_hosts
+interval: every five minutes
+concurrency: lots
+webhook: {}
+",
+    );
+    let run = flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let key = dir.path().join("keys/platform");
+    let expected = [
+        "flotilla.yaml:4:8: fleet.ref: give exactly one of branch, tag, semver or commit (commit may add the branch to fetch it from); found branch and tag".to_string(),
+        format!("flotilla.yaml:8:19: credentials.platform.ssh_key_file: no such file: {}", key.display()),
+        "flotilla.yaml:10:11: interval: \"every five minutes\" is not a duration (expected number at 0); write it like 30s, 5m or 1h".to_string(),
+        "flotilla.yaml:11:14: concurrency: expected a whole number, found a string".to_string(),
+        "flotilla.yaml:12:1: webhook: unknown field; did you mean \"webhooks\"? allowed here: cluster, fleet, credentials, interval, state_dir, kubeconfig, listen, webhooks, concurrency, log".to_string(),
+        "flotilla.yaml: 5 errors".to_string(),
+    ];
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines, expected, "{run:?}");
+}
+
+#[test]
+fn a_wrong_type_names_the_expected_and_found_types() {
+    let dir = Dir::new();
+    dir.write("fleet/.keep", "");
+    dir.write(
+        "flotilla.yaml",
+        "cluster: [dev]\nfleet: { dir: fleet }\ninterval: 5\nlisten: { http: 8080 }\nlog: { format: xml }\n",
+    );
+    let run = flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    for line in [
+        "flotilla.yaml:1:10: cluster: expected a string, found a list",
+        "flotilla.yaml:3:11: interval: expected a string, found an integer",
+        "flotilla.yaml:4:17: listen.http: expected a string, found an integer",
+        "flotilla.yaml:5:16: log.format: \"xml\" is not a log format; use text or json",
+    ] {
+        assert!(run.stderr.lines().any(|l| l == line), "missing {line:?}: {run:?}");
+    }
+}
+
+#[test]
+fn an_empty_file_is_one_clear_error() {
+    let dir = Dir::new();
+    dir.write("flotilla.yaml", "");
+    let run = flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(
+        run.stderr,
+        "flotilla.yaml:1:1: the file is empty; expected a mapping\nflotilla.yaml: 1 error\n"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_yaml_is_one_clear_error() {
+    let dir = Dir::new();
+    dir.write("ini.yaml", "[fleet]\nurl = ssh://git@host/fleet.git\n");
+    dir.write("binary.yaml", [0x7f, b'E', b'L', b'F', 0xff, 0xfe, 0x00, 0x01]);
+    dir.write("script.yaml", "#!/bin/sh\necho hello\n");
+    for (file, message) in [
+        ("ini.yaml", "ini.yaml:2:1: not valid YAML: "),
+        (
+            "binary.yaml",
+            "binary.yaml:1:1: not a text file (not valid UTF-8)",
+        ),
+        (
+            "script.yaml",
+            "script.yaml:2:1: expected a mapping, found a string",
+        ),
+    ] {
+        let run = flotilla(dir.path(), &["validate", "--config", file]);
+        assert_eq!(run.code, 2, "{run:?}");
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert_eq!(lines.len(), 2, "one error and the count: {run:?}");
+        assert!(lines[0].starts_with(message), "{run:?}");
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_exit_2_naming_the_file() {
+    let dir = Dir::new();
+    let run = flotilla(dir.path(), &["validate", "--config", "missing.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("cannot read config file missing.yaml: No such file"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn required_fields_are_named_when_missing() {
+    let dir = Dir::new();
+    dir.write("flotilla.yaml", "interval: 1m\n");
+    let run = flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("flotilla.yaml:1:1: cluster: required field is missing"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("flotilla.yaml:1:1: fleet: required field is missing"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn a_password_in_a_url_is_refused_without_echoing_it() {
+    let dir = Dir::new();
+    dir.write(
+        "flotilla.yaml",
+        "cluster: dev\nfleet: { url: \"https://bob:hunter2@git.example.com/fleet.git\" }\n",
+    );
+    let run = flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("a password in the URL is not allowed"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("hunter2"), "the secret leaked: {run:?}");
+}
+
+#[test]
+fn credentials_must_be_complete_and_of_the_right_kind() {
+    let dir = Dir::new();
+    dir.write("key", "not really a key");
+    dir.write("token", "t0ken");
+    dir.write(
+        "flotilla.yaml",
+        "\
+cluster: dev
+fleet: { url: ssh://git@host/fleet.git, credentials: https }
+credentials:
+  nohosts: { ssh_key_file: key }
+  mixed: { ssh_key_file: key, token_file: token }
+  https: { token_file: token }
+  userless: { password_file: token }
+",
+    );
+    let run = flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    for line in [
+        "flotilla.yaml:2:54: fleet.credentials: \"https\" holds HTTPS credentials, but an SSH URL needs SSH",
+        "flotilla.yaml:4:12: credentials.nohosts: known_hosts_file is missing: SSH host keys are always verified",
+        "flotilla.yaml:5:10: credentials.mixed: mixes SSH fields (ssh_key_file) with HTTPS fields (token_file); make two credentials",
+        "flotilla.yaml:7:13: credentials.userless: password_file needs a username",
+    ] {
+        assert!(run.stderr.lines().any(|l| l == line), "missing {line:?}: {run:?}");
+    }
+}
+
+#[test]
+fn an_unknown_credentials_name_and_an_ssh_url_without_credentials_are_errors() {
+    let dir = Dir::new();
+    dir.write(
+        "flotilla.yaml",
+        "cluster: dev\nfleet: { url: \"git@host:fleet.git\" }\n",
+    );
+    let run = flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("fleet.credentials: an SSH URL needs credentials"),
+        "{run:?}"
+    );
+
+    dir.write(
+        "flotilla.yaml",
+        "cluster: dev\nfleet: { url: \"https://host/fleet.git\", credentials: gitlab }\n",
+    );
+    let run = flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"]);
+    assert!(
+        run.stderr
+            .contains("no credentials named \"gitlab\" in the agent config"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn refs_are_checked_by_kind() {
+    let dir = Dir::new();
+    dir.write(
+        "flotilla.yaml",
+        "\
+cluster: dev
+fleet:
+  url: https://host/fleet.git
+  ref: { semver: \">=1.x.y\" }
+",
+    );
+    let run = flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("flotilla.yaml:4:18: fleet.ref.semver: \">=1.x.y\" is not a semver range"),
+        "{run:?}"
+    );
+
+    dir.write(
+        "flotilla.yaml",
+        "cluster: dev\nfleet: { url: https://host/f.git, ref: { commit: abc123 } }\n",
+    );
+    let run = flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"]);
+    assert!(
+        run.stderr
+            .contains("\"abc123\" is not a full 40-character commit SHA"),
+        "{run:?}"
+    );
+
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    dir.write(
+        "flotilla.yaml",
+        format!(
+            "cluster: dev\nfleet: {{ url: https://host/f.git, ref: {{ branch: main, commit: {sha} }} }}\n"
+        ),
+    );
+    let run = flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"]);
+    assert_eq!(
+        run.code, 0,
+        "a commit may name the branch to fetch it from: {run:?}"
+    );
+}
+
+#[test]
+fn paths_are_relative_to_the_config_file_and_checked() {
+    let dir = Dir::new();
+    dir.write("etc/known_hosts", "");
+    dir.write("etc/key", "");
+    dir.write("etc/github-secret", "s3cret");
+    dir.write("etc/fleet/clusters/dev/cluster.yaml", "name: dev\n");
+    dir.write(
+        "etc/flotilla.yaml",
+        "\
+cluster: dev
+fleet: { dir: fleet, path: \"../outside\" }
+credentials:
+  platform: { ssh_key_file: key, known_hosts_file: known_hosts }
+kubeconfig: kubeconfig
+webhooks:
+  github: { secret_file: github-secret }
+  gitlab: { secret_file: github-secret }
+",
+    );
+    // Run from elsewhere: relative paths must resolve against etc/, not the working directory.
+    let run = flotilla(dir.path(), &["validate", "--config", "etc/flotilla.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let kubeconfig = dir.path().join("etc/kubeconfig");
+    let expected = [
+        "etc/flotilla.yaml:2:28: fleet.path: \"../outside\" must not contain '..': it would leave the repository".to_string(),
+        format!("etc/flotilla.yaml:5:13: kubeconfig: no such file: {}", kubeconfig.display()),
+        "etc/flotilla.yaml:8:11: webhooks.gitlab.token_file: required field is missing".to_string(),
+        "etc/flotilla.yaml:8:13: webhooks.gitlab.secret_file: unknown field; allowed here: token_file".to_string(),
+        "etc/flotilla.yaml: 4 errors".to_string(),
+    ];
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines, expected, "{run:?}");
+}
+
+#[test]
+fn a_kubeconfig_that_is_not_one_is_refused() {
+    let dir = Dir::new();
+    dir.write("fleet/.keep", "");
+    dir.write("kubeconfig", "apiVersion: v1\nkind: Config\nclusters: 7\n");
+    dir.write(
+        "flotilla.yaml",
+        "cluster: dev\nfleet: { dir: fleet }\nkubeconfig: kubeconfig\n",
+    );
+    let run = flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("kubeconfig: ") && run.stderr.contains("is not a usable kubeconfig"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn a_short_interval_and_zero_concurrency_are_refused() {
+    let dir = Dir::new();
+    dir.write("fleet/.keep", "");
+    dir.write(
+        "flotilla.yaml",
+        "cluster: Dev_1\nfleet: { dir: fleet }\ninterval: 100ms\nconcurrency: 0\n",
+    );
+    let run = flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("flotilla.yaml:1:10: cluster: \"Dev_1\" is not a valid name"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("flotilla.yaml:3:11: interval: 100ms is too short; the least is 1s"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("flotilla.yaml:4:14: concurrency: must be at least 1"),
+        "{run:?}"
+    );
+}

@@ -1,0 +1,9 @@
+//! flotilla's hermetic test suite: one binary, one module per area. Tests drive the real
+//! `flotilla` binary (`support::Flotilla`) and build their inputs in temporary folders.
+
+mod support;
+
+// The command line: help, version, usage errors, exit codes.
+mod cli;
+// The agent config file: the shipped example, and every error reported at once.
+mod config;
