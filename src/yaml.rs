@@ -136,7 +136,11 @@ impl Node {
             Value::Int(i) => match u32::try_from(i) {
                 Ok(n) => Some(n),
                 Err(_) => {
-                    report.error(self, path, format!("{i} is out of range (0 to {})", u32::MAX));
+                    report.error(
+                        self,
+                        path,
+                        format!("{i} is out of range (0 to {})", u32::MAX),
+                    );
                     None
                 }
             },
@@ -336,7 +340,11 @@ impl Report {
 
     /// Records "expected X, found Y" and returns `None`, so readers can `return` it.
     pub fn wrong_type<T>(&mut self, node: &Node, path: &str, expected: &str) -> Option<T> {
-        self.error(node, path, format!("expected {expected}, found {}", node.kind()));
+        self.error(
+            node,
+            path,
+            format!("expected {expected}, found {}", node.kind()),
+        );
         None
     }
 
@@ -488,7 +496,9 @@ mod tests {
     #[test]
     fn nodes_carry_positions_of_nested_values() {
         let doc = parse("a:\n  b: [1, x]\n  c: true\n");
-        let Value::Map(top) = &doc.value else { panic!() };
+        let Value::Map(top) = &doc.value else {
+            panic!()
+        };
         let Value::Map(inner) = &top[0].1.value else {
             panic!()
         };
@@ -505,7 +515,9 @@ mod tests {
     #[test]
     fn yaml_1_1_booleans_stay_strings() {
         let doc = parse("a: on\n");
-        let Value::Map(top) = &doc.value else { panic!() };
+        let Value::Map(top) = &doc.value else {
+            panic!()
+        };
         assert_eq!(top[0].1.value, Value::Str("on".into()));
     }
 
@@ -514,7 +526,10 @@ mod tests {
         for text in ["", "   \n", "# nothing\n"] {
             let err = Node::parse(text, "t.yaml").unwrap_err();
             assert_eq!(err.len(), 1);
-            assert!(err.to_string().contains("t.yaml:1:1: the file is empty"), "{err}");
+            assert!(
+                err.to_string().contains("t.yaml:1:1: the file is empty"),
+                "{err}"
+            );
         }
     }
 

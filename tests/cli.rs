@@ -6,14 +6,21 @@ use crate::support::{Dir, flotilla, repo_root};
 fn help_lists_every_command_and_the_global_flags() {
     let run = flotilla(&repo_root(), &["--help"]);
     assert_eq!(run.code, 0, "{run:?}");
-    for command in ["run", "sync", "diff", "render", "validate", "status", "version"] {
+    for command in [
+        "run", "sync", "diff", "render", "validate", "status", "version",
+    ] {
         assert!(
-            run.stdout.lines().any(|l| l.trim_start().starts_with(command)),
+            run.stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(command)),
             "--help does not list {command}: {run:?}"
         );
     }
     for flag in ["--config <FILE>", "--log-format", "--log-level"] {
-        assert!(run.stdout.contains(flag), "--help does not show {flag}: {run:?}");
+        assert!(
+            run.stdout.contains(flag),
+            "--help does not show {flag}: {run:?}"
+        );
     }
     assert!(
         run.stdout.contains("/etc/flotilla/flotilla.yaml"),
@@ -37,7 +44,10 @@ fn an_unknown_command_or_flag_is_bad_usage_with_exit_2() {
     let dir = Dir::new();
     assert_eq!(flotilla(dir.path(), &["deploy"]).code, 2);
     assert_eq!(flotilla(dir.path(), &["validate", "--bogus"]).code, 2);
-    assert_eq!(flotilla(dir.path(), &["--log-format", "xml", "version"]).code, 2);
+    assert_eq!(
+        flotilla(dir.path(), &["--log-format", "xml", "version"]).code,
+        2
+    );
 }
 
 #[test]

@@ -66,7 +66,10 @@ fn a_wrong_type_names_the_expected_and_found_types() {
         "flotilla.yaml:4:17: listen.http: expected a string, found an integer",
         "flotilla.yaml:5:16: log.format: \"xml\" is not a log format; use text or json",
     ] {
-        assert!(run.stderr.lines().any(|l| l == line), "missing {line:?}: {run:?}");
+        assert!(
+            run.stderr.lines().any(|l| l == line),
+            "missing {line:?}: {run:?}"
+        );
     }
 }
 
@@ -86,7 +89,10 @@ fn an_empty_file_is_one_clear_error() {
 fn a_file_that_is_not_yaml_is_one_clear_error() {
     let dir = Dir::new();
     dir.write("ini.yaml", "[fleet]\nurl = ssh://git@host/fleet.git\n");
-    dir.write("binary.yaml", [0x7f, b'E', b'L', b'F', 0xff, 0xfe, 0x00, 0x01]);
+    dir.write(
+        "binary.yaml",
+        [0x7f, b'E', b'L', b'F', 0xff, 0xfe, 0x00, 0x01],
+    );
     dir.write("script.yaml", "#!/bin/sh\necho hello\n");
     for (file, message) in [
         ("ini.yaml", "ini.yaml:2:1: not valid YAML: "),
@@ -150,7 +156,10 @@ fn a_password_in_a_url_is_refused_without_echoing_it() {
         run.stderr.contains("a password in the URL is not allowed"),
         "{run:?}"
     );
-    assert!(!run.stderr.contains("hunter2"), "the secret leaked: {run:?}");
+    assert!(
+        !run.stderr.contains("hunter2"),
+        "the secret leaked: {run:?}"
+    );
 }
 
 #[test]
@@ -178,7 +187,10 @@ credentials:
         "flotilla.yaml:5:10: credentials.mixed: mixes SSH fields (ssh_key_file) with HTTPS fields (token_file); make two credentials",
         "flotilla.yaml:7:13: credentials.userless: password_file needs a username",
     ] {
-        assert!(run.stderr.lines().any(|l| l == line), "missing {line:?}: {run:?}");
+        assert!(
+            run.stderr.lines().any(|l| l == line),
+            "missing {line:?}: {run:?}"
+        );
     }
 }
 
@@ -331,4 +343,16 @@ fn a_short_interval_and_zero_concurrency_are_refused() {
             .contains("flotilla.yaml:4:14: concurrency: must be at least 1"),
         "{run:?}"
     );
+}
+
+#[test]
+fn the_in_cluster_config_is_valid_but_for_its_mounted_secrets() {
+    // config/deploy/flotilla.yaml names files that exist only inside the Pod (the Git Secret);
+    // everything else in it must be right.
+    let run = flotilla(&repo_root(), &["validate", "--config", "config/deploy/flotilla.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{run:?}");
+    assert!(lines[0].ends_with("credentials.platform.ssh_key_file: no such file: /etc/flotilla/git/ssh-key"), "{run:?}");
+    assert!(lines[1].ends_with("credentials.platform.known_hosts_file: no such file: /etc/flotilla/git/known_hosts"), "{run:?}");
 }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::source::{self, CredentialKind};
 use super::{
-    Config, Credential, DEFAULT_CONCURRENCY, DEFAULT_HTTP, DEFAULT_INTERVAL, DEFAULT_SOCKET, Listen, Log,
-    LogFormat, MIN_INTERVAL, WebhookSecret, Webhooks,
+    Config, Credential, DEFAULT_CONCURRENCY, DEFAULT_HTTP, DEFAULT_INTERVAL, DEFAULT_SOCKET,
+    Listen, Log, LogFormat, MIN_INTERVAL, WebhookSecret, Webhooks,
 };
 use crate::yaml::{Diagnostics, Fields, Node, Report};
 
@@ -149,7 +149,11 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-fn decode_credentials(node: &Node, base: &Path, report: &mut Report) -> Option<BTreeMap<String, Credential>> {
+fn decode_credentials(
+    node: &Node,
+    base: &Path,
+    report: &mut Report,
+) -> Option<BTreeMap<String, Credential>> {
     let crate::yaml::Value::Map(entries) = &node.value else {
         return report.wrong_type(node, "credentials", "a mapping of names to credentials");
     };
@@ -166,7 +170,12 @@ fn decode_credentials(node: &Node, base: &Path, report: &mut Report) -> Option<B
     Some(out)
 }
 
-fn decode_credential(node: &Node, path: &str, base: &Path, report: &mut Report) -> Option<Credential> {
+fn decode_credential(
+    node: &Node,
+    path: &str,
+    base: &Path,
+    report: &mut Report,
+) -> Option<Credential> {
     const ALLOWED: &[&str] = &[
         "ssh_key_file",
         "passphrase_file",
@@ -176,9 +185,14 @@ fn decode_credential(node: &Node, path: &str, base: &Path, report: &mut Report) 
         "password_file",
     ];
     let mut fields = Fields::new(node, path, report)?;
+    // A missing file is reported, but the field still counts as given: which fields are written
+    // decides what kind of credential this is, so one error does not cascade into another.
     let mut file = |key: &str, fields: &mut Fields<'_>| {
         let n = fields.get(key)?;
-        readable_file(n, &fields.path(key), base, report)
+        readable_file(n, &fields.path(key), base, report).or_else(|| match &n.value {
+            crate::yaml::Value::Str(p) => Some(base.join(p)),
+            _ => None,
+        })
     };
     let c = Credential {
         ssh_key_file: file("ssh_key_file", &mut fields),
@@ -248,7 +262,11 @@ fn decode_kubeconfig(node: &Node, base: &Path, report: &mut Report) -> Option<Pa
     let file = readable_file(node, "kubeconfig", base, report)?;
     match kube::config::Kubeconfig::read_from(&file) {
         Ok(kc) if kc.current_context.is_none() && kc.contexts.is_empty() => {
-            report.error(node, "kubeconfig", format!("{} has no contexts", file.display()));
+            report.error(
+                node,
+                "kubeconfig",
+                format!("{} has no contexts", file.display()),
+            );
             None
         }
         Ok(_) => Some(file),
@@ -268,7 +286,9 @@ fn decode_listen(node: Option<&Node>, base: &Path, report: &mut Report) -> Optio
         http: DEFAULT_HTTP.parse().ok(),
         socket: Some(PathBuf::from(DEFAULT_SOCKET)),
     };
-    let Some(node) = node else { return Some(defaults) };
+    let Some(node) = node else {
+        return Some(defaults);
+    };
     let mut fields = Fields::new(node, "listen", report)?;
     // An explicit `null` (`http:` with nothing after it) turns a listener off; absence keeps the default.
     let http = match fields.get("http") {
@@ -327,7 +347,10 @@ fn decode_webhooks(node: &Node, base: &Path, report: &mut Report) -> Option<Webh
             .get("header")
             .and_then(|h| Some(h.str(&f.path("header"), report)?.to_string()));
         f.finish(allowed, report);
-        Some(WebhookSecret { file: file?, header })
+        Some(WebhookSecret {
+            file: file?,
+            header,
+        })
     };
     let hooks = Webhooks {
         github: one("github", &mut fields),
@@ -384,7 +407,10 @@ fn decode_log(node: Option<&Node>, report: &mut Report) -> Option<Log> {
 impl Credential {
     /// SSH or HTTPS, from the fields it has.
     pub fn kind(&self) -> CredentialKind {
-        if self.ssh_key_file.is_some() || self.known_hosts_file.is_some() || self.passphrase_file.is_some() {
+        if self.ssh_key_file.is_some()
+            || self.known_hosts_file.is_some()
+            || self.passphrase_file.is_some()
+        {
             CredentialKind::Ssh
         } else {
             CredentialKind::Https

@@ -84,7 +84,10 @@ impl fmt::Display for GitRef {
             GitRef::Branch(b) => write!(f, "branch {b}"),
             GitRef::Tag(t) => write!(f, "tag {t}"),
             GitRef::Semver(r) => write!(f, "semver {r}"),
-            GitRef::Commit { sha, branch: Some(b) } => write!(f, "commit {sha} on branch {b}"),
+            GitRef::Commit {
+                sha,
+                branch: Some(b),
+            } => write!(f, "commit {sha} on branch {b}"),
             GitRef::Commit { sha, branch: None } => write!(f, "commit {sha}"),
         }
     }
@@ -285,7 +288,9 @@ fn check_url(url: &str) -> Result<UrlKind, String> {
     }
     // scp-like: [user@]host:path, where host has no slash before the colon.
     match url.split_once(':') {
-        Some((host, path)) if !host.contains('/') && !host.is_empty() && !path.is_empty() => Ok(UrlKind::Ssh),
+        Some((host, path)) if !host.contains('/') && !host.is_empty() && !path.is_empty() => {
+            Ok(UrlKind::Ssh)
+        }
         _ => Err(format!(
             "{url:?} is not a Git URL; use file://, git://, ssh://, https://, git@host:path or an absolute path"
         )),
@@ -377,7 +382,11 @@ fn decode_ref(node: &Node, path: &str, report: &mut Report) -> Option<GitRef> {
 }
 
 /// A string field that must not be empty, with its node for later errors.
-fn nonempty<'a>(key: &str, fields: &mut Fields<'a>, report: &mut Report) -> Option<(&'a Node, String)> {
+fn nonempty<'a>(
+    key: &str,
+    fields: &mut Fields<'a>,
+    report: &mut Report,
+) -> Option<(&'a Node, String)> {
     let n = fields.get(key)?;
     let value = n.str(&fields.path(key), report)?;
     if value.is_empty() {

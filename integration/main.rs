@@ -1,0 +1,75 @@
+//! Scenarios against a real Kubernetes API server, selected by `FLOTILLA_IT_KUBECONFIG` (a path
+//! to an admin kubeconfig). Without it every test says why it is skipped and passes, so the suite
+//! stays runnable anywhere; CI's hermetic equivalents live in `tests/`.
+//!
+//! Run: `FLOTILLA_IT_KUBECONFIG=$HOME/.kube/config cargo test --test integration -- --nocapture`
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The admin kubeconfig, or `None` (after saying so) when the suite is not selected.
+fn kubeconfig(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("FLOTILLA_IT_KUBECONFIG") {
+        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
+        _ => {
+            eprintln!(
+                "skipped {test}: FLOTILLA_IT_KUBECONFIG is not set (a path to an admin kubeconfig)"
+            );
+            None
+        }
+    }
+}
+
+/// The agent accepts the cluster's kubeconfig as its `kubeconfig`.
+#[test]
+fn validate_accepts_the_cluster_kubeconfig() {
+    let Some(kubeconfig) = kubeconfig("validate_accepts_the_cluster_kubeconfig") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("fleet")).unwrap();
+    let config = dir.path().join("flotilla.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cluster: it\nfleet: {{ dir: fleet }}\nkubeconfig: {:?}\n",
+            kubeconfig.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The kube client stack flotilla is built with (rustls + ring, the kubeconfig's auth) reaches the
+/// API server and is authorized to read discovery.
+#[tokio::test]
+async fn the_kube_client_reaches_the_api_server() {
+    let Some(path) = kubeconfig("the_kube_client_reaches_the_api_server") else {
+        return;
+    };
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(&path).expect("FLOTILLA_IT_KUBECONFIG is a kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("the kubeconfig has a usable current context");
+    let client = kube::Client::try_from(config).expect("a client");
+    let version = client
+        .apiserver_version()
+        .await
+        .expect("GET /version answers");
+    assert!(!version.git_version.is_empty(), "{version:?}");
+    let core = client
+        .list_core_api_versions()
+        .await
+        .expect("GET /api answers");
+    assert!(core.versions.contains(&"v1".to_string()), "{core:?}");
+}
