@@ -6,5 +6,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod fleet;
 pub mod logging;
+pub mod render;
+pub mod subst;
 pub mod yaml;

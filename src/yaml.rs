@@ -112,6 +112,74 @@ impl Node {
         }
     }
 
+    /// The node as JSON (positions dropped): values, rendered objects.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match &self.value {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::Str(s) => J::String(s.clone()),
+            Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
+            Value::Map(entries) => J::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.scalar_text().unwrap_or_default(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// A scalar as text (a map key written as `80:` is the string "80"); `None` for collections.
+    pub fn scalar_text(&self) -> Option<String> {
+        match &self.value {
+            Value::Null => Some(String::new()),
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(f) => Some(f.to_string()),
+            Value::Str(s) => Some(s.clone()),
+            Value::Seq(_) | Value::Map(_) => None,
+        }
+    }
+
+    /// Parses a stream of YAML documents, dropping empty ones (`---` with nothing after it).
+    pub fn parse_stream(text: &str, file: &str) -> Result<Vec<Node>, Diagnostic> {
+        let options = serde_saphyr::options! {
+            strict_booleans: true,
+            with_snippet: false,
+        };
+        match serde_saphyr::from_multiple_with_options::<Node>(text, options) {
+            Ok(docs) => Ok(docs.into_iter().filter(|d| !d.is_null()).collect()),
+            Err(error) => {
+                let (line, column) = error
+                    .location()
+                    .map(|l| (l.line() as u32, l.column() as u32))
+                    .unwrap_or((1, 1));
+                Err(Diagnostic {
+                    file: file.to_string(),
+                    line,
+                    column,
+                    path: String::new(),
+                    message: format!(
+                        "not valid YAML: {}",
+                        strip_position(&error.without_snippet().to_string())
+                    ),
+                })
+            }
+        }
+    }
+
+    /// A scalar as text for a variable (`vars`), or a "wrong type" diagnostic.
+    pub fn scalar(&self, path: &str, report: &mut Report) -> Option<String> {
+        match &self.value {
+            Value::Null | Value::Seq(_) | Value::Map(_) => {
+                report.wrong_type(self, path, "a string, number or boolean")
+            }
+            _ => self.scalar_text(),
+        }
+    }
+
     pub fn is_null(&self) -> bool {
         self.value == Value::Null
     }
@@ -176,7 +244,7 @@ impl Node {
         Some(out)
     }
 
-    /// A mapping of string keys to strings (labels, vars).
+    /// A mapping of string keys to scalars, as text (labels, vars).
     pub fn string_map(
         &self,
         path: &str,
@@ -188,8 +256,8 @@ impl Node {
         let mut out = std::collections::BTreeMap::new();
         for (key, value) in entries {
             let key = key.str(path, report)?;
-            let value = value.str(&join(path, key), report)?;
-            out.insert(key.to_string(), value.to_string());
+            let value = value.scalar(&join(path, key), report)?;
+            out.insert(key.to_string(), value);
         }
         Some(out)
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::source::{self, CredentialKind};
 use super::{
     Config, Credential, DEFAULT_CONCURRENCY, DEFAULT_HTTP, DEFAULT_INTERVAL, DEFAULT_SOCKET,
-    Listen, Log, LogFormat, MIN_INTERVAL, WebhookSecret, Webhooks,
+    Listen, Log, LogFormat, MIN_INTERVAL, Render, WebhookSecret, Webhooks, find_program,
 };
 use crate::yaml::{Diagnostics, Fields, Node, Report};
 
@@ -22,6 +22,7 @@ const TOP: &[&str] = &[
     "webhooks",
     "concurrency",
     "log",
+    "render",
 ];
 
 /// Decodes config text read from `file`.
@@ -114,6 +115,7 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
         None => Some(DEFAULT_CONCURRENCY),
     };
     let log = decode_log(top.get("log"), report);
+    let render = decode_render(top.get("render"), base, report);
     top.finish(TOP, report);
 
     Some(Config {
@@ -128,6 +130,7 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
         webhooks: webhooks?,
         concurrency: concurrency?,
         log: log?,
+        render: render?,
     })
 }
 
@@ -400,6 +403,53 @@ fn decode_log(node: Option<&Node>, report: &mut Report) -> Option<Log> {
     }
     fields.finish(&["format", "level"], report);
     ok.then_some(log)
+}
+
+fn decode_render(node: Option<&Node>, base: &Path, report: &mut Report) -> Option<Render> {
+    let mut render = Render::default();
+    let Some(node) = node else {
+        return Some(render);
+    };
+    let mut fields = Fields::new(node, "render", report)?;
+    let mut ok = true;
+    for key in ["kustomize", "helm"] {
+        let Some(n) = fields.get(key) else { continue };
+        let path = fields.path(key);
+        let Some(name) = n.str(&path, report) else {
+            ok = false;
+            continue;
+        };
+        // A bare name is looked up on $PATH; anything with a slash is a path from this file.
+        let wanted = if name.contains('/') {
+            base.join(name).to_string_lossy().into_owned()
+        } else {
+            name.to_string()
+        };
+        match find_program(&wanted) {
+            Some(p) if key == "kustomize" => render.kustomize = Some(p),
+            Some(p) => render.helm = Some(p),
+            None => {
+                report.error(
+                    n,
+                    &path,
+                    format!("{wanted}: no such executable (looked on $PATH for a bare name)"),
+                );
+                ok = false;
+            }
+        }
+    }
+    if let Some(n) = fields.get("timeout") {
+        match n.duration("render.timeout", report) {
+            Some(d) if d.is_zero() => {
+                report.error(n, "render.timeout", "must be more than 0s");
+                ok = false;
+            }
+            Some(d) => render.timeout = d,
+            None => ok = false,
+        }
+    }
+    fields.finish(&["kustomize", "helm", "timeout"], report);
+    ok.then_some(render)
 }
 
 // === impl Credential ===

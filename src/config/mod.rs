@@ -13,7 +13,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use source::{GitRef, SourceLocation, SourceSpec};
+pub use decode::check_name;
+pub use source::{
+    CredentialKind, GitRef, SourceLocation, SourceSpec, check_subpath, decode as decode_source,
+    redact,
+};
 
 use crate::yaml::{Diagnostic, Diagnostics};
 
@@ -39,6 +43,45 @@ pub struct Config {
     /// How many units reconcile at once.
     pub concurrency: u32,
     pub log: Log,
+    pub render: Render,
+}
+
+/// The external renderers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Render {
+    /// `kustomize` or `kubectl`; default: whichever is on `$PATH`, `kustomize` first.
+    pub kustomize: Option<PathBuf>,
+    /// `helm`; default: `helm` on `$PATH`, if any.
+    pub helm: Option<PathBuf>,
+    /// How long one kustomize or Helm call may take.
+    pub timeout: Duration,
+}
+
+impl Default for Render {
+    fn default() -> Render {
+        Render {
+            kustomize: find_program("kustomize").or_else(|| find_program("kubectl")),
+            helm: find_program("helm"),
+            timeout: DEFAULT_RENDER_TIMEOUT,
+        }
+    }
+}
+
+/// Finds `name` on `$PATH`, or takes it as a path when it has a `/`.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| executable(p))
 }
 
 /// How to authenticate to a Git host. Secrets are always read from files, never written inline.
@@ -122,6 +165,8 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `concurrency`.
 pub const DEFAULT_CONCURRENCY: u32 = 4;
+/// Default `render.timeout`.
+pub const DEFAULT_RENDER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `listen.http`.
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 /// Default `listen.socket`.

@@ -11,6 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{self, Config, LogFormat};
 use crate::logging;
 
+mod render;
+
 /// A GitOps agent for multi-tenant Kubernetes: fleet repo → tenant catalogs → applications.
 #[derive(Debug, Parser)]
 #[command(name = "flotilla", version, about, long_about = None, propagate_version = true)]
@@ -119,7 +121,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { .. } => not_yet("run"),
         Command::Sync { .. } => not_yet("sync"),
         Command::Diff { .. } => not_yet("diff"),
-        Command::Render { .. } => not_yet("render"),
+        Command::Render {
+            cluster,
+            tenant,
+            app,
+        } => {
+            let Some(config) = load_or_report(&global)? else {
+                return Ok(ExitCode::from(2));
+            };
+            render::render(
+                &config,
+                &render::Filter {
+                    cluster,
+                    tenant,
+                    app,
+                },
+            )
+        }
         Command::Status { .. } => not_yet("status"),
     }
 }
@@ -133,17 +151,19 @@ fn load(global: &Global) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Checks the config (exit 2 if it is bad), then the fleet, every catalog and every cluster's
+/// render (exit 1 if anything is wrong).
 fn validate(global: &Global) -> anyhow::Result<ExitCode> {
+    let Some(config) = load_or_report(global)? else {
+        return Ok(ExitCode::from(2));
+    };
+    render::validate(&config, &global.config)
+}
+
+/// Loads the config; a config with problems has them all printed and gives `None`.
+fn load_or_report(global: &Global) -> anyhow::Result<Option<Config>> {
     match load(global) {
-        Ok(config) => {
-            println!(
-                "{}: ok (cluster {}, fleet {})",
-                global.config.display(),
-                config.cluster,
-                config.fleet
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Ok(config) => Ok(Some(config)),
         Err(error) => match error.downcast_ref::<config::Error>() {
             Some(config::Error::Invalid(diagnostics)) => {
                 eprintln!("{diagnostics}");
@@ -153,7 +173,7 @@ fn validate(global: &Global) -> anyhow::Result<ExitCode> {
                     global.config.display(),
                     if n == 1 { "" } else { "s" }
                 );
-                Ok(ExitCode::from(2))
+                Ok(None)
             }
             _ => Err(error),
         },

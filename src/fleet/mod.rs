@@ -1,0 +1,292 @@
+//! The fleet model: clusters and tenants from the fleet repo, each tenant's catalog
+//! (`tenant.yaml`), and the **units** they make for one cluster: the cluster's infra unit and one
+//! unit per tenant app enabled there.
+//!
+//! Pure: it reads files from checkouts already on local disk and never touches the network, tokio
+//! or a cluster. Problems are collected, never fatal to unrelated tenants: a broken tenant file or
+//! catalog takes out that tenant only, a broken app that app only.
+
+mod parse;
+mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+pub use parse::{read_catalog, read_fleet};
+pub use units::{Placement, place};
+
+use crate::config::SourceSpec;
+
+/// Everything the fleet repo says.
+#[derive(Clone, Debug, Default)]
+pub struct Fleet {
+    pub clusters: BTreeMap<String, Cluster>,
+    pub tenants: BTreeMap<String, Tenant>,
+}
+
+/// `clusters/<name>/cluster.yaml`, plus whether `clusters/<name>/infra/` exists.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cluster {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub vars: BTreeMap<String, String>,
+    /// `clusters/<name>/infra`, relative to the fleet root, when the folder exists.
+    pub infra: Option<String>,
+}
+
+/// Where something lands: `{ name: prod }` or `{ labels: { env: prod } }` (all labels must match).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Matcher {
+    Name(String),
+    Labels(BTreeMap<String, String>),
+}
+
+/// `tenants/<name>.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tenant {
+    pub name: String,
+    /// The namespaces the tenant owns; the first is where its ServiceAccount lives.
+    pub namespaces: Vec<String>,
+    pub service_account: String,
+    /// The ClusterRole bound to the ServiceAccount in each namespace.
+    pub role: String,
+    /// The tenant repo (its `tenant.yaml` is at the root, or at `path`).
+    pub source: SourceSpec,
+    pub clusters: Vec<Matcher>,
+    pub interval: Option<Duration>,
+    pub prune: bool,
+    pub suspend: bool,
+    pub vars: BTreeMap<String, String>,
+    /// Cluster-scoped kinds the tenant may apply (`PriorityClass`, `storage.k8s.io/StorageClass`).
+    pub cluster_scoped_kinds: Vec<String>,
+    /// What happens to the tenant's objects when it leaves this cluster.
+    pub on_removal: OnRemoval,
+    /// The file it came from, relative to the fleet root.
+    pub file: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnRemoval {
+    /// Keep the objects; report the tenant as removed.
+    #[default]
+    Keep,
+    /// Prune the tenant's objects (never its namespaces).
+    Prune,
+}
+
+/// A tenant's `tenant.yaml`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Catalog {
+    pub apps: Vec<App>,
+    pub clusters: Vec<ClusterEntry>,
+}
+
+/// One app of a catalog, with its defaults for clusters that say nothing about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct App {
+    pub name: String,
+    pub source: AppSource,
+    pub enabled: bool,
+    pub namespace: Option<String>,
+    /// A mapping: Helm values and `${values.x}` substitution.
+    pub values: serde_json::Value,
+    pub depends_on: Vec<String>,
+    pub options: AppOptions,
+}
+
+/// Where an app's manifests are.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AppSource {
+    /// A folder of the tenant repo (may contain `${...}` variables).
+    Tenant { path: String },
+    /// A separate app repo, pinned by its ref.
+    Repo(SourceSpec),
+}
+
+/// Per-app options; `None` falls back to the tenant's setting or the default.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AppOptions {
+    pub prune: Option<bool>,
+    /// Take over fields owned by other field managers on conflict.
+    pub force: bool,
+    /// Wait for the unit's objects to become healthy before it counts as converged.
+    pub wait: bool,
+    pub timeout: Option<Duration>,
+    /// Allow an empty render to prune everything the unit applied before.
+    pub allow_empty: bool,
+    pub interval: Option<Duration>,
+    pub suspend: Option<bool>,
+}
+
+/// A `clusters` entry of a catalog: for matching clusters, enable/disable apps and override values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterEntry {
+    pub matcher: Matcher,
+    pub apps: Vec<(String, Override)>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Override {
+    pub enabled: Option<bool>,
+    pub values: Option<serde_json::Value>,
+}
+
+/// One thing reconciled on its own: the cluster infra unit or one tenant app.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unit {
+    pub id: UnitId,
+    pub identity: Identity,
+    /// The namespace given to namespaced objects that name none (`None` for infra: they must).
+    pub namespace: Option<String>,
+    pub source: UnitSource,
+    /// The merged values: app defaults ← matching cluster entries, in file order.
+    pub values: serde_json::Value,
+    /// Variables for `${...}` substitution, flattened (`cluster.name`, `vars.domain`, ...);
+    /// `values.*` are looked up in `values`.
+    pub vars: BTreeMap<String, String>,
+    /// Units of the same tenant that must converge first.
+    pub depends_on: Vec<String>,
+    pub options: UnitOptions,
+    /// What a tenant unit may touch; `None` for the infra unit.
+    pub limits: Option<Limits>,
+}
+
+/// `tenant/app`, or `infra` for the cluster's infra unit.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnitId {
+    pub tenant: Option<String>,
+    pub app: String,
+}
+
+/// Who a unit's API calls are made as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// The agent's own identity (the infra unit).
+    Agent,
+    /// Impersonating `system:serviceaccount:<namespace>:<name>`.
+    ServiceAccount { namespace: String, name: String },
+}
+
+/// Where a unit's manifests are, relative to which checkout.
+#[derive(Clone, Debug, PartialEq)]
+pub enum UnitSource {
+    /// A folder of the fleet repo.
+    Fleet { path: String },
+    /// A folder of the tenant's repo.
+    Tenant { path: String },
+    /// An app repo; `path` is already substituted.
+    Repo(SourceSpec),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnitOptions {
+    pub prune: bool,
+    pub force: bool,
+    pub wait: bool,
+    pub timeout: Option<Duration>,
+    pub allow_empty: bool,
+    pub interval: Option<Duration>,
+    pub suspend: bool,
+}
+
+/// The boundaries of a tenant unit, checked before anything reaches a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub namespaces: Vec<String>,
+    pub cluster_scoped_kinds: Vec<String>,
+}
+
+/// A problem found in the fleet, a catalog or a unit, with whose it is.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    pub owner: Owner,
+    /// `file:line:col: field: message`, or a message with the object it is about.
+    pub detail: String,
+}
+
+/// Whose a problem is: it decides what fails (the fleet, one tenant, one unit).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Owner {
+    Fleet,
+    Tenant(String),
+    Unit(UnitId),
+}
+
+// === impl Matcher ===
+
+impl Matcher {
+    pub fn matches(&self, cluster: &Cluster) -> bool {
+        match self {
+            Matcher::Name(name) => *name == cluster.name,
+            Matcher::Labels(labels) => labels.iter().all(|(k, v)| cluster.labels.get(k) == Some(v)),
+        }
+    }
+}
+
+// === impl Tenant ===
+
+impl Tenant {
+    pub fn lands_on(&self, cluster: &Cluster) -> bool {
+        self.clusters.iter().any(|m| m.matches(cluster))
+    }
+}
+
+// === impl UnitId ===
+
+impl UnitId {
+    pub fn infra() -> UnitId {
+        UnitId {
+            tenant: None,
+            app: "infra".to_string(),
+        }
+    }
+    pub fn app(tenant: &str, app: &str) -> UnitId {
+        UnitId {
+            tenant: Some(tenant.to_string()),
+            app: app.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for UnitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.tenant {
+            Some(t) => write!(f, "{t}/{}", self.app),
+            None => f.write_str(&self.app),
+        }
+    }
+}
+
+// === impl Owner ===
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Fleet => f.write_str("fleet"),
+            Owner::Tenant(t) => write!(f, "tenant {t}"),
+            Owner::Unit(UnitId {
+                tenant: Some(t),
+                app,
+            }) => write!(f, "tenant {t}, app {app}"),
+            Owner::Unit(UnitId { tenant: None, app }) => write!(f, "cluster {app}"),
+        }
+    }
+}
+
+// === impl Problem ===
+
+impl Problem {
+    pub fn new(owner: Owner, detail: impl Into<String>) -> Problem {
+        Problem {
+            owner,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.owner, self.detail)
+    }
+}

@@ -1,0 +1,137 @@
+//! A unit → its ordered list of objects: plain YAML, kustomize or Helm (chosen by what the folder
+//! holds), variable substitution, namespace defaulting, ownership labels, the sha256 of each
+//! object, and the checks that must pass before anything reaches a cluster.
+//!
+//! Pure but for reading the checkout from disk and running `kustomize`/`helm`.
+
+mod objects;
+mod plain;
+mod scope;
+mod tools;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use objects::{Object, ObjectKey};
+pub use scope::{Scope, Scopes};
+pub use tools::Tools;
+
+use crate::fleet::{Owner, Problem, Unit, UnitSource};
+
+/// Label naming the tenant that owns an object.
+pub const LABEL_TENANT: &str = "flotilla.dev/tenant";
+/// Label naming the app (unit) that owns an object.
+pub const LABEL_APP: &str = "flotilla.dev/app";
+
+/// What a unit's folder holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Plain,
+    Kustomize,
+    Helm,
+}
+
+/// Renders `unit` from `root`, the checkout its source names (fleet, tenant or app repo).
+pub fn render_unit(unit: &Unit, root: &Path, tools: &Tools) -> Result<Vec<Object>, Vec<Problem>> {
+    let fail = |details: Vec<String>| -> Vec<Problem> {
+        details
+            .into_iter()
+            .map(|d| Problem::new(Owner::Unit(unit.id.clone()), d))
+            .collect()
+    };
+    let rel = match &unit.source {
+        UnitSource::Fleet { path } | UnitSource::Tenant { path } => path.clone(),
+        UnitSource::Repo(spec) => spec.path.clone().unwrap_or_default(),
+    };
+    let shown = if rel.is_empty() {
+        ".".to_string()
+    } else {
+        rel.clone()
+    };
+    let root = root.canonicalize().map_err(|e| {
+        fail(vec![format!(
+            "cannot open the checkout {}: {e}",
+            root.display()
+        )])
+    })?;
+    let dir =
+        inside(&root, &root.join(&rel)).map_err(|why| fail(vec![format!("{shown}: {why}")]))?;
+    if !dir.is_dir() {
+        return Err(fail(vec![format!(
+            "{shown}: no such folder in the repository"
+        )]));
+    }
+    let documents = match detect(&dir) {
+        Kind::Plain => plain::read(&root, &dir, unit).map_err(fail)?,
+        Kind::Kustomize => tools.kustomize(&dir, &shown, unit).map_err(fail)?,
+        Kind::Helm => tools.helm(&dir, &shown, unit).map_err(fail)?,
+    };
+    objects::finish(unit, documents)
+}
+
+/// Which renderer a folder needs.
+pub fn detect(dir: &Path) -> Kind {
+    if ["kustomization.yaml", "kustomization.yml", "Kustomization"]
+        .iter()
+        .any(|f| dir.join(f).is_file())
+    {
+        Kind::Kustomize
+    } else if dir.join("Chart.yaml").is_file() {
+        Kind::Helm
+    } else {
+        Kind::Plain
+    }
+}
+
+/// `path` resolved (symlinks followed) and checked to stay inside `root`, which is canonical.
+pub(crate) fn inside(root: &Path, path: &Path) -> Result<PathBuf, String> {
+    let Ok(real) = path.canonicalize() else {
+        return Ok(path.to_path_buf()); // missing: reported by the caller as missing
+    };
+    if real.starts_with(root) {
+        Ok(real)
+    } else {
+        Err("leaves the repository through a symlink; refused".to_string())
+    }
+}
+
+/// Every object key rendered by more than one unit makes all of those units fail: applying
+/// either would silently take the other's object.
+pub fn check_duplicates(
+    results: &mut BTreeMap<crate::fleet::UnitId, Result<Vec<Object>, Vec<Problem>>>,
+) {
+    let mut seen: BTreeMap<&ObjectKey, Vec<&crate::fleet::UnitId>> = BTreeMap::new();
+    for (id, result) in results.iter() {
+        if let Ok(objects) = result {
+            for o in objects {
+                seen.entry(&o.key).or_default().push(id);
+            }
+        }
+    }
+    let mut problems: BTreeMap<crate::fleet::UnitId, Vec<Problem>> = BTreeMap::new();
+    for (key, ids) in seen.iter().filter(|(_, ids)| ids.len() > 1) {
+        for id in ids {
+            let others: Vec<String> = ids
+                .iter()
+                .filter(|o| *o != id)
+                .map(|o| o.to_string())
+                .collect();
+            problems
+                .entry((*id).clone())
+                .or_default()
+                .push(Problem::new(
+                    Owner::Unit((*id).clone()),
+                    format!(
+                        "{key} is also rendered by {}; an object must have one owner",
+                        others.join(", ")
+                    ),
+                ));
+        }
+    }
+    for (id, list) in problems {
+        results.insert(id, Err(list));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,271 @@
+//! Rendered documents → objects: required fields, `List` flattening, namespace defaulting,
+//! ownership labels, the tenant's boundaries, and the sha256 of each object's canonical form.
+
+use std::fmt::{self, Write as _};
+
+use sha2::{Digest, Sha256};
+
+use super::scope::{Scope, Scopes};
+use super::{LABEL_APP, LABEL_TENANT};
+use crate::fleet::{Owner, Problem, Unit};
+
+/// One YAML document as a renderer produced it, with where it came from.
+#[derive(Clone, Debug)]
+pub struct Document {
+    pub body: serde_json::Value,
+    /// The file, relative to the repository root, or `<path> (kustomize output)`.
+    pub file: String,
+    pub line: u32,
+}
+
+/// An object ready for the cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Object {
+    pub key: ObjectKey,
+    pub api_version: String,
+    pub scope: Scope,
+    /// The full object, labels and namespace included; keys sorted.
+    pub body: serde_json::Value,
+    /// Hex sha256 of `body` serialized as compact JSON with sorted keys.
+    pub hash: String,
+    pub file: String,
+    pub line: u32,
+}
+
+/// What identifies an object in a cluster.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub group: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    /// `Deployment.apps ai/jupyter`, `ConfigMap ai/settings`, `PriorityClass.scheduling.k8s.io batch`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.kind)?;
+        if !self.group.is_empty() {
+            write!(f, ".{}", self.group)?;
+        }
+        match &self.namespace {
+            Some(ns) => write!(f, " {ns}/{}", self.name),
+            None => write!(f, " {}", self.name),
+        }
+    }
+}
+
+/// Turns a unit's documents into objects, or every problem found in them.
+pub fn finish(unit: &Unit, documents: Vec<Document>) -> Result<Vec<Object>, Vec<Problem>> {
+    let owner = Owner::Unit(unit.id.clone());
+    let mut problems = Vec::new();
+    let mut fail = |d: &Document, what: &str, message: String| {
+        problems.push(Problem::new(
+            owner.clone(),
+            format!("{}:{}: {what}{message}", d.file, d.line),
+        ));
+    };
+
+    // Flatten `List`s first, so CRDs inside lists count too.
+    let mut flat = Vec::with_capacity(documents.len());
+    for d in documents {
+        let is_list = d.body["kind"].as_str().is_some_and(|k| k.ends_with("List"))
+            && d.body["items"].is_array();
+        if is_list {
+            let serde_json::Value::Object(mut map) = d.body else {
+                unreachable!("checked above")
+            };
+            let Some(serde_json::Value::Array(items)) = map.remove("items") else {
+                unreachable!()
+            };
+            flat.extend(items.into_iter().map(|body| Document {
+                body,
+                file: d.file.clone(),
+                line: d.line,
+            }));
+        } else {
+            flat.push(d);
+        }
+    }
+
+    let mut scopes = Scopes::default();
+    for d in &flat {
+        if d.body["kind"] == "CustomResourceDefinition"
+            && d.body["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("apiextensions.k8s.io/"))
+        {
+            scopes.learn_crd(&d.body);
+        }
+    }
+
+    let mut objects = Vec::with_capacity(flat.len());
+    for mut d in flat {
+        if !d.body.is_object() {
+            fail(
+                &d,
+                "",
+                "a document must be a mapping (an object), not a scalar or a list".into(),
+            );
+            continue;
+        }
+        let api_version = d.body["apiVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let kind = d.body["kind"].as_str().unwrap_or_default().to_string();
+        let name = d.body["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let missing: Vec<&str> = [
+            ("apiVersion", &api_version),
+            ("kind", &kind),
+            ("metadata.name", &name),
+        ]
+        .iter()
+        .filter(|(_, v)| v.is_empty())
+        .map(|(f, _)| *f)
+        .collect();
+        if !missing.is_empty() {
+            let what = if kind.is_empty() {
+                String::new()
+            } else {
+                format!("{kind} {name}: ")
+            };
+            fail(&d, &what, format!("missing {}", missing.join(", ")));
+            continue;
+        }
+        let group = api_version
+            .rsplit_once('/')
+            .map(|(g, _)| g.to_string())
+            .unwrap_or_default();
+        let scope = scopes.of(&group, &kind);
+        let given_ns = d.body["metadata"]["namespace"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        let namespace = match (scope, given_ns) {
+            (Scope::Cluster, _) => None,
+            (Scope::Namespaced, None) => unit.namespace.clone(),
+            (_, given) => given,
+        };
+        let key = ObjectKey {
+            group,
+            kind,
+            namespace,
+            name,
+        };
+        let what = format!("{key}: ");
+
+        if let Some(limits) = &unit.limits {
+            if scope == Scope::Cluster {
+                let allowed = limits
+                    .cluster_scoped_kinds
+                    .iter()
+                    .any(|k| *k == key.kind || *k == format!("{}/{}", key.group, key.kind));
+                if !allowed {
+                    fail(
+                        &d,
+                        &what,
+                        format!(
+                            "cluster-scoped kind {} is not in the tenant's limits.clusterScopedKinds",
+                            key.kind
+                        ),
+                    );
+                    continue;
+                }
+            }
+            if let Some(ns) = &key.namespace
+                && !limits.namespaces.contains(ns)
+            {
+                fail(
+                    &d,
+                    &what,
+                    format!(
+                        "namespace {ns} is not one of the tenant's namespaces ({})",
+                        limits.namespaces.join(", ")
+                    ),
+                );
+                continue;
+            }
+        } else if scope == Scope::Namespaced && key.namespace.is_none() {
+            fail(
+                &d,
+                &what,
+                "cluster infrastructure must name metadata.namespace".into(),
+            );
+            continue;
+        }
+
+        let meta = d.body["metadata"]
+            .as_object_mut()
+            .expect("metadata.name was found above");
+        match &key.namespace {
+            Some(ns) if scope != Scope::Cluster => {
+                meta.insert("namespace".into(), ns.clone().into());
+            }
+            _ if scope == Scope::Cluster => {
+                meta.remove("namespace");
+            }
+            _ => {}
+        }
+        let labels = meta
+            .entry("labels")
+            .or_insert_with(|| serde_json::json!({}));
+        if let Some(labels) = labels.as_object_mut() {
+            if let Some(tenant) = &unit.id.tenant {
+                labels.insert(LABEL_TENANT.into(), tenant.clone().into());
+            }
+            labels.insert(LABEL_APP.into(), unit.id.app.clone().into());
+        } else {
+            fail(&d, &what, "metadata.labels must be a mapping".into());
+            continue;
+        }
+        let hash = hash(&d.body);
+        objects.push(Object {
+            key,
+            api_version,
+            scope,
+            body: d.body,
+            hash,
+            file: d.file,
+            line: d.line,
+        });
+    }
+
+    // The same object twice in one unit is as ambiguous as in two units.
+    let mut keys: Vec<(&ObjectKey, &str, u32)> = objects
+        .iter()
+        .map(|o| (&o.key, o.file.as_str(), o.line))
+        .collect();
+    keys.sort();
+    for pair in keys.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            problems.push(Problem::new(
+                owner.clone(),
+                format!(
+                    "{}:{}: {}: also defined at {}:{}",
+                    pair[1].1, pair[1].2, pair[1].0, pair[0].1, pair[0].2
+                ),
+            ));
+        }
+    }
+
+    if problems.is_empty() {
+        Ok(objects)
+    } else {
+        Err(problems)
+    }
+}
+
+/// sha256 of the canonical form: compact JSON, keys sorted (serde_json's map is a BTreeMap).
+pub fn hash(body: &serde_json::Value) -> String {
+    let bytes = serde_json::to_vec(body).expect("a JSON value always serializes");
+    let digest = Sha256::digest(&bytes);
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}

@@ -1,0 +1,132 @@
+//! Plain YAML: every `*.yaml`/`*.yml` below the folder, in sorted path order, each file
+//! substituted and split into documents. Hidden files and folders (`.git`, `.github`) are skipped.
+
+use std::path::{Path, PathBuf};
+
+use super::inside;
+use super::objects::Document;
+use crate::fleet::Unit;
+use crate::subst::{Vars, substitute};
+use crate::yaml::Node;
+
+/// Reads the documents of the folder `dir` of the checkout at `root` (canonical); every broken file is
+/// reported, not just the first.
+pub fn read(root: &Path, dir: &Path, unit: &Unit) -> Result<Vec<Document>, Vec<String>> {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    collect(root, dir, &mut files, &mut problems, &mut seen);
+    files.sort();
+    let vars = Vars {
+        flat: &unit.vars,
+        values: &unit.values,
+    };
+    let mut documents = Vec::new();
+    for file in files {
+        let rel = file
+            .strip_prefix(root)
+            .unwrap_or(&file)
+            .to_string_lossy()
+            .into_owned();
+        match read_file(&file, &rel, &vars) {
+            Ok(docs) => documents.extend(docs),
+            Err(mut p) => problems.append(&mut p),
+        }
+    }
+    if problems.is_empty() {
+        Ok(documents)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Substitutes and parses one file of manifests (also used for kustomize and Helm output).
+pub fn parse_manifests(
+    text: &str,
+    shown: &str,
+    vars: Option<&Vars<'_>>,
+) -> Result<Vec<Document>, Vec<String>> {
+    let text = match vars {
+        Some(vars) => substitute(text, vars).map_err(|undefined| {
+            undefined
+                .iter()
+                .map(|u| format!("{shown}:{u}"))
+                .collect::<Vec<_>>()
+        })?,
+        None => std::borrow::Cow::Borrowed(text),
+    };
+    let docs = Node::parse_stream(&text, shown).map_err(|d| vec![d.to_string()])?;
+    Ok(docs
+        .into_iter()
+        .map(|n| Document {
+            body: n.to_json(),
+            file: shown.to_string(),
+            line: n.line,
+        })
+        .collect())
+}
+
+fn read_file(file: &Path, rel: &str, vars: &Vars<'_>) -> Result<Vec<Document>, Vec<String>> {
+    let bytes = std::fs::read(file).map_err(|e| vec![format!("{rel}: cannot read: {e}")])?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| vec![format!("{rel}: not a text file (not valid UTF-8)")])?;
+    let docs = parse_manifests(&text, rel, Some(vars))?;
+    // A kustomization or chart inside a plain folder would be applied as an object: refuse it.
+    for d in &docs {
+        if d.body["kind"] == "Kustomization"
+            && d.body["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("kustomize.config.k8s.io/"))
+        {
+            return Err(vec![format!(
+                "{rel}: a kustomization inside a plain-YAML folder; point the app's path at the folder that holds it"
+            )]);
+        }
+    }
+    Ok(docs)
+}
+
+/// `root` is canonical. `seen` holds the folders already walked, so a symlinked folder that points
+/// back up cannot make the walk loop.
+fn collect(
+    root: &Path,
+    dir: &Path,
+    files: &mut Vec<PathBuf>,
+    problems: &mut Vec<String>,
+    seen: &mut std::collections::BTreeSet<PathBuf>,
+) {
+    if !seen.insert(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())) {
+        return;
+    }
+    let rel = |p: &Path| {
+        p.strip_prefix(root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => return problems.push(format!("{}: cannot list: {e}", rel(dir))),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        // Follow symlinks only while they stay inside the checkout.
+        let real = match inside(root, &path) {
+            Ok(real) => real,
+            Err(why) => {
+                problems.push(format!("{}: {why}", rel(&path)));
+                continue;
+            }
+        };
+        if real.is_dir() {
+            collect(root, &path, files, problems, seen);
+        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+            files.push(path);
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The external renderers: `kustomize build` (or `kubectl kustomize`) and `helm template`, each
+//! run with a timeout, their stderr carried into the error.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::objects::Document;
+use super::plain::parse_manifests;
+use crate::fleet::Unit;
+use crate::subst::Vars;
+
+/// Which binaries render kustomize and Helm apps, and how long one call may take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tools {
+    /// `kustomize` (run as `kustomize build DIR`) or `kubectl` (`kubectl kustomize DIR`).
+    pub kustomize: Option<PathBuf>,
+    pub helm: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+impl From<&crate::config::Render> for Tools {
+    fn from(r: &crate::config::Render) -> Tools {
+        Tools {
+            kustomize: r.kustomize.clone(),
+            helm: r.helm.clone(),
+            timeout: r.timeout,
+        }
+    }
+}
+
+impl Tools {
+    /// Runs kustomize on `dir` and substitutes variables in its output.
+    pub(super) fn kustomize(
+        &self,
+        dir: &Path,
+        shown: &str,
+        unit: &Unit,
+    ) -> Result<Vec<Document>, Vec<String>> {
+        let Some(program) = &self.kustomize else {
+            return Err(vec![format!(
+                "{shown}: a kustomization, and no kustomize or kubectl binary was found: install one, or set render.kustomize in the agent config"
+            )]);
+        };
+        let sub = if program.file_name().is_some_and(|n| n == "kubectl") {
+            "kustomize"
+        } else {
+            "build"
+        };
+        let out = run(program, &[sub.as_ref(), dir.as_os_str()], self.timeout)
+            .map_err(|why| vec![format!("{shown}: kustomize build failed: {why}")])?;
+        let text = String::from_utf8(out)
+            .map_err(|_| vec![format!("{shown}: kustomize wrote output that is not UTF-8")])?;
+        let vars = Vars {
+            flat: &unit.vars,
+            values: &unit.values,
+        };
+        parse_manifests(&text, &format!("{shown} (kustomize output)"), Some(&vars))
+    }
+
+    /// Runs `helm template` on the chart in `dir` with the unit's values.
+    pub(super) fn helm(
+        &self,
+        dir: &Path,
+        shown: &str,
+        unit: &Unit,
+    ) -> Result<Vec<Document>, Vec<String>> {
+        let Some(program) = &self.helm else {
+            return Err(vec![format!(
+                "{shown}: app {} is a Helm chart (Chart.yaml) and Helm is needed to render it: install helm, or set render.helm in the agent config",
+                unit.id.app
+            )]);
+        };
+        let values = tempfile::Builder::new()
+            .prefix("flotilla-values-")
+            .suffix(".json")
+            .tempfile()
+            .map_err(|e| vec![format!("{shown}: cannot write the values file: {e}")])?;
+        // JSON is YAML: Helm reads it as a values file. Values = chart defaults ← these.
+        std::fs::write(
+            values.path(),
+            serde_json::to_vec(&unit.values).unwrap_or_default(),
+        )
+        .map_err(|e| vec![format!("{shown}: cannot write the values file: {e}")])?;
+        let namespace = unit.namespace.as_deref().unwrap_or("default");
+        let args: [&std::ffi::OsStr; 8] = [
+            "template".as_ref(),
+            unit.id.app.as_ref(),
+            dir.as_os_str(),
+            "--namespace".as_ref(),
+            namespace.as_ref(),
+            "--include-crds".as_ref(),
+            "--values".as_ref(),
+            values.path().as_os_str(),
+        ];
+        let out = run(program, &args, self.timeout)
+            .map_err(|why| vec![format!("{shown}: helm template failed: {why}")])?;
+        let text = String::from_utf8(out)
+            .map_err(|_| vec![format!("{shown}: helm wrote output that is not UTF-8")])?;
+        parse_manifests(&text, &format!("{shown} (helm template output)"), None)
+    }
+}
+
+/// Runs a program to completion within `timeout`; its stdout, or why it failed (with stderr).
+fn run(program: &Path, args: &[&std::ffi::OsStr], timeout: Duration) -> Result<Vec<u8>, String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    // Drain both pipes on their own threads so a chatty child never blocks on a full pipe.
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        stdout.read_to_end(&mut buf).map(|_| buf)
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{} did not finish within {}",
+                    program.display(),
+                    humantime::format_duration(timeout)
+                ));
+            }
+            Ok(None) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("waiting for {}: {e}", program.display())),
+        }
+    };
+    let stdout = out
+        .join()
+        .map_err(|_| "reading its output failed".to_string())?
+        .map_err(|e| e.to_string())?;
+    let stderr = err.join().unwrap_or_default();
+    if status.success() {
+        Ok(stdout)
+    } else {
+        let stderr = String::from_utf8_lossy(&stderr);
+        let stderr = stderr.trim();
+        Err(if stderr.is_empty() {
+            format!("{status}")
+        } else {
+            format!("{status}: {stderr}")
+        })
+    }
+}
