@@ -7,3 +7,5 @@ mod support;
 mod cli;
 // The agent config file: the shipped example, and every error reported at once.
 mod config;
+// The fleet, catalogs and rendering: render and validate on whole platforms.
+mod render;

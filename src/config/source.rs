@@ -186,7 +186,7 @@ pub fn decode(
                 );
             }
         }
-        let dir = base.join(dir);
+        let dir = normalize(&base.join(dir));
         if !dir.is_dir() {
             report.error(
                 n,
@@ -310,6 +310,23 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// Resolves `.` and `..` lexically, so `/srv/fleet/tenants/../../teams/ai` reads `/srv/teams/ai`.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push(c);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// A subfolder must stay inside the tree: relative, no `..`.

@@ -61,12 +61,23 @@ pub fn render_unit(unit: &Unit, root: &Path, tools: &Tools) -> Result<Vec<Object
             "{shown}: no such folder in the repository"
         )]));
     }
-    let documents = match detect(&dir) {
-        Kind::Plain => plain::read(&root, &dir, unit).map_err(fail)?,
-        Kind::Kustomize => tools.kustomize(&dir, &shown, unit).map_err(fail)?,
-        Kind::Helm => tools.helm(&dir, &shown, unit).map_err(fail)?,
+    let (documents, unreadable) = match detect(&dir) {
+        Kind::Plain => plain::read(&root, &dir, unit),
+        Kind::Kustomize => (
+            tools.kustomize(&dir, &shown, unit).map_err(fail)?,
+            Vec::new(),
+        ),
+        Kind::Helm => (tools.helm(&dir, &shown, unit).map_err(fail)?, Vec::new()),
     };
-    objects::finish(unit, documents)
+    match (objects::finish(unit, documents), unreadable.is_empty()) {
+        (Ok(objects), true) => Ok(objects),
+        (Ok(_), false) => Err(fail(unreadable)),
+        (Err(mut problems), _) => {
+            let mut all = fail(unreadable);
+            all.append(&mut problems);
+            Err(all)
+        }
+    }
 }
 
 /// Which renderer a folder needs.

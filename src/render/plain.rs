@@ -9,9 +9,10 @@ use crate::fleet::Unit;
 use crate::subst::{Vars, substitute};
 use crate::yaml::Node;
 
-/// Reads the documents of the folder `dir` of the checkout at `root` (canonical); every broken file is
-/// reported, not just the first.
-pub fn read(root: &Path, dir: &Path, unit: &Unit) -> Result<Vec<Document>, Vec<String>> {
+/// Reads the documents of the folder `dir` of the checkout at `root` (canonical), and the problems
+/// of every file that could not be read: the good files' documents are still returned, so their
+/// own problems can be reported in the same run.
+pub fn read(root: &Path, dir: &Path, unit: &Unit) -> (Vec<Document>, Vec<String>) {
     let mut files = Vec::new();
     let mut problems = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -33,11 +34,7 @@ pub fn read(root: &Path, dir: &Path, unit: &Unit) -> Result<Vec<Document>, Vec<S
             Err(mut p) => problems.append(&mut p),
         }
     }
-    if problems.is_empty() {
-        Ok(documents)
-    } else {
-        Err(problems)
-    }
+    (documents, problems)
 }
 
 /// Substitutes and parses one file of manifests (also used for kustomize and Helm output).

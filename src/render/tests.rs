@@ -1,1 +1,270 @@
+//! Object post-processing and checks, on plain documents (no files, no tools).
 
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use super::objects::{Document, finish, hash};
+use super::{Scope, check_duplicates};
+use crate::fleet::{Identity, Limits, Unit, UnitId, UnitOptions, UnitSource};
+
+fn tenant_unit(app: &str) -> Unit {
+    Unit {
+        id: UnitId::app("ai", app),
+        identity: Identity::ServiceAccount {
+            namespace: "ai".into(),
+            name: "flotilla-tenant".into(),
+        },
+        namespace: Some("ai".into()),
+        source: UnitSource::Tenant {
+            path: format!("apps/{app}"),
+        },
+        values: json!({}),
+        vars: BTreeMap::new(),
+        depends_on: vec![],
+        options: UnitOptions {
+            prune: true,
+            force: false,
+            wait: false,
+            timeout: None,
+            allow_empty: false,
+            interval: None,
+            suspend: false,
+        },
+        limits: Some(Limits {
+            namespaces: vec!["ai".into(), "ai-jobs".into()],
+            cluster_scoped_kinds: vec!["PriorityClass".into()],
+        }),
+    }
+}
+
+fn doc(body: serde_json::Value, line: u32) -> Document {
+    Document {
+        body,
+        file: "apps/x/all.yaml".into(),
+        line,
+    }
+}
+
+fn problems(unit: &Unit, docs: Vec<Document>) -> Vec<String> {
+    finish(unit, docs)
+        .unwrap_err()
+        .into_iter()
+        .map(|p| p.to_string())
+        .collect()
+}
+
+#[test]
+fn namespaced_objects_get_the_unit_namespace_and_ownership_labels() {
+    let objects = finish(
+        &tenant_unit("web"),
+        vec![doc(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}),
+            1,
+        )],
+    )
+    .unwrap();
+    let o = &objects[0];
+    assert_eq!(o.key.namespace.as_deref(), Some("ai"));
+    assert_eq!(o.body["metadata"]["namespace"], "ai");
+    assert_eq!(o.body["metadata"]["labels"]["flotilla.dev/tenant"], "ai");
+    assert_eq!(o.body["metadata"]["labels"]["flotilla.dev/app"], "web");
+    assert_eq!(o.scope, Scope::Namespaced);
+    assert_eq!(o.hash, hash(&o.body));
+    assert_eq!(o.hash.len(), 64);
+}
+
+#[test]
+fn an_explicit_namespace_of_the_tenant_is_kept() {
+    let objects = finish(
+        &tenant_unit("web"),
+        vec![doc(json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "namespace": "ai-jobs"}}), 1)],
+    )
+    .unwrap();
+    assert_eq!(objects[0].key.namespace.as_deref(), Some("ai-jobs"));
+}
+
+#[test]
+fn missing_identity_fields_are_named() {
+    let p = problems(
+        &tenant_unit("web"),
+        vec![
+            doc(json!({"kind": "ConfigMap", "metadata": {"name": "c"}}), 1),
+            doc(json!({"apiVersion": "v1", "metadata": {}}), 5),
+            doc(json!("just a string"), 9),
+        ],
+    );
+    assert_eq!(
+        p,
+        vec![
+            "tenant ai, app web: apps/x/all.yaml:1: ConfigMap c: missing apiVersion",
+            "tenant ai, app web: apps/x/all.yaml:5: missing kind, metadata.name",
+            "tenant ai, app web: apps/x/all.yaml:9: a document must be a mapping (an object), not a scalar or a list",
+        ]
+    );
+}
+
+#[test]
+fn a_namespace_the_tenant_does_not_own_is_refused() {
+    let p = problems(
+        &tenant_unit("web"),
+        vec![doc(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "kube-system"}}),
+            3,
+        )],
+    );
+    assert_eq!(
+        p,
+        vec![
+            "tenant ai, app web: apps/x/all.yaml:3: Secret kube-system/s: namespace kube-system is not one of the tenant's namespaces (ai, ai-jobs)"
+        ]
+    );
+}
+
+#[test]
+fn cluster_scoped_kinds_need_the_tenant_limits() {
+    let unit = tenant_unit("web");
+    let allowed = doc(
+        json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "p", "namespace": "ai"}, "value": 1}),
+        1,
+    );
+    let objects = finish(&unit, vec![allowed]).unwrap();
+    assert_eq!(
+        objects[0].key.namespace, None,
+        "a cluster-scoped object carries no namespace"
+    );
+    assert!(objects[0].body["metadata"].get("namespace").is_none());
+
+    let p = problems(
+        &unit,
+        vec![doc(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}),
+            2,
+        )],
+    );
+    assert_eq!(
+        p,
+        vec![
+            "tenant ai, app web: apps/x/all.yaml:2: Namespace other: cluster-scoped kind Namespace is not in the tenant's limits.clusterScopedKinds"
+        ]
+    );
+}
+
+#[test]
+fn lists_are_flattened_and_crds_of_the_unit_decide_scope() {
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced", "names": {"kind": "Widget", "plural": "widgets"}}
+    });
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}},
+        {"apiVersion": "other.io/v1", "kind": "Gizmo", "metadata": {"name": "g"}}
+    ]});
+    let mut unit = tenant_unit("web");
+    unit.limits
+        .as_mut()
+        .unwrap()
+        .cluster_scoped_kinds
+        .push("apiextensions.k8s.io/CustomResourceDefinition".into());
+    let objects = finish(&unit, vec![doc(list, 1), doc(crd, 9)]).unwrap();
+    assert_eq!(objects.len(), 3);
+    assert_eq!(
+        (objects[0].key.kind.as_str(), objects[0].scope),
+        ("Widget", Scope::Namespaced)
+    );
+    assert_eq!(objects[0].key.namespace.as_deref(), Some("ai"));
+    assert_eq!(
+        (objects[1].key.kind.as_str(), objects[1].scope),
+        ("Gizmo", Scope::Unknown)
+    );
+    assert_eq!(
+        objects[1].key.namespace, None,
+        "unknown kinds wait for discovery"
+    );
+}
+
+#[test]
+fn infra_objects_must_name_their_namespace() {
+    let mut unit = tenant_unit("infra");
+    unit.id = UnitId::infra();
+    unit.limits = None;
+    unit.namespace = None;
+    let p = problems(
+        &unit,
+        vec![doc(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}),
+            1,
+        )],
+    );
+    assert_eq!(
+        p,
+        vec![
+            "cluster infra: apps/x/all.yaml:1: ConfigMap c: cluster infrastructure must name metadata.namespace"
+        ]
+    );
+}
+
+#[test]
+fn the_same_object_twice_in_one_unit_is_refused() {
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+    let p = problems(&tenant_unit("web"), vec![doc(cm.clone(), 1), doc(cm, 7)]);
+    assert_eq!(
+        p,
+        vec![
+            "tenant ai, app web: apps/x/all.yaml:7: ConfigMap ai/c: also defined at apps/x/all.yaml:1"
+        ]
+    );
+}
+
+#[test]
+fn the_same_object_from_two_units_fails_both() {
+    let cm = || {
+        doc(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shared"}}),
+            1,
+        )
+    };
+    let other = doc(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "mine"}}),
+        1,
+    );
+    let mut results = BTreeMap::new();
+    for (app, docs) in [("a", vec![cm()]), ("b", vec![cm()]), ("c", vec![other])] {
+        let unit = tenant_unit(app);
+        results.insert(unit.id.clone(), finish(&unit, docs));
+    }
+    check_duplicates(&mut results);
+    let text = |app: &str| -> Vec<String> {
+        results[&UnitId::app("ai", app)]
+            .as_ref()
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    };
+    assert_eq!(
+        text("a"),
+        vec![
+            "tenant ai, app a: ConfigMap ai/shared is also rendered by ai/b; an object must have one owner"
+        ]
+    );
+    assert_eq!(
+        text("b"),
+        vec![
+            "tenant ai, app b: ConfigMap ai/shared is also rendered by ai/a; an object must have one owner"
+        ]
+    );
+    assert!(
+        results[&UnitId::app("ai", "c")].is_ok(),
+        "an unrelated unit is untouched"
+    );
+}
+
+#[test]
+fn hashes_are_stable_and_key_order_does_not_matter() {
+    let a: serde_json::Value = serde_json::from_str(r#"{"b": 1, "a": {"y": 2, "x": 1}}"#).unwrap();
+    let b: serde_json::Value = serde_json::from_str(r#"{"a": {"x": 1, "y": 2}, "b": 1}"#).unwrap();
+    assert_eq!(hash(&a), hash(&b));
+    assert_ne!(hash(&a), hash(&json!({"a": {"x": 1, "y": 3}, "b": 1})));
+}

@@ -62,3 +62,60 @@ impl std::fmt::Debug for Run {
         )
     }
 }
+
+/// A throwaway platform: an agent config, a fleet with clusters `dev` and `prod`, and tenant repos
+/// as local folders. Tests add tenants and files, then run `flotilla` against it.
+pub struct Platform {
+    pub dir: Dir,
+}
+
+impl Platform {
+    pub fn new() -> Platform {
+        let dir = Dir::new();
+        dir.write("flotilla.yaml", "cluster: dev\nfleet: { dir: fleet }\n");
+        dir.write(
+            "fleet/clusters/dev/cluster.yaml",
+            "name: dev\nlabels: { env: dev }\nvars: { domain: dev.example.com }\n",
+        );
+        dir.write(
+            "fleet/clusters/prod/cluster.yaml",
+            "name: prod\nlabels: { env: prod }\nvars: { domain: example.com }\n",
+        );
+        Platform { dir }
+    }
+
+    /// Adds tenant `name` owning `namespaces`, on every cluster, with this `tenant.yaml`.
+    pub fn tenant(&self, name: &str, namespaces: &str, catalog: &str) -> &Platform {
+        self.dir.write(
+            &format!("fleet/tenants/{name}.yaml"),
+            format!(
+                "name: {name}\nnamespaces: {namespaces}\nsource: {{ dir: ../../tenants/{name} }}\nclusters: [{{ labels: {{}} }}]\n"
+            ),
+        );
+        self.dir
+            .write(&format!("tenants/{name}/tenant.yaml"), catalog);
+        self
+    }
+
+    /// Writes a file below the platform folder.
+    pub fn file(&self, rel: &str, contents: &str) -> &Platform {
+        self.dir.write(rel, contents);
+        self
+    }
+
+    /// Runs `flotilla <args> --config flotilla.yaml` in the platform folder.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", "flotilla.yaml"]);
+        flotilla(self.dir.path(), &all)
+    }
+}
+
+/// The documents of a rendered YAML stream, as JSON values.
+pub fn documents(stream: &str) -> Vec<serde_json::Value> {
+    flotilla::yaml::Node::parse_stream(stream, "stdout")
+        .expect("render prints valid YAML")
+        .iter()
+        .map(flotilla::yaml::Node::to_json)
+        .collect()
+}

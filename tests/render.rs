@@ -1,0 +1,458 @@
+//! `flotilla render` and `flotilla validate` on whole platforms: the shipped example for `dev` and
+//! `prod` (golden), the real kustomize binary, Helm, and each pre-apply check by its error text.
+
+use crate::support::{Platform, Run, documents, flotilla, repo_root};
+
+/// `unit kind namespace/name sha256` per object: what a cluster gets, in order.
+fn summary(run: &Run) -> String {
+    let mut out = String::new();
+    let mut unit = "";
+    for line in run.stdout.lines() {
+        if let Some(rest) = line.strip_prefix("# Source: ") {
+            unit = rest.split(' ').next().unwrap_or_default();
+        }
+        if let Some(hash) = line.strip_prefix("# sha256: ") {
+            out.push_str(&format!("{unit} {hash}\n"));
+        }
+    }
+    let docs = documents(&run.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), docs.len(), "one header per document");
+    lines
+        .iter()
+        .zip(&docs)
+        .map(|(line, d)| {
+            let (unit, hash) = line.split_once(' ').unwrap();
+            let ns = d["metadata"]["namespace"]
+                .as_str()
+                .map(|n| format!("{n}/"))
+                .unwrap_or_default();
+            format!(
+                "{unit} {} {ns}{} {hash}\n",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// Compares with `tests/golden/<name>`; `FLOTILLA_BLESS=1` rewrites it.
+fn golden(name: &str, actual: &str) {
+    let path = repo_root().join("tests/golden").join(name);
+    if std::env::var_os("FLOTILLA_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        actual,
+        expected,
+        "{name} differs from {} (FLOTILLA_BLESS=1 to update)",
+        path.display()
+    );
+}
+
+fn render_example(cluster: &str) -> Run {
+    let run = flotilla(
+        &repo_root(),
+        &[
+            "render",
+            "--config",
+            "config/examples/flotilla.yaml",
+            "--cluster",
+            cluster,
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.is_empty(), "{run:?}");
+    run
+}
+
+#[test]
+fn the_example_renders_the_golden_objects_for_dev_and_prod() {
+    golden("examples-dev.txt", &summary(&render_example("dev")));
+    golden("examples-prod.txt", &summary(&render_example("prod")));
+}
+
+#[test]
+fn app_sets_and_values_differ_per_cluster_as_the_catalogs_say() {
+    let dev = render_example("dev");
+    let prod = render_example("prod");
+    let units = |run: &Run| -> std::collections::BTreeSet<String> {
+        run.stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("# Source: "))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect()
+    };
+    let (dev_units, prod_units) = (units(&dev), units(&prod));
+    for only_prod in [
+        "ai/model-serving",
+        "security/falco-rules",
+        "bigdata/kafka-ui",
+    ] {
+        assert!(
+            prod_units.contains(only_prod) && !dev_units.contains(only_prod),
+            "{only_prod}"
+        );
+    }
+    for only_dev in [
+        "ai/notebook-cleanup",
+        "bigdata/sandbox",
+        "security/audit-dashboard",
+    ] {
+        assert!(
+            dev_units.contains(only_dev) && !prod_units.contains(only_dev),
+            "{only_dev}"
+        );
+    }
+    let find = |run: &Run, kind: &str, name: &str| -> serde_json::Value {
+        documents(&run.stdout)
+            .into_iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap()
+    };
+    // Per-cluster values (tenant.yaml clusters entries) and variables land in the objects.
+    assert_eq!(
+        find(&prod, "ResourceQuota", "training")["spec"]["hard"]["requests.nvidia.com/gpu"],
+        "16"
+    );
+    assert_eq!(
+        find(&dev, "ResourceQuota", "training")["spec"]["hard"]["requests.nvidia.com/gpu"],
+        "2"
+    );
+    assert_eq!(
+        find(&prod, "Deployment", "model-serving")["spec"]["replicas"],
+        3
+    );
+    assert_eq!(
+        find(&prod, "Ingress", "model-serving")["spec"]["rules"][0]["host"],
+        "models.prod.example.com"
+    );
+    assert_eq!(
+        find(&prod, "StatefulSet", "airflow-worker")["spec"]["replicas"],
+        4
+    );
+    assert_eq!(
+        find(&dev, "StatefulSet", "airflow-worker")["spec"]["replicas"],
+        1
+    );
+    // The kustomize overlay is chosen per cluster through ${cluster.labels.env} and built by the
+    // real binary; variables are substituted in its output.
+    let jupyter = find(&prod, "Deployment", "jupyter");
+    assert_eq!(jupyter["spec"]["replicas"], 2);
+    assert_eq!(
+        jupyter["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"],
+        "8Gi"
+    );
+    assert_eq!(
+        jupyter["metadata"]["annotations"]["example.com/owner"],
+        "ai@example.com"
+    );
+    assert_eq!(find(&dev, "Deployment", "jupyter")["spec"]["replicas"], 1);
+    // Ownership labels and namespaces.
+    assert_eq!(jupyter["metadata"]["labels"]["flotilla.dev/tenant"], "ai");
+    assert_eq!(jupyter["metadata"]["labels"]["flotilla.dev/app"], "jupyter");
+    assert_eq!(jupyter["metadata"]["namespace"], "ai");
+    assert_eq!(
+        find(&dev, "CronJob", "notebook-cleanup")["metadata"]["namespace"],
+        "ai-jobs"
+    );
+}
+
+#[test]
+fn rendering_is_deterministic() {
+    let a = render_example("prod");
+    let b = render_example("prod");
+    assert_eq!(
+        a.stdout, b.stdout,
+        "same inputs, byte-identical output and hashes"
+    );
+}
+
+#[test]
+fn render_filters_by_tenant_and_app() {
+    let run = flotilla(
+        &repo_root(),
+        &[
+            "render",
+            "--config",
+            "config/examples/flotilla.yaml",
+            "--tenant",
+            "ai",
+            "--app",
+            "jupyter",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let sources: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("# Source: "))
+        .collect();
+    assert_eq!(sources.len(), 2, "{run:?}");
+    assert!(
+        sources
+            .iter()
+            .all(|l| l.starts_with("# Source: ai/jupyter ")),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn an_unknown_cluster_or_tenant_is_named() {
+    let run = flotilla(
+        &repo_root(),
+        &[
+            "render",
+            "--config",
+            "config/examples/flotilla.yaml",
+            "--cluster",
+            "staging",
+        ],
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("cluster \"staging\" is not in the fleet (clusters: dev, prod)"),
+        "{run:?}"
+    );
+    let run = flotilla(
+        &repo_root(),
+        &[
+            "render",
+            "--config",
+            "config/examples/flotilla.yaml",
+            "--tenant",
+            "nope",
+        ],
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("tenant \"nope\" is not in the fleet"),
+        "{run:?}"
+    );
+}
+
+const WEB: &str =
+    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata:\n  host: web.${vars.domain}\n";
+
+#[test]
+fn a_broken_app_fails_alone_and_the_others_still_render() {
+    let p = Platform::new();
+    p.tenant("ai", "[ai]", "apps:\n  - { name: web, source: { path: apps/web } }\n  - { name: broken, source: { path: apps/broken } }\n")
+        .file("tenants/ai/apps/web/cm.yaml", WEB)
+        .file("tenants/ai/apps/broken/a.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [unclosed\n")
+        .file("tenants/ai/apps/broken/b.yaml", "apiVersion: v1\nkind: Secret\nmetadata: { name: s, namespace: other }\n")
+        .tenant("data", "[data]", "apps:\n  - { name: etl, source: { path: etl } }\n")
+        .file("tenants/data/etl/job.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: etl }\n");
+    let run = p.run(&["render"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let names: Vec<String> = documents(&run.stdout)
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["web", "etl"], "{run:?}");
+    assert_eq!(
+        documents(&run.stdout)[0]["data"]["host"],
+        "web.dev.example.com"
+    );
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "both files of the broken app are reported: {run:?}"
+    );
+    assert!(
+        lines[0].starts_with(
+            "tenant ai, app broken: apps/broken/a.yaml:4:9: not valid YAML: unclosed bracket"
+        ),
+        "{run:?}"
+    );
+    assert_eq!(
+        lines[1],
+        "tenant ai, app broken: apps/broken/b.yaml:1: Secret other/s: namespace other is not one of the tenant's namespaces (ai)"
+    );
+}
+
+#[test]
+fn an_undefined_variable_is_named_with_its_file_and_line() {
+    let p = Platform::new();
+    p.tenant("ai", "[ai]", "apps:\n  - { name: web, source: { path: web }, values: { port: 80 } }\n")
+        .file("tenants/ai/web/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: c }\ndata:\n  port: \"${values.port}\"\n  user: ${values.user}\n  home: $${HOME}\n");
+    let run = p.run(&["render"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(
+        run.stderr.trim(),
+        "tenant ai, app web: web/cm.yaml:line 6: undefined variable ${values.user} (write $${values.user} for a literal)"
+    );
+}
+
+#[test]
+fn missing_identity_fields_and_lists_are_handled_per_document() {
+    let p = Platform::new();
+    p.tenant("ai", "[ai]", "apps:\n  - { name: web, source: { path: web } }\n").file(
+        "tenants/ai/web/all.yml",
+        "---\n---\napiVersion: v1\nkind: List\nitems:\n  - { apiVersion: v1, kind: ConfigMap, metadata: { name: a } }\n  - { apiVersion: v1, kind: ConfigMap, metadata: { name: b } }\n---\nkind: Service\nmetadata: { name: svc }\n",
+    );
+    let run = p.run(&["render"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(
+        run.stderr.trim(),
+        "tenant ai, app web: web/all.yml:9: Service svc: missing apiVersion"
+    );
+    // Errors hold the unit back entirely: nothing of a failed unit is printed.
+    assert!(run.stdout.is_empty(), "{run:?}");
+}
+
+#[test]
+fn the_same_object_from_two_tenants_fails_both() {
+    let p = Platform::new();
+    let pc = "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: { name: high }\nvalue: 1000\n";
+    for t in ["ai", "data"] {
+        p.file(
+            &format!("fleet/tenants/{t}.yaml"),
+            &format!("name: {t}\nnamespaces: [{t}]\nsource: {{ dir: ../../tenants/{t} }}\nclusters: [{{ name: dev }}]\nlimits: {{ clusterScopedKinds: [scheduling.k8s.io/PriorityClass] }}\n"),
+        )
+        .file(&format!("tenants/{t}/tenant.yaml"), "apps:\n  - { name: prio, source: { path: p } }\n")
+        .file(&format!("tenants/{t}/p/pc.yaml"), pc);
+    }
+    let run = p.run(&["render"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(
+        run.stderr.lines().collect::<Vec<_>>(),
+        [
+            "tenant ai, app prio: PriorityClass.scheduling.k8s.io high is also rendered by data/prio; an object must have one owner",
+            "tenant data, app prio: PriorityClass.scheduling.k8s.io high is also rendered by ai/prio; an object must have one owner",
+        ]
+    );
+    // Asking for one tenant reports the same: the other catalogs are still read.
+    let run = p.run(&["render", "--tenant", "ai"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("also rendered by data/prio"), "{run:?}");
+}
+
+#[test]
+fn a_kustomize_failure_carries_its_stderr() {
+    let p = Platform::new();
+    p.tenant(
+        "ai",
+        "[ai]",
+        "apps:\n  - { name: web, source: { path: web } }\n",
+    )
+    .file(
+        "tenants/ai/web/kustomization.yaml",
+        "resources:\n  - missing.yaml\n",
+    );
+    let run = p.run(&["render"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .starts_with("tenant ai, app web: web: kustomize build failed: exit status: 1: "),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("missing.yaml"),
+        "kustomize's own message: {run:?}"
+    );
+}
+
+#[test]
+fn a_symlink_out_of_the_repository_is_refused() {
+    let p = Platform::new();
+    p.tenant(
+        "ai",
+        "[ai]",
+        "apps:\n  - { name: web, source: { path: web } }\n",
+    )
+    .file(
+        "secret.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: { name: stolen }\n",
+    )
+    .file(
+        "tenants/ai/web/ok.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: ok }\n",
+    );
+    std::os::unix::fs::symlink(
+        p.dir.path().join("secret.yaml"),
+        p.dir.path().join("tenants/ai/web/link.yaml"),
+    )
+    .unwrap();
+    let run = p.run(&["render"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(
+        run.stderr.trim(),
+        "tenant ai, app web: web/link.yaml: leaves the repository through a symlink; refused"
+    );
+    assert!(!run.stdout.contains("stolen"), "{run:?}");
+}
+
+#[test]
+fn helm_charts_render_with_helm_or_say_that_helm_is_needed() {
+    let p = Platform::new();
+    p.tenant("ai", "[ai]", "apps:\n  - { name: chart, source: { path: chart }, values: { greeting: hello } }\n")
+        .file("tenants/ai/chart/Chart.yaml", "apiVersion: v2\nname: chart\nversion: 0.1.0\n")
+        .file("tenants/ai/chart/values.yaml", "greeting: default\nreplicas: 1\n")
+        .file(
+            "tenants/ai/chart/templates/cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\ndata:\n  greeting: {{ .Values.greeting }}\n  replicas: \"{{ .Values.replicas }}\"\n",
+        );
+    match flotilla::config::find_program("helm") {
+        Some(_) => {
+            let run = p.run(&["render"]);
+            assert_eq!(run.code, 0, "{run:?}");
+            let docs = documents(&run.stdout);
+            assert_eq!(docs[0]["metadata"]["name"], "chart");
+            assert_eq!(
+                docs[0]["data"]["greeting"], "hello",
+                "app values over chart defaults"
+            );
+            assert_eq!(docs[0]["data"]["replicas"], "1", "chart defaults kept");
+        }
+        None => {
+            let run = p.run(&["render"]);
+            assert_eq!(run.code, 1, "{run:?}");
+            assert_eq!(
+                run.stderr.trim(),
+                "tenant ai, app chart: chart: app chart is a Helm chart (Chart.yaml) and Helm is needed to render it: install helm, or set render.helm in the agent config"
+            );
+        }
+    }
+}
+
+#[test]
+fn validate_checks_every_cluster_and_every_catalog() {
+    let p = Platform::new();
+    p.tenant(
+        "ai",
+        "[ai]",
+        "apps:\n  - name: web\n    source: { path: web }\n    enabled: false\n    dependsOn: [ghost]\nclusters:\n  - match: { name: prod }\n    apps:\n      web: { enabled: true }\n      wbe: { enabled: true }\n",
+    )
+    .file("tenants/ai/web/cm.yaml", WEB)
+    .file("fleet/tenants/data.yaml", "name: data\nnamespaces: [data]\nsource: { dir: ../../tenants/data }\nclusters: [{ name: dev }]\nprune: maybe\n")
+    .file("tenants/data/tenant.yaml", "apps: []\n");
+    let run = p.run(&["validate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(
+        run.stderr.lines().collect::<Vec<_>>(),
+        [
+            "fleet: tenants/data.yaml:5:8: prune: expected a boolean (true or false), found a string",
+            "tenant ai: tenant.yaml:10:7: clusters[0].apps.wbe: no app named \"wbe\" in apps",
+            "flotilla.yaml: 2 problems",
+        ],
+        "{run:?}"
+    );
+    // With the catalog fixed, the prod-only problem appears, named by its cluster.
+    p.file(
+        "tenants/ai/tenant.yaml",
+        "apps:\n  - name: web\n    source: { path: web }\n    enabled: false\n    dependsOn: [ghost]\nclusters:\n  - match: { name: prod }\n    apps:\n      web: { enabled: true }\n",
+    )
+    .file("fleet/tenants/data.yaml", "name: data\nnamespaces: [data]\nsource: { dir: ../../tenants/data }\nclusters: [{ name: dev }]\n")
+    .file("tenants/data/tenant.yaml", "apps: []\n");
+    let run = p.run(&["validate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(
+        run.stderr.lines().next().unwrap(),
+        "cluster prod: tenant ai, app web: tenant.yaml: dependsOn names \"ghost\", which is not an app of tenant ai"
+    );
+}
