@@ -9,14 +9,15 @@ mod plain;
 mod scope;
 mod tools;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use objects::{Object, ObjectKey};
 pub use scope::{Scope, Scopes};
 pub use tools::Tools;
 
-use crate::fleet::{Owner, Problem, Unit, UnitSource};
+use crate::fleet::{Owner, Problem, Unit, UnitId, UnitSource};
 
 /// Label naming the tenant that owns an object.
 pub const LABEL_TENANT: &str = "flotilla.dev/tenant";
@@ -106,12 +107,53 @@ pub(crate) fn inside(root: &Path, path: &Path) -> Result<PathBuf, String> {
     }
 }
 
+/// What rendering a unit gave.
+pub type Rendered = Result<Vec<Object>, Vec<Problem>>;
+
+/// Renders every unit, in parallel on the machine's cores (units are independent; kustomize and
+/// Helm calls overlap too), then checks that no object has two owners. `root_of` names the
+/// checkout a unit's source lives in.
+pub fn render_all(
+    units: &[Unit],
+    root_of: &(dyn Fn(&Unit) -> Result<PathBuf, String> + Sync),
+    tools: &Tools,
+) -> BTreeMap<UnitId, Rendered> {
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(units.len())
+        .max(1);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(unit) = units.get(i) else { break done };
+            let result = match root_of(unit) {
+                Ok(root) => render_unit(unit, &root, tools),
+                Err(why) => Err(vec![Problem::new(
+                    Owner::Unit(unit.id.clone()),
+                    format!("source: {why}"),
+                )]),
+            };
+            done.push((unit.id.clone(), result));
+        }
+    };
+    let mut results = BTreeMap::new();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (1..workers).map(|_| s.spawn(work)).collect();
+        results.extend(work());
+        for h in handles {
+            results.extend(h.join().expect("a render worker does not panic"));
+        }
+    });
+    check_duplicates(&mut results);
+    results
+}
+
 /// Every object key rendered by more than one unit makes all of those units fail: applying
 /// either would silently take the other's object.
-pub fn check_duplicates(
-    results: &mut BTreeMap<crate::fleet::UnitId, Result<Vec<Object>, Vec<Problem>>>,
-) {
-    let mut seen: BTreeMap<&ObjectKey, Vec<&crate::fleet::UnitId>> = BTreeMap::new();
+pub fn check_duplicates(results: &mut BTreeMap<UnitId, Rendered>) {
+    let mut seen: HashMap<&ObjectKey, Vec<&UnitId>> = HashMap::new();
     for (id, result) in results.iter() {
         if let Ok(objects) = result {
             for o in objects {
@@ -119,7 +161,7 @@ pub fn check_duplicates(
             }
         }
     }
-    let mut problems: BTreeMap<crate::fleet::UnitId, Vec<Problem>> = BTreeMap::new();
+    let mut problems: BTreeMap<UnitId, Vec<Problem>> = BTreeMap::new();
     for (key, ids) in seen.iter().filter(|(_, ids)| ids.len() > 1) {
         for id in ids {
             let others: Vec<String> = ids
@@ -139,7 +181,8 @@ pub fn check_duplicates(
                 ));
         }
     }
-    for (id, list) in problems {
+    for (id, mut list) in problems {
+        list.sort();
         results.insert(id, Err(list));
     }
 }

@@ -1,7 +1,9 @@
 //! Rendered documents → objects: required fields, `List` flattening, namespace defaulting,
 //! ownership labels, the tenant's boundaries, and the sha256 of each object's canonical form.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
+use std::io::Write as _;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -13,8 +15,9 @@ use crate::fleet::{Owner, Problem, Unit};
 #[derive(Clone, Debug)]
 pub struct Document {
     pub body: serde_json::Value,
-    /// The file, relative to the repository root, or `<path> (kustomize output)`.
-    pub file: String,
+    /// The file, relative to the repository root, or `<path> (kustomize output)`; shared by the
+    /// documents of one file.
+    pub file: Arc<str>,
     pub line: u32,
 }
 
@@ -28,7 +31,7 @@ pub struct Object {
     pub body: serde_json::Value,
     /// Hex sha256 of `body` serialized as compact JSON with sorted keys.
     pub hash: String,
-    pub file: String,
+    pub file: Arc<str>,
     pub line: u32,
 }
 
@@ -235,10 +238,8 @@ pub fn finish(unit: &Unit, documents: Vec<Document>) -> Result<Vec<Object>, Vec<
     }
 
     // The same object twice in one unit is as ambiguous as in two units.
-    let mut keys: Vec<(&ObjectKey, &str, u32)> = objects
-        .iter()
-        .map(|o| (&o.key, o.file.as_str(), o.line))
-        .collect();
+    let mut keys: Vec<(&ObjectKey, &str, u32)> =
+        objects.iter().map(|o| (&o.key, &*o.file, o.line)).collect();
     keys.sort();
     for pair in keys.windows(2) {
         if pair[0].0 == pair[1].0 {
@@ -259,13 +260,24 @@ pub fn finish(unit: &Unit, documents: Vec<Document>) -> Result<Vec<Object>, Vec<
     }
 }
 
-/// sha256 of the canonical form: compact JSON, keys sorted (serde_json's map is a BTreeMap).
+/// sha256 of the canonical form: compact JSON, keys sorted (serde_json's map is a BTreeMap),
+/// streamed into the hasher without an intermediate buffer.
 pub fn hash(body: &serde_json::Value) -> String {
-    let bytes = serde_json::to_vec(body).expect("a JSON value always serializes");
-    let digest = Sha256::digest(&bytes);
-    let mut out = String::with_capacity(64);
-    for b in digest {
+    struct Hasher(Sha256);
+    impl std::io::Write for Hasher {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hasher = Hasher(Sha256::new());
+    serde_json::to_writer(&mut hasher, body).expect("a JSON value always serializes");
+    let mut out = Vec::with_capacity(64);
+    for b in hasher.0.finalize() {
         let _ = write!(out, "{b:02x}");
     }
-    out
+    String::from_utf8(out).expect("hex is ASCII")
 }

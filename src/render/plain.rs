@@ -52,13 +52,14 @@ pub fn parse_manifests(
         })?,
         None => std::borrow::Cow::Borrowed(text),
     };
-    let docs = Node::parse_stream(&text, shown).map_err(|d| vec![d.to_string()])?;
+    let docs = Node::parse_documents(&text, shown).map_err(|d| vec![d.to_string()])?;
+    let file: std::sync::Arc<str> = shown.into();
     Ok(docs
         .into_iter()
-        .map(|n| Document {
-            body: n.to_json(),
-            file: shown.to_string(),
-            line: n.line,
+        .map(|(line, body)| Document {
+            body,
+            file: file.clone(),
+            line,
         })
         .collect())
 }
