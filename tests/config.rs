@@ -375,3 +375,24 @@ fn the_in_cluster_config_is_valid_but_for_its_mounted_secrets() {
         "{run:?}"
     );
 }
+
+#[test]
+fn render_tools_are_found_or_named() {
+    let dir = Dir::new();
+    dir.write("fleet/.keep", "");
+    dir.write(
+        "flotilla.yaml",
+        "cluster: dev\nfleet: { dir: fleet }\nrender: { kustomize: no-such-kustomize, helm: ./bin/helm, timeout: 0s, kubectl: x }\n",
+    );
+    let run = flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let helm = dir.path().join("bin/helm");
+    let expected = [
+        "flotilla.yaml:3:22: render.kustomize: no-such-kustomize: no such executable (looked on $PATH for a bare name)".to_string(),
+        format!("flotilla.yaml:3:47: render.helm: {}: no such executable (looked on $PATH for a bare name)", helm.display()),
+        "flotilla.yaml:3:68: render.timeout: must be more than 0s".to_string(),
+        "flotilla.yaml:3:72: render.kubectl: unknown field; allowed here: kustomize, helm, timeout".to_string(),
+        "flotilla.yaml: 4 errors".to_string(),
+    ];
+    assert_eq!(run.stderr.lines().collect::<Vec<_>>(), expected, "{run:?}");
+}

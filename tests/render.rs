@@ -456,3 +456,39 @@ fn validate_checks_every_cluster_and_every_catalog() {
         "cluster prod: tenant ai, app web: tenant.yaml: dependsOn names \"ghost\", which is not an app of tenant ai"
     );
 }
+
+#[test]
+fn a_kustomize_call_that_hangs_is_stopped_at_the_timeout() {
+    let p = Platform::new();
+    p.tenant("ai", "[ai]", "apps:\n  - { name: web, source: { path: web } }\n  - { name: plain, source: { path: plain } }\n")
+        .file("tenants/ai/web/kustomization.yaml", "resources: []\n")
+        .file("tenants/ai/plain/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: fine }\n")
+        .file("bin/kustomize", "#!/bin/sh\nexec sleep 30\n")
+        .file("flotilla.yaml", "cluster: dev\nfleet: { dir: fleet }\nrender: { kustomize: ./bin/kustomize, timeout: 1s }\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        p.dir.path().join("bin/kustomize"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let run = p.run(&["render"]);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(20),
+        "the timeout stopped it: {run:?}"
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    let bin = p.dir.path().join("bin/kustomize");
+    assert_eq!(
+        run.stderr.trim(),
+        format!(
+            "tenant ai, app web: web: kustomize build failed: {} did not finish within 1s",
+            bin.display()
+        )
+    );
+    assert_eq!(
+        documents(&run.stdout)[0]["metadata"]["name"],
+        "fine",
+        "the other app still renders"
+    );
+}
