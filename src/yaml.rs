@@ -67,11 +67,7 @@ impl Node {
     /// Parses one YAML document. An empty document (nothing or only comments) is an error: every
     /// file flotilla reads must say something.
     pub fn parse(text: &str, file: &str) -> Result<Node, Diagnostics> {
-        let options = serde_saphyr::options! {
-            strict_booleans: true,
-            with_snippet: false,
-        };
-        match serde_saphyr::from_str_with_options::<Node>(text, options) {
+        match serde_saphyr::from_str_with_options::<Node>(text, options()) {
             Ok(node) if node.value == Value::Null => Err(Diagnostics::one(Diagnostic {
                 file: file.to_string(),
                 line: 1,
@@ -80,22 +76,7 @@ impl Node {
                 message: "the file is empty; expected a mapping".to_string(),
             })),
             Ok(node) => Ok(node),
-            Err(error) => {
-                let (line, column) = error
-                    .location()
-                    .map(|l| (l.line() as u32, l.column() as u32))
-                    .unwrap_or((1, 1));
-                Err(Diagnostics::one(Diagnostic {
-                    file: file.to_string(),
-                    line,
-                    column,
-                    path: String::new(),
-                    message: format!(
-                        "not valid YAML: {}",
-                        strip_position(&error.without_snippet().to_string())
-                    ),
-                }))
-            }
+            Err(error) => Err(Diagnostics::one(syntax_error(&error, file))),
         }
     }
 
@@ -145,29 +126,9 @@ impl Node {
 
     /// Parses a stream of YAML documents, dropping empty ones (`---` with nothing after it).
     pub fn parse_stream(text: &str, file: &str) -> Result<Vec<Node>, Diagnostic> {
-        let options = serde_saphyr::options! {
-            strict_booleans: true,
-            with_snippet: false,
-        };
-        match serde_saphyr::from_multiple_with_options::<Node>(text, options) {
-            Ok(docs) => Ok(docs.into_iter().filter(|d| !d.is_null()).collect()),
-            Err(error) => {
-                let (line, column) = error
-                    .location()
-                    .map(|l| (l.line() as u32, l.column() as u32))
-                    .unwrap_or((1, 1));
-                Err(Diagnostic {
-                    file: file.to_string(),
-                    line,
-                    column,
-                    path: String::new(),
-                    message: format!(
-                        "not valid YAML: {}",
-                        strip_position(&error.without_snippet().to_string())
-                    ),
-                })
-            }
-        }
+        serde_saphyr::from_multiple_with_options::<Node>(text, options())
+            .map(|docs| docs.into_iter().filter(|d| !d.is_null()).collect())
+            .map_err(|error| syntax_error(&error, file))
     }
 
     /// Parses a stream of manifests straight into JSON values, each with the position of its
@@ -177,34 +138,14 @@ impl Node {
         text: &str,
         file: &str,
     ) -> Result<Vec<(u32, serde_json::Value)>, Diagnostic> {
-        let options = serde_saphyr::options! {
-            strict_booleans: true,
-            with_snippet: false,
-        };
-        match serde_saphyr::from_multiple_with_options::<Spanned<serde_json::Value>>(text, options)
-        {
-            Ok(docs) => Ok(docs
-                .into_iter()
-                .filter(|d| !d.value.is_null())
-                .map(|d| (d.referenced.line() as u32, d.value))
-                .collect()),
-            Err(error) => {
-                let (line, column) = error
-                    .location()
-                    .map(|l| (l.line() as u32, l.column() as u32))
-                    .unwrap_or((1, 1));
-                Err(Diagnostic {
-                    file: file.to_string(),
-                    line,
-                    column,
-                    path: String::new(),
-                    message: format!(
-                        "not valid YAML: {}",
-                        strip_position(&error.without_snippet().to_string())
-                    ),
-                })
-            }
-        }
+        serde_saphyr::from_multiple_with_options::<Spanned<serde_json::Value>>(text, options())
+            .map(|docs| {
+                docs.into_iter()
+                    .filter(|d| !d.value.is_null())
+                    .map(|d| (d.referenced.line() as u32, d.value))
+                    .collect()
+            })
+            .map_err(|error| syntax_error(&error, file))
     }
 
     /// A scalar as text for a variable (`vars`), or a "wrong type" diagnostic.
@@ -539,6 +480,34 @@ impl<'a> Fields<'a> {
                 format!("unknown field; {hint}allowed here: {}", allowed.join(", ")),
             );
         }
+    }
+}
+
+/// Parser options for every file flotilla reads: YAML 1.2 booleans (`on`/`yes` stay strings),
+/// duplicate keys refused, plain one-line messages. The default budget stays on: it bounds
+/// alias expansion, so a tenant's file cannot stall the agent.
+fn options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        strict_booleans: true,
+        with_snippet: false,
+    }
+}
+
+/// A parser error as one diagnostic at its position.
+fn syntax_error(error: &serde_saphyr::Error, file: &str) -> Diagnostic {
+    let (line, column) = error
+        .location()
+        .map(|l| (l.line() as u32, l.column() as u32))
+        .unwrap_or((1, 1));
+    Diagnostic {
+        file: file.to_string(),
+        line,
+        column,
+        path: String::new(),
+        message: format!(
+            "not valid YAML: {}",
+            strip_position(&error.without_snippet().to_string())
+        ),
     }
 }
 

@@ -421,7 +421,9 @@ fn decode_render(node: Option<&Node>, base: &Path, report: &mut Report) -> Optio
         };
         // A bare name is looked up on $PATH; anything with a slash is a path from this file.
         let wanted = if name.contains('/') {
-            source::normalize(&base.join(name)).to_string_lossy().into_owned()
+            source::normalize(&base.join(name))
+                .to_string_lossy()
+                .into_owned()
         } else {
             name.to_string()
         };

@@ -190,6 +190,21 @@ pub struct UnitOptions {
     pub suspend: bool,
 }
 
+impl Default for UnitOptions {
+    /// Prune what left Git; everything else off.
+    fn default() -> UnitOptions {
+        UnitOptions {
+            prune: true,
+            force: false,
+            wait: false,
+            timeout: None,
+            allow_empty: false,
+            interval: None,
+            suspend: false,
+        }
+    }
+}
+
 /// The boundaries of a tenant unit, checked before anything reaches a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {

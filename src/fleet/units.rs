@@ -86,15 +86,7 @@ fn infra_unit(cluster: &Cluster, path: &str) -> Unit {
         values: serde_json::Value::Object(Default::default()),
         vars,
         depends_on: Vec::new(),
-        options: UnitOptions {
-            prune: true,
-            force: false,
-            wait: false,
-            timeout: None,
-            allow_empty: false,
-            interval: None,
-            suspend: false,
-        },
+        options: UnitOptions::default(),
         limits: None,
     }
 }

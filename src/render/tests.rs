@@ -22,15 +22,7 @@ fn tenant_unit(app: &str) -> Unit {
         values: json!({}),
         vars: BTreeMap::new(),
         depends_on: vec![],
-        options: UnitOptions {
-            prune: true,
-            force: false,
-            wait: false,
-            timeout: None,
-            allow_empty: false,
-            interval: None,
-            suspend: false,
-        },
+        options: UnitOptions::default(),
         limits: Some(Limits {
             namespaces: vec!["ai".into(), "ai-jobs".into()],
             cluster_scoped_kinds: vec!["PriorityClass".into()],
