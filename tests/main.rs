@@ -9,3 +9,5 @@ mod cli;
 mod config;
 // The fleet, catalogs and rendering: render and validate on whole platforms.
 mod render;
+// Git sources: file://, git daemon and sshd on 127.0.0.1; local directories.
+mod source;

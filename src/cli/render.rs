@@ -1,14 +1,17 @@
-//! `flotilla render` and the fleet part of `flotilla validate`: read the fleet and the tenants'
-//! catalogs, place units on a cluster, render them, and report every problem.
+//! `flotilla render` and the fleet part of `flotilla validate`: fetch the fleet, the tenants'
+//! repos and the app repos, read the catalogs, place units on a cluster, render them, and report
+//! every problem.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use crate::config::{Config, SourceLocation, SourceSpec};
+use crate::config::{Config, SourceSpec};
 use crate::fleet::{self, Catalog, Cluster, Fleet, Owner, Problem, Unit, UnitId, UnitSource};
 use crate::render::{self, Object, Tools};
+use crate::source::{Checkout, Sources};
 
 /// Which units to print.
 pub struct Filter {
@@ -17,12 +20,12 @@ pub struct Filter {
     pub app: Option<String>,
 }
 
-/// The fleet, its tenants' catalog folders and catalogs, read once.
+/// The fleet, the tenants' checkouts and catalogs, read once.
 struct Loaded {
-    fleet_root: PathBuf,
+    fleet_checkout: Checkout,
     fleet: Fleet,
-    /// The folder holding each tenant's `tenant.yaml`, for the tenants whose repo could be opened.
-    tenant_roots: BTreeMap<String, PathBuf>,
+    /// Each tenant's checkout (at the folder holding its `tenant.yaml`), when it could be fetched.
+    tenants: BTreeMap<String, Checkout>,
     catalogs: BTreeMap<String, Catalog>,
     problems: Vec<Problem>,
 }
@@ -30,8 +33,16 @@ struct Loaded {
 /// One cluster's units rendered.
 struct Rendered {
     units: Vec<Unit>,
-    results: BTreeMap<UnitId, Result<Vec<Object>, Vec<Problem>>>,
+    results: BTreeMap<UnitId, render::Rendered>,
+    /// The revision each unit was rendered from.
+    revisions: BTreeMap<UnitId, String>,
     problems: Vec<Problem>,
+}
+
+/// Fetches sources for the CLI: one runtime, the Git work on its blocking threads.
+struct Fetcher {
+    runtime: tokio::runtime::Runtime,
+    sources: Arc<Sources>,
 }
 
 pub fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
@@ -40,9 +51,10 @@ pub fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| config.cluster.clone());
     let wanted = |t: &str| filter.tenant.as_deref().is_none_or(|w| w == t);
+    let fetcher = Fetcher::new(config)?;
     // Every catalog is read even when one tenant is asked for: a filtered render must report
     // exactly what the full render reports about that tenant (duplicates across tenants included).
-    let mut loaded = load(config)?;
+    let loaded = load(config, &fetcher)?;
     let Some(cluster) = loaded.fleet.clusters.get(&cluster_name).cloned() else {
         let known: Vec<&str> = loaded.fleet.clusters.keys().map(String::as_str).collect();
         for p in &loaded.problems {
@@ -58,7 +70,7 @@ pub fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!("tenant {t:?} is not in the fleet");
     }
-    let rendered = render_cluster(&mut loaded, &cluster, &Tools::from(&config.render));
+    let rendered = render_cluster(&loaded, &fetcher, &cluster, &Tools::from(&config.render));
 
     let mut out = std::io::stdout().lock();
     for unit in &rendered.units {
@@ -67,8 +79,13 @@ pub fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
             None => filter.tenant.is_none(),
         } && filter.app.as_deref().is_none_or(|a| a == unit.id.app);
         if let (true, Some(Ok(objects))) = (selected, rendered.results.get(&unit.id)) {
+            let revision = rendered
+                .revisions
+                .get(&unit.id)
+                .map(String::as_str)
+                .unwrap_or("?");
             for o in objects {
-                write_object(&mut out, &unit.id, o)?;
+                write_object(&mut out, &unit.id, revision, o)?;
             }
         }
     }
@@ -97,18 +114,13 @@ pub fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
 
 /// Checks the fleet and every tenant catalog, and renders every cluster of the fleet.
 pub fn validate(config: &Config, config_file: &Path) -> anyhow::Result<ExitCode> {
-    let mut loaded = load(config)?;
+    let fetcher = Fetcher::new(config)?;
+    let loaded = load(config, &fetcher)?;
     let tools = Tools::from(&config.render);
     let mut lines = Vec::new();
     let mut units = 0;
-    for cluster in loaded
-        .fleet
-        .clusters
-        .values()
-        .cloned()
-        .collect::<Vec<Cluster>>()
-    {
-        let rendered = render_cluster(&mut loaded, &cluster, &tools);
+    for cluster in loaded.fleet.clusters.values() {
+        let rendered = render_cluster(&loaded, &fetcher, cluster, &tools);
         units += rendered.units.len();
         let problems = rendered.problems.iter().chain(
             rendered
@@ -133,8 +145,10 @@ pub fn validate(config: &Config, config_file: &Path) -> anyhow::Result<ExitCode>
     }
     if lines.is_empty() {
         println!(
-            "{}: ok (fleet: {} clusters, {} tenants; {units} units rendered)",
+            "{}: ok (fleet {} at {}: {} clusters, {} tenants; {units} units rendered)",
             config_file.display(),
+            config.fleet,
+            loaded.fleet_checkout.revision,
             loaded.fleet.clusters.len(),
             loaded.fleet.tenants.len()
         );
@@ -150,108 +164,182 @@ pub fn validate(config: &Config, config_file: &Path) -> anyhow::Result<ExitCode>
     }
 }
 
-/// Reads the fleet and every tenant's catalog.
-fn load(config: &Config) -> anyhow::Result<Loaded> {
-    let fleet_root = local_root(&config.fleet).map_err(|why| anyhow::anyhow!("fleet: {why}"))?;
+impl Fetcher {
+    fn new(config: &Config) -> anyhow::Result<Fetcher> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(Fetcher {
+            runtime,
+            sources: Arc::new(Sources::new(config)),
+        })
+    }
+
+    /// Fetches every spec at once; the results come back in the same order.
+    fn fetch_all(&self, specs: Vec<SourceSpec>) -> Vec<Result<Checkout, crate::source::Error>> {
+        self.runtime.block_on(async {
+            let tasks: Vec<_> = specs
+                .into_iter()
+                .map(|spec| {
+                    let sources = self.sources.clone();
+                    tokio::spawn(async move { sources.fetch(&spec).await })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                out.push(task.await.unwrap_or_else(|e| {
+                    Err(crate::source::Error {
+                        location: "?".into(),
+                        message: e.to_string(),
+                        transient: true,
+                    })
+                }));
+            }
+            out
+        })
+    }
+}
+
+/// Fetches the fleet and every tenant repo, and reads the fleet and every catalog.
+fn load(config: &Config, fetcher: &Fetcher) -> anyhow::Result<Loaded> {
+    let fleet_checkout = fetcher
+        .fetch_all(vec![config.fleet.clone()])
+        .pop()
+        .expect("one result per spec")
+        .map_err(|e| anyhow::anyhow!("fleet: {e}"))?;
     let known = |name: &str| {
         config
             .credentials
             .get(name)
             .map(crate::config::Credential::kind)
     };
-    let (fleet, mut problems) = fleet::read_fleet(&fleet_root, &known);
-    let mut tenant_roots = BTreeMap::new();
+    let (fleet, mut problems) = fleet::read_fleet(&fleet_checkout.root, &known);
+    let specs: Vec<SourceSpec> = fleet.tenants.values().map(|t| t.source.clone()).collect();
+    let fetched = fetcher.fetch_all(specs);
+    let mut tenants = BTreeMap::new();
     let mut catalogs = BTreeMap::new();
-    for tenant in fleet.tenants.values() {
-        let root = match local_root(&tenant.source) {
-            Ok(root) => root,
-            Err(why) => {
+    for (tenant, result) in fleet.tenants.values().zip(fetched) {
+        let checkout = match result {
+            Ok(checkout) => checkout,
+            Err(e) => {
                 problems.push(Problem::new(
                     Owner::Tenant(tenant.name.clone()),
-                    format!("source: {why}"),
+                    format!("source: {e}"),
                 ));
                 continue;
             }
         };
-        match fleet::read_catalog(tenant, &root, &known) {
+        match fleet::read_catalog(tenant, &checkout.root, &known) {
             Ok(catalog) => {
                 catalogs.insert(tenant.name.clone(), catalog);
             }
-            Err(list) => problems.extend(list),
+            Err(list) => {
+                problems.extend(list.into_iter().map(|p| at_revision(p, &checkout.revision)))
+            }
         }
-        tenant_roots.insert(tenant.name.clone(), root);
+        tenants.insert(tenant.name.clone(), checkout);
     }
     Ok(Loaded {
-        fleet_root,
+        fleet_checkout,
         fleet,
-        tenant_roots,
+        tenants,
         catalogs,
         problems,
     })
 }
 
-fn render_cluster(loaded: &mut Loaded, cluster: &Cluster, tools: &Tools) -> Rendered {
+/// Names the commit a tenant's problem was found at (a local folder is named by its path already).
+fn at_revision(p: Problem, revision: &str) -> Problem {
+    if revision.starts_with("sha256:") {
+        return p;
+    }
+    Problem {
+        detail: format!("{} (at {})", p.detail, short(revision)),
+        ..p
+    }
+}
+
+fn short(revision: &str) -> &str {
+    match revision.strip_prefix("sha256:") {
+        Some(hex) => &revision[..("sha256:".len() + hex.len().min(12))],
+        None => &revision[..revision.len().min(12)],
+    }
+}
+
+fn render_cluster(
+    loaded: &Loaded,
+    fetcher: &Fetcher,
+    cluster: &Cluster,
+    tools: &Tools,
+) -> Rendered {
     let placement = fleet::place(&loaded.fleet, cluster, &loaded.catalogs);
-    let mut results = BTreeMap::new();
+
+    // App repos: each distinct one fetched once, all at the same time. The renderer applies the
+    // app's `path`, so the repo itself is fetched.
+    let repo_key = |spec: &SourceSpec| format!("{}|{}", spec.location, spec.reference);
+    let mut wanted: BTreeMap<String, SourceSpec> = BTreeMap::new();
     for unit in &placement.units {
-        let root = match &unit.source {
-            UnitSource::Fleet { .. } => Ok(loaded.fleet_root.clone()),
-            UnitSource::Tenant { .. } => {
-                let tenant = unit.id.tenant.as_deref().unwrap_or_default();
-                Ok(loaded.tenant_roots.get(tenant).cloned().unwrap_or_default())
-            }
-            // The app repo's own `path` is applied by the renderer, so open the repo itself.
-            UnitSource::Repo(spec) => local_root(&SourceSpec {
+        if let UnitSource::Repo(spec) = &unit.source {
+            wanted.entry(repo_key(spec)).or_insert_with(|| SourceSpec {
                 path: None,
                 ..spec.clone()
-            }),
-        };
-        let result = match root {
-            Ok(root) => render::render_unit(unit, &root, tools),
-            Err(why) => Err(vec![Problem::new(
-                Owner::Unit(unit.id.clone()),
-                format!("source: {why}"),
-            )]),
-        };
-        results.insert(unit.id.clone(), result);
+            });
+        }
     }
-    render::check_duplicates(&mut results);
+    let keys: Vec<String> = wanted.keys().cloned().collect();
+    let repos: BTreeMap<String, Result<Checkout, String>> = keys
+        .into_iter()
+        .zip(fetcher.fetch_all(wanted.into_values().collect()))
+        .map(|(k, r)| (k, r.map_err(|e| e.to_string())))
+        .collect();
+
+    let checkout_of = |unit: &Unit| -> Result<Checkout, String> {
+        match &unit.source {
+            UnitSource::Fleet { .. } => Ok(loaded.fleet_checkout.clone()),
+            UnitSource::Tenant { .. } => {
+                let tenant = unit.id.tenant.as_deref().unwrap_or_default();
+                loaded
+                    .tenants
+                    .get(tenant)
+                    .cloned()
+                    .ok_or_else(|| format!("tenant {tenant}'s repository is not available"))
+            }
+            UnitSource::Repo(spec) => repos
+                .get(&repo_key(spec))
+                .cloned()
+                .unwrap_or_else(|| Err("not fetched".into())),
+        }
+    };
+    let revisions: BTreeMap<UnitId, String> = placement
+        .units
+        .iter()
+        .filter_map(|u| checkout_of(u).ok().map(|c| (u.id.clone(), c.revision)))
+        .collect();
+    let root_of = |unit: &Unit| -> Result<PathBuf, String> { checkout_of(unit).map(|c| c.root) };
+    let results = render::render_all(&placement.units, &root_of, tools);
     Rendered {
         units: placement.units,
         results,
+        revisions,
         problems: placement.problems,
     }
 }
 
-/// The folder a source names on this machine. Git URLs are fetched by the source module; until it
-/// lands, only `dir` sources can be opened.
-fn local_root(spec: &SourceSpec) -> Result<PathBuf, String> {
-    match &spec.location {
-        SourceLocation::Dir(dir) => {
-            let root = match &spec.path {
-                Some(p) => dir.join(p),
-                None => dir.clone(),
-            };
-            if root.is_dir() {
-                Ok(root)
-            } else {
-                Err(format!("{}: no such directory", root.display()))
-            }
-        }
-        SourceLocation::Url(_) => Err(format!(
-            "{}: fetching Git URLs is not implemented yet in this build; use a dir source",
-            spec.location
-        )),
-    }
-}
-
 /// One object as a YAML document, headed by where it came from and its hash.
-fn write_object(out: &mut impl std::io::Write, unit: &UnitId, o: &Object) -> anyhow::Result<()> {
+fn write_object(
+    out: &mut impl std::io::Write,
+    unit: &UnitId,
+    revision: &str,
+    o: &Object,
+) -> anyhow::Result<()> {
     let yaml = serde_saphyr::to_string(&o.body)?;
     writeln!(
         out,
-        "---\n# Source: {unit} {}:{}\n# sha256: {}",
-        o.file, o.line, o.hash
+        "---\n# Source: {unit} {}:{} @ {}\n# sha256: {}",
+        o.file,
+        o.line,
+        short(revision),
+        o.hash
     )?;
     out.write_all(yaml.as_bytes())?;
     if !yaml.ends_with('\n') {

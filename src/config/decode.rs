@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use super::source::{self, CredentialKind};
 use super::{
     Config, Credential, DEFAULT_CONCURRENCY, DEFAULT_HTTP, DEFAULT_INTERVAL, DEFAULT_SOCKET,
-    Listen, Log, LogFormat, MIN_INTERVAL, Render, WebhookSecret, Webhooks, find_program,
+    GitSettings, Listen, Log, LogFormat, MIN_INTERVAL, Render, WebhookSecret, Webhooks,
+    find_program,
 };
 use crate::yaml::{Diagnostics, Fields, Node, Report};
 
@@ -23,6 +24,7 @@ const TOP: &[&str] = &[
     "concurrency",
     "log",
     "render",
+    "git",
 ];
 
 /// Decodes config text read from `file`.
@@ -116,6 +118,7 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
     };
     let log = decode_log(top.get("log"), report);
     let render = decode_render(top.get("render"), base, report);
+    let git = decode_git(top.get("git"), report);
     top.finish(TOP, report);
 
     Some(Config {
@@ -131,6 +134,7 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
         concurrency: concurrency?,
         log: log?,
         render: render?,
+        git: git?,
     })
 }
 
@@ -452,6 +456,35 @@ fn decode_render(node: Option<&Node>, base: &Path, report: &mut Report) -> Optio
     }
     fields.finish(&["kustomize", "helm", "timeout"], report);
     ok.then_some(render)
+}
+
+fn decode_git(node: Option<&Node>, report: &mut Report) -> Option<GitSettings> {
+    let mut git = GitSettings::default();
+    let Some(node) = node else { return Some(git) };
+    let mut fields = Fields::new(node, "git", report)?;
+    let mut ok = true;
+    for (key, slot) in [
+        ("timeout", &mut git.timeout),
+        ("connect_timeout", &mut git.connect_timeout),
+    ] {
+        let Some(n) = fields.get(key) else { continue };
+        match n.duration(&fields.path(key), report) {
+            Some(d) if d.is_zero() => {
+                report.error(n, &fields.path(key), "must be more than 0s");
+                ok = false;
+            }
+            Some(d) => *slot = d,
+            None => ok = false,
+        }
+    }
+    if let Some(n) = fields.get("retries") {
+        match n.u32("git.retries", report) {
+            Some(r) => git.retries = r,
+            None => ok = false,
+        }
+    }
+    fields.finish(&["timeout", "connect_timeout", "retries"], report);
+    ok.then_some(git)
 }
 
 // === impl Credential ===

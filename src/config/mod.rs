@@ -44,6 +44,28 @@ pub struct Config {
     pub concurrency: u32,
     pub log: Log,
     pub render: Render,
+    pub git: GitSettings,
+}
+
+/// How Git hosts are reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitSettings {
+    /// The longest one fetch (listing, transfer, checkout) may take.
+    pub timeout: Duration,
+    /// The longest a connection may take to open.
+    pub connect_timeout: Duration,
+    /// Retries of a fetch that failed for a transient reason (network, timeout), with backoff.
+    pub retries: u32,
+}
+
+impl Default for GitSettings {
+    fn default() -> GitSettings {
+        GitSettings {
+            timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(10),
+            retries: 2,
+        }
+    }
 }
 
 /// The external renderers.

@@ -1,5 +1,7 @@
 //! Helpers shared by the test modules.
 
+pub mod git;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

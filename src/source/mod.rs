@@ -1,0 +1,368 @@
+//! Sources: a `{url, ref, path, credentials}` or `{dir, path}` → a read-only tree at a known
+//! revision. Git work runs on blocking threads (git2); this async facade adds per-URL locking,
+//! an overall timeout, retries with backoff and jitter, and keeps the last good checkout.
+//!
+//! On disk, under `state_dir/git/`:
+//! - `mirrors/<key>.git`: one bare mirror per URL (`<key>` = first 16 hex of sha256(url));
+//! - `checkouts/<key>/<commit>/`: one immutable checkout per (URL, commit), shared by every unit
+//!   that uses it, written to a temporary folder and renamed into place;
+//! - `refs/<key>/<refkey>`: per (URL, ref), the current and the previous commit. Garbage
+//!   collection keeps exactly the checkouts these name.
+
+mod git;
+pub mod known_hosts;
+pub mod local;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, Credential, GitRef, GitSettings, SourceLocation, SourceSpec, redact};
+
+/// A tree ready to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkout {
+    /// The folder the source names (its `path` applied).
+    pub root: PathBuf,
+    /// The commit SHA, or `sha256:<hex>` of a local directory's tree.
+    pub revision: String,
+}
+
+/// Why a source could not be fetched. The location is safe to show (URL userinfo redacted).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{location}: {message}")]
+pub struct Error {
+    pub location: String,
+    pub message: String,
+    /// Network trouble and timeouts are transient (retried with backoff); a missing ref, a
+    /// refused key or host key, or a bad path are permanent until the source or config changes.
+    pub transient: bool,
+}
+
+/// Fetches and checks out sources for one agent.
+pub struct Sources {
+    state_dir: PathBuf,
+    credentials: BTreeMap<String, Credential>,
+    settings: GitSettings,
+    /// One lock per URL: the mirror is written by one fetch at a time; a second caller waits and
+    /// then finds the commit already there (no second fetch).
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Sources {
+    pub fn new(config: &Config) -> Sources {
+        set_git_timeouts(&config.git);
+        Sources {
+            state_dir: config.state_dir.clone(),
+            credentials: config.credentials.clone(),
+            settings: config.git.clone(),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The tree `spec` names now. Transient failures are retried with backoff; a failure leaves
+    /// the last good checkout in place (see [`Sources::last_good`]).
+    pub async fn fetch(&self, spec: &SourceSpec) -> Result<Checkout, Error> {
+        let url = match &spec.location {
+            SourceLocation::Dir(dir) => return self.local(dir, spec).await,
+            SourceLocation::Url(url) => url.clone(),
+        };
+        let lock = self.lock_for(&url);
+        let _held = lock.lock().await;
+        let mut attempt = 0;
+        loop {
+            match self.fetch_once(&url, spec).await {
+                Err(e) if e.transient && attempt < self.settings.retries => {
+                    tracing::warn!(source = %e.location, error = %e.message, attempt, "fetch failed; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The last checkout that was fetched successfully for `spec`, if it is still on disk.
+    pub fn last_good(&self, spec: &SourceSpec) -> Option<Checkout> {
+        let SourceLocation::Url(url) = &spec.location else {
+            return None;
+        };
+        let key = url_key(url);
+        let text =
+            std::fs::read_to_string(self.refs_dir(&key).join(ref_key(&spec.reference))).ok()?;
+        let commit = text.lines().next()?.to_string();
+        let dir = self.checkouts_dir(&key).join(&commit);
+        let root = apply_path(&dir, spec).ok()?;
+        dir.is_dir().then_some(Checkout {
+            root,
+            revision: commit,
+        })
+    }
+
+    async fn local(&self, dir: &Path, spec: &SourceSpec) -> Result<Checkout, Error> {
+        let location = dir.display().to_string();
+        let fail = |message: String| Error {
+            location: location.clone(),
+            message,
+            transient: false,
+        };
+        if !dir.is_dir() {
+            return Err(fail("no such directory".into()));
+        }
+        let root = apply_path(dir, spec).map_err(fail)?;
+        let owned = dir.to_path_buf();
+        let revision = tokio::task::spawn_blocking(move || local::revision(&owned))
+            .await
+            .map_err(|e| fail(format!("hashing the tree failed: {e}")))?
+            .map_err(fail)?;
+        Ok(Checkout { root, revision })
+    }
+
+    async fn fetch_once(&self, url: &str, spec: &SourceSpec) -> Result<Checkout, Error> {
+        let location = redact(url);
+        let key = url_key(url);
+        let mirror = self
+            .state_dir
+            .join("git/mirrors")
+            .join(format!("{key}.git"));
+        let checkouts = self.checkouts_dir(&key);
+        let credential = spec
+            .credentials
+            .as_ref()
+            .and_then(|name| self.credentials.get(name))
+            .cloned();
+        let reference = spec.reference.clone();
+        let owned_url = url.to_string();
+        let timeout = self.settings.timeout;
+        let started = Instant::now();
+
+        let job = move || -> Result<(String, PathBuf), git::Failure> {
+            let access = git::Access {
+                url: &owned_url,
+                credential: credential.as_ref(),
+                deadline: Instant::now() + timeout,
+            };
+            let update = || -> Result<(String, PathBuf), git::Failure> {
+                let commit = git::resolve_and_fetch(&mirror, &access, &reference)?;
+                let dest = git::checkout_dir(&checkouts, commit);
+                if !dest.is_dir() {
+                    git::checkout(&mirror, commit, &dest)?;
+                }
+                Ok((commit.to_string(), dest))
+            };
+            match update() {
+                // A damaged mirror is thrown away and made again from the remote, once.
+                Err(git::Failure::Local(why)) => {
+                    tracing::warn!(source = %redact(&owned_url), error = %why, "the mirror is damaged; cloning it again");
+                    std::fs::remove_dir_all(&mirror).map_err(|e| {
+                        git::Failure::Permanent(format!(
+                            "cannot remove the damaged mirror {}: {e}",
+                            mirror.display()
+                        ))
+                    })?;
+                    update()
+                }
+                other => other,
+            }
+        };
+        // The blocking work aborts transfers at the deadline itself; this bounds the rest (a
+        // server that accepts and never answers) so the caller is never stuck.
+        let joined = tokio::time::timeout(
+            timeout + Duration::from_secs(5),
+            tokio::task::spawn_blocking(job),
+        )
+        .await;
+        let (commit, dir) = match joined {
+            Err(_) => {
+                return Err(Error {
+                    location,
+                    message: format!(
+                        "did not finish within {}",
+                        humantime::format_duration(timeout)
+                    ),
+                    transient: true,
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(Error {
+                    location,
+                    message: format!("the fetch task failed: {e}"),
+                    transient: true,
+                });
+            }
+            Ok(Ok(Err(failure))) => {
+                let (message, transient) = match failure {
+                    git::Failure::Transient(m) => (m, true),
+                    git::Failure::Permanent(m) | git::Failure::Local(m) => (m, false),
+                };
+                return Err(Error {
+                    location,
+                    message,
+                    transient,
+                });
+            }
+            Ok(Ok(Ok(done))) => done,
+        };
+        let root = apply_path(&dir, spec).map_err(|message| Error {
+            location: location.clone(),
+            message: format!("at {commit}: {message}"),
+            transient: false,
+        })?;
+        self.record(&key, &spec.reference, &commit);
+        tracing::debug!(source = %location, revision = %commit, elapsed = ?started.elapsed(), "source ready");
+        Ok(Checkout {
+            root,
+            revision: commit,
+        })
+    }
+
+    /// Remembers `commit` as the current one for (URL, ref) and removes checkouts no ref keeps.
+    fn record(&self, key: &str, reference: &GitRef, commit: &str) {
+        let refs = self.refs_dir(key);
+        let file = refs.join(ref_key(reference));
+        let previous = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| t.lines().next().map(str::to_string));
+        let previous = previous.filter(|p| p != commit);
+        let text = format!("{commit}\n{}\n", previous.unwrap_or_default());
+        if std::fs::create_dir_all(&refs).is_ok() {
+            // Written whole and renamed, so a reader never sees half a file.
+            let tmp = refs.join(format!(".{}.tmp", ref_key(reference)));
+            if std::fs::write(&tmp, text).is_ok() {
+                let _ = std::fs::rename(&tmp, &file);
+            }
+        }
+        self.collect_garbage(key);
+    }
+
+    /// Keeps the current and previous checkout of every ref of this URL; removes the rest.
+    fn collect_garbage(&self, key: &str) {
+        let mut keep = BTreeSet::new();
+        if let Ok(entries) = std::fs::read_dir(self.refs_dir(key)) {
+            for entry in entries.flatten() {
+                if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                    keep.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
+                }
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(self.checkouts_dir(key)) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && !keep.contains(&name) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
+    fn lock_for(&self, url: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(url.to_string()).or_default().clone()
+    }
+
+    fn checkouts_dir(&self, key: &str) -> PathBuf {
+        self.state_dir.join("git/checkouts").join(key)
+    }
+
+    fn refs_dir(&self, key: &str) -> PathBuf {
+        self.state_dir.join("git/refs").join(key)
+    }
+}
+
+/// The folder `spec.path` names inside a tree, which must exist and stay inside it.
+fn apply_path(tree: &Path, spec: &SourceSpec) -> Result<PathBuf, String> {
+    let Some(path) = &spec.path else {
+        return Ok(tree.to_path_buf());
+    };
+    crate::config::check_subpath(path)?;
+    let dir = tree.join(path);
+    let real = dir
+        .canonicalize()
+        .map_err(|_| format!("path {path} does not exist"))?;
+    let top = tree
+        .canonicalize()
+        .map_err(|e| format!("cannot open {}: {e}", tree.display()))?;
+    if !real.starts_with(&top) {
+        return Err(format!(
+            "path {path} leaves the repository through a symlink"
+        ));
+    }
+    if !real.is_dir() {
+        return Err(format!("path {path} is not a folder"));
+    }
+    Ok(dir)
+}
+
+fn url_key(url: &str) -> String {
+    hex16(url.as_bytes())
+}
+
+fn ref_key(reference: &GitRef) -> String {
+    hex16(reference.to_string().as_bytes())
+}
+
+fn hex16(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// 0.5 s, 1 s, 2 s, ... capped at 30 s, each ±20% so many sources do not retry in step.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(500)
+        .saturating_mul(1 << attempt.min(6))
+        .min(Duration::from_secs(30));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let jitter = (nanos % 400) as f64 / 1000.0 - 0.2; // -0.2 ..= 0.2
+    base.mul_f64(1.0 + jitter)
+}
+
+/// libgit2's socket timeouts are process-wide; they are set once, from the first config.
+#[allow(unsafe_code)]
+fn set_git_timeouts(settings: &GitSettings) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let connect = i32::try_from(settings.connect_timeout.as_millis()).unwrap_or(i32::MAX);
+    let io = i32::try_from(settings.timeout.as_millis()).unwrap_or(i32::MAX);
+    ONCE.call_once(|| {
+        // SAFETY: these only store integers in libgit2's global settings. `Once` makes this the
+        // first and only call, before any Git operation of this process reads them.
+        unsafe {
+            let _ = git2::opts::set_server_connect_timeout_in_milliseconds(connect);
+            let _ = git2::opts::set_server_timeout_in_milliseconds(io);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_a_cap() {
+        for attempt in 0..10 {
+            let d = backoff(attempt);
+            let base = Duration::from_millis(500)
+                .saturating_mul(1 << attempt.min(6))
+                .min(Duration::from_secs(30));
+            assert!(
+                d >= base.mul_f64(0.79) && d <= base.mul_f64(1.21),
+                "{attempt}: {d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_are_stable_and_distinct() {
+        assert_eq!(url_key("https://a/x.git"), url_key("https://a/x.git"));
+        assert_ne!(url_key("https://a/x.git"), url_key("https://a/y.git"));
+        assert_eq!(url_key("x").len(), 16);
+    }
+}
