@@ -50,6 +50,9 @@ pub struct Sources {
     /// One lock per URL: the mirror is written by one fetch at a time; a second caller waits and
     /// then finds the commit already there (no second fetch).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Bounds the Git operations in flight, so a poll of many repositories does not open more
+    /// connections than a Git host accepts at once. `concurrency` bounds both units and fetches.
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Sources {
@@ -60,6 +63,7 @@ impl Sources {
             credentials: config.credentials.clone(),
             settings: config.git.clone(),
             locks: Mutex::new(HashMap::new()),
+            in_flight: tokio::sync::Semaphore::new(config.concurrency.max(1) as usize),
         }
     }
 
@@ -72,6 +76,11 @@ impl Sources {
         };
         let lock = self.lock_for(&url);
         let _held = lock.lock().await;
+        let _slot = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let mut attempt = 0;
         loop {
             match self.fetch_once(&url, spec).await {
