@@ -569,3 +569,42 @@ fn render_fetches_the_fleet_and_tenants_from_git() {
         )
     );
 }
+
+/// Token and password credentials (the HTTPS code path) against `git http-backend` behind Basic auth.
+#[tokio::test]
+async fn http_credentials_from_files() {
+    use crate::support::git::GitHttp;
+    let dir = Dir::new();
+    let repo = Repo::init(&dir.path().join("served/fleet"));
+    repo.write("f", "1\n");
+    let head = repo.commit("one");
+    let server = GitHttp::start(&dir.path().join("served"), "flotilla", "s3cret-t0ken");
+    dir.write("token", "s3cret-t0ken\n");
+    dir.write("wrong", "not-it\n");
+    let s = sources(
+        &dir,
+        "credentials:\n  good: { token_file: token, username: flotilla }\n  bad: { token_file: wrong, username: flotilla }\n  pw: { username: flotilla, password_file: token }\n",
+    );
+    let with = |cred: Option<&str>| SourceSpec {
+        credentials: cred.map(str::to_string),
+        ..spec(&server.url("fleet"), branch("main"))
+    };
+    for cred in ["good", "pw"] {
+        let c = s
+            .fetch(&with(Some(cred)))
+            .await
+            .unwrap_or_else(|e| panic!("{cred}: {e}"));
+        assert_eq!(c.revision, head);
+    }
+    let e = s.fetch(&with(Some("bad"))).await.unwrap_err();
+    assert_eq!(
+        e.message,
+        "authentication failed: the server refused the HTTPS credentials"
+    );
+    let e = s.fetch(&with(None)).await.unwrap_err();
+    assert_eq!(
+        e.message,
+        "the server asks for credentials and the source names none"
+    );
+    assert!(!e.to_string().contains("s3cret") && !format!("{e:?}").contains("s3cret"));
+}
