@@ -492,3 +492,29 @@ fn a_kustomize_call_that_hangs_is_stopped_at_the_timeout() {
         "the other app still renders"
     );
 }
+
+#[test]
+fn a_tenant_catalog_cannot_use_local_directories_or_ungranted_credentials() {
+    let p = Platform::new();
+    p.file("key", "k").file("known_hosts", "");
+    p.file(
+        "flotilla.yaml",
+        "cluster: dev\nfleet: { dir: fleet }\ncredentials:\n  platform: { ssh_key_file: key, known_hosts_file: known_hosts }\n  shared: { ssh_key_file: key, known_hosts_file: known_hosts }\n",
+    );
+    p.tenant(
+        "ai",
+        "[ai]",
+        "apps:\n  - { name: steal, source: { dir: ../../fleet } }\n  - { name: borrow, source: { url: \"ssh://git@host/fleet.git\", credentials: platform } }\n",
+    );
+    let run = p.run(&["validate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(
+        lines[..2],
+        [
+            "tenant ai: tenant.yaml:2:35: apps[0].source.dir: a tenant's apps cannot use local directories; use a path in the tenant repo or a Git url",
+            "tenant ai: tenant.yaml:3:29: apps[1].source.credentials: credentials \"platform\" are not granted to tenant ai (the fleet grants them in tenants/ai.yaml limits.credentials)",
+        ],
+        "{run:?}"
+    );
+}

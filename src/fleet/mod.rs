@@ -60,6 +60,8 @@ pub struct Tenant {
     pub vars: BTreeMap<String, String>,
     /// Cluster-scoped kinds the tenant may apply (`PriorityClass`, `storage.k8s.io/StorageClass`).
     pub cluster_scoped_kinds: Vec<String>,
+    /// Agent credentials the tenant's app repos may use, besides its own source's.
+    pub credentials: Vec<String>,
     /// What happens to the tenant's objects when it leaves this cluster.
     pub on_removal: OnRemoval,
     /// The file it came from, relative to the fleet root.

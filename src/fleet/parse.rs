@@ -280,16 +280,29 @@ fn decode_tenant(
         let vars = f
             .get("vars")
             .map_or(Some(BTreeMap::new()), |n| n.string_map("vars", r));
-        let kinds = match f.get("limits") {
+        let limits = match f.get("limits") {
             Some(n) => (|| {
                 let mut l = Fields::new(n, "limits", r)?;
                 let kinds = l.get("clusterScopedKinds").map_or(Some(Vec::new()), |k| {
                     k.strings("limits.clusterScopedKinds", r)
                 });
-                l.finish(&["clusterScopedKinds"], r);
-                kinds
+                let credentials = l.get("credentials").map_or(Some(Vec::new()), |c| {
+                    let names = c.strings("limits.credentials", r)?;
+                    for name in &names {
+                        if known(name).is_none() {
+                            r.error(
+                                c,
+                                "limits.credentials",
+                                format!("no credentials named {name:?} in the agent config"),
+                            );
+                        }
+                    }
+                    Some(names)
+                });
+                l.finish(&["clusterScopedKinds", "credentials"], r);
+                Some((kinds?, credentials?))
             })(),
-            None => Some(Vec::new()),
+            None => Some((Vec::new(), Vec::new())),
         };
         let on_removal = match f.get("onRemoval") {
             Some(n) => match n.str("onRemoval", r)? {
@@ -314,7 +327,8 @@ fn decode_tenant(
             prune: prune?,
             suspend: suspend?,
             vars: vars?,
-            cluster_scoped_kinds: kinds?,
+            cluster_scoped_kinds: limits.clone()?.0,
+            credentials: limits?.1,
             on_removal: on_removal?,
             file: rel.to_string(),
         })
@@ -434,7 +448,34 @@ fn decode_app(
             s.finish(&["path", "url", "dir"], r);
             return sub.map(|path| AppSource::Tenant { path });
         }
-        decode_source(n, &p, root, known, r).map(AppSource::Repo)
+        // A tenant's catalog is the tenant's to write: it may not read the agent's disk, and it
+        // may use only the credentials its fleet entry grants.
+        if let Some(d) = s.get("dir") {
+            r.error(
+                d,
+                &join(&p, "dir"),
+                "a tenant's apps cannot use local directories; use a path in the tenant repo or a Git url",
+            );
+            s.finish(&["path", "url", "dir", "ref", "credentials"], r);
+            return None;
+        }
+        let granted = |name: &str| {
+            let allowed = tenant.source.credentials.as_deref() == Some(name) || tenant.credentials.iter().any(|c| c == name);
+            if allowed { known(name) } else { None }
+        };
+        let spec = decode_source(n, &p, root, known, r)?;
+        if let Some(name) = &spec.credentials
+            && known(name).is_some()
+            && granted(name).is_none()
+        {
+            r.error(
+                n,
+                &join(&p, "credentials"),
+                format!("credentials {name:?} are not granted to tenant {} (the fleet grants them in tenants/{}.yaml limits.credentials)", tenant.name, tenant.name),
+            );
+            return None;
+        }
+        Some(AppSource::Repo(spec))
     });
     let enabled = f
         .get("enabled")

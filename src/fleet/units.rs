@@ -328,6 +328,7 @@ mod tests {
             suspend: false,
             vars: BTreeMap::from([("domain".into(), "tenant-wins.example.com".into())]),
             cluster_scoped_kinds: vec![],
+            credentials: vec![],
             on_removal: OnRemoval::Keep,
             file: format!("tenants/{name}.yaml"),
         }

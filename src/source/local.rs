@@ -53,7 +53,8 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> 
         let kind = entry.file_type()?;
         if kind.is_dir() {
             walk(root, &path, out)?;
-        } else {
+        } else if kind.is_file() || kind.is_symlink() {
+            // Devices, FIFOs and sockets are never read: they could hang or never end.
             out.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf());
         }
     }
