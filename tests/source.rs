@@ -608,3 +608,52 @@ async fn http_credentials_from_files() {
     );
     assert!(!e.to_string().contains("s3cret") && !format!("{e:?}").contains("s3cret"));
 }
+
+/// Regression (review H2): links that each look harmless but chain out of the tree.
+#[tokio::test]
+async fn chained_symlinks_out_of_the_repository_are_refused() {
+    let dir = Dir::new();
+    let repo = Repo::init(&dir.path().join("remote"));
+    std::fs::create_dir_all(repo.path.join("d")).unwrap();
+    std::os::unix::fs::symlink("..", repo.path.join("d/up")).unwrap();
+    // The checkout is written at <dir>/state/git/checkouts/<key>/<tmp>: five levels below <dir>.
+    // Lexically this never climbs above the tree; on disk `d/up/d/up/d/up` is the tree itself.
+    dir.write("secret", "outside\n");
+    std::os::unix::fs::symlink("d/up/d/up/d/up/../../../../../secret", repo.path.join("x"))
+        .unwrap();
+    repo.write("ok.yaml", "a: 1\n");
+    repo.commit("links");
+    let s = sources(&dir, "");
+    let e = s
+        .fetch(&spec(&repo.url(), branch("main")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.message,
+        "the symlink x leads outside the repository (through other links); refused"
+    );
+    assert_eq!(checkouts(&dir), 0);
+}
+
+/// Regression (review H3): a tree whose walk stops early is never used as a checkout.
+#[tokio::test]
+async fn a_tree_that_cannot_be_read_whole_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = Dir::new();
+    let repo = Repo::init(&dir.path().join("remote"));
+    let odd = repo.path.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    std::fs::create_dir_all(&odd).unwrap();
+    std::fs::write(odd.join("a.yaml"), "a: 1\n").unwrap();
+    repo.write("z/later.yaml", "z: 1\n");
+    repo.commit("odd name");
+    let s = sources(&dir, "");
+    let e = s
+        .fetch(&spec(&repo.url(), branch("main")))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.starts_with("cannot read the whole tree of "),
+        "{e}"
+    );
+    assert_eq!(checkouts(&dir), 0, "no partial tree is kept");
+}

@@ -452,7 +452,8 @@ pub fn checkout(mirror: &Path, commit: Oid, dest: &Path) -> Result<(), Failure> 
         .map_err(|e| Failure::Permanent(format!("cannot create {}: {e}", tmp.display())))?;
 
     let mut failure = None;
-    tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+    let mut links = Vec::new();
+    let walked = tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
         let name = std::ffi::OsStr::from_bytes(entry.name_bytes());
         if name.is_empty()
             || name == "."
@@ -490,6 +491,7 @@ pub fn checkout(mirror: &Path, commit: Oid, dest: &Path) -> Result<(), Failure> 
                         )));
                         return TreeWalkResult::Abort;
                     }
+                    links.push(rel.clone());
                     std::os::unix::fs::symlink(target, &path).map_err(|e| e.to_string())
                 }
                 Ok(blob) => std::fs::write(&path, blob.content())
@@ -516,8 +518,30 @@ pub fn checkout(mirror: &Path, commit: Oid, dest: &Path) -> Result<(), Failure> 
                 TreeWalkResult::Abort
             }
         }
-    })
-    .ok();
+    });
+    // A walk can also stop on its own (git2 stops at a folder name that is not UTF-8): then the
+    // tree is incomplete and must not be used.
+    let failure = failure.or_else(|| {
+        walked.err().map(|e| {
+            Failure::Permanent(format!(
+                "cannot read the whole tree of {commit}: {}",
+                e.message()
+            ))
+        })
+    });
+    // Each link was checked alone; chained links (`d/up -> ..`) could still lead out, so resolve
+    // every one for real now that the whole tree is on disk.
+    let failure =
+        failure.or_else(|| {
+            let top = tmp.canonicalize().ok()?;
+            links.iter().find_map(|rel| match tmp.join(rel).canonicalize() {
+            Ok(real) if !real.starts_with(&top) => Some(Failure::Permanent(format!(
+                "the symlink {} leads outside the repository (through other links); refused",
+                rel.display()
+            ))),
+            _ => None,
+        })
+        });
     if let Some(f) = failure {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(f);
