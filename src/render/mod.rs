@@ -163,22 +163,33 @@ pub fn check_duplicates(results: &mut BTreeMap<UnitId, Rendered>) {
     }
     let mut problems: BTreeMap<UnitId, Vec<Problem>> = BTreeMap::new();
     for (key, ids) in seen.iter().filter(|(_, ids)| ids.len() > 1) {
-        for id in ids {
-            let others: Vec<String> = ids
-                .iter()
-                .filter(|o| *o != id)
-                .map(|o| o.to_string())
-                .collect();
-            problems
-                .entry((*id).clone())
-                .or_default()
-                .push(Problem::new(
-                    Owner::Unit((*id).clone()),
+        // The cluster's infra unit is the platform's: a tenant cannot take it down by rendering
+        // one of its objects, so only the tenants' units fail then.
+        let infra = ids.iter().find(|id| id.tenant.is_none());
+        for id in ids
+            .iter()
+            .filter(|id| infra.is_none() || id.tenant.is_some())
+        {
+            let detail = match infra {
+                Some(infra) => format!(
+                    "{key} belongs to the cluster's {infra} unit; a tenant cannot render it"
+                ),
+                None => {
+                    let others: Vec<String> = ids
+                        .iter()
+                        .filter(|o| *o != id)
+                        .map(|o| o.to_string())
+                        .collect();
                     format!(
                         "{key} is also rendered by {}; an object must have one owner",
                         others.join(", ")
-                    ),
-                ));
+                    )
+                }
+            };
+            problems
+                .entry((*id).clone())
+                .or_default()
+                .push(Problem::new(Owner::Unit((*id).clone()), detail));
         }
     }
     for (id, mut list) in problems {

@@ -151,6 +151,10 @@ pub fn finish(unit: &Unit, documents: Vec<Document>) -> Result<Vec<Object>, Vec<
         let namespace = match (scope, given_ns) {
             (Scope::Cluster, _) => None,
             (Scope::Namespaced, None) => unit.namespace.clone(),
+            // A tenant's object of a kind known only to the cluster (a CRD installed by infra) is
+            // taken as namespaced and kept in the tenant's namespace; the apply engine checks its
+            // real scope through discovery before anything is sent.
+            (Scope::Unknown, None) if unit.limits.is_some() => unit.namespace.clone(),
             (_, given) => given,
         };
         let key = ObjectKey {

@@ -171,8 +171,9 @@ fn lists_are_flattened_and_crds_of_the_unit_decide_scope() {
         ("Gizmo", Scope::Unknown)
     );
     assert_eq!(
-        objects[1].key.namespace, None,
-        "unknown kinds wait for discovery"
+        objects[1].key.namespace.as_deref(),
+        Some("ai"),
+        "a tenant's unknown kind stays in its namespace"
     );
 }
 
@@ -259,4 +260,53 @@ fn hashes_are_stable_and_key_order_does_not_matter() {
     let b: serde_json::Value = serde_json::from_str(r#"{"a": {"x": 1, "y": 2}, "b": 1}"#).unwrap();
     assert_eq!(hash(&a), hash(&b));
     assert_ne!(hash(&a), hash(&json!({"a": {"x": 1, "y": 3}, "b": 1})));
+}
+
+#[test]
+fn a_tenant_cannot_take_down_the_infra_unit_by_rendering_its_object() {
+    let quota = || {
+        doc(
+            json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q", "namespace": "ai"}}),
+            1,
+        )
+    };
+    let mut infra = tenant_unit("infra");
+    infra.id = UnitId::infra();
+    infra.limits = None;
+    infra.namespace = None;
+    let web = tenant_unit("web");
+    let mut results = BTreeMap::new();
+    results.insert(infra.id.clone(), finish(&infra, vec![quota()]));
+    results.insert(web.id.clone(), finish(&web, vec![quota()]));
+    check_duplicates(&mut results);
+    assert!(results[&UnitId::infra()].is_ok(), "infra keeps its object");
+    let p: Vec<String> = results[&web.id]
+        .as_ref()
+        .unwrap_err()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(
+        p,
+        vec![
+            "tenant ai, app web: ResourceQuota ai/q belongs to the cluster's infra unit; a tenant cannot render it"
+        ]
+    );
+}
+
+#[test]
+fn a_tenant_object_of_unknown_kind_in_a_foreign_namespace_is_refused() {
+    let p = problems(
+        &tenant_unit("web"),
+        vec![doc(
+            json!({"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": {"name": "c", "namespace": "kube-system"}}),
+            4,
+        )],
+    );
+    assert_eq!(
+        p,
+        vec![
+            "tenant ai, app web: apps/x/all.yaml:4: Certificate.cert-manager.io kube-system/c: namespace kube-system is not one of the tenant's namespaces (ai, ai-jobs)"
+        ]
+    );
 }
