@@ -430,11 +430,13 @@ async fn ssh_with_host_key_verification() {
     let s = sources(
         &dir,
         &format!(
-            "credentials:\n  good: {{ ssh_key_file: {}, known_hosts_file: known_hosts }}\n  wrongkey: {{ ssh_key_file: {}, known_hosts_file: known_hosts }}\n  unknown: {{ ssh_key_file: {}, known_hosts_file: unknown_hosts }}\n  changed: {{ ssh_key_file: {}, known_hosts_file: changed_hosts }}\n",
+            "credentials:\n  good: {{ ssh_key_file: {}, known_hosts_file: known_hosts }}\n  wrongkey: {{ ssh_key_file: {}, known_hosts_file: known_hosts }}\n  unknown: {{ ssh_key_file: {}, known_hosts_file: unknown_hosts }}\n  changed: {{ ssh_key_file: {}, known_hosts_file: changed_hosts }}\n  login: {{ ssh_key_file: {}, known_hosts_file: known_hosts, username: {} }}\n",
             user_key.private.display(),
             other_key.private.display(),
             user_key.private.display(),
-            user_key.private.display()
+            user_key.private.display(),
+            user_key.private.display(),
+            sshd.user
         ),
     );
     let url = sshd.url(&repo.path);
@@ -449,6 +451,17 @@ async fn ssh_with_host_key_verification() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.revision, head);
     assert_eq!(read(&c, "cluster.yaml"), "name: dev\n");
+
+    // No user in the URL: the login comes from the credential (regression, review M3).
+    let userless = SourceSpec {
+        credentials: Some("login".into()),
+        ..spec(
+            &format!("ssh://127.0.0.1:{}{}", sshd.port, repo.path.display()),
+            branch("main"),
+        )
+    };
+    let c = s.fetch(&userless).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.revision, head);
 
     let e = s.fetch(&with("wrongkey")).await.unwrap_err();
     assert_eq!(

@@ -211,12 +211,17 @@ fn decode_credential(
             .get("username")
             .and_then(|n| Some(n.str(&fields.path("username"), report)?.to_string())),
     };
+    // `username` fits both kinds: the HTTPS user, or the SSH login when the URL names none.
     let ssh = fields.present(&["ssh_key_file", "passphrase_file", "known_hosts_file"]);
-    let https = fields.present(&["token_file", "username", "password_file"]);
+    let https = fields.present(&["token_file", "password_file"]);
+    let has_user = !fields.present(&["username"]).is_empty();
     fields.finish(ALLOWED, report);
 
     let mut problem = |message: &str| report.error(node, path, message);
     match (ssh.is_empty(), https.is_empty()) {
+        (true, true) if has_user => {
+            problem("username needs ssh_key_file, token_file or password_file")
+        }
         (true, true) => problem(
             "empty: give ssh_key_file and known_hosts_file, or token_file, or username and password_file",
         ),
@@ -236,10 +241,8 @@ fn decode_credential(
         (true, false) => {
             if https.contains(&"token_file") && https.contains(&"password_file") {
                 problem("give token_file or password_file, not both");
-            } else if https.contains(&"password_file") && !https.contains(&"username") {
+            } else if https.contains(&"password_file") && !has_user {
                 problem("password_file needs a username");
-            } else if https == ["username"] {
-                problem("username needs a token_file or password_file");
             }
         }
     }

@@ -277,6 +277,16 @@ impl CallbackState {
 fn callbacks<'a>(access: &'a Access<'a>, state: &'a CallbackState) -> RemoteCallbacks<'a> {
     let mut cbs = RemoteCallbacks::new();
     cbs.credentials(move |_url, username_from_url, allowed| {
+        let login = || {
+            username_from_url
+                .or(access.credential.and_then(|c| c.username.as_deref()))
+                .unwrap_or("git")
+        };
+        // SSH without a user in the URL: libgit2 first asks only for the login name. That is not
+        // an authentication attempt, so it is answered without counting.
+        if allowed == CredentialType::USERNAME {
+            return Cred::username(login());
+        }
         let attempt = state.auth_attempts.get() + 1;
         state.auth_attempts.set(attempt);
         let refuse = |why: String| {
@@ -303,12 +313,7 @@ fn callbacks<'a>(access: &'a Access<'a>, state: &'a CallbackState) -> RemoteCall
                 },
                 None => None,
             };
-            return Cred::ssh_key(
-                username_from_url.unwrap_or("git"),
-                None,
-                key,
-                passphrase.as_deref(),
-            );
+            return Cred::ssh_key(login(), None, key, passphrase.as_deref());
         }
         if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
             let secret =
@@ -326,7 +331,7 @@ fn callbacks<'a>(access: &'a Access<'a>, state: &'a CallbackState) -> RemoteCall
             return Cred::userpass_plaintext(user, &secret);
         }
         if allowed.contains(CredentialType::USERNAME) {
-            return Cred::username(username_from_url.or(c.username.as_deref()).unwrap_or("git"));
+            return Cred::username(login());
         }
         refuse(format!(
             "the server asks for credentials of a kind flotilla does not hold ({allowed:?})"

@@ -52,7 +52,7 @@ pub struct Sources {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Bounds the Git operations in flight, so a poll of many repositories does not open more
     /// connections than a Git host accepts at once. `concurrency` bounds both units and fetches.
-    in_flight: tokio::sync::Semaphore,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Sources {
@@ -63,7 +63,9 @@ impl Sources {
             credentials: config.credentials.clone(),
             settings: config.git.clone(),
             locks: Mutex::new(HashMap::new()),
-            in_flight: tokio::sync::Semaphore::new(config.concurrency.max(1) as usize),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(
+                config.concurrency.max(1) as usize
+            )),
         }
     }
 
@@ -75,21 +77,24 @@ impl Sources {
             SourceLocation::Url(url) => url.clone(),
         };
         let lock = self.lock_for(&url);
-        let _held = lock.lock().await;
-        let _slot = self
-            .in_flight
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
         let mut attempt = 0;
         loop {
-            match self.fetch_once(&url, spec).await {
-                Err(e) if e.transient && attempt < self.settings.retries => {
+            // Per attempt: the URL's lock (one operation on a mirror at a time) and a slot of
+            // the bound on Git operations in flight. Neither is held while backing off.
+            let held = lock.clone().lock_owned().await;
+            let slot = self
+                .in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            match self.fetch_once(&url, spec, held, slot).await {
+                Err((e, retry)) if retry && attempt < self.settings.retries => {
                     tracing::warn!(source = %e.location, error = %e.message, attempt, "fetch failed; retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                 }
-                other => return other,
+                other => return other.map_err(|(e, _)| e),
             }
         }
     }
@@ -130,7 +135,15 @@ impl Sources {
         Ok(Checkout { root, revision })
     }
 
-    async fn fetch_once(&self, url: &str, spec: &SourceSpec) -> Result<Checkout, Error> {
+    /// One attempt. The error says whether a retry could help: a transient failure yes, a
+    /// timeout no (its Git work may still be running; it keeps the URL's lock until it ends).
+    async fn fetch_once(
+        &self,
+        url: &str,
+        spec: &SourceSpec,
+        held: tokio::sync::OwnedMutexGuard<()>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Checkout, (Error, bool)> {
         let location = redact(url);
         let key = url_key(url);
         let mirror = self
@@ -179,47 +192,37 @@ impl Sources {
         };
         // The blocking work aborts transfers at the deadline itself; this bounds the rest (a
         // server that accepts and never answers) so the caller is never stuck.
-        let joined = tokio::time::timeout(
-            timeout + Duration::from_secs(5),
-            tokio::task::spawn_blocking(job),
-        )
-        .await;
-        let (commit, dir) = match joined {
+        let mut task = tokio::task::spawn_blocking(job);
+        let error = |message: String, transient: bool| Error {
+            location: location.clone(),
+            message,
+            transient,
+        };
+        let (commit, dir) = match tokio::time::timeout(timeout + Duration::from_secs(5), &mut task)
+            .await
+        {
             Err(_) => {
-                return Err(Error {
-                    location,
-                    message: format!(
-                        "did not finish within {}",
-                        humantime::format_duration(timeout)
-                    ),
-                    transient: true,
+                // The Git work cannot be cancelled; until it ends (libgit2's socket timeout), it
+                // keeps the URL's lock and its slot, so nothing else touches that mirror meanwhile.
+                tokio::spawn(async move {
+                    let _ = task.await;
+                    drop((held, slot));
                 });
+                let message = format!(
+                    "did not finish within {}",
+                    humantime::format_duration(timeout)
+                );
+                return Err((error(message, true), false));
             }
-            Ok(Err(e)) => {
-                return Err(Error {
-                    location,
-                    message: format!("the fetch task failed: {e}"),
-                    transient: true,
-                });
-            }
-            Ok(Ok(Err(failure))) => {
-                let (message, transient) = match failure {
-                    git::Failure::Transient(m) => (m, true),
-                    git::Failure::Permanent(m) | git::Failure::Local(m) => (m, false),
-                };
-                return Err(Error {
-                    location,
-                    message,
-                    transient,
-                });
+            Ok(Err(e)) => return Err((error(format!("the fetch task failed: {e}"), true), true)),
+            Ok(Ok(Err(git::Failure::Transient(m)))) => return Err((error(m, true), true)),
+            Ok(Ok(Err(git::Failure::Permanent(m) | git::Failure::Local(m)))) => {
+                return Err((error(m, false), false));
             }
             Ok(Ok(Ok(done))) => done,
         };
-        let root = apply_path(&dir, spec).map_err(|message| Error {
-            location: location.clone(),
-            message: format!("at {commit}: {message}"),
-            transient: false,
-        })?;
+        let root = apply_path(&dir, spec)
+            .map_err(|message| (error(format!("at {commit}: {message}"), false), false))?;
         self.record(&key, &spec.reference, &commit);
         tracing::debug!(source = %location, revision = %commit, elapsed = ?started.elapsed(), "source ready");
         Ok(Checkout {
@@ -235,7 +238,10 @@ impl Sources {
         let previous = std::fs::read_to_string(&file)
             .ok()
             .and_then(|t| t.lines().next().map(str::to_string));
-        let previous = previous.filter(|p| p != commit);
+        if previous.as_deref() == Some(commit) {
+            // Unchanged: the previous commit stays the previous one (and its checkout stays).
+            return;
+        }
         let text = format!("{commit}\n{}\n", previous.unwrap_or_default());
         if std::fs::create_dir_all(&refs).is_ok() {
             // Written whole and renamed, so a reader never sees half a file.
