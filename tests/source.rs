@@ -74,6 +74,12 @@ async fn a_branch_follows_new_commits_and_old_checkouts_are_collected() {
         "v: 1\n",
         "the previous checkout is immutable and kept"
     );
+    // Regression (review M1): a fetch that finds no change must not forget the previous commit.
+    assert_eq!(s.fetch(&spec).await.unwrap(), c2);
+    assert!(
+        c1.root.exists(),
+        "still the previous one after a no-change fetch"
+    );
 
     repo.write("app.yaml", "v: 3\n");
     repo.commit("three");
