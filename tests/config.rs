@@ -157,7 +157,8 @@ fn a_password_in_a_url_is_refused_without_echoing_it() {
     let run = flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
-        run.stderr.contains("a password in the URL is not allowed"),
+        run.stderr
+            .contains("credentials in the URL are not allowed"),
         "{run:?}"
     );
     assert!(

@@ -518,3 +518,18 @@ fn a_tenant_catalog_cannot_use_local_directories_or_ungranted_credentials() {
         "{run:?}"
     );
 }
+
+#[test]
+fn two_files_for_one_tenant_are_reported() {
+    let p = Platform::new();
+    p.tenant("ai", "[ai]", "apps: []\n").file(
+        "fleet/tenants/ai.yml",
+        "name: ai\nnamespaces: [other]\nsource: { dir: ../../tenants/ai }\nclusters: [{ name: dev }]\n",
+    );
+    let run = p.run(&["validate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("fleet: tenants/ai.yml: tenant ai is also defined by tenants/ai.yaml; keep one file per tenant"),
+        "{run:?}"
+    );
+}

@@ -162,6 +162,13 @@ pub fn decode(
                         ),
                     );
                 }
+                Some(_) if kind == UrlKind::Http && !loopback_http(url) => {
+                    report.error(
+                        n,
+                        &join(path, "credentials"),
+                        "credentials would cross the network in clear over http://; use https://",
+                    );
+                }
                 Some(_) => {}
             }
         } else if kind == UrlKind::Ssh {
@@ -254,6 +261,12 @@ fn check_url(url: &str) -> Result<UrlKind, String> {
     if url.trim() != url || url.is_empty() {
         return Err(format!("{:?} is not a Git URL", redact(url)));
     }
+    let secret_in_url = || {
+        format!(
+            "{}: credentials in the URL are not allowed; put them in a credentials file",
+            redact(url)
+        )
+    };
     if let Some((scheme, rest)) = url.split_once("://") {
         let kind = match scheme {
             "file" => return Ok(UrlKind::Local),
@@ -268,47 +281,74 @@ fn check_url(url: &str) -> Result<UrlKind, String> {
             }
         };
         let authority = rest.split('/').next().unwrap_or("");
-        if let Some((userinfo, host)) = authority.rsplit_once('@') {
-            if userinfo.contains(':') {
-                return Err(format!(
-                    "{}: a password in the URL is not allowed; put it in a credentials file",
-                    redact(url)
-                ));
-            }
-            if host.is_empty() {
-                return Err(format!("{url:?} has no host"));
-            }
-        } else if authority.is_empty() {
-            return Err(format!("{url:?} has no host"));
+        let host = match authority.rsplit_once('@') {
+            // An SSH login name is fine; anything else before `@` can be a token or a password.
+            Some((userinfo, host)) if kind == UrlKind::Ssh && !userinfo.contains(':') => host,
+            Some(_) => return Err(secret_in_url()),
+            None => authority,
+        };
+        if host.is_empty() {
+            return Err(format!("{:?} has no host", redact(url)));
         }
         return Ok(kind);
     }
     if url.starts_with('/') {
         return Ok(UrlKind::Local);
     }
-    // scp-like: [user@]host:path, where host has no slash before the colon.
+    // scp-like: [user@]host:path, where host has no slash before the colon; a `:` before the `@`
+    // is a password.
+    if url
+        .split_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':') && !userinfo.contains('/'))
+    {
+        return Err(secret_in_url());
+    }
     match url.split_once(':') {
         Some((host, path)) if !host.contains('/') && !host.is_empty() && !path.is_empty() => {
             Ok(UrlKind::Ssh)
         }
         _ => Err(format!(
-            "{url:?} is not a Git URL; use file://, git://, ssh://, https://, git@host:path or an absolute path"
+            "{:?} is not a Git URL; use file://, git://, ssh://, https://, git@host:path or an absolute path",
+            redact(url)
         )),
     }
 }
 
-/// Removes a password from URL userinfo: `https://u:secret@h/x` → `https://u:***@h/x`.
+/// The host of an `http://` URL is this machine (credentials may cross it in clear).
+fn loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.split_once(']'))
+        .map_or_else(
+            || host.rsplit_once(':').map_or(host, |(h, _)| h),
+            |(h, _)| h,
+        );
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Hides URL userinfo that could be a secret: `https://u:secret@h/x` and `https://TOKEN@h/x`
+/// become `https://***@h/x`; an SSH login name (`ssh://git@h/x`, `git@h:x`) is kept.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        // scp-like `user:password@host:path`
+        return match url.split_once('@') {
+            Some((userinfo, rest)) if userinfo.contains(':') => format!("***@{rest}"),
+            _ => url.to_string(),
+        };
     };
     let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     match authority.rsplit_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
-        _ => url.to_string(),
+        Some((userinfo, _)) if scheme == "ssh" && !userinfo.contains(':') => url.to_string(),
+        Some((_, host)) => format!("{scheme}://***@{host}{tail}"),
+        None => url.to_string(),
     }
 }
 
@@ -438,8 +478,20 @@ mod tests {
     fn passwords_in_urls_are_refused_and_redacted() {
         let err = check_url("https://bob:hunter2@host/x.git").unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
-        assert!(err.contains("https://bob:***@host/x.git"), "{err}");
+        assert!(err.contains("https://***@host/x.git"), "{err}");
         assert_eq!(redact("ssh://git@host/x"), "ssh://git@host/x");
+        assert_eq!(redact("git@host:x.git"), "git@host:x.git");
+        // Regression (review M5): a bare token as userinfo, and a password in the scp-like form.
+        let err = check_url("https://ghp_abc123@github.com/x.git").unwrap_err();
+        assert!(
+            !err.contains("ghp_abc123") && err.contains("https://***@github.com/x.git"),
+            "{err}"
+        );
+        let err = check_url("bob:hunter2@host:x.git").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(!check_url("https://tok@/x").unwrap_err().contains("tok"));
+        assert!(loopback_http("http://127.0.0.1:8080/x") && loopback_http("http://localhost/x"));
+        assert!(loopback_http("http://[::1]:80/x") && !loopback_http("http://git.example.com/x"));
     }
 
     #[test]

@@ -61,6 +61,11 @@ pub fn read_fleet(root: &Path, known_credentials: Known<'_>) -> (Fleet, Vec<Prob
                         decode_tenant(&doc, &rel, stem, &tenants_dir, known_credentials)
                     });
                     match decoded {
+                        // `ai.yaml` and `ai.yml` would both be tenant ai: neither wins silently.
+                        Ok(tenant) if fleet.tenants.contains_key(&tenant.name) => fail(format!(
+                            "{rel}: tenant {} is also defined by {}; keep one file per tenant",
+                            tenant.name, fleet.tenants[&tenant.name].file
+                        )),
                         Ok(tenant) => {
                             fleet.tenants.insert(tenant.name.clone(), tenant);
                         }

@@ -257,6 +257,30 @@ fn check_depends_on(
             broken.insert(app.to_string());
         }
     }
+    // A unit that depends on one held back can never be applied in order either: hold it back
+    // too, transitively. This also catches every member of a cyclic group the walk did not list.
+    loop {
+        let newly: Vec<(&Unit, &String)> = units
+            .iter()
+            .filter(|u| !broken.contains(&u.id.app))
+            .filter_map(|u| {
+                u.depends_on
+                    .iter()
+                    .find(|d| broken.contains(*d))
+                    .map(|d| (u, d))
+            })
+            .collect();
+        if newly.is_empty() {
+            break;
+        }
+        for (unit, dep) in newly {
+            problems.push(Problem::new(
+                Owner::Unit(unit.id.clone()),
+                format!("tenant.yaml: dependsOn names {dep:?}, which is held back on cluster {} (see its problem)", cluster.name),
+            ));
+            broken.insert(unit.id.app.clone());
+        }
+    }
     broken
 }
 
@@ -505,6 +529,8 @@ mod tests {
                 app("c", true, &["a"]),
                 app("cache", false, &[]),
                 app("ok", true, &["db"]),
+                app("d", true, &["c"]),
+                app("e", true, &["d"]),
             ],
             clusters: vec![],
         };
@@ -528,6 +554,8 @@ mod tests {
                 "tenant ai, app api: tenant.yaml: dependsOn names \"cache\", which is not enabled on cluster prod",
                 "tenant ai, app b: tenant.yaml: dependsOn cycle: a → b → c → a",
                 "tenant ai, app c: tenant.yaml: dependsOn cycle: a → b → c → a",
+                "tenant ai, app d: tenant.yaml: dependsOn names \"c\", which is held back on cluster prod (see its problem)",
+                "tenant ai, app e: tenant.yaml: dependsOn names \"d\", which is held back on cluster prod (see its problem)",
                 "tenant ai, app web: tenant.yaml: dependsOn names \"ghost\", which is not an app of tenant ai",
             ]
         );

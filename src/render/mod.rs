@@ -129,7 +129,17 @@ pub fn render_all(
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(unit) = units.get(i) else { break done };
             let result = match root_of(unit) {
-                Ok(root) => render_unit(unit, &root, tools),
+                // A bug that panics while rendering one unit fails that unit, not the others.
+                Ok(root) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    render_unit(unit, &root, tools)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(vec![Problem::new(
+                        Owner::Unit(unit.id.clone()),
+                        "internal error while rendering (a flotilla bug; the log has the panic)"
+                            .to_string(),
+                    )])
+                }),
                 Err(why) => Err(vec![Problem::new(
                     Owner::Unit(unit.id.clone()),
                     format!("source: {why}"),

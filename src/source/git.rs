@@ -430,6 +430,10 @@ fn classify(e: &git2::Error) -> Failure {
             | ErrorClass::Index,
         )
         | (_, ErrorClass::Reference) => Failure::Local(message),
+        // The server answered and refused (no such repository, no access): retrying cannot help.
+        (_, ErrorClass::Http) if [" 401", " 403", " 404"].iter().any(|c| message.contains(c)) => {
+            Failure::Permanent(message)
+        }
         (
             _,
             ErrorClass::Net | ErrorClass::Ssh | ErrorClass::Http | ErrorClass::Os | ErrorClass::Ssl,
