@@ -533,3 +533,24 @@ fn two_files_for_one_tenant_are_reported() {
         "{run:?}"
     );
 }
+
+#[test]
+fn an_oversized_manifest_file_is_refused() {
+    let p = Platform::new();
+    p.tenant(
+        "ai",
+        "[ai]",
+        "apps:\n  - { name: web, source: { path: web } }\n",
+    );
+    let mut big =
+        String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: { name: big }\ndata:\n  x: \"");
+    big.push_str(&"a".repeat(9 << 20));
+    big.push_str("\"\n");
+    p.file("tenants/ai/web/big.yaml", &big);
+    let run = p.run(&["render"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(
+        run.stderr.trim(),
+        "tenant ai, app web: web/big.yaml: 9 MiB is over the 8 MiB a manifest file may have"
+    );
+}

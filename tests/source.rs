@@ -676,3 +676,23 @@ async fn a_tree_that_cannot_be_read_whole_is_refused() {
     );
     assert_eq!(checkouts(&dir), 0, "no partial tree is kept");
 }
+
+/// Regression (review M6): one huge (here: highly compressible) file cannot exhaust the agent.
+#[tokio::test]
+async fn an_oversized_file_is_refused_at_checkout() {
+    let dir = Dir::new();
+    let repo = Repo::init(&dir.path().join("remote"));
+    std::fs::write(repo.path.join("zeros.bin"), vec![0u8; 65 << 20]).unwrap();
+    repo.write("ok.yaml", "a: 1\n");
+    repo.commit("big");
+    let s = sources(&dir, "");
+    let e = s
+        .fetch(&spec(&repo.url(), branch("main")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.message,
+        "zeros.bin is over the 64 MiB a checked-out file may have; refused"
+    );
+    assert_eq!(checkouts(&dir), 0);
+}

@@ -64,7 +64,19 @@ pub fn parse_manifests(
         .collect())
 }
 
+/// The largest manifest file rendered: far beyond any real one, small enough that one file
+/// cannot exhaust the agent's memory.
+pub const MAX_MANIFEST_BYTES: u64 = 8 << 20;
+
 fn read_file(file: &Path, rel: &str, vars: &Vars<'_>) -> Result<Vec<Document>, Vec<String>> {
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    if size > MAX_MANIFEST_BYTES {
+        return Err(vec![format!(
+            "{rel}: {} MiB is over the {} MiB a manifest file may have",
+            size >> 20,
+            MAX_MANIFEST_BYTES >> 20
+        )]);
+    }
     let bytes = std::fs::read(file).map_err(|e| vec![format!("{rel}: cannot read: {e}")])?;
     let text = String::from_utf8(bytes)
         .map_err(|_| vec![format!("{rel}: not a text file (not valid UTF-8)")])?;

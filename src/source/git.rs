@@ -448,6 +448,7 @@ fn classify(e: &git2::Error) -> Failure {
 pub fn checkout(mirror: &Path, commit: Oid, dest: &Path) -> Result<(), Failure> {
     let repo =
         Repository::open_bare(mirror).map_err(|e| Failure::Local(e.message().to_string()))?;
+    let odb = repo.odb().ok();
     let tree = repo
         .find_commit(commit)
         .and_then(|c| c.tree())
@@ -480,6 +481,20 @@ pub fn checkout(mirror: &Path, commit: Oid, dest: &Path) -> Result<(), Failure> 
         let written = match (entry.kind(), entry.filemode()) {
             (Some(ObjectType::Tree), _) | (Some(ObjectType::Commit), _) => {
                 std::fs::create_dir(&path).map_err(|e| e.to_string())
+            }
+            // The size comes from the object's header, before the blob is loaded into memory.
+            (Some(ObjectType::Blob), _)
+                if odb
+                    .as_ref()
+                    .and_then(|o| o.read_header(entry.id()).ok())
+                    .is_some_and(|(size, _)| size > MAX_FILE_BYTES) =>
+            {
+                failure = Some(Failure::Permanent(format!(
+                    "{} is over the {} MiB a checked-out file may have; refused",
+                    rel.display(),
+                    MAX_FILE_BYTES >> 20
+                )));
+                return TreeWalkResult::Abort;
             }
             (Some(ObjectType::Blob), mode) => match repo.find_blob(entry.id()) {
                 Err(e) => {
@@ -571,6 +586,10 @@ pub fn checkout(mirror: &Path, commit: Oid, dest: &Path) -> Result<(), Failure> 
         }
     }
 }
+
+/// The largest file a checkout may hold: a repository is configuration, and one huge file must
+/// not exhaust the agent's memory or disk.
+pub const MAX_FILE_BYTES: usize = 64 << 20;
 
 /// Whether a symlink at `rel` (inside the tree) with `target` resolves outside the tree.
 fn escapes(rel: &Path, target: &Path) -> bool {
