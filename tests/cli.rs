@@ -100,3 +100,26 @@ fn the_config_path_can_come_from_the_environment() {
         String::from_utf8_lossy(&run.stderr)
     );
 }
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let dir = Dir::new();
+    let port = crate::support::git::free_port();
+    dir.write(
+        "flotilla.yaml",
+        format!("cluster: dev\nfleet: {{ url: \"git://127.0.0.1:{port}/fleet\" }}\nstate_dir: state\ngit: {{ retries: 1 }}\n"),
+    );
+    let run = flotilla(dir.path(), &["render", "--config", "flotilla.yaml"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("WARN flotilla::source: fetch failed; retrying"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains('\u{1b}'), "no ANSI escapes: {run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("error: fleet: git://127.0.0.1:{port}/fleet: ")),
+        "{run:?}"
+    );
+}
