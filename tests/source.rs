@@ -696,3 +696,91 @@ async fn an_oversized_file_is_refused_at_checkout() {
     );
     assert_eq!(checkouts(&dir), 0);
 }
+
+/// `render` fetches only the tenants that land on the cluster; `validate` fetches an app repo
+/// used on several clusters once.
+#[test]
+fn each_repo_is_fetched_only_where_and_as_often_as_needed() {
+    let p = Platform::new();
+    let served = p.dir.path().join("served");
+    let app = Repo::init(&served.join("web"));
+    app.write(
+        "deploy/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: web }\n",
+    );
+    app.commit("app");
+    let daemon = GitDaemon::start(&served, &p.dir.path().join("daemon.log"));
+    p.tenant(
+        "ai",
+        "[ai]",
+        &format!("apps:\n  - {{ name: web, source: {{ url: \"{}\", ref: {{ branch: main }}, path: deploy }} }}\n", daemon.url("web")),
+    );
+    // A tenant only on prod whose repo cannot be reached.
+    let nowhere = format!("git://127.0.0.1:{}/gone", free_port());
+    p.file(
+        "fleet/tenants/elsewhere.yaml",
+        &format!("name: elsewhere\nnamespaces: [elsewhere]\nsource: {{ url: \"{nowhere}\" }}\nclusters: [{{ name: prod }}]\n"),
+    );
+    p.file(
+        "flotilla.yaml",
+        "cluster: dev\nfleet: { dir: fleet }\nstate_dir: state\n",
+    );
+
+    let run = p.run(&["render"]);
+    assert_eq!(run.code, 0, "a tenant elsewhere is not fetched: {run:?}");
+    assert!(run.stderr.is_empty(), "{run:?}");
+
+    let before = daemon.upload_packs();
+    let run = p.run(&["validate"]);
+    assert_eq!(run.code, 1, "validate does fetch every tenant: {run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("tenant elsewhere: source: {nowhere}: ")),
+        "{run:?}"
+    );
+    assert_eq!(
+        daemon.upload_packs() - before,
+        1,
+        "dev and prod share one listing of the app repo (already in the mirror)"
+    );
+}
+
+/// A FIFO named like a manifest in a local directory source is skipped, not read forever.
+#[test]
+fn a_fifo_in_a_local_source_does_not_hang_render() {
+    let p = Platform::new();
+    p.tenant(
+        "ai",
+        "[ai]",
+        "apps:\n  - { name: web, source: { path: web } }\n",
+    )
+    .file(
+        "tenants/ai/web/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: web }\n",
+    );
+    let made = std::process::Command::new("mkfifo")
+        .arg(p.dir.path().join("tenants/ai/web/pipe.yaml"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["render", "--config", "flotilla.yaml"])
+        .current_dir(p.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("render hung on a FIFO");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+}

@@ -43,6 +43,9 @@ struct Rendered {
 struct Fetcher {
     runtime: tokio::runtime::Runtime,
     sources: Arc<Sources>,
+    /// App repos already fetched in this run, by location and ref: `validate` renders every
+    /// cluster, and an app repo used on several clusters is fetched once, not once per cluster.
+    repos: std::cell::RefCell<BTreeMap<String, Result<Checkout, String>>>,
 }
 
 pub fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
@@ -52,9 +55,10 @@ pub fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| config.cluster.clone());
     let wanted = |t: &str| filter.tenant.as_deref().is_none_or(|w| w == t);
     let fetcher = Fetcher::new(config)?;
-    // Every catalog is read even when one tenant is asked for: a filtered render must report
-    // exactly what the full render reports about that tenant (duplicates across tenants included).
-    let loaded = load(config, &fetcher)?;
+    // Every catalog of a tenant on this cluster is read even when one tenant is asked for: a
+    // filtered render must report exactly what the full render reports about that tenant
+    // (duplicates across tenants included). Tenants elsewhere are not fetched at all.
+    let loaded = load(config, &fetcher, Some(&cluster_name))?;
     let Some(cluster) = loaded.fleet.clusters.get(&cluster_name).cloned() else {
         let known: Vec<&str> = loaded.fleet.clusters.keys().map(String::as_str).collect();
         for p in &loaded.problems {
@@ -115,7 +119,7 @@ pub fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
 /// Checks the fleet and every tenant catalog, and renders every cluster of the fleet.
 pub fn validate(config: &Config, config_file: &Path) -> anyhow::Result<ExitCode> {
     let fetcher = Fetcher::new(config)?;
-    let loaded = load(config, &fetcher)?;
+    let loaded = load(config, &fetcher, None)?;
     let tools = Tools::from(&config.render);
     let mut lines = Vec::new();
     let mut units = 0;
@@ -172,7 +176,31 @@ impl Fetcher {
         Ok(Fetcher {
             runtime,
             sources: Arc::new(Sources::new(config)),
+            repos: Default::default(),
         })
+    }
+
+    /// The checkouts of `wanted` app repos (keyed by location and ref), each fetched at most
+    /// once per run; the new ones all at the same time.
+    fn fetch_repos(
+        &self,
+        wanted: BTreeMap<String, SourceSpec>,
+    ) -> BTreeMap<String, Result<Checkout, String>> {
+        let new: Vec<(String, SourceSpec)> = wanted
+            .iter()
+            .filter(|(k, _)| !self.repos.borrow().contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let (keys, specs): (Vec<String>, Vec<SourceSpec>) = new.into_iter().unzip();
+        let fetched = self.fetch_all(specs);
+        let mut cache = self.repos.borrow_mut();
+        for (k, r) in keys.into_iter().zip(fetched) {
+            cache.insert(k, r.map_err(|e| e.to_string()));
+        }
+        wanted
+            .keys()
+            .filter_map(|k| cache.get(k).map(|r| (k.clone(), r.clone())))
+            .collect()
     }
 
     /// Fetches every spec at once; the results come back in the same order.
@@ -200,8 +228,9 @@ impl Fetcher {
     }
 }
 
-/// Fetches the fleet and every tenant repo, and reads the fleet and every catalog.
-fn load(config: &Config, fetcher: &Fetcher) -> anyhow::Result<Loaded> {
+/// Fetches the fleet, and the repos and catalogs of the tenants that land on `cluster` (of every
+/// tenant when `None`).
+fn load(config: &Config, fetcher: &Fetcher, cluster: Option<&str>) -> anyhow::Result<Loaded> {
     let fleet_checkout = fetcher
         .fetch_all(vec![config.fleet.clone()])
         .pop()
@@ -214,11 +243,15 @@ fn load(config: &Config, fetcher: &Fetcher) -> anyhow::Result<Loaded> {
             .map(crate::config::Credential::kind)
     };
     let (fleet, mut problems) = fleet::read_fleet(&fleet_checkout.root, &known);
-    let specs: Vec<SourceSpec> = fleet.tenants.values().map(|t| t.source.clone()).collect();
-    let fetched = fetcher.fetch_all(specs);
+    let on_cluster = |t: &&crate::fleet::Tenant| match cluster {
+        None => true,
+        Some(name) => fleet.clusters.get(name).is_some_and(|c| t.lands_on(c)),
+    };
+    let selected: Vec<&crate::fleet::Tenant> = fleet.tenants.values().filter(on_cluster).collect();
+    let fetched = fetcher.fetch_all(selected.iter().map(|t| t.source.clone()).collect());
     let mut tenants = BTreeMap::new();
     let mut catalogs = BTreeMap::new();
-    for (tenant, result) in fleet.tenants.values().zip(fetched) {
+    for (tenant, result) in selected.into_iter().zip(fetched) {
         let checkout = match result {
             Ok(checkout) => checkout,
             Err(e) => {
@@ -286,12 +319,7 @@ fn render_cluster(
             });
         }
     }
-    let keys: Vec<String> = wanted.keys().cloned().collect();
-    let repos: BTreeMap<String, Result<Checkout, String>> = keys
-        .into_iter()
-        .zip(fetcher.fetch_all(wanted.into_values().collect()))
-        .map(|(k, r)| (k, r.map_err(|e| e.to_string())))
-        .collect();
+    let repos = fetcher.fetch_repos(wanted);
 
     let checkout_of = |unit: &Unit| -> Result<Checkout, String> {
         match &unit.source {

@@ -135,7 +135,8 @@ fn collect(
         };
         if real.is_dir() {
             collect(root, &path, files, problems, seen);
-        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+        } else if real.is_file() && (name.ends_with(".yaml") || name.ends_with(".yml")) {
+            // Only regular files: a FIFO or device named *.yaml would block or never end.
             files.push(path);
         }
     }
