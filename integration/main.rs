@@ -7,6 +7,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+#[path = "../tests/support/cluster.rs"]
+mod cluster;
+// The API semantics scenarios shared with the test API server in `tests/`.
+mod kube_api;
+#[path = "../tests/support/scenarios.rs"]
+mod scenarios;
+
 /// The admin kubeconfig, or `None` (after saying so) when the suite is not selected.
 fn kubeconfig(test: &str) -> Option<PathBuf> {
     match std::env::var_os("FLOTILLA_IT_KUBECONFIG") {

@@ -7,6 +7,8 @@ mod support;
 mod cli;
 // The agent config file: the shipped example, and every error reported at once.
 mod config;
+// The test Kubernetes API server, through kube-rs: the scenarios shared with integration/.
+mod kube_api;
 // The fleet, catalogs and rendering: render and validate on whole platforms.
 mod render;
 // Git sources: file://, git daemon and sshd on 127.0.0.1; local directories.

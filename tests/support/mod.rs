@@ -1,6 +1,9 @@
 //! Helpers shared by the test modules.
 
+pub mod cluster;
 pub mod git;
+pub mod kube_api;
+pub mod scenarios;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
