@@ -31,5 +31,6 @@ scenario!(
     impersonation_needs_the_impersonate_verb,
     default_roles_grant_what_they_grant_on_a_real_cluster,
     escalation_is_refused,
+    impersonated_groups_are_authorized,
     watch_sees_changes_after_a_resource_version,
 );

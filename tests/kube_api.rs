@@ -29,6 +29,7 @@ scenario!(
     immutable_fields_are_refused,
     default_roles_grant_what_they_grant_on_a_real_cluster,
     escalation_is_refused,
+    impersonated_groups_are_authorized,
     watch_sees_changes_after_a_resource_version,
 );
 

@@ -1172,3 +1172,43 @@ pub async fn watch_sees_changes_after_a_resource_version(c: Arc<Cluster>) {
     }
     assert_eq!(seen, ["ADDED 1", "MODIFIED 2", "DELETED w"]);
 }
+
+/// Impersonated groups count for authorization: a RoleBinding to a group lets a user
+/// impersonated with that group (`Impersonate-Group`) read, and the same user without it cannot.
+pub async fn impersonated_groups_are_authorized(c: Arc<Cluster>) {
+    let ns = c.namespace("groups").await;
+    let group = c.name("readers");
+    let bindings: Api<DynamicObject> = Api::namespaced_with(c.admin.clone(), &ns, &rolebindings());
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "readers"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}],
+    });
+    bindings
+        .patch(
+            "readers",
+            &apply_params("flotilla", true),
+            &Patch::Apply(&binding),
+        )
+        .await
+        .unwrap();
+    let user = c.name("bob");
+    let member = c.impersonating(&user, &[group.as_str()]).await;
+    let cms: Api<ConfigMap> = Api::namespaced(member, &ns);
+    once_authorized(|| async { cms.list(&ListParams::default()).await }).await;
+    let outsider = c.impersonating(&user, &[]).await;
+    let refused = failure(
+        Api::<ConfigMap>::namespaced(outsider, &ns)
+            .list(&ListParams::default())
+            .await,
+    );
+    assert_eq!(refused.code, 403);
+    assert!(
+        refused
+            .message
+            .contains(&format!("User \"{user}\" cannot list")),
+        "{}",
+        refused.message
+    );
+}
