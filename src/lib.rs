@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod fleet;
+pub mod inventory;
 pub mod logging;
 pub mod render;
 pub mod source;
