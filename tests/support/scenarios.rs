@@ -373,6 +373,29 @@ pub async fn objects_have_server_metadata_and_status_shapes(c: Arc<Cluster>) {
         .await
         .unwrap();
     assert_eq!(d3.metadata.generation, Some(2));
+    // A Deployment's annotations are part of what its generation counts.
+    labelled["metadata"]["annotations"] = json!({"flotilla.dev/hash": "abc"});
+    let d4 = api
+        .patch(
+            "web",
+            &apply_params("flotilla", true),
+            &Patch::Apply(&labelled),
+        )
+        .await
+        .unwrap();
+    assert_eq!(d4.metadata.generation, Some(3));
+
+    // Deleting a namespace answers with the namespace, now terminating, not a Status.
+    let doomed = c.namespace("doomed").await;
+    let namespaces: Api<DynamicObject> =
+        Api::all_with(c.admin.clone(), &resource("v1", "Namespace", "namespaces"));
+    let answer = namespaces
+        .delete(&doomed, &DeleteParams::default())
+        .await
+        .expect("delete a namespace");
+    let ns = answer.left().expect("the namespace object");
+    assert!(ns.metadata.deletion_timestamp.is_some());
+    assert_eq!(ns.data["status"]["phase"], "Terminating");
 }
 
 fn deployment(name: &str, replicas: u32, image: &str) -> Value {
@@ -569,7 +592,7 @@ pub async fn conflicting_managers_and_force(c: Arc<Cluster>) {
     assert_eq!((clash.code, clash.reason.as_str()), (409, "Conflict"));
     assert_eq!(
         clash.message,
-        "Apply failed with 1 conflict: conflict with \"first\" using v1: .data.x"
+        "Apply failed with 1 conflict: conflict with \"first\": .data.x"
     );
     let causes = clash.details.expect("details").causes;
     assert_eq!(causes[0].field, ".data.x");
@@ -578,6 +601,11 @@ pub async fn conflicting_managers_and_force(c: Arc<Cluster>) {
         cms.get("app").await.unwrap().data.unwrap()["x"],
         "1",
         "a conflict changes nothing"
+    );
+    let two = failure(apply_app(&cms, "third", false, json!({"x": "9", "y": "9"})).await);
+    assert_eq!(
+        two.message,
+        "Apply failed with 2 conflicts: conflicts with \"first\":\n- .data.x\n- .data.y"
     );
 
     let forced = apply_app(&cms, "second", true, json!({"x": "2"}))

@@ -79,6 +79,8 @@ fn error_response(e: &ApiError) -> Response<Body> {
 
 /// The parsed target of a resource request.
 struct Target {
+    /// The field manager of a write that names none: the User-Agent up to its first `/`.
+    default_manager: String,
     resource: Resource,
     namespace: String,
     name: String,
@@ -208,6 +210,7 @@ pub async fn serve(
         body: &body,
         content_type: &header("content-type").unwrap_or_default(),
         accept: &header("accept").unwrap_or_default(),
+        user_agent: &header("user-agent").unwrap_or_default(),
     };
     let response = route(&state, &user, &request, &mut entry).await;
     Ok(finish(&state, entry, response))
@@ -330,6 +333,7 @@ struct Req<'a> {
     body: &'a Bytes,
     content_type: &'a str,
     accept: &'a str,
+    user_agent: &'a str,
 }
 
 async fn route(state: &Arc<State>, user: &User, r: &Req<'_>, entry: &mut Logged) -> Response<Body> {
@@ -340,6 +344,7 @@ async fn route(state: &Arc<State>, user: &User, r: &Req<'_>, entry: &mut Logged)
         body,
         content_type,
         accept,
+        user_agent,
     } = *r;
     let segments: Vec<&str> = path
         .trim_start_matches('/')
@@ -389,8 +394,8 @@ async fn route(state: &Arc<State>, user: &User, r: &Req<'_>, entry: &mut Logged)
     let subresource = parts.get(2).copied().unwrap_or_default().to_string();
     let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
     let verb = match method {
-        "GET" if !name.is_empty() => "get",
         "GET" if watch => "watch",
+        "GET" if !name.is_empty() => "get",
         "GET" => "list",
         "POST" => "create",
         "PUT" => "update",
@@ -458,6 +463,7 @@ async fn route(state: &Arc<State>, user: &User, r: &Req<'_>, entry: &mut Logged)
         return error_response(&ApiError::unknown_resource());
     }
     let target = Target {
+        default_manager: user_agent.split('/').next().unwrap_or_default().to_string(),
         resource,
         namespace,
         name,
@@ -600,8 +606,8 @@ fn dispatch(
     let force = q.get("force").is_some_and(|f| f == "true");
     let w = Write {
         user,
-        manager: if manager.is_empty() && verb != "patch" {
-            "unknown".into()
+        manager: if manager.is_empty() && !content_type.starts_with("application/apply-patch") {
+            t.default_manager.clone()
         } else {
             manager.clone()
         },
@@ -671,7 +677,11 @@ fn dispatch(
                 ));
             }
             if kind == PatchType::Apply && store.get(res, &t.namespace, &t.name).is_err() {
-                // Creating through apply needs `create` as well.
+                // Creating through apply needs `create` as well (on the named object), checked
+                // after the namespace is known to exist.
+                if res.namespaced {
+                    store.namespace_exists(&t.namespace)?;
+                }
                 let a = Attributes {
                     verb: "create".into(),
                     group: res.group.clone(),
@@ -681,7 +691,7 @@ fn dispatch(
                     } else {
                         String::new()
                     },
-                    name: String::new(),
+                    name: t.name.clone(),
                     path: String::new(),
                 };
                 if !store.policy().allows(user, &a) {
@@ -695,13 +705,7 @@ fn dispatch(
             Ok((if created { 201 } else { 200 }, obj))
         }
         "delete" => {
-            let obj = store.delete(
-                res,
-                &t.namespace,
-                &t.name,
-                &w,
-                &delete_options["preconditions"],
-            )?;
+            let obj = store.delete(res, &t.namespace, &t.name, &w, &delete_options)?;
             Ok((200, obj))
         }
         "deletecollection" => {
@@ -936,10 +940,16 @@ fn list(
 // --- Watch ---------------------------------------------------------------------------------
 
 fn watch_response(state: &Arc<State>, t: &Target, q: &HashMap<String, String>) -> Response<Body> {
-    let filter = match Filter::parse(q) {
+    let mut filter = match Filter::parse(q) {
         Ok(f) => f,
         Err(e) => return error_response(&e),
     };
+    if !t.name.is_empty() {
+        // A watch of one object.
+        filter
+            .fields
+            .push(("metadata.name".into(), true, t.name.clone()));
+    }
     let res = t.resource.clone();
     let namespace = t.namespace.clone();
     let timeout = q

@@ -181,7 +181,7 @@ impl Store {
         )
     }
 
-    fn namespace_exists(&self, ns: &str) -> Result<(), ApiError> {
+    pub fn namespace_exists(&self, ns: &str) -> Result<(), ApiError> {
         let key = Key {
             group: String::new(),
             plural: "namespaces".into(),
@@ -479,6 +479,7 @@ impl Store {
             return Ok((self.commit(res, None, applied, vec![me], w)?, true));
         };
 
+        precondition(res, name, &applied, &old)?;
         let mut entries = fields::read_entries(&old);
         let clashes = fields::conflicts(
             &entries,
@@ -598,11 +599,20 @@ impl Store {
             labels["kubernetes.io/metadata.name"] = json!(name);
         }
         if res.generation {
+            // What counts as a change of the desired state: everything but metadata and a
+            // separate status; a Deployment's annotations count too, as its strategy says.
+            let annotations_count = res.group == "apps" && res.plural == "deployments";
             let spec_of = |v: &Value| {
                 let mut v = v.clone();
+                let annotations = v["metadata"]["annotations"].clone();
                 let m = v.as_object_mut().expect("an object");
                 m.remove("metadata");
-                m.remove("status");
+                if res.status {
+                    m.remove("status");
+                }
+                if annotations_count {
+                    m.insert("annotations".into(), annotations);
+                }
                 v
             };
             let generation = match old {
@@ -687,8 +697,9 @@ impl Store {
         namespace: &str,
         name: &str,
         w: &Write,
-        preconditions: &Value,
+        options: &Value,
     ) -> Result<Value, ApiError> {
+        let preconditions = &options["preconditions"];
         let key = Self::key(res, namespace, name);
         let Some(old) = self.objects.get(&key).cloned() else {
             return Err(ApiError::not_found(res, name));
@@ -728,6 +739,30 @@ impl Store {
                 new: Some(new.clone()),
             });
             return Ok(Self::present(res, &new));
+        }
+        // A namespace, and a Foreground deletion, answer with the object being deleted, as the
+        // real server does; here the namespace controller and the garbage collector finish at
+        // once, so the object is gone right after.
+        let foreground = options["propagationPolicy"] == "Foreground";
+        if namespace_like || foreground {
+            let mut shown = old.clone();
+            shown["metadata"]["deletionTimestamp"] = json!(now());
+            shown["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            if namespace_like {
+                shown["status"]["phase"] = json!("Terminating");
+            }
+            if foreground {
+                let mut list = old["metadata"]["finalizers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                list.push(json!("foregroundDeletion"));
+                shown["metadata"]["finalizers"] = json!(list);
+            }
+            if !w.dry_run {
+                self.remove(res, key, old);
+            }
+            return Ok(Self::present(res, &shown));
         }
         let status = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
@@ -1047,49 +1082,48 @@ fn conflict_error(
     entries: &[Entry],
     clashes: &[(usize, Vec<fields::Path>)],
 ) -> ApiError {
-    let count: usize = clashes.iter().map(|(_, p)| p.len()).sum();
-    let mut lines = Vec::new();
+    // How the real server prints a manager: appliers by name, updaters with their apiVersion.
+    let manager = |e: &Entry| {
+        let mut m = format!("{:?}", e.manager);
+        if !e.subresource.is_empty() {
+            m = format!("{m} with subresource {:?}", e.subresource);
+        }
+        if e.operation == "Update" {
+            m = format!("{m} using {}", e.api_version);
+        }
+        m
+    };
+    let mut by_manager: Vec<(String, Vec<String>)> = Vec::new();
     let mut causes = Vec::new();
     for (i, paths) in clashes {
-        let e = &entries[*i];
-        let with = format!("conflict with {:?}", e.manager);
-        let using = format!(
-            "{with}{} using {}",
-            if e.subresource.is_empty() {
-                String::new()
-            } else {
-                format!(" with subresource {:?}", e.subresource)
-            },
-            e.api_version
-        );
-        if paths.len() == 1 {
-            lines.push(format!("{using}: {}", fields::display(&paths[0])));
-        } else {
-            let list: Vec<String> = paths
-                .iter()
-                .map(|p| format!("- {}", fields::display(p)))
-                .collect();
-            lines.push(format!(
-                "{}:\n{}",
-                using.replacen("conflict with", "conflicts with", 1),
-                list.join("\n")
-            ));
+        let who = manager(&entries[*i]);
+        let shown: Vec<String> = paths.iter().map(|p| fields::display(p)).collect();
+        for field in &shown {
+            causes.push(json!({"reason": "FieldManagerConflict", "message": format!("conflict with {who}"), "field": field}));
         }
-        for p in paths {
-            causes.push(json!({"reason": "FieldManagerConflict", "message": using, "field": fields::display(p)}));
-        }
+        by_manager.push((who, shown));
     }
-    let plural = if count == 1 { "conflict" } else { "conflicts" };
+    let count = causes.len();
+    let message = if count == 1 {
+        let (who, paths) = &by_manager[0];
+        format!(
+            "Apply failed with 1 conflict: conflict with {who}: {}",
+            paths[0]
+        )
+    } else {
+        by_manager.sort();
+        let mut lines = Vec::new();
+        for (who, paths) in &by_manager {
+            lines.push(format!("conflicts with {who}:"));
+            lines.extend(paths.iter().map(|p| format!("- {p}")));
+        }
+        format!("Apply failed with {count} conflicts: {}", lines.join("\n"))
+    };
     let mut details = json!({"name": name, "kind": res.plural, "causes": causes});
     if !res.group.is_empty() {
         details["group"] = json!(res.group);
     }
-    ApiError::new(
-        409,
-        "Conflict",
-        format!("Apply failed with {count} {plural}: {}", lines.join("\n")),
-    )
-    .with_details(details)
+    ApiError::new(409, "Conflict", message).with_details(details)
 }
 
 /// Optimistic concurrency: a body that names a resourceVersion must name the current one.
