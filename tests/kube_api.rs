@@ -232,3 +232,45 @@ async fn bearer_tokens_map_to_users_and_groups_bound_by_rbac() {
         .await;
     assert!(matches!(write, Err(kube::Error::Api(s)) if s.code == 403));
 }
+
+/// Bodies of the wrong shape are a 400 naming the field, and the server goes on serving (a panic
+/// in a handler would poison its store for every later request).
+#[tokio::test]
+async fn malformed_bodies_are_bad_requests_and_the_server_goes_on() {
+    use kube::api::{Api, DynamicObject, Patch, PatchParams};
+
+    let server = ApiServer::start();
+    let cluster = Cluster::connect(server.kubeconfig()).await;
+    let apply = PatchParams::apply("flotilla");
+    let cms: Api<DynamicObject> = Api::namespaced_with(
+        cluster.admin.clone(),
+        "default",
+        &crate::support::cluster::resource("v1", "ConfigMap", "configmaps"),
+    );
+    let string_data = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "x"}, "data": "not a map"});
+    let namespaces: Api<DynamicObject> = Api::all_with(
+        cluster.admin.clone(),
+        &crate::support::cluster::resource("v1", "Namespace", "namespaces"),
+    );
+    let string_spec = serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "x"}, "spec": "not a map"});
+    for (api, body) in [(&cms, string_data), (&namespaces, string_spec)] {
+        match api.patch("x", &apply, &Patch::Apply(&body)).await {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 400, "{}", s.message);
+                assert!(
+                    s.message.contains("cannot unmarshal string"),
+                    "{}",
+                    s.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let fine =
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}});
+    cms.patch("x", &apply, &Patch::Apply(&fine))
+        .await
+        .expect("the server still serves");
+}

@@ -105,15 +105,30 @@ pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
 /// Decoding checks that the real server fails with 400 before validation: a ConfigMap's data
 /// must be strings, a Secret's data base64.
 pub fn decode(res: &Resource, obj: &Value) -> Result<(), ApiError> {
-    if !res.group.is_empty() || !matches!(res.plural.as_str(), "configmaps" | "secrets") {
-        return Ok(());
-    }
     let kind = &res.kind;
     let cannot = |why: String| {
         ApiError::bad_request(format!(
-            "{kind} in version \"v1\" cannot be handled as a {kind}: {why}"
+            "{kind} in version \"{}\" cannot be handled as a {kind}: {why}",
+            res.version
         ))
     };
+    // The structs every kind (and the server's own bookkeeping) relies on.
+    let core_maps = res.group.is_empty() && matches!(res.plural.as_str(), "configmaps" | "secrets");
+    for field in ["spec", "status", "data", "stringData"] {
+        let typed = matches!(field, "spec" | "status") || core_maps;
+        match obj.get(field) {
+            Some(v) if typed && !v.is_object() && !v.is_null() => {
+                return Err(cannot(format!(
+                    "json: cannot unmarshal {} into Go struct field {kind}.{field} of type object",
+                    json_type(v)
+                )));
+            }
+            _ => {}
+        }
+    }
+    if !core_maps {
+        return Ok(());
+    }
     for field in ["data", "stringData"] {
         if let Some(map) = obj[field].as_object() {
             for (k, v) in map {
@@ -143,7 +158,8 @@ fn json_type(v: &Value) -> &'static str {
         Value::Bool(_) => "bool",
         Value::Array(_) => "array",
         Value::Object(_) => "object",
-        _ => "null",
+        Value::String(_) => "string",
+        Value::Null => "null",
     }
 }
 

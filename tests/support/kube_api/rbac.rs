@@ -316,16 +316,7 @@ type Rules = &'static [(
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
-const ALL: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
+const ALL: &[&str] = super::resources::VERBS;
 
 /// The rules Kubernetes aggregates into `view`.
 #[rustfmt::skip]

@@ -228,20 +228,24 @@ pub fn crd_schema(crd: &Value, version: &str) -> Option<Value> {
         .filter(|s| s.is_object())
 }
 
+/// Every verb of a collection resource.
+pub const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
 fn verbs(res: &Resource) -> Vec<&'static str> {
-    vec![
-        "create",
-        "delete",
-        "deletecollection",
-        "get",
-        "list",
-        "patch",
-        "update",
-        "watch",
-    ]
-    .into_iter()
-    .filter(|v| res.plural != "namespaces" || *v != "deletecollection")
-    .collect()
+    VERBS
+        .iter()
+        .copied()
+        .filter(|v| res.plural != "namespaces" || *v != "deletecollection")
+        .collect()
 }
 
 /// `APIResourceList` for one group/version.

@@ -139,6 +139,25 @@ impl Store {
     }
 
     /// The objects of `res` (in `namespace`, or all) as they were at resource version `rv`.
+    /// The stored objects of one resource, in key order: a range of the map, not a scan, since
+    /// every request reads the RBAC objects this way.
+    pub fn of<'a>(
+        &'a self,
+        group: &str,
+        plural: &str,
+    ) -> impl Iterator<Item = (&'a Key, &'a Value)> {
+        let start = Key {
+            group: group.into(),
+            plural: plural.into(),
+            namespace: String::new(),
+            name: String::new(),
+        };
+        let (group, plural) = (start.group.clone(), start.plural.clone());
+        self.objects
+            .range(start..)
+            .take_while(move |(k, _)| k.group == group && k.plural == plural)
+    }
+
     pub fn snapshot(&self, res: &Resource, namespace: &str, rv: u64) -> BTreeMap<Key, Value> {
         let in_scope = |k: &Key| {
             k.group == res.group
@@ -146,8 +165,7 @@ impl Store {
                 && (namespace.is_empty() || k.namespace == namespace)
         };
         let mut out: BTreeMap<Key, Value> = self
-            .objects
-            .iter()
+            .of(&res.group, &res.plural)
             .filter(|(k, _)| in_scope(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -797,11 +815,7 @@ impl Store {
         } else if res.group == "apiextensions.k8s.io" {
             let group = old["spec"]["group"].as_str().unwrap_or_default();
             let plural = old["spec"]["names"]["plural"].as_str().unwrap_or_default();
-            self.objects
-                .keys()
-                .filter(|k| k.group == group && k.plural == plural)
-                .cloned()
-                .collect()
+            self.of(group, plural).map(|(k, _)| k.clone()).collect()
         } else {
             Vec::new()
         };
@@ -879,9 +893,7 @@ impl Store {
     fn refresh_crds(&mut self) {
         self.resources.retain(|r| !r.custom);
         let crds: Vec<Value> = self
-            .objects
-            .iter()
-            .filter(|(k, _)| k.group == "apiextensions.k8s.io")
+            .of("apiextensions.k8s.io", "customresourcedefinitions")
             .map(|(_, v)| v.clone())
             .collect();
         for crd in crds {
@@ -905,9 +917,7 @@ impl Store {
 
     pub fn policy(&self) -> Policy<'_> {
         let of = |plural: &str| -> Vec<&Value> {
-            self.objects
-                .iter()
-                .filter(|(k, _)| k.group == "rbac.authorization.k8s.io" && k.plural == plural)
+            self.of("rbac.authorization.k8s.io", plural)
                 .map(|(_, v)| v)
                 .collect()
         };
@@ -1030,11 +1040,7 @@ impl Store {
     fn aggregate(&mut self) {
         for _ in 0..4 {
             let roles: Vec<(Key, Value)> = self
-                .objects
-                .iter()
-                .filter(|(k, _)| {
-                    k.group == "rbac.authorization.k8s.io" && k.plural == "clusterroles"
-                })
+                .of("rbac.authorization.k8s.io", "clusterroles")
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             let mut changed = false;
