@@ -1,9 +1,18 @@
-//! What each unit applied last, kept as a kubectl ApplySet-compatible parent object. This file
-//! holds the pure part: the ApplySet identity and the annotations kubectl reads, computed exactly
-//! as kubectl computes them, so `kubectl apply --prune --applyset` and flotilla agree on membership.
+//! What each unit applied last, kept as a kubectl ApplySet-compatible parent object: a ConfigMap
+//! in the unit's namespace whose id label and annotations are computed exactly as kubectl computes
+//! them, so `kubectl apply --prune --applyset` and flotilla agree on membership, plus flotilla's
+//! own record of every member with the hash it was applied with and a fingerprint of the fields
+//! flotilla owned right after. This file is pure; `reconcile` reads and writes the parent.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use base64::Engine as _;
+use serde_json::json;
 use sha2::{Digest as _, Sha256};
+
+use crate::fleet::UnitId;
+use crate::render::{LABEL_APP, LABEL_TENANT, ObjectKey};
 
 /// Label on the parent: the ApplySet's id.
 pub const ID_LABEL: &str = "applyset.kubernetes.io/id";
@@ -13,6 +22,218 @@ pub const PART_OF_LABEL: &str = "applyset.kubernetes.io/part-of";
 pub const TOOLING_ANNOTATION: &str = "applyset.kubernetes.io/tooling";
 /// Annotation on the parent: the group-kinds of its members.
 pub const GROUP_KINDS_ANNOTATION: &str = "applyset.kubernetes.io/contains-group-kinds";
+/// Annotation on the parent: the namespaces of its members besides the parent's own.
+pub const NAMESPACES_ANNOTATION: &str = "applyset.kubernetes.io/additional-namespaces";
+/// The parent's data key that holds flotilla's member list.
+pub const MEMBERS_KEY: &str = "members";
+/// The namespace of the parents of the agent's own sets (the infra unit, tenant onboarding).
+pub const AGENT_NAMESPACE: &str = "kube-system";
+
+/// Where a set's parent lives: a ConfigMap.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Parent {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// One member as flotilla applied it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub api_version: String,
+    /// The sha256 of the rendered object it was applied from.
+    pub hash: String,
+    /// The fingerprint of flotilla's managed fields right after the apply (see
+    /// [`crate::plan::fingerprint`]); empty when not known (not applied yet, or it failed).
+    pub fields: String,
+}
+
+/// The members of a set, by object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    pub members: BTreeMap<ObjectKey, Member>,
+}
+
+/// Why a ConfigMap cannot be used as a parent.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("inventory {parent}: {why}; flotilla will not use or prune it")]
+    Foreign { parent: Parent, why: String },
+    #[error("inventory {parent}: line {line} of data.members is malformed")]
+    Malformed { parent: Parent, line: usize },
+}
+
+impl fmt::Display for Parent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConfigMap {}/{}", self.namespace, self.name)
+    }
+}
+
+impl Parent {
+    /// The parent of a tenant app's set (in the app's namespace), or of the cluster's infra.
+    pub fn of_unit(unit: &UnitId, namespace: Option<&str>) -> Parent {
+        match (&unit.tenant, namespace) {
+            (Some(_), Some(ns)) => Parent {
+                namespace: ns.to_string(),
+                name: format!("flotilla-{}", unit.app),
+            },
+            _ => Parent {
+                namespace: AGENT_NAMESPACE.to_string(),
+                name: format!("flotilla-{}", unit.app),
+            },
+        }
+    }
+
+    /// The parent of a tenant's onboarding set (its namespaces, ServiceAccount, RoleBindings).
+    pub fn of_onboarding(tenant: &str) -> Parent {
+        Parent {
+            namespace: AGENT_NAMESPACE.to_string(),
+            name: format!("flotilla-tenant-{tenant}"),
+        }
+    }
+
+    pub fn id(&self) -> String {
+        applyset_id(&self.name, &self.namespace, "ConfigMap", "")
+    }
+
+    /// The parent object for `record`, to be server-side applied.
+    pub fn body(&self, record: &Record, tenant: Option<&str>, set: &str) -> serde_json::Value {
+        let mut labels = serde_json::Map::new();
+        labels.insert(ID_LABEL.into(), self.id().into());
+        if let Some(t) = tenant {
+            labels.insert(LABEL_TENANT.into(), t.into());
+        }
+        labels.insert(LABEL_APP.into(), set.into());
+        let mut annotations = serde_json::Map::new();
+        annotations.insert(TOOLING_ANNOTATION.into(), tooling().into());
+        annotations.insert(
+            GROUP_KINDS_ANNOTATION.into(),
+            group_kinds(
+                record
+                    .members
+                    .keys()
+                    .map(|k| (k.group.as_str(), k.kind.as_str())),
+            )
+            .into(),
+        );
+        let others: BTreeSet<&str> = record
+            .members
+            .keys()
+            .filter_map(|k| k.namespace.as_deref())
+            .filter(|ns| *ns != self.namespace)
+            .collect();
+        if !others.is_empty() {
+            let list: Vec<&str> = others.into_iter().collect();
+            annotations.insert(NAMESPACES_ANNOTATION.into(), list.join(",").into());
+        }
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "labels": labels,
+                "annotations": annotations,
+            },
+            "data": { MEMBERS_KEY: record.encode() },
+        })
+    }
+
+    /// The record a live parent holds, after checking that it is flotilla's and that its id is
+    /// its own (an id copied from another set is how a set is hijacked).
+    pub fn read(&self, live: &serde_json::Value) -> Result<Record, Error> {
+        let foreign = |why: String| Error::Foreign {
+            parent: self.clone(),
+            why,
+        };
+        let meta = &live["metadata"];
+        let tooling = meta["annotations"][TOOLING_ANNOTATION].as_str();
+        if !tooling.is_some_and(|t| t.starts_with("flotilla/")) {
+            return Err(foreign(format!(
+                "it exists but is not flotilla's (tooling {})",
+                tooling.unwrap_or("not set")
+            )));
+        }
+        let id = meta["labels"][ID_LABEL].as_str().unwrap_or_default();
+        if id != self.id() {
+            return Err(foreign(format!(
+                "its {ID_LABEL} label {id:?} is not the id of this parent ({})",
+                self.id()
+            )));
+        }
+        Record::decode(live["data"][MEMBERS_KEY].as_str().unwrap_or_default()).map_err(|line| {
+            Error::Malformed {
+                parent: self.clone(),
+                line,
+            }
+        })
+    }
+}
+
+impl Record {
+    /// One line per member: `apiVersion kind namespace|- name hash fields|-`.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        for (k, m) in &self.members {
+            let field = |s: &str| {
+                if s.is_empty() {
+                    "-".to_string()
+                } else {
+                    s.to_string()
+                }
+            };
+            out.push_str(&format!(
+                "{} {} {} {} {} {}\n",
+                m.api_version,
+                k.kind,
+                k.namespace.as_deref().unwrap_or("-"),
+                k.name,
+                field(&m.hash),
+                field(&m.fields)
+            ));
+        }
+        out
+    }
+
+    /// The inverse of [`Record::encode`]; a bad line gives its number.
+    pub fn decode(text: &str) -> Result<Record, usize> {
+        let mut members = BTreeMap::new();
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let parts: Vec<&str> = line.split(' ').collect();
+            let [api_version, kind, ns, name, hash, fields] = parts[..] else {
+                return Err(i + 1);
+            };
+            let dash = |s: &str| {
+                if s == "-" {
+                    String::new()
+                } else {
+                    s.to_string()
+                }
+            };
+            let group = api_version
+                .rsplit_once('/')
+                .map(|(g, _)| g.to_string())
+                .unwrap_or_default();
+            members.insert(
+                ObjectKey {
+                    group,
+                    kind: kind.to_string(),
+                    namespace: (ns != "-").then(|| ns.to_string()),
+                    name: name.to_string(),
+                },
+                Member {
+                    api_version: api_version.to_string(),
+                    hash: dash(hash),
+                    fields: dash(fields),
+                },
+            );
+        }
+        Ok(Record { members })
+    }
+}
 
 /// The id of the ApplySet whose parent is `kind.group` `name` in `namespace` (empty for a
 /// cluster-scoped parent, empty group for core): `applyset-` + unpadded base64url of
@@ -78,6 +299,59 @@ mod tests {
             "ConfigMap,Deployment.apps"
         );
         assert_eq!(group_kinds([]), "");
+    }
+
+    #[test]
+    fn a_record_survives_its_parent_and_a_copied_id_is_refused() {
+        let parent = Parent::of_unit(&UnitId::app("ai", "notebook"), Some("ai"));
+        let mut record = Record::default();
+        for (api_version, kind, ns, name) in [
+            ("v1", "ConfigMap", Some("ai"), "settings"),
+            ("apps/v1", "Deployment", Some("ai-jobs"), "worker"),
+            ("scheduling.k8s.io/v1", "PriorityClass", None, "batch"),
+        ] {
+            record.members.insert(
+                ObjectKey {
+                    group: api_version
+                        .rsplit_once('/')
+                        .map_or("", |(g, _)| g)
+                        .to_string(),
+                    kind: kind.into(),
+                    namespace: ns.map(Into::into),
+                    name: name.into(),
+                },
+                Member {
+                    api_version: api_version.into(),
+                    hash: "abc".into(),
+                    fields: if ns.is_some() {
+                        "f1".into()
+                    } else {
+                        String::new()
+                    },
+                },
+            );
+        }
+        let body = parent.body(&record, Some("ai"), "notebook");
+        let annotations = &body["metadata"]["annotations"];
+        assert_eq!(
+            annotations[GROUP_KINDS_ANNOTATION],
+            "ConfigMap,Deployment.apps,PriorityClass.scheduling.k8s.io"
+        );
+        assert_eq!(annotations[NAMESPACES_ANNOTATION], "ai-jobs");
+        assert_eq!(parent.read(&body), Ok(record));
+
+        let other = Parent {
+            name: "flotilla-other".into(),
+            ..parent.clone()
+        };
+        assert!(matches!(other.read(&body), Err(Error::Foreign { .. })));
+        let mut kubectl = body.clone();
+        kubectl["metadata"]["annotations"][TOOLING_ANNOTATION] = "kubectl/v1.32".into();
+        let error = parent.read(&kubectl).unwrap_err().to_string();
+        assert!(
+            error.contains("not flotilla's (tooling kubectl/v1.32)"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -6,10 +6,13 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod fleet;
 pub mod inventory;
 pub mod logging;
+pub mod plan;
+pub mod reconcile;
 pub mod render;
 pub mod source;
 pub mod subst;

@@ -3,6 +3,8 @@
 
 mod support;
 
+// run --once and diff against the test API server: the scenarios shared with integration/.
+mod apply;
 // The command line: help, version, usage errors, exit codes.
 mod cli;
 // The agent config file: the shipped example, and every error reported at once.

@@ -271,7 +271,7 @@ fn a_broken_app_fails_alone_and_the_others_still_render() {
     );
     assert_eq!(
         lines[1],
-        "tenant ai, app broken: apps/broken/b.yaml:1: Secret other/s: namespace other is not one of the tenant's namespaces (ai)"
+        "tenant ai, app broken: apps/broken/b.yaml:1: Secret other/s: namespace other is not one of the tenant's namespaces (ai); refused"
     );
 }
 

@@ -12,6 +12,7 @@ use crate::config::{self, Config, LogFormat};
 use crate::logging;
 
 mod render;
+mod run;
 
 /// A GitOps agent for multi-tenant Kubernetes: fleet repo → tenant catalogs → applications.
 #[derive(Debug, Parser)]
@@ -127,9 +128,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate => validate(&global),
-        Command::Run { .. } => not_yet("run"),
+        Command::Run { once: true } => match load_or_report(&global)? {
+            Some(config) => run::once(&config),
+            None => Ok(ExitCode::from(2)),
+        },
+        Command::Run { once: false } => not_yet("run (without --once)"),
         Command::Sync { .. } => not_yet("sync"),
-        Command::Diff { .. } => not_yet("diff"),
+        Command::Diff { tenant, app } => match load_or_report(&global)? {
+            Some(config) => run::diff(&config, crate::reconcile::Filter { tenant, app }),
+            None => Ok(ExitCode::from(2)),
+        },
         Command::Render {
             cluster,
             tenant,

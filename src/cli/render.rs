@@ -21,27 +21,29 @@ pub struct Filter {
 }
 
 /// The fleet, the tenants' checkouts and catalogs, read once.
-struct Loaded {
-    fleet_checkout: Checkout,
-    fleet: Fleet,
+pub(crate) struct Loaded {
+    pub fleet_checkout: Checkout,
+    pub fleet: Fleet,
     /// Each tenant's checkout (at the folder holding its `tenant.yaml`), when it could be fetched.
-    tenants: BTreeMap<String, Checkout>,
-    catalogs: BTreeMap<String, Catalog>,
-    problems: Vec<Problem>,
+    pub tenants: BTreeMap<String, Checkout>,
+    pub catalogs: BTreeMap<String, Catalog>,
+    pub problems: Vec<Problem>,
 }
 
 /// One cluster's units rendered.
-struct Rendered {
-    units: Vec<Unit>,
-    results: BTreeMap<UnitId, render::Rendered>,
+pub(crate) struct Rendered {
+    /// The tenants that land on the cluster.
+    pub tenants: Vec<String>,
+    pub units: Vec<Unit>,
+    pub results: BTreeMap<UnitId, render::Rendered>,
     /// The revision each unit was rendered from.
-    revisions: BTreeMap<UnitId, String>,
-    problems: Vec<Problem>,
+    pub revisions: BTreeMap<UnitId, String>,
+    pub problems: Vec<Problem>,
 }
 
 /// Fetches sources for the CLI: one runtime, the Git work on its blocking threads.
-struct Fetcher {
-    runtime: tokio::runtime::Runtime,
+pub(crate) struct Fetcher {
+    pub runtime: tokio::runtime::Runtime,
     sources: Arc<Sources>,
     /// App repos already fetched in this run, by location and ref: `validate` renders every
     /// cluster, and an app repo used on several clusters is fetched once, not once per cluster.
@@ -88,7 +90,7 @@ pub fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
                 .get(&unit.id)
                 .map(String::as_str)
                 .unwrap_or("?");
-            for o in objects {
+            for o in objects.iter().filter(|o| o.refused.is_none()) {
                 write_object(&mut out, &unit.id, revision, o)?;
             }
         }
@@ -96,12 +98,17 @@ pub fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
     out.flush()?;
 
     // Problems of the fleet, of the tenants on this cluster and of the selected units.
-    let mut problems: Vec<&Problem> = loaded.problems.iter().chain(&rendered.problems).collect();
+    let mut problems: Vec<Problem> = loaded
+        .problems
+        .iter()
+        .chain(&rendered.problems)
+        .cloned()
+        .collect();
     for (id, result) in &rendered.results {
         let selected = id.tenant.as_deref().is_none_or(wanted)
             && filter.app.as_deref().is_none_or(|a| a == id.app);
-        if let (true, Err(list)) = (selected, result) {
-            problems.extend(list);
+        if selected {
+            problems.extend(unit_problems(id, result));
         }
     }
     problems.sort();
@@ -126,12 +133,11 @@ pub fn validate(config: &Config, config_file: &Path) -> anyhow::Result<ExitCode>
     for cluster in loaded.fleet.clusters.values() {
         let rendered = render_cluster(&loaded, &fetcher, cluster, &tools);
         units += rendered.units.len();
-        let problems = rendered.problems.iter().chain(
+        let problems = rendered.problems.iter().cloned().chain(
             rendered
                 .results
-                .values()
-                .filter_map(|r| r.as_ref().err())
-                .flatten(),
+                .iter()
+                .flat_map(|(id, r)| unit_problems(id, r)),
         );
         for p in problems {
             // Tenant-wide problems do not depend on the cluster; say them once.
@@ -168,9 +174,18 @@ pub fn validate(config: &Config, config_file: &Path) -> anyhow::Result<ExitCode>
     }
 }
 
+/// A unit's render problems, or the objects it refused.
+pub(crate) fn unit_problems(id: &UnitId, result: &render::Rendered) -> Vec<Problem> {
+    match result {
+        Ok(objects) => objects.iter().filter_map(|o| o.refusal(id)).collect(),
+        Err(list) => list.clone(),
+    }
+}
+
 impl Fetcher {
-    fn new(config: &Config) -> anyhow::Result<Fetcher> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+    pub fn new(config: &Config) -> anyhow::Result<Fetcher> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()?;
         Ok(Fetcher {
@@ -230,7 +245,11 @@ impl Fetcher {
 
 /// Fetches the fleet, and the repos and catalogs of the tenants that land on `cluster` (of every
 /// tenant when `None`).
-fn load(config: &Config, fetcher: &Fetcher, cluster: Option<&str>) -> anyhow::Result<Loaded> {
+pub(crate) fn load(
+    config: &Config,
+    fetcher: &Fetcher,
+    cluster: Option<&str>,
+) -> anyhow::Result<Loaded> {
     let fleet_checkout = fetcher
         .fetch_all(vec![config.fleet.clone()])
         .pop()
@@ -299,7 +318,7 @@ fn short(revision: &str) -> &str {
     }
 }
 
-fn render_cluster(
+pub(crate) fn render_cluster(
     loaded: &Loaded,
     fetcher: &Fetcher,
     cluster: &Cluster,
@@ -346,6 +365,7 @@ fn render_cluster(
     let root_of = |unit: &Unit| -> Result<PathBuf, String> { checkout_of(unit).map(|c| c.root) };
     let results = render::render_all(&placement.units, &root_of, tools);
     Rendered {
+        tenants: placement.tenants,
         units: placement.units,
         results,
         revisions,

@@ -22,6 +22,7 @@ const TOP: &[&str] = &[
     "listen",
     "webhooks",
     "concurrency",
+    "apply_concurrency",
     "log",
     "render",
     "git",
@@ -116,6 +117,16 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
         }),
         None => Some(DEFAULT_CONCURRENCY),
     };
+    let apply_concurrency = match top.get("apply_concurrency") {
+        Some(n) => n.u32("apply_concurrency", report).and_then(|c| {
+            if c == 0 {
+                report.error(n, "apply_concurrency", "must be at least 1");
+                return None;
+            }
+            Some(c)
+        }),
+        None => Some(super::DEFAULT_APPLY_CONCURRENCY),
+    };
     let log = decode_log(top.get("log"), report);
     let render = decode_render(top.get("render"), base, report);
     let git = decode_git(top.get("git"), report);
@@ -132,6 +143,7 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
         listen: listen?,
         webhooks: webhooks?,
         concurrency: concurrency?,
+        apply_concurrency: apply_concurrency?,
         log: log?,
         render: render?,
         git: git?,

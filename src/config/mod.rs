@@ -40,8 +40,10 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     pub listen: Listen,
     pub webhooks: Webhooks,
-    /// How many units reconcile at once.
+    /// How many units reconcile (and how many sources fetch) at once.
     pub concurrency: u32,
+    /// How many objects of one order group of a unit are applied at once.
+    pub apply_concurrency: u32,
     pub log: Log,
     pub render: Render,
     pub git: GitSettings,
@@ -187,6 +189,8 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `concurrency`.
 pub const DEFAULT_CONCURRENCY: u32 = 4;
+/// Default `apply_concurrency`.
+pub const DEFAULT_APPLY_CONCURRENCY: u32 = 16;
 /// Default `render.timeout`.
 pub const DEFAULT_RENDER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `listen.http`.

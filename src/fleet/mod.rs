@@ -107,18 +107,35 @@ pub enum AppSource {
 }
 
 /// Per-app options; `None` falls back to the tenant's setting or the default.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AppOptions {
     pub prune: Option<bool>,
-    /// Take over fields owned by other field managers on conflict.
+    /// Take over fields owned by other field managers on conflict (default on).
     pub force: bool,
     /// Wait for the unit's objects to become healthy before it counts as converged.
     pub wait: bool,
     pub timeout: Option<Duration>,
     /// Allow an empty render to prune everything the unit applied before.
     pub allow_empty: bool,
+    /// Delete and recreate an object whose change touches an immutable field.
+    pub recreate: bool,
     pub interval: Option<Duration>,
     pub suspend: Option<bool>,
+}
+
+impl Default for AppOptions {
+    fn default() -> AppOptions {
+        AppOptions {
+            prune: None,
+            force: true,
+            wait: false,
+            timeout: None,
+            allow_empty: false,
+            recreate: false,
+            interval: None,
+            suspend: None,
+        }
+    }
 }
 
 /// A `clusters` entry of a catalog: for matching clusters, enable/disable apps and override values.
@@ -188,19 +205,21 @@ pub struct UnitOptions {
     pub wait: bool,
     pub timeout: Option<Duration>,
     pub allow_empty: bool,
+    pub recreate: bool,
     pub interval: Option<Duration>,
     pub suspend: bool,
 }
 
 impl Default for UnitOptions {
-    /// Prune what left Git; everything else off.
+    /// Prune what left Git and force conflicts (as Argo CD and kube-applier do); the rest off.
     fn default() -> UnitOptions {
         UnitOptions {
             prune: true,
-            force: false,
+            force: true,
             wait: false,
             timeout: None,
             allow_empty: false,
+            recreate: false,
             interval: None,
             suspend: false,
         }
@@ -238,6 +257,18 @@ impl Matcher {
             Matcher::Name(name) => *name == cluster.name,
             Matcher::Labels(labels) => labels.iter().all(|(k, v)| cluster.labels.get(k) == Some(v)),
         }
+    }
+}
+
+// === impl Limits ===
+
+impl Limits {
+    /// Whether the tenant may apply cluster-scoped objects of `kind` in `group`
+    /// (`limits.clusterScopedKinds` names `Kind` or `group/Kind`).
+    pub fn allows_cluster_kind(&self, group: &str, kind: &str) -> bool {
+        self.cluster_scoped_kinds
+            .iter()
+            .any(|k| k == kind || *k == format!("{group}/{kind}"))
     }
 }
 

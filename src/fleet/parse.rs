@@ -537,6 +537,7 @@ fn decode_options(node: &Node, path: &str, r: &mut Report) -> Option<AppOptions>
         "wait",
         "timeout",
         "allowEmpty",
+        "recreate",
         "interval",
         "suspend",
     ];
@@ -544,7 +545,10 @@ fn decode_options(node: &Node, path: &str, r: &mut Report) -> Option<AppOptions>
     let prune = optional(f.get("prune"), |n| n.bool(&join(path, "prune"), r));
     let force = f
         .get("force")
-        .map_or(Some(false), |n| n.bool(&join(path, "force"), r));
+        .map_or(Some(true), |n| n.bool(&join(path, "force"), r));
+    let recreate = f
+        .get("recreate")
+        .map_or(Some(false), |n| n.bool(&join(path, "recreate"), r));
     let wait = f
         .get("wait")
         .map_or(Some(false), |n| n.bool(&join(path, "wait"), r));
@@ -563,6 +567,7 @@ fn decode_options(node: &Node, path: &str, r: &mut Report) -> Option<AppOptions>
         wait: wait?,
         timeout: timeout?,
         allow_empty: allow_empty?,
+        recreate: recreate?,
         interval: interval?,
         suspend: suspend?,
     })

@@ -194,6 +194,7 @@ fn tenant_units(cluster: &Cluster, tenant: &Tenant, catalog: &Catalog, placement
                 wait: app.options.wait,
                 timeout: app.options.timeout,
                 allow_empty: app.options.allow_empty,
+                recreate: app.options.recreate,
                 interval: app.options.interval.or(tenant.interval),
                 suspend: app.options.suspend.unwrap_or(tenant.suspend),
             },

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub use objects::{Object, ObjectKey};
+pub use objects::{Object, ObjectKey, hash};
 pub use scope::{Scope, Scopes};
 pub use tools::Tools;
 
@@ -72,7 +72,11 @@ pub fn render_unit(unit: &Unit, root: &Path, tools: &Tools) -> Result<Vec<Object
     };
     match (objects::finish(unit, documents), unreadable.is_empty()) {
         (Ok(objects), true) => Ok(objects),
-        (Ok(_), false) => Err(fail(unreadable)),
+        (Ok(objects), false) => {
+            let mut all = fail(unreadable);
+            all.extend(objects.iter().filter_map(|o| o.refusal(&unit.id)));
+            Err(all)
+        }
         (Err(mut problems), _) => {
             let mut all = fail(unreadable);
             all.append(&mut problems);

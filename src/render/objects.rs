@@ -33,6 +33,21 @@ pub struct Object {
     pub hash: String,
     pub file: Arc<str>,
     pub line: u32,
+    /// Why the tenant may not apply it (outside its namespaces or cluster-scoped kinds). A
+    /// refused object is reported and never sent; the unit's other objects still are.
+    pub refused: Option<String>,
+}
+
+impl Object {
+    /// The problem a refused object is reported as: `file:line: object: why`.
+    pub fn refusal(&self, unit: &crate::fleet::UnitId) -> Option<Problem> {
+        self.refused.as_ref().map(|why| {
+            Problem::new(
+                Owner::Unit(unit.clone()),
+                format!("{}:{}: {}: {why}", self.file, self.line, self.key),
+            )
+        })
+    }
 }
 
 /// What identifies an object in a cluster.
@@ -165,36 +180,21 @@ pub fn finish(unit: &Unit, documents: Vec<Document>) -> Result<Vec<Object>, Vec<
         };
         let what = format!("{key}: ");
 
+        // Outside the tenant's boundaries: refused, reported, never sent; its siblings go on.
+        let mut refused = None;
         if let Some(limits) = &unit.limits {
-            if scope == Scope::Cluster {
-                let allowed = limits
-                    .cluster_scoped_kinds
-                    .iter()
-                    .any(|k| *k == key.kind || *k == format!("{}/{}", key.group, key.kind));
-                if !allowed {
-                    fail(
-                        &d,
-                        &what,
-                        format!(
-                            "cluster-scoped kind {} is not in the tenant's limits.clusterScopedKinds",
-                            key.kind
-                        ),
-                    );
-                    continue;
-                }
-            }
-            if let Some(ns) = &key.namespace
+            if scope == Scope::Cluster && !limits.allows_cluster_kind(&key.group, &key.kind) {
+                refused = Some(format!(
+                    "cluster-scoped kind {} is not in the tenant's limits.clusterScopedKinds; refused",
+                    key.kind
+                ));
+            } else if let Some(ns) = &key.namespace
                 && !limits.namespaces.contains(ns)
             {
-                fail(
-                    &d,
-                    &what,
-                    format!(
-                        "namespace {ns} is not one of the tenant's namespaces ({})",
-                        limits.namespaces.join(", ")
-                    ),
-                );
-                continue;
+                refused = Some(format!(
+                    "namespace {ns} is not one of the tenant's namespaces ({}); refused",
+                    limits.namespaces.join(", ")
+                ));
             }
         } else if scope == Scope::Namespaced && key.namespace.is_none() {
             fail(
@@ -238,6 +238,7 @@ pub fn finish(unit: &Unit, documents: Vec<Document>) -> Result<Vec<Object>, Vec<
             hash,
             file: d.file,
             line: d.line,
+            refused,
         });
     }
 

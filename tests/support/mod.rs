@@ -1,5 +1,6 @@
 //! Helpers shared by the test modules.
 
+pub mod apply_scenarios;
 pub mod cluster;
 pub mod git;
 pub mod kube_api;

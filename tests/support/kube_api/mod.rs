@@ -140,6 +140,11 @@ impl ApiServer {
         path
     }
 
+    /// A handle on the request log that can outlive this borrow (moved into a scenario).
+    pub fn log(&self) -> RequestLog {
+        RequestLog(self.state.clone())
+    }
+
     /// Every request so far, in order.
     pub fn requests(&self) -> Vec<Logged> {
         self.state.log.lock().unwrap().clone()
@@ -152,6 +157,19 @@ impl ApiServer {
     /// The current resource version of the whole store (bumped by every stored write).
     pub fn resource_version(&self) -> u64 {
         self.state.store.lock().unwrap().rv
+    }
+}
+
+/// The request log of a running server.
+#[derive(Clone)]
+pub struct RequestLog(Arc<State>);
+
+impl RequestLog {
+    pub fn requests(&self) -> Vec<Logged> {
+        self.0.log.lock().unwrap().clone()
+    }
+    pub fn clear(&self) {
+        self.0.log.lock().unwrap().clear();
     }
 }
 

@@ -1,0 +1,227 @@
+//! `flotilla run --once` and `flotilla diff`: fetch, render, then one pass over the cluster that
+//! applies (or describes) every unit, and a summary per unit.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use super::render::{Fetcher, load, render_cluster};
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::fleet::{Owner, Problem};
+use crate::reconcile::{self, Engine, Entry, Filter, Input, Mode};
+use crate::render::Tools;
+
+/// Reconciles every unit once; exit 0 only if every one converged.
+pub fn once(config: &Config) -> anyhow::Result<ExitCode> {
+    let (fetcher, input, problems) = prepare(config)?;
+    let entries = fetcher.runtime.block_on(async {
+        let engine = connect(config).await?;
+        Ok::<_, anyhow::Error>(
+            reconcile::pass(engine, &input, &Filter::default(), Mode::Apply).await,
+        )
+    })?;
+    let mut out = std::io::stdout().lock();
+    let mut ok = problems.is_empty();
+    for e in &entries {
+        ok &= e.outcome.converged();
+        write_entry(&mut out, e)?;
+    }
+    out.flush()?;
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    let failed = entries.iter().filter(|e| !e.outcome.converged()).count();
+    if failed > 0 {
+        eprintln!(
+            "{failed} of {} not converged",
+            reconcile::set::count(entries.len(), "set")
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Prints what a sync would change; exit 1 if anything would (or could not be compared).
+pub fn diff(config: &Config, filter: Filter) -> anyhow::Result<ExitCode> {
+    let (fetcher, input, problems) = prepare(config)?;
+    if let Some(t) = &filter.tenant
+        && !input.fleet.tenants.contains_key(t)
+    {
+        anyhow::bail!("tenant {t:?} is not in the fleet");
+    }
+    let entries = fetcher.runtime.block_on(async {
+        let engine = connect(config).await?;
+        Ok::<_, anyhow::Error>(reconcile::pass(engine, &input, &filter, Mode::Diff).await)
+    })?;
+    let mut out = std::io::stdout().lock();
+    let mut changes = 0;
+    let mut errors = 0;
+    for e in &entries {
+        changes += e.outcome.changes;
+        if !e.outcome.diff.is_empty() {
+            writeln!(out, "# {}", e.name)?;
+            out.write_all(e.outcome.diff.as_bytes())?;
+        }
+        for f in &e.outcome.failed {
+            eprintln!("{}: {f}", e.name);
+            errors += 1;
+        }
+        if let Some(error) = &e.outcome.error {
+            eprintln!("{}: {error}", e.name);
+            errors += 1;
+        }
+    }
+    out.flush()?;
+    let selected: Vec<&Problem> = problems
+        .iter()
+        .filter(|p| match &p.owner {
+            Owner::Tenant(t) => filter.tenant.as_deref().is_none_or(|w| w == t),
+            Owner::Unit(id) => {
+                filter
+                    .tenant
+                    .as_deref()
+                    .is_none_or(|w| id.tenant.as_deref() == Some(w))
+                    && filter.app.as_deref().is_none_or(|a| a == id.app)
+            }
+            Owner::Fleet => true,
+        })
+        .collect();
+    for p in &selected {
+        eprintln!("{p}");
+    }
+    eprintln!(
+        "{} would change{}",
+        reconcile::set::count(changes, "object"),
+        if errors + selected.len() > 0 {
+            format!("; {} could not be compared", errors + selected.len())
+        } else {
+            String::new()
+        }
+    );
+    Ok(if changes == 0 && errors == 0 && selected.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Fetches and renders this agent's cluster; the fleet's and tenants' problems come back with
+/// the input (units' own render problems are in the input's results).
+fn prepare(config: &Config) -> anyhow::Result<(Fetcher, Input, Vec<Problem>)> {
+    let fetcher = Fetcher::new(config)?;
+    let loaded = load(config, &fetcher, Some(&config.cluster))?;
+    let Some(cluster) = loaded.fleet.clusters.get(&config.cluster).cloned() else {
+        for p in &loaded.problems {
+            eprintln!("{p}");
+        }
+        anyhow::bail!(
+            "cluster {:?} is not in the fleet; nothing applied",
+            config.cluster
+        );
+    };
+    let rendered = render_cluster(&loaded, &fetcher, &cluster, &Tools::from(&config.render));
+    let problems: Vec<Problem> = loaded
+        .problems
+        .iter()
+        .chain(&rendered.problems)
+        .cloned()
+        .collect();
+    let mut tenants_failed: BTreeSet<String> = BTreeSet::new();
+    let mut problem_units = BTreeSet::new();
+    let mut fleet_ok = true;
+    for p in &problems {
+        match &p.owner {
+            Owner::Fleet => fleet_ok = false,
+            Owner::Tenant(t) => {
+                tenants_failed.insert(t.clone());
+            }
+            Owner::Unit(id) => {
+                problem_units.insert(id.clone());
+            }
+        }
+    }
+    for t in &rendered.tenants {
+        if !loaded.catalogs.contains_key(t) {
+            tenants_failed.insert(t.clone());
+        }
+    }
+    let tenants_ok = rendered
+        .tenants
+        .iter()
+        .filter(|t| !tenants_failed.contains(*t))
+        .cloned()
+        .collect();
+    let input = Input {
+        fleet: loaded.fleet,
+        placed: rendered.tenants,
+        tenants_ok,
+        tenants_failed,
+        fleet_ok,
+        units: rendered.units,
+        results: rendered.results,
+        revisions: rendered.revisions,
+        problem_units,
+    };
+    Ok((fetcher, input, problems))
+}
+
+/// Connects and checks that the API server answers, so that an unreachable cluster is one clear
+/// error rather than one per unit.
+async fn connect(config: &Config) -> anyhow::Result<Arc<Engine>> {
+    let cluster = Cluster::connect(config.kubeconfig.as_deref()).await?;
+    if let Err(e) = cluster.resolve("v1", "ConfigMap").await {
+        anyhow::bail!("API server {}: {e}; nothing applied", cluster.url());
+    }
+    Ok(Arc::new(Engine {
+        cluster: Arc::new(cluster),
+        concurrency: config.apply_concurrency as usize,
+    }))
+}
+
+/// `name @ revision: state: counts`, then one line per change, failure and note.
+fn write_entry(out: &mut impl std::io::Write, e: &Entry) -> std::io::Result<()> {
+    let o = &e.outcome;
+    let revision = e
+        .revision
+        .as_deref()
+        .map(|r| format!(" @ {}", short(r)))
+        .unwrap_or_default();
+    let state = if o.converged() { "converged" } else { "FAILED" };
+    let mut counts = vec![
+        format!("{} applied", o.applied.len()),
+        format!("{} unchanged", o.unchanged),
+        format!("{} pruned", o.pruned.len()),
+    ];
+    if !o.failed.is_empty() {
+        counts.push(format!("{} failed", o.failed.len()));
+    }
+    writeln!(out, "{}{revision}: {state}: {}", e.name, counts.join(", "))?;
+    if let Some(error) = &o.error {
+        writeln!(out, "  error: {error}")?;
+    }
+    for a in &o.applied {
+        writeln!(out, "  applied {a}")?;
+    }
+    for p in &o.pruned {
+        writeln!(out, "  pruned {p}")?;
+    }
+    for f in &o.failed {
+        writeln!(out, "  failed {f}")?;
+    }
+    for n in &o.notes {
+        writeln!(out, "  note: {n}")?;
+    }
+    Ok(())
+}
+
+fn short(revision: &str) -> &str {
+    match revision.strip_prefix("sha256:") {
+        Some(hex) => &revision[..("sha256:".len() + hex.len().min(12))],
+        None => &revision[..revision.len().min(12)],
+    }
+}

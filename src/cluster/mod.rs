@@ -1,0 +1,343 @@
+//! The only code that talks to the Kubernetes API server: the connection, one discovery cache
+//! shared by every unit, one impersonating client per tenant identity (built once, reused), and
+//! the calls the engine makes (get, list by label, server-side apply and its dry run, delete).
+//!
+//! Objects travel as JSON values: flotilla applies whatever kinds Git holds.
+//!
+//! Errors: [`Error::Api`] is the API server's answer, with its reason and message; a 5xx, a 429
+//! and [`Error::Transport`] are transient; the rest are not.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::Value;
+
+use crate::fleet::Identity;
+use crate::plan::FIELD_MANAGER;
+
+/// What went wrong talking to the cluster.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
+    /// The kubeconfig could not be read or used.
+    #[error("kubeconfig: {0}")]
+    Config(String),
+    /// The API server answered with an error status.
+    #[error("{}", .0.message)]
+    Api(ApiFailure),
+    /// The API server could not be reached or its answer not read (transient).
+    #[error("cannot reach the API server: {0}")]
+    Transport(String),
+    /// Discovery does not know the kind.
+    #[error("the cluster has no kind {kind} in {api_version} (is its CRD installed?)")]
+    UnknownKind { api_version: String, kind: String },
+}
+
+/// An error status from the API server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiFailure {
+    pub code: u16,
+    pub reason: String,
+    pub message: String,
+    /// `(field, message)` of each cause the server gave.
+    pub causes: Vec<(String, String)>,
+}
+
+/// A kind as the cluster serves it.
+#[derive(Clone, Debug)]
+pub struct Resource {
+    pub api: ApiResource,
+    pub namespaced: bool,
+}
+
+/// The connection to one cluster.
+pub struct Cluster {
+    admin: Client,
+    config: Config,
+    /// APIResourceLists by group-version (`v1`, `apps/v1`); refetched when a kind is missing.
+    discovery: Mutex<HashMap<String, Arc<APIResourceList>>>,
+    /// Impersonating clients by user name.
+    tenants: Mutex<HashMap<String, Client>>,
+}
+
+// === impl Error ===
+
+impl Error {
+    fn from_kube(error: kube::Error) -> Error {
+        match error {
+            kube::Error::Api(status) => Error::Api(ApiFailure {
+                code: status.code,
+                reason: status.reason.clone(),
+                message: status.message.clone(),
+                causes: status
+                    .details
+                    .as_ref()
+                    .map(|d| {
+                        d.causes
+                            .iter()
+                            .map(|c| (c.field.clone(), c.message.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+            other => Error::Transport(other.to_string()),
+        }
+    }
+
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            Error::Api(f) => Some(f.code),
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(404)
+    }
+
+    /// Worth retrying: the server was unreachable, overloaded or failing.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Transport(_) => true,
+            Error::Api(f) => f.code == 429 || f.code >= 500,
+            _ => false,
+        }
+    }
+
+    /// The fields an Invalid error says are immutable, if it says so of any.
+    pub fn immutable_fields(&self) -> Option<Vec<String>> {
+        let Error::Api(f) = self else { return None };
+        if f.code != 422 {
+            return None;
+        }
+        let fields: Vec<String> = f
+            .causes
+            .iter()
+            .filter(|(_, m)| m.contains("immutable"))
+            .map(|(field, _)| field.clone())
+            .collect();
+        if !fields.is_empty() {
+            Some(fields)
+        } else if f.message.contains("immutable") {
+            Some(Vec::new())
+        } else {
+            None
+        }
+    }
+}
+
+// === impl Cluster ===
+
+impl Cluster {
+    /// Connects with `kubeconfig`, or with kube's usual inference ($KUBECONFIG, ~/.kube/config,
+    /// the in-cluster account) when `None`. Nothing is sent until the first call.
+    pub async fn connect(kubeconfig: Option<&Path>) -> Result<Cluster, Error> {
+        let config = match kubeconfig {
+            Some(path) => {
+                let file = Kubeconfig::read_from(path)
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+                Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+            }
+            None => Config::infer()
+                .await
+                .map_err(|e| Error::Config(e.to_string()))?,
+        };
+        let admin = Client::try_from(config.clone()).map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Cluster {
+            admin,
+            config,
+            discovery: Mutex::new(HashMap::new()),
+            tenants: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The API server's URL, for messages.
+    pub fn url(&self) -> String {
+        self.config.cluster_url.to_string()
+    }
+
+    /// The client a set's calls go through: the agent's own, or one impersonating the tenant's
+    /// ServiceAccount, built on first use and reused after.
+    pub fn client(&self, identity: &Identity) -> Result<Client, Error> {
+        let Identity::ServiceAccount { namespace, name } = identity else {
+            return Ok(self.admin.clone());
+        };
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        let mut tenants = self.tenants.lock().expect("not poisoned");
+        if let Some(client) = tenants.get(&user) {
+            return Ok(client.clone());
+        }
+        let mut config = self.config.clone();
+        config.auth_info.impersonate = Some(user.clone());
+        config.auth_info.impersonate_groups = None;
+        let client = Client::try_from(config).map_err(|e| Error::Config(e.to_string()))?;
+        tenants.insert(user, client.clone());
+        Ok(client)
+    }
+
+    /// How the cluster serves `kind` of `api_version`. A kind missing from the cached list is
+    /// looked up again (a CRD may have just been applied).
+    pub async fn resolve(&self, api_version: &str, kind: &str) -> Result<Resource, Error> {
+        let cached = self
+            .discovery
+            .lock()
+            .expect("not poisoned")
+            .get(api_version)
+            .cloned();
+        if let Some(list) = &cached
+            && let Some(found) = find(list, api_version, kind)
+        {
+            return Ok(found);
+        }
+        let fetched = if api_version.contains('/') {
+            self.admin.list_api_group_resources(api_version).await
+        } else {
+            self.admin.list_core_api_resources(api_version).await
+        };
+        let list = match fetched.map_err(Error::from_kube) {
+            Ok(list) => Arc::new(list),
+            Err(e) if e.is_not_found() => {
+                return Err(Error::UnknownKind {
+                    api_version: api_version.into(),
+                    kind: kind.into(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        self.discovery
+            .lock()
+            .expect("not poisoned")
+            .insert(api_version.to_string(), list.clone());
+        find(&list, api_version, kind).ok_or_else(|| Error::UnknownKind {
+            api_version: api_version.into(),
+            kind: kind.into(),
+        })
+    }
+
+    fn api(client: &Client, resource: &Resource, namespace: Option<&str>) -> Api<DynamicObject> {
+        match (resource.namespaced, namespace) {
+            (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &resource.api),
+            _ => Api::all_with(client.clone(), &resource.api),
+        }
+    }
+
+    /// The object, or `None` if it does not exist.
+    pub async fn get(
+        client: &Client,
+        resource: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>, Error> {
+        match Self::api(client, resource, namespace).get_opt(name).await {
+            Ok(found) => Ok(found.map(to_value)),
+            Err(e) => Err(Error::from_kube(e)),
+        }
+    }
+
+    /// Every object of `resource` in `namespace` (every namespace if `None`) matching `selector`,
+    /// page by page.
+    pub async fn list(
+        client: &Client,
+        resource: &Resource,
+        namespace: Option<&str>,
+        selector: &str,
+    ) -> Result<Vec<Value>, Error> {
+        let api = Self::api(client, resource, namespace);
+        let mut params = ListParams::default().labels(selector).limit(500);
+        let mut out = Vec::new();
+        loop {
+            let page = api.list(&params).await.map_err(Error::from_kube)?;
+            let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+            out.extend(page.items.into_iter().map(to_value));
+            match next {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Server-side apply of `body` with field manager `flotilla`; a dry run changes nothing.
+    pub async fn apply(
+        client: &Client,
+        resource: &Resource,
+        body: &Value,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<Value, Error> {
+        let namespace = body["metadata"]["namespace"].as_str();
+        let name = body["metadata"]["name"].as_str().unwrap_or_default();
+        let mut params = PatchParams::apply(FIELD_MANAGER);
+        if force {
+            params = params.force();
+        }
+        if dry_run {
+            params = params.dry_run();
+        }
+        Self::api(client, resource, namespace)
+            .patch(name, &params, &Patch::Apply(body))
+            .await
+            .map(to_value)
+            .map_err(Error::from_kube)
+    }
+
+    /// Deletes the object in the background (its dependents follow), only if it is still the
+    /// object with `uid`. Already gone is not an error.
+    pub async fn delete(
+        client: &Client,
+        resource: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Result<(), Error> {
+        let mut params = DeleteParams::background();
+        if let Some(uid) = uid {
+            params = params.preconditions(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            });
+        }
+        match Self::api(client, resource, namespace)
+            .delete(name, &params)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match Error::from_kube(e) {
+                e if e.is_not_found() => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+}
+
+fn find(list: &APIResourceList, api_version: &str, kind: &str) -> Option<Resource> {
+    let (group, version) = match api_version.rsplit_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    };
+    list.resources
+        .iter()
+        .find(|r| r.kind == kind && !r.name.contains('/'))
+        .map(|r| Resource {
+            api: ApiResource {
+                group: group.to_string(),
+                version: version.to_string(),
+                api_version: api_version.to_string(),
+                kind: kind.to_string(),
+                plural: r.name.clone(),
+            },
+            namespaced: r.namespaced,
+        })
+}
+
+fn to_value(object: DynamicObject) -> Value {
+    serde_json::to_value(object).expect("a DynamicObject serializes")
+}

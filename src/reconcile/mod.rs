@@ -1,0 +1,594 @@
+//! One pass over a cluster: each tenant's onboarding, the infra unit, every tenant app in
+//! `dependsOn` order, then the sets that left Git (apps no longer enabled here, tenants that left
+//! the cluster). A failure is the failing unit's alone: the others go on.
+//!
+//! `set` syncs one set; `health` says whether a live object is ready.
+
+pub mod health;
+pub mod set;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::cluster::Cluster;
+use crate::fleet::{self, Fleet, Identity, OnRemoval, Tenant, Unit, UnitId};
+use crate::inventory::{ID_LABEL, Parent};
+use crate::render::{self, LABEL_APP, LABEL_TENANT, Object, ObjectKey, Scope};
+pub use set::{Engine, Mode, Outcome, SetOptions, SetSpec};
+
+/// The `flotilla.dev/app` label of a tenant's onboarding set (not a valid app name).
+pub const ONBOARDING: &str = "flotilla.onboarding";
+/// How long `wait` waits when the app gives no `timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What the fleet and the renders say about one cluster.
+pub struct Input {
+    pub fleet: Fleet,
+    /// Tenants that land on this cluster.
+    pub placed: Vec<String>,
+    /// Tenants whose catalog was read without a tenant-wide problem: only their missing apps
+    /// may be taken as removed.
+    pub tenants_ok: BTreeSet<String>,
+    /// Tenants with any problem (their file, source or catalog): never taken as departed.
+    pub tenants_failed: BTreeSet<String>,
+    /// Whether the fleet itself was read without problems.
+    pub fleet_ok: bool,
+    pub units: Vec<Unit>,
+    pub results: BTreeMap<UnitId, render::Rendered>,
+    pub revisions: BTreeMap<UnitId, String>,
+    /// Units named by a placement problem: they exist in Git though they were not placed.
+    pub problem_units: BTreeSet<UnitId>,
+}
+
+/// Which units a pass covers.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub tenant: Option<String>,
+    pub app: Option<String>,
+}
+
+/// What happened to one set.
+#[derive(Debug)]
+pub struct Entry {
+    /// `tenant ai, app jupyter`, `tenant ai: onboarding`, `cluster infra`.
+    pub name: String,
+    pub revision: Option<String>,
+    pub outcome: Outcome,
+}
+
+impl Filter {
+    fn tenant(&self, t: &str) -> bool {
+        self.tenant.as_deref().is_none_or(|w| w == t)
+    }
+    fn unit(&self, id: &UnitId) -> bool {
+        let tenant = match &id.tenant {
+            Some(t) => self.tenant(t),
+            None => self.tenant.is_none(),
+        };
+        tenant && self.app.as_deref().is_none_or(|a| a == id.app)
+    }
+}
+
+/// Runs one pass: applies (or, in diff mode, describes) every selected set.
+pub async fn pass(engine: Arc<Engine>, input: &Input, filter: &Filter, mode: Mode) -> Vec<Entry> {
+    let mut entries = Vec::new();
+
+    // Onboarding first: namespaces, ServiceAccount, RoleBindings (infra may put quotas or
+    // policies into the tenants' namespaces).
+    let mut onboarded: BTreeMap<String, bool> = BTreeMap::new();
+    for name in &input.placed {
+        let Some(tenant) = input.fleet.tenants.get(name) else {
+            continue;
+        };
+        if !filter.tenant(name) || (filter.app.is_some() && mode == Mode::Diff) {
+            onboarded.insert(name.clone(), true);
+            continue;
+        }
+        let spec = onboarding(tenant, mode);
+        let outcome = engine.sync(&spec).await;
+        onboarded.insert(name.clone(), outcome.converged());
+        entries.push(Entry {
+            name: spec.name,
+            revision: None,
+            outcome,
+        });
+    }
+
+    // The cluster's infra, with the agent's identity.
+    let mut done: BTreeMap<UnitId, bool> = BTreeMap::new();
+    for unit in input.units.iter().filter(|u| u.id.tenant.is_none()) {
+        if filter.unit(&unit.id) {
+            let entry = sync_unit(&engine, input, unit, mode, false).await;
+            done.insert(unit.id.clone(), entry.outcome.converged());
+            entries.push(entry);
+        }
+    }
+
+    // Tenant apps, a dependency level at a time.
+    let apps: Vec<&Unit> = input
+        .units
+        .iter()
+        .filter(|u| u.id.tenant.is_some() && filter.unit(&u.id))
+        .collect();
+    let needed: BTreeSet<(String, String)> = apps
+        .iter()
+        .flat_map(|u| {
+            let t = u.id.tenant.clone().unwrap_or_default();
+            u.depends_on.iter().map(move |d| (t.clone(), d.clone()))
+        })
+        .collect();
+    for level in levels(&apps) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for unit in level {
+            let tenant = unit.id.tenant.clone().unwrap_or_default();
+            let blocked = if onboarded.get(&tenant) == Some(&false) {
+                Some(format!("not applied: tenant {tenant}'s onboarding failed"))
+            } else {
+                unit.depends_on
+                    .iter()
+                    .find(|d| done.get(&UnitId::app(&tenant, d)) == Some(&false))
+                    .map(|d| format!("not applied: it depends on {d}, which did not converge"))
+            };
+            if let Some(why) = blocked {
+                let entry = Entry {
+                    name: fleet::Owner::Unit(unit.id.clone()).to_string(),
+                    revision: input.revisions.get(&unit.id).cloned(),
+                    outcome: Outcome {
+                        error: Some(why),
+                        ..Default::default()
+                    },
+                };
+                done.insert(unit.id.clone(), false);
+                entries.push(entry);
+                continue;
+            }
+            let has_dependents = needed.contains(&(tenant, unit.id.app.clone()));
+            let (engine, unit) = (engine.clone(), unit.clone());
+            let spec = unit_spec(input, &unit, mode, has_dependents);
+            let revision = input.revisions.get(&unit.id).cloned();
+            tasks.spawn(async move {
+                let outcome = match spec {
+                    Ok(spec) => {
+                        let mut outcome = engine.sync(&spec.0).await;
+                        outcome.failed.extend(spec.1);
+                        outcome
+                    }
+                    Err(error) => Outcome {
+                        error: Some(error),
+                        ..Default::default()
+                    },
+                };
+                (
+                    unit.id.clone(),
+                    Entry {
+                        name: fleet::Owner::Unit(unit.id.clone()).to_string(),
+                        revision,
+                        outcome,
+                    },
+                )
+            });
+        }
+        let mut level_entries = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((id, entry)) = joined {
+                done.insert(id, entry.outcome.converged());
+                level_entries.push(entry);
+            }
+        }
+        level_entries.sort_by(|a, b| a.name.cmp(&b.name));
+        entries.extend(level_entries);
+    }
+
+    entries.extend(removed_apps(&engine, input, filter, mode).await);
+    if filter.tenant.is_none() && input.fleet_ok {
+        entries.extend(departed_tenants(&engine, input, mode).await);
+    }
+    entries
+}
+
+/// Groups units so that each comes after the units it depends on (the fleet refuses cycles).
+fn levels<'a>(units: &[&'a Unit]) -> Vec<Vec<&'a Unit>> {
+    let mut level: BTreeMap<&UnitId, usize> = BTreeMap::new();
+    let by_id: BTreeMap<(Option<&str>, &str), &Unit> = units
+        .iter()
+        .map(|u| ((u.id.tenant.as_deref(), u.id.app.as_str()), *u))
+        .collect();
+    fn depth<'a>(
+        u: &'a Unit,
+        by_id: &BTreeMap<(Option<&str>, &str), &'a Unit>,
+        level: &mut BTreeMap<&'a UnitId, usize>,
+        guard: usize,
+    ) -> usize {
+        if let Some(l) = level.get(&u.id) {
+            return *l;
+        }
+        let l = if guard > 64 {
+            0
+        } else {
+            u.depends_on
+                .iter()
+                .filter_map(|d| by_id.get(&(u.id.tenant.as_deref(), d.as_str())))
+                .map(|d| depth(d, by_id, level, guard + 1) + 1)
+                .max()
+                .unwrap_or(0)
+        };
+        level.insert(&u.id, l);
+        l
+    }
+    let mut out: Vec<Vec<&Unit>> = Vec::new();
+    for u in units {
+        let l = depth(u, &by_id, &mut level, 0);
+        if out.len() <= l {
+            out.resize_with(l + 1, Vec::new);
+        }
+        out[l].push(u);
+    }
+    out
+}
+
+async fn sync_unit(engine: &Engine, input: &Input, unit: &Unit, mode: Mode, deps: bool) -> Entry {
+    let outcome = match unit_spec(input, unit, mode, deps) {
+        Ok((spec, refused)) => {
+            let mut outcome = engine.sync(&spec).await;
+            outcome.failed.extend(refused);
+            outcome
+        }
+        Err(error) => Outcome {
+            error: Some(error),
+            ..Default::default()
+        },
+    };
+    Entry {
+        name: fleet::Owner::Unit(unit.id.clone()).to_string(),
+        revision: input.revisions.get(&unit.id).cloned(),
+        outcome,
+    }
+}
+
+/// The set of a rendered unit, with its refused objects as failures; a failed render is an
+/// error and prunes nothing.
+fn unit_spec(
+    input: &Input,
+    unit: &Unit,
+    mode: Mode,
+    has_dependents: bool,
+) -> Result<(SetSpec, Vec<String>), String> {
+    let objects = match input.results.get(&unit.id) {
+        Some(Ok(objects)) => objects,
+        Some(Err(problems)) => {
+            let lines: Vec<String> = problems.iter().map(|p| p.detail.clone()).collect();
+            return Err(format!(
+                "render failed, nothing applied or pruned:\n  {}",
+                lines.join("\n  ")
+            ));
+        }
+        None => return Err("not rendered".into()),
+    };
+    let (refused, ok): (Vec<&Object>, Vec<&Object>) =
+        objects.iter().partition(|o| o.refused.is_some());
+    let failures = refused
+        .iter()
+        .filter_map(|o| o.refusal(&unit.id))
+        .map(|p| p.detail)
+        .collect();
+    let spec = SetSpec {
+        name: fleet::Owner::Unit(unit.id.clone()).to_string(),
+        tenant: unit.id.tenant.clone(),
+        set: unit.id.app.clone(),
+        identity: unit.identity.clone(),
+        parent: Parent::of_unit(&unit.id, unit.namespace.as_deref()),
+        objects: ok.into_iter().cloned().collect(),
+        refused: refused.iter().map(|o| o.key.clone()).collect(),
+        options: SetOptions {
+            prune: unit.options.prune,
+            force: unit.options.force,
+            allow_empty: unit.options.allow_empty,
+            recreate: unit.options.recreate,
+            wait: unit.options.wait || has_dependents,
+            timeout: unit.options.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            keep_namespaces: false,
+            limits: unit.limits.clone(),
+        },
+        mode,
+    };
+    Ok((spec, failures))
+}
+
+/// A tenant's namespaces, its ServiceAccount in the first, and a RoleBinding of its role to the
+/// ServiceAccount in each namespace; applied with the agent's identity. Namespaces are never
+/// pruned.
+pub fn onboarding(tenant: &Tenant, mode: Mode) -> SetSpec {
+    let labels = json!({ LABEL_TENANT: tenant.name, LABEL_APP: ONBOARDING });
+    let home = tenant.namespaces.first().cloned().unwrap_or_default();
+    let mut objects = Vec::new();
+    for ns in &tenant.namespaces {
+        objects.push(made(
+            json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "labels": labels}}),
+            Scope::Cluster,
+        ));
+    }
+    objects.push(made(
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": tenant.service_account, "namespace": home, "labels": labels}}),
+        Scope::Namespaced,
+    ));
+    for ns in &tenant.namespaces {
+        objects.push(made(
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "flotilla-tenant", "namespace": ns, "labels": labels},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": tenant.role},
+                "subjects": [{"kind": "ServiceAccount", "name": tenant.service_account,
+                    "namespace": home}]}),
+            Scope::Namespaced,
+        ));
+    }
+    SetSpec {
+        name: format!("tenant {}: onboarding", tenant.name),
+        tenant: Some(tenant.name.clone()),
+        set: ONBOARDING.into(),
+        identity: Identity::Agent,
+        parent: Parent::of_onboarding(&tenant.name),
+        objects,
+        refused: Vec::new(),
+        options: SetOptions {
+            prune: true,
+            force: true,
+            allow_empty: false,
+            recreate: false,
+            wait: false,
+            timeout: DEFAULT_TIMEOUT,
+            keep_namespaces: true,
+            limits: None,
+        },
+        mode,
+    }
+}
+
+fn made(body: serde_json::Value, scope: Scope) -> Object {
+    let api_version = body["apiVersion"].as_str().unwrap_or_default().to_string();
+    let key = ObjectKey {
+        group: api_version
+            .rsplit_once('/')
+            .map_or("", |(g, _)| g)
+            .to_string(),
+        kind: body["kind"].as_str().unwrap_or_default().to_string(),
+        namespace: body["metadata"]["namespace"].as_str().map(str::to_string),
+        name: body["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    };
+    Object {
+        key,
+        api_version,
+        scope,
+        hash: render::hash(&body),
+        body,
+        file: "onboarding".into(),
+        line: 0,
+        refused: None,
+    }
+}
+
+/// A set that left Git: pruned (or described) and its parent deleted.
+fn removal(tenant: &Tenant, app: &str, parent: Parent, mode: Mode) -> SetSpec {
+    SetSpec {
+        name: format!("tenant {}, app {app} (removed)", tenant.name),
+        tenant: Some(tenant.name.clone()),
+        set: app.to_string(),
+        identity: tenant_identity(tenant),
+        parent,
+        objects: Vec::new(),
+        refused: Vec::new(),
+        options: SetOptions {
+            prune: true,
+            force: true,
+            allow_empty: true,
+            recreate: false,
+            wait: false,
+            timeout: DEFAULT_TIMEOUT,
+            keep_namespaces: true,
+            limits: None,
+        },
+        mode: if mode == Mode::Diff {
+            Mode::Diff
+        } else {
+            Mode::Remove
+        },
+    }
+}
+
+/// The inventories of a tenant's apps that are no longer rendered for this cluster, found in the
+/// tenant's namespaces through the tenant's own identity.
+async fn removed_apps(engine: &Engine, input: &Input, filter: &Filter, mode: Mode) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    for name in &input.tenants_ok {
+        let Some(tenant) = input.fleet.tenants.get(name) else {
+            continue;
+        };
+        if !filter.tenant(name) {
+            continue;
+        }
+        let present: BTreeSet<&str> = input
+            .units
+            .iter()
+            .map(|u| &u.id)
+            .chain(&input.problem_units)
+            .filter(|id| id.tenant.as_deref() == Some(name))
+            .map(|id| id.app.as_str())
+            .collect();
+        let found = match parents(engine, tenant).await {
+            Ok(found) => found,
+            Err(e) => {
+                entries.push(Entry {
+                    name: format!("tenant {name}: removed apps"),
+                    revision: None,
+                    outcome: Outcome {
+                        error: Some(format!("listing the tenant's inventories: {e}")),
+                        ..Default::default()
+                    },
+                });
+                continue;
+            }
+        };
+        for (app, parent) in found {
+            if present.contains(app.as_str())
+                || app == ONBOARDING
+                || filter.app.as_deref().is_some_and(|a| a != app)
+            {
+                continue;
+            }
+            entries.push(remove_set(engine, tenant, &app, parent, tenant.prune, mode).await);
+        }
+    }
+    entries
+}
+
+/// Tenants with inventories on this cluster that no longer land on it: reported, and pruned
+/// only if the fleet says `onRemoval: prune`.
+async fn departed_tenants(engine: &Engine, input: &Input, mode: Mode) -> Vec<Entry> {
+    let found = match parents_everywhere(engine).await {
+        Ok(found) => found,
+        Err(e) => {
+            return vec![Entry {
+                name: "departed tenants".into(),
+                revision: None,
+                outcome: Outcome {
+                    error: Some(format!("listing flotilla's inventories: {e}")),
+                    ..Default::default()
+                },
+            }];
+        }
+    };
+    let mut entries = Vec::new();
+    let mut by_tenant: BTreeMap<String, Vec<(String, Parent)>> = BTreeMap::new();
+    for (tenant, app, parent) in found {
+        if !input.placed.contains(&tenant) && !input.tenants_failed.contains(&tenant) {
+            by_tenant.entry(tenant).or_default().push((app, parent));
+        }
+    }
+    for (name, sets) in by_tenant {
+        let apps: Vec<&(String, Parent)> = sets.iter().filter(|(a, _)| a != ONBOARDING).collect();
+        match input.fleet.tenants.get(&name) {
+            Some(tenant) if tenant.on_removal == OnRemoval::Prune => {
+                for (app, parent) in apps {
+                    // The tenant's own identity: a set outside its namespaces is not its own.
+                    if tenant.namespaces.contains(&parent.namespace) {
+                        entries.push(
+                            remove_set(engine, tenant, app, parent.clone(), true, mode).await,
+                        );
+                    }
+                }
+            }
+            _ if apps.is_empty() => {}
+            _ => entries.push(Entry {
+                name: format!("tenant {name}"),
+                revision: None,
+                outcome: Outcome {
+                    notes: vec![format!(
+                        "no longer lands on this cluster; the objects of its {} are kept (onRemoval: keep)",
+                        set::count(apps.len(), "app")
+                    )],
+                    ..Default::default()
+                },
+            }),
+        }
+    }
+    entries
+}
+
+async fn remove_set(
+    engine: &Engine,
+    tenant: &Tenant,
+    app: &str,
+    parent: Parent,
+    prune: bool,
+    mode: Mode,
+) -> Entry {
+    let spec = removal(tenant, app, parent, mode);
+    if !prune {
+        return Entry {
+            name: spec.name,
+            revision: None,
+            outcome: Outcome {
+                notes: vec!["no longer rendered here; its objects are kept (prune: false)".into()],
+                ..Default::default()
+            },
+        };
+    }
+    let outcome = engine.sync(&spec).await;
+    Entry {
+        name: spec.name,
+        revision: None,
+        outcome,
+    }
+}
+
+fn tenant_identity(tenant: &Tenant) -> Identity {
+    Identity::ServiceAccount {
+        namespace: tenant.namespaces.first().cloned().unwrap_or_default(),
+        name: tenant.service_account.clone(),
+    }
+}
+
+/// The app inventories of `tenant` in its namespaces: `(app, parent)`, only those whose name is
+/// the one flotilla gives that app's parent.
+async fn parents(
+    engine: &Engine,
+    tenant: &Tenant,
+) -> Result<Vec<(String, Parent)>, crate::cluster::Error> {
+    let client = engine.cluster.client(&tenant_identity(tenant))?;
+    let configmaps = engine.cluster.resolve("v1", "ConfigMap").await?;
+    let selector = format!("{LABEL_TENANT}={},{ID_LABEL}", tenant.name);
+    let mut out = Vec::new();
+    for ns in &tenant.namespaces {
+        let items = match Cluster::list(&client, &configmaps, Some(ns), &selector).await {
+            Ok(items) => items,
+            // A namespace not created yet holds nothing.
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e),
+        };
+        for item in items {
+            let Some(app) = item["metadata"]["labels"][LABEL_APP].as_str() else {
+                continue;
+            };
+            let parent = Parent::of_unit(&UnitId::app(&tenant.name, app), Some(ns));
+            if item["metadata"]["name"].as_str() == Some(parent.name.as_str()) {
+                out.push((app.to_string(), parent));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every flotilla inventory of a tenant in the cluster, with the agent's identity:
+/// `(tenant, app, parent)`.
+async fn parents_everywhere(
+    engine: &Engine,
+) -> Result<Vec<(String, String, Parent)>, crate::cluster::Error> {
+    let client = engine.cluster.client(&Identity::Agent)?;
+    let configmaps = engine.cluster.resolve("v1", "ConfigMap").await?;
+    let selector = format!("{LABEL_TENANT},{ID_LABEL}");
+    let items = Cluster::list(&client, &configmaps, None, &selector).await?;
+    Ok(items
+        .iter()
+        .filter_map(|item| {
+            let meta = &item["metadata"];
+            let tenant = meta["labels"][LABEL_TENANT].as_str()?;
+            let app = meta["labels"][LABEL_APP].as_str()?;
+            Some((
+                tenant.to_string(),
+                app.to_string(),
+                Parent {
+                    namespace: meta["namespace"].as_str()?.to_string(),
+                    name: meta["name"].as_str()?.to_string(),
+                },
+            ))
+        })
+        .collect())
+}

@@ -1,0 +1,695 @@
+//! One set (a unit's objects, or a tenant's onboarding) against the cluster: read its inventory,
+//! list what is live, decide, widen the inventory, apply group by group, prune, record, wait.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use super::health::{self, Health};
+use crate::cluster::{Cluster, Error, Resource};
+use crate::fleet::{Identity, Limits};
+use crate::inventory::{Member, PART_OF_LABEL, Parent, Record};
+use crate::plan::{self, Decision};
+use crate::render::{Object, ObjectKey};
+
+/// What a set is and how it is synced.
+pub struct SetSpec {
+    /// For messages: `tenant ai, app jupyter`.
+    pub name: String,
+    pub tenant: Option<String>,
+    /// The parent's `flotilla.dev/app` label: the app, `infra`, or [`super::ONBOARDING`].
+    pub set: String,
+    pub identity: Identity,
+    pub parent: Parent,
+    /// The objects to apply (refused ones are not here).
+    pub objects: Vec<Object>,
+    /// Objects the render refused: never sent, and never pruned for being absent.
+    pub refused: Vec<ObjectKey>,
+    pub options: SetOptions,
+    pub mode: Mode,
+}
+
+#[derive(Clone, Debug)]
+pub struct SetOptions {
+    pub prune: bool,
+    pub force: bool,
+    pub allow_empty: bool,
+    pub recreate: bool,
+    pub wait: bool,
+    pub timeout: Duration,
+    /// Never delete Namespaces (the onboarding sets).
+    pub keep_namespaces: bool,
+    /// A tenant's boundaries, checked again once discovery knows a kind's real scope.
+    pub limits: Option<Limits>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Apply,
+    /// Change nothing; describe what a sync would do.
+    Diff,
+    /// The set left Git: prune its members, then delete its parent.
+    Remove,
+}
+
+/// What syncing a set did (or, in diff mode, would do).
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub applied: Vec<String>,
+    pub unchanged: usize,
+    pub pruned: Vec<String>,
+    /// Objects that failed, each `object: cause`.
+    pub failed: Vec<String>,
+    /// Notes that are not failures (objects left in place, and why).
+    pub notes: Vec<String>,
+    /// A failure of the set as a whole (its inventory, an empty render).
+    pub error: Option<String>,
+    /// Diff mode: the text to print.
+    pub diff: String,
+    /// Diff mode: how many objects would change or be pruned.
+    pub changes: usize,
+}
+
+impl Outcome {
+    pub fn converged(&self) -> bool {
+        self.error.is_none() && self.failed.is_empty()
+    }
+}
+
+/// Applies sets against one cluster.
+pub struct Engine {
+    pub cluster: Arc<Cluster>,
+    /// How many applies (or deletes) of one order group run at once.
+    pub concurrency: usize,
+}
+
+/// The result of one object's apply.
+enum Applied {
+    Unchanged,
+    /// Applied; the response's fingerprint of flotilla's fields.
+    Changed(String, &'static str),
+    /// Diff mode: it would change; the diff.
+    Diff(String),
+    Failed(String),
+}
+
+impl Engine {
+    pub async fn sync(&self, spec: &SetSpec) -> Outcome {
+        let mut out = Outcome::default();
+        if let Err(e) = self.sync_inner(spec, &mut out).await {
+            out.error = Some(e);
+        }
+        out
+    }
+
+    async fn sync_inner(&self, spec: &SetSpec, out: &mut Outcome) -> Result<(), String> {
+        let client = self
+            .cluster
+            .client(&spec.identity)
+            .map_err(|e| e.to_string())?;
+        let configmaps = self
+            .cluster
+            .resolve("v1", "ConfigMap")
+            .await
+            .map_err(|e| e.to_string())?;
+        let parent = &spec.parent;
+        let id = parent.id();
+        let stored = Cluster::get(&client, &configmaps, Some(&parent.namespace), &parent.name)
+            .await
+            .map_err(|e| format!("reading the inventory {parent}: {e}"))?;
+        let old = match &stored {
+            Some(live) => parent.read(live).map_err(|e| e.to_string())?,
+            None => Record::default(),
+        };
+
+        if spec.objects.is_empty()
+            && spec.refused.is_empty()
+            && !old.members.is_empty()
+            && spec.mode != Mode::Remove
+            && !spec.options.allow_empty
+        {
+            return Err(format!(
+                "rendered no objects; refusing to prune the {} it applied before (set options.allowEmpty: true to allow it)",
+                count(old.members.len(), "object")
+            ));
+        }
+
+        // Widen the inventory to old ∪ new before anything is applied, so that a crash in the
+        // middle never forgets an object.
+        let mut union = old.clone();
+        for o in &spec.objects {
+            union
+                .members
+                .entry(o.key.clone())
+                .or_insert_with(|| Member {
+                    api_version: o.api_version.clone(),
+                    hash: o.hash.clone(),
+                    fields: String::new(),
+                });
+        }
+        let mut written = old.clone();
+        if union != old && spec.mode == Mode::Apply {
+            self.write_parent(&client, &configmaps, spec, &union)
+                .await
+                .map_err(|e| format!("writing the inventory {parent}: {e}"))?;
+            written = union;
+        }
+
+        // Apply, group by group.
+        let mut record = Record::default();
+        let mut by_rank: BTreeMap<u8, Vec<&Object>> = BTreeMap::new();
+        for o in &spec.objects {
+            by_rank
+                .entry(plan::rank(&o.key, o.scope))
+                .or_default()
+                .push(o);
+        }
+        let mut live: HashMap<ObjectKey, Value> = HashMap::new();
+        let mut listed: BTreeSet<(String, Option<String>)> = BTreeSet::new();
+        let mut healthy_wanted: Vec<(&Object, Resource)> = Vec::new();
+        for (rank, group) in by_rank {
+            // Resolve kinds (after the CRDs of this set, for its custom resources).
+            let mut resolved: Vec<(&Object, Resource)> = Vec::new();
+            for o in group {
+                match self.resolve_checked(o, spec).await {
+                    Ok(r) => resolved.push((o, r)),
+                    Err(why) => {
+                        out.failed.push(format!("{}: {why}", o.key));
+                        keep_old(&old, &mut record, o);
+                    }
+                }
+            }
+            // List what this set has live, once per kind and namespace.
+            for (o, r) in &resolved {
+                let ns = if r.namespaced {
+                    o.key.namespace.clone()
+                } else {
+                    None
+                };
+                if !listed.insert((r.api.api_version.clone() + "/" + &r.api.kind, ns.clone())) {
+                    continue;
+                }
+                let selector = format!("{PART_OF_LABEL}={id}");
+                match Cluster::list(&client, r, ns.as_deref(), &selector).await {
+                    Ok(items) => {
+                        for item in items {
+                            live.insert(key_of(&item, &r.api.kind, &r.api.group), item);
+                        }
+                    }
+                    // Not allowed to list, or the namespace is missing: every object of the kind
+                    // is treated as new, and its apply reports the cause.
+                    Err(e) => tracing::debug!(set = %spec.name, error = %e, "listing failed"),
+                }
+            }
+            let results = self
+                .apply_group(&client, spec, &id, &resolved, &live, &old)
+                .await;
+            for ((o, r), result) in resolved.into_iter().zip(results) {
+                match result {
+                    Applied::Unchanged => {
+                        out.unchanged += 1;
+                        keep_old(&old, &mut record, o);
+                        healthy_wanted.push((o, r));
+                    }
+                    Applied::Changed(fields, what) => {
+                        out.applied.push(format!("{} ({what})", o.key));
+                        record.members.insert(
+                            o.key.clone(),
+                            Member {
+                                api_version: o.api_version.clone(),
+                                hash: o.hash.clone(),
+                                fields,
+                            },
+                        );
+                        healthy_wanted.push((o, r));
+                    }
+                    Applied::Diff(text) => {
+                        out.changes += 1;
+                        out.diff.push_str(&text);
+                        keep_old(&old, &mut record, o);
+                    }
+                    Applied::Failed(why) => {
+                        out.failed.push(format!("{}: {why}", o.key));
+                        keep_old(&old, &mut record, o);
+                    }
+                }
+            }
+            if rank == 0 && spec.mode != Mode::Diff {
+                self.wait_established(&client, &healthy_wanted, out).await;
+            }
+        }
+        for key in &spec.refused {
+            if let Some(m) = old.members.get(key) {
+                record.members.insert(key.clone(), m.clone());
+            }
+        }
+
+        // Prune what left Git.
+        let desired: BTreeSet<&ObjectKey> = spec.objects.iter().map(|o| &o.key).collect();
+        let keep: BTreeSet<&ObjectKey> = spec.refused.iter().collect();
+        let candidates = plan::prune_candidates(&old, &desired, &keep);
+        if !candidates.is_empty() && !spec.options.prune {
+            out.notes.push(format!(
+                "{} no longer rendered and left in place (prune: false)",
+                count(candidates.len(), "object")
+            ));
+        } else if !candidates.is_empty() {
+            self.prune(&client, spec, &id, candidates, &mut record, out)
+                .await;
+        }
+
+        // Narrow the inventory to what is there now.
+        if spec.mode == Mode::Apply && record != written {
+            self.write_parent(&client, &configmaps, spec, &record)
+                .await
+                .map_err(|e| format!("writing the inventory {parent}: {e}"))?;
+        }
+        if spec.mode == Mode::Remove && record.members.is_empty() && stored.is_some() {
+            let uid = stored.as_ref().and_then(|s| s["metadata"]["uid"].as_str());
+            Cluster::delete(
+                &client,
+                &configmaps,
+                Some(&parent.namespace),
+                &parent.name,
+                uid,
+            )
+            .await
+            .map_err(|e| format!("deleting the inventory {parent}: {e}"))?;
+        } else if spec.mode == Mode::Remove && stored.is_some() {
+            self.write_parent(&client, &configmaps, spec, &record)
+                .await
+                .map_err(|e| format!("writing the inventory {parent}: {e}"))?;
+        }
+
+        if spec.options.wait && spec.mode == Mode::Apply && out.failed.is_empty() {
+            self.wait_healthy(&client, spec, &healthy_wanted, out).await;
+        }
+        Ok(())
+    }
+
+    /// The kind as the cluster serves it, with the tenant's limits checked against its real scope.
+    async fn resolve_checked(&self, o: &Object, spec: &SetSpec) -> Result<Resource, String> {
+        let r = self
+            .cluster
+            .resolve(&o.api_version, &o.key.kind)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let (false, Some(limits)) = (r.namespaced, &spec.options.limits)
+            && !limits.allows_cluster_kind(&o.key.group, &o.key.kind)
+        {
+            return Err(format!(
+                "{} is cluster-scoped in this cluster and not in the tenant's limits.clusterScopedKinds; refused",
+                o.key.kind
+            ));
+        }
+        if r.namespaced && o.key.namespace.is_none() {
+            return Err("namespaced in this cluster, but names no namespace".into());
+        }
+        Ok(r)
+    }
+
+    /// Applies one order group, `concurrency` objects at a time; results in input order.
+    async fn apply_group(
+        &self,
+        client: &Client,
+        spec: &SetSpec,
+        id: &str,
+        group: &[(&Object, Resource)],
+        live: &HashMap<ObjectKey, Value>,
+        old: &Record,
+    ) -> Vec<Applied> {
+        let limit = Arc::new(Semaphore::new(self.concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (o, r)) in group.iter().enumerate() {
+            let decision = plan::decide(o, live.get(&o.key), old.members.get(&o.key));
+            if decision == Decision::Unchanged {
+                continue;
+            }
+            let body = plan::applied_body(o, id);
+            let live = live.get(&o.key).cloned();
+            let (client, r, limit) = (client.clone(), r.clone(), limit.clone());
+            let (force, recreate, mode) = (spec.options.force, spec.options.recreate, spec.mode);
+            let timeout = spec.options.timeout;
+            tasks.spawn(async move {
+                let _permit = limit.acquire().await;
+                let result = apply_one(
+                    &client, &r, &body, live, decision, force, recreate, mode, timeout,
+                )
+                .await;
+                (i, result)
+            });
+        }
+        let mut results: Vec<Applied> = (0..group.len()).map(|_| Applied::Unchanged).collect();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((i, result)) => results[i] = result,
+                Err(e) => tracing::error!(error = %e, "an apply task failed"),
+            }
+        }
+        results
+    }
+
+    async fn prune(
+        &self,
+        client: &Client,
+        spec: &SetSpec,
+        id: &str,
+        candidates: Vec<(ObjectKey, Member)>,
+        record: &mut Record,
+        out: &mut Outcome,
+    ) {
+        for (key, member) in candidates {
+            if spec.options.keep_namespaces && key.group.is_empty() && key.kind == "Namespace" {
+                out.notes.push(format!(
+                    "{key}: no longer wanted; namespaces are never deleted"
+                ));
+                continue;
+            }
+            let r = match self.cluster.resolve(&member.api_version, &key.kind).await {
+                Ok(r) => r,
+                // The kind is gone from the cluster (its CRD was deleted): so is the object.
+                Err(Error::UnknownKind { .. }) => continue,
+                Err(e) => {
+                    out.failed.push(format!("{key}: not pruned: {e}"));
+                    record.members.insert(key, member);
+                    continue;
+                }
+            };
+            let ns = key.namespace.as_deref().filter(|_| r.namespaced);
+            let live = match Cluster::get(client, &r, ns, &key.name).await {
+                Ok(Some(live)) => live,
+                Ok(None) => continue,
+                Err(e) => {
+                    out.failed.push(format!("{key}: not pruned: {e}"));
+                    record.members.insert(key, member);
+                    continue;
+                }
+            };
+            if live["metadata"]["labels"][PART_OF_LABEL].as_str() != Some(id) {
+                out.notes.push(format!(
+                    "{key}: no longer carries this set's {PART_OF_LABEL} label; forgotten, not deleted"
+                ));
+                continue;
+            }
+            if spec.mode == Mode::Diff {
+                out.changes += 1;
+                out.diff.push_str(&format!("would prune {key}\n"));
+                continue;
+            }
+            let uid = live["metadata"]["uid"].as_str();
+            match Cluster::delete(client, &r, ns, &key.name, uid).await {
+                Ok(()) => out.pruned.push(key.to_string()),
+                Err(e) => {
+                    out.failed.push(format!("{key}: not pruned: {e}"));
+                    record.members.insert(key, member);
+                }
+            }
+        }
+    }
+
+    async fn write_parent(
+        &self,
+        client: &Client,
+        configmaps: &Resource,
+        spec: &SetSpec,
+        record: &Record,
+    ) -> Result<(), Error> {
+        let body = spec.parent.body(record, spec.tenant.as_deref(), &spec.set);
+        Cluster::apply(client, configmaps, &body, true, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// Waits for the CRDs just applied to be Established, so their custom resources can follow.
+    async fn wait_established(
+        &self,
+        client: &Client,
+        objects: &[(&Object, Resource)],
+        out: &mut Outcome,
+    ) {
+        let crds: Vec<&(&Object, Resource)> = objects
+            .iter()
+            .filter(|(o, _)| o.key.kind == "CustomResourceDefinition")
+            .collect();
+        for (o, r) in crds {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match Cluster::get(client, r, None, &o.key.name).await {
+                    Ok(Some(live)) if health::of(&live) == Health::Ready => break,
+                    Ok(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                    Ok(_) => {
+                        out.failed
+                            .push(format!("{}: not Established after 60s", o.key));
+                        break;
+                    }
+                    Err(e) => {
+                        out.failed.push(format!("{}: {e}", o.key));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits up to the set's timeout for every object to be healthy; reports those that are not.
+    async fn wait_healthy(
+        &self,
+        client: &Client,
+        spec: &SetSpec,
+        objects: &[(&Object, Resource)],
+        out: &mut Outcome,
+    ) {
+        let deadline = Instant::now() + spec.options.timeout;
+        let mut pending: Vec<&(&Object, Resource)> = objects.iter().collect();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let mut still = Vec::new();
+            let mut reasons = Vec::new();
+            for entry in pending {
+                let (o, r) = entry;
+                let ns = o.key.namespace.as_deref().filter(|_| r.namespaced);
+                match Cluster::get(client, r, ns, &o.key.name).await {
+                    Ok(Some(live)) => match health::of(&live) {
+                        Health::Ready => {}
+                        Health::Progressing(why) => {
+                            reasons.push(format!("{}: not ready: {why}", o.key));
+                            still.push(entry);
+                        }
+                        Health::Failed(why) => {
+                            out.failed.push(format!("{}: {why}", o.key));
+                        }
+                    },
+                    Ok(None) => {
+                        reasons.push(format!("{}: not found", o.key));
+                        still.push(entry);
+                    }
+                    Err(e) => {
+                        reasons.push(format!("{}: {e}", o.key));
+                        still.push(entry);
+                    }
+                }
+            }
+            if still.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let waited = humantime::format_duration(spec.options.timeout);
+                out.failed.extend(
+                    reasons
+                        .into_iter()
+                        .map(|r| format!("{r} (waited {waited})")),
+                );
+                return;
+            }
+            pending = still;
+            tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Applies one object as `decision` says; an immutable field is recreated if allowed.
+#[allow(clippy::too_many_arguments)]
+async fn apply_one(
+    client: &Client,
+    r: &Resource,
+    body: &Value,
+    live: Option<Value>,
+    decision: Decision,
+    force: bool,
+    recreate: bool,
+    mode: Mode,
+    timeout: Duration,
+) -> Applied {
+    let ns = body["metadata"]["namespace"]
+        .as_str()
+        .filter(|_| r.namespaced);
+    let name = body["metadata"]["name"].as_str().unwrap_or_default();
+    let why: &'static str = match decision {
+        Decision::Apply(reason) => reason,
+        _ => "drifted",
+    };
+    if mode == Mode::Diff || decision == Decision::Check {
+        match Cluster::apply(client, r, body, force, true).await {
+            Ok(dry) => {
+                let current = live.clone().unwrap_or(Value::Null);
+                if current.is_object() && !plan::drifted(&current, &dry) {
+                    return Applied::Unchanged;
+                }
+                if mode == Mode::Diff {
+                    return Applied::Diff(diff_text(&current, &dry));
+                }
+            }
+            Err(e) if mode == Mode::Diff => {
+                return match (&live, e.is_not_found()) {
+                    // A new object whose namespace is not there yet (onboarding comes first).
+                    (None, true) => Applied::Diff(diff_text(&Value::Null, body)),
+                    _ => Applied::Failed(e.to_string()),
+                };
+            }
+            Err(e) if e.immutable_fields().is_none() => return Applied::Failed(e.to_string()),
+            Err(_) => {} // the apply below meets it again and handles it
+        }
+    }
+    let why = match (decision, &live) {
+        (Decision::Check, Some(l)) => {
+            let others = plan::other_managers(l);
+            if others.is_empty() {
+                "drifted"
+            } else {
+                tracing::info!(object = %name, changed_by = ?others, "reverting drift");
+                "drift reverted"
+            }
+        }
+        _ => why,
+    };
+    match Cluster::apply(client, r, body, force, false).await {
+        Ok(applied) => Applied::Changed(plan::fingerprint(&applied), why),
+        Err(e) => match e.immutable_fields() {
+            Some(fields) if recreate => {
+                let uid = live
+                    .as_ref()
+                    .and_then(|l| l["metadata"]["uid"].as_str())
+                    .map(str::to_string);
+                if let Err(e) = Cluster::delete(client, r, ns, name, uid.as_deref()).await {
+                    return Applied::Failed(format!(
+                        "recreating (immutable {}): {e}",
+                        fields.join(", ")
+                    ));
+                }
+                let deadline = Instant::now() + timeout;
+                loop {
+                    match Cluster::get(client, r, ns, name).await {
+                        Ok(None) => break,
+                        Ok(Some(_)) if Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(200)).await
+                        }
+                        Ok(Some(_)) => {
+                            return Applied::Failed(
+                                "recreating: the old object is still being deleted".into(),
+                            );
+                        }
+                        Err(e) => return Applied::Failed(format!("recreating: {e}")),
+                    }
+                }
+                match Cluster::apply(client, r, body, force, false).await {
+                    Ok(applied) => Applied::Changed(plan::fingerprint(&applied), "recreated"),
+                    Err(e) => Applied::Failed(format!("recreating: {e}")),
+                }
+            }
+            Some(fields) => {
+                let named = if fields.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", fields.join(", "))
+                };
+                Applied::Failed(format!(
+                    "{e}; the change touches an immutable field{named}: set options.recreate: true on the app to delete and recreate the object"
+                ))
+            }
+            None => Applied::Failed(e.to_string()),
+        },
+    }
+}
+
+/// A unified diff between live (or nothing) and the dry-run result, noise stripped and Secret
+/// values masked.
+fn diff_text(live: &Value, dry: &Value) -> String {
+    let mut before = if live.is_null() {
+        Value::Null
+    } else {
+        plan::normalize(live)
+    };
+    let mut after = plan::normalize(dry);
+    plan::mask_secrets(&mut before, &mut after);
+    let yaml = |v: &Value| {
+        if v.is_null() {
+            String::new()
+        } else {
+            serde_saphyr::to_string(v).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+        }
+    };
+    let name = |v: &Value| {
+        format!(
+            "{} {}",
+            v["kind"].as_str().unwrap_or_default(),
+            match v["metadata"]["namespace"].as_str() {
+                Some(ns) => format!(
+                    "{ns}/{}",
+                    v["metadata"]["name"].as_str().unwrap_or_default()
+                ),
+                None => v["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            }
+        )
+    };
+    let title = name(&after);
+    let old_name = if live.is_null() {
+        "/dev/null".to_string()
+    } else {
+        format!("live {title}")
+    };
+    plan::unified_diff(
+        &yaml(&before),
+        &yaml(&after),
+        &old_name,
+        &format!("desired {title}"),
+    )
+}
+
+fn keep_old(old: &Record, record: &mut Record, o: &Object) {
+    let member = old.members.get(&o.key).cloned().unwrap_or_else(|| Member {
+        api_version: o.api_version.clone(),
+        hash: o.hash.clone(),
+        fields: String::new(),
+    });
+    record.members.insert(o.key.clone(), member);
+}
+
+fn key_of(item: &Value, kind: &str, group: &str) -> ObjectKey {
+    ObjectKey {
+        group: group.to_string(),
+        kind: kind.to_string(),
+        namespace: item["metadata"]["namespace"].as_str().map(str::to_string),
+        name: item["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+pub fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}

@@ -1,0 +1,898 @@
+//! End-to-end scenarios of `flotilla run --once` and `flotilla diff` through the real binary,
+//! shared by `tests/apply.rs` (the test API server, which adds request-log checks) and
+//! `integration/apply.rs` (a real cluster, where the same facts are checked on the objects:
+//! resourceVersions and uids).
+//!
+//! Names are unique per run (tenants, namespaces, cluster-scoped objects carry the run's suffix)
+//! and everything a scenario creates is deleted afterwards, even when it fails.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use super::cluster::{Cluster, resource};
+use super::kube_api::{ApiServer, Logged, RequestLog};
+use super::{Dir, Run, flotilla};
+
+/// A platform folder wired to a cluster, and the cluster.
+pub struct Env {
+    pub cluster: Arc<Cluster>,
+    pub dir: Dir,
+    /// The test server's request log; `None` on a real cluster.
+    pub log: Option<RequestLog>,
+    tenants: std::sync::Mutex<Vec<(String, Vec<String>)>>,
+    controller: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Env {
+    pub async fn new(kubeconfig: &Path, server: Option<&ApiServer>) -> Env {
+        let cluster = Arc::new(Cluster::connect(kubeconfig).await);
+        let dir = Dir::new();
+        dir.write(
+            "flotilla.yaml",
+            format!(
+                "cluster: dev\nfleet: {{ dir: fleet }}\nstate_dir: .state\nkubeconfig: {}\n",
+                kubeconfig.display()
+            ),
+        );
+        dir.write(
+            "fleet/clusters/dev/cluster.yaml",
+            "name: dev\nlabels: { env: dev }\nvars: { domain: dev.example.com }\n",
+        );
+        // The test server runs no controllers: a stand-in rolls Deployments out.
+        let controller = server.map(|_| tokio::spawn(roll_out_deployments(cluster.admin.clone())));
+        Env {
+            cluster,
+            dir,
+            log: server.map(ApiServer::log),
+            tenants: Default::default(),
+            controller,
+        }
+    }
+
+    /// `base` made unique to this run.
+    pub fn name(&self, base: &str) -> String {
+        self.cluster.name(base)
+    }
+
+    /// Adds a tenant (its name and namespaces are used as given: pass names from [`Env::name`])
+    /// with this `tenant.yaml` and extra fleet fields; its namespaces are deleted afterwards.
+    pub fn tenant(&self, name: &str, namespaces: &[&str], extra: &str, catalog: &str) {
+        self.dir.write(
+            &format!("fleet/tenants/{name}.yaml"),
+            format!(
+                "name: {name}\nnamespaces: [{}]\nsource: {{ dir: ../../tenants/{name} }}\nclusters: [{{ name: dev }}]\n{extra}",
+                namespaces.join(", ")
+            ),
+        );
+        self.dir
+            .write(&format!("tenants/{name}/tenant.yaml"), catalog);
+        self.tenants.lock().unwrap().push((
+            name.to_string(),
+            namespaces.iter().map(|s| s.to_string()).collect(),
+        ));
+    }
+
+    /// Writes a file below the platform folder.
+    pub fn write(&self, rel: &str, contents: &str) -> PathBuf {
+        self.dir.write(rel, contents)
+    }
+
+    /// Runs `flotilla <args> --config flotilla.yaml`.
+    pub async fn flotilla(&self, args: &[&str]) -> Run {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(["--config".into(), "flotilla.yaml".into()]);
+        let dir = self.dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            flotilla(&dir, &args)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// `run --once`, which must exit 0.
+    pub async fn sync(&self) -> Run {
+        let run = self.flotilla(&["run", "--once"]).await;
+        assert_eq!(run.code, 0, "{run:?}");
+        run
+    }
+
+    /// The live object, or `None`.
+    pub async fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
+        let ar = resource(api_version, kind, &plural(kind));
+        let api: Api<DynamicObject> = match ns {
+            Some(ns) => Api::namespaced_with(self.cluster.admin.clone(), ns, &ar),
+            None => Api::all_with(self.cluster.admin.clone(), &ar),
+        };
+        api.get_opt(name)
+            .await
+            .expect("a get")
+            .map(|o| serde_json::to_value(o).unwrap())
+    }
+
+    pub async fn configmap(&self, ns: &str, name: &str) -> Option<Value> {
+        self.get("v1", "ConfigMap", Some(ns), name).await
+    }
+
+    /// Writes as another field manager with an Update (what `kubectl edit` does).
+    pub async fn edit(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        change: impl FnOnce(&mut Value),
+    ) {
+        let ar = resource(api_version, kind, &plural(kind));
+        let api: Api<DynamicObject> = Api::namespaced_with(self.cluster.admin.clone(), ns, &ar);
+        let mut live = serde_json::to_value(api.get(name).await.unwrap()).unwrap();
+        change(&mut live);
+        let object: DynamicObject = serde_json::from_value(live).unwrap();
+        let params = PostParams {
+            field_manager: Some("kubectl-edit".into()),
+            ..Default::default()
+        };
+        api.replace(name, &params, &object).await.expect("the edit");
+    }
+
+    /// Creates (or updates) an object as the admin, deleted afterwards if cluster-scoped.
+    pub async fn admin_apply(&self, body: Value) {
+        let api_version = body["apiVersion"].as_str().unwrap().to_string();
+        let kind = body["kind"].as_str().unwrap().to_string();
+        let name = body["metadata"]["name"].as_str().unwrap().to_string();
+        let ar = resource(&api_version, &kind, &plural(&kind));
+        let api: Api<DynamicObject> = match body["metadata"]["namespace"].as_str() {
+            Some(ns) => Api::namespaced_with(self.cluster.admin.clone(), ns, &ar),
+            None => {
+                self.cluster.track(ar.clone(), &name);
+                Api::all_with(self.cluster.admin.clone(), &ar)
+            }
+        };
+        api.patch(
+            &name,
+            &PatchParams::apply("test-admin").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("an admin apply");
+    }
+
+    /// The test server's write requests (not dry runs) since the log was last cleared.
+    pub fn writes(&self) -> Option<Vec<Logged>> {
+        self.log
+            .as_ref()
+            .map(|l| l.requests().into_iter().filter(Logged::is_write).collect())
+    }
+
+    pub fn clear_log(&self) {
+        if let Some(l) = &self.log {
+            l.clear();
+        }
+    }
+
+    /// Runs `scenario`, then deletes what it made (tenant namespaces and their onboarding
+    /// inventories, tracked cluster-scoped objects), then re-raises its panic if it failed.
+    pub async fn run<F, Fut>(self, scenario: F)
+    where
+        F: FnOnce(Arc<Env>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let env = Arc::new(self);
+        let outcome = tokio::spawn(scenario(Arc::clone(&env))).await;
+        env.cleanup().await;
+        if let Err(e) = outcome {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+            panic!("the scenario was cancelled: {e}");
+        }
+    }
+
+    async fn cleanup(&self) {
+        if let Some(c) = &self.controller {
+            c.abort();
+        }
+        let tenants = self.tenants.lock().unwrap().clone();
+        let namespaces: Api<DynamicObject> = Api::all_with(
+            self.cluster.admin.clone(),
+            &resource("v1", "Namespace", "namespaces"),
+        );
+        let parents: Api<DynamicObject> = Api::namespaced_with(
+            self.cluster.admin.clone(),
+            "kube-system",
+            &resource("v1", "ConfigMap", "configmaps"),
+        );
+        for (tenant, list) in tenants {
+            for ns in list {
+                let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+            }
+            let _ = parents
+                .delete(
+                    &format!("flotilla-tenant-{tenant}"),
+                    &DeleteParams::default(),
+                )
+                .await;
+        }
+        self.cluster.cleanup().await;
+    }
+}
+
+/// What the Deployment controller does for these scenarios on the test server: once a
+/// Deployment's generation is new, its status says every replica is updated and available.
+async fn roll_out_deployments(admin: kube::Client) {
+    let ar = resource("apps/v1", "Deployment", "deployments");
+    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &ar);
+    loop {
+        if let Ok(list) = api.list(&Default::default()).await {
+            for d in list.items {
+                let v = serde_json::to_value(&d).unwrap();
+                let generation = v["metadata"]["generation"].as_i64().unwrap_or(0);
+                if v["status"]["observedGeneration"].as_i64() == Some(generation) {
+                    continue;
+                }
+                let replicas = v["spec"]["replicas"].as_i64().unwrap_or(1);
+                let ns = v["metadata"]["namespace"].as_str().unwrap_or_default();
+                let name = v["metadata"]["name"].as_str().unwrap_or_default();
+                let status = json!({"status": {"observedGeneration": generation,
+                    "replicas": replicas, "updatedReplicas": replicas,
+                    "readyReplicas": replicas, "availableReplicas": replicas}});
+                let _ = Api::<DynamicObject>::namespaced_with(admin.clone(), ns, &ar)
+                    .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The plural of the kinds these scenarios use.
+pub fn plural(kind: &str) -> String {
+    match kind {
+        "PriorityClass" => "priorityclasses".into(),
+        "NetworkPolicy" => "networkpolicies".into(),
+        "Ingress" => "ingresses".into(),
+        k => format!("{}s", k.to_lowercase()),
+    }
+}
+
+pub fn rv(object: &Value) -> String {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+// === scenarios ===
+
+/// The shipped example fleet, applied for `dev`: the infra unit with the agent's identity, each
+/// tenant onboarded, every enabled app applied as its tenant; a second run changes nothing.
+pub async fn example_fleet_applies_for_dev(env: Arc<Env>) {
+    let examples = super::repo_root().join("config/examples");
+    copy(&examples.join("fleet"), &env.dir.path().join("fleet"));
+    copy(&examples.join("tenants"), &env.dir.path().join("tenants"));
+    // The scenario is about flotilla, not the apps' images: on a real cluster every Deployment
+    // runs the pause image, so that `dependsOn` health (spark-history before airflow) does not
+    // depend on pulling and starting the example's real software.
+    let path = env
+        .dir
+        .path()
+        .join("tenants/bigdata/apps/spark-history/spark-history.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("docker.io/apache/spark:3.5.3", "registry.k8s.io/pause:3.10"),
+    )
+    .unwrap();
+    for (tenant, namespaces) in [
+        ("ai", vec!["ai", "ai-jobs"]),
+        ("bigdata", vec!["bigdata"]),
+        ("security", vec!["security"]),
+    ] {
+        env.tenants.lock().unwrap().push((
+            tenant.into(),
+            namespaces.into_iter().map(String::from).collect(),
+        ));
+    }
+    let pcs = resource("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses");
+    env.cluster.track(pcs, "tenant-batch");
+    env.cluster.track(
+        resource("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses"),
+        "tenant-service",
+    );
+    env.cluster
+        .track(resource("v1", "ConfigMap", "configmaps"), "unused");
+
+    let first = env.sync().await;
+    assert!(first.stdout.contains("cluster infra"), "{first:?}");
+    assert!(
+        first.stdout.contains("tenant ai, app jupyter @ "),
+        "{first:?}"
+    );
+    let jupyter = env
+        .get("apps/v1", "Deployment", Some("ai"), "jupyter")
+        .await
+        .expect("jupyter applied");
+    assert_eq!(jupyter["metadata"]["labels"]["flotilla.dev/tenant"], "ai");
+    let sa = env
+        .get("v1", "ServiceAccount", Some("ai"), "flotilla-tenant")
+        .await
+        .expect("the tenant's ServiceAccount");
+    assert_eq!(sa["metadata"]["labels"]["flotilla.dev/tenant"], "ai");
+    let binding = env
+        .get(
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            Some("ai-jobs"),
+            "flotilla-tenant",
+        )
+        .await
+        .expect("a RoleBinding in each namespace");
+    assert_eq!(binding["roleRef"]["name"], "admin");
+    assert!(
+        env.get(
+            "scheduling.k8s.io/v1",
+            "PriorityClass",
+            None,
+            "tenant-batch"
+        )
+        .await
+        .is_some()
+    );
+    // The inventory: an ApplySet parent per unit, members labelled with its id.
+    let parent = env
+        .configmap("ai", "flotilla-jupyter")
+        .await
+        .expect("jupyter's inventory");
+    let id = parent["metadata"]["labels"]["applyset.kubernetes.io/id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        jupyter["metadata"]["labels"]["applyset.kubernetes.io/part-of"],
+        id.as_str()
+    );
+    assert!(
+        parent["metadata"]["annotations"]["applyset.kubernetes.io/tooling"]
+            .as_str()
+            .unwrap()
+            .starts_with("flotilla/")
+    );
+    assert_eq!(
+        parent["metadata"]["annotations"]["applyset.kubernetes.io/contains-group-kinds"],
+        "Deployment.apps,Service"
+    );
+
+    let before = rv(&jupyter);
+    env.clear_log();
+    let second = env.sync().await;
+    assert!(!second.stdout.contains("  applied"), "{second:?}");
+    let after = env
+        .get("apps/v1", "Deployment", Some("ai"), "jupyter")
+        .await
+        .unwrap();
+    assert_eq!(rv(&after), before);
+    if let Some(writes) = env.writes() {
+        assert!(writes.is_empty(), "steady state wrote: {writes:#?}");
+    }
+}
+
+/// A tenant `shop-<run>` owning namespace of the same name, with apps written by the caller.
+fn shop(env: &Env, catalog: &str) -> String {
+    let t = env.name("shop");
+    env.tenant(&t, &[&t], "", catalog);
+    t
+}
+
+/// Writes the YAML of `value` (JSON is YAML) to `rel` below the platform.
+fn manifest(env: &Env, rel: &str, value: Value) {
+    env.write(rel, &serde_json::to_string_pretty(&value).unwrap());
+}
+
+fn cm(name: &str, data: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data})
+}
+
+fn deployment(name: &str, replicas: i64, selector: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": selector}},
+            "template": {"metadata": {"labels": {"app": selector}},
+                "spec": {"containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}]}}}})
+}
+
+/// A changed value re-applies only the object it lands in; an app removed from `tenant.yaml` is
+/// pruned with its inventory.
+pub async fn a_value_change_updates_only_changed_objects_and_a_removed_app_is_pruned(
+    env: Arc<Env>,
+) {
+    let catalog = |color: &str, extra: bool| {
+        let mut c = format!(
+            "apps:\n  - {{ name: web, source: {{ path: web }}, values: {{ color: {color} }} }}\n"
+        );
+        if extra {
+            c.push_str("  - { name: extra, source: { path: extra } }\n");
+        }
+        c
+    };
+    let t = shop(&env, &catalog("blue", true));
+    let dir = format!("tenants/{t}");
+    manifest(
+        &env,
+        &format!("{dir}/web/a.yaml"),
+        cm("a", json!({"color": "${values.color}"})),
+    );
+    manifest(
+        &env,
+        &format!("{dir}/web/b.yaml"),
+        cm("b", json!({"fixed": "1"})),
+    );
+    manifest(
+        &env,
+        &format!("{dir}/extra/c.yaml"),
+        cm("c", json!({"x": "1"})),
+    );
+    env.sync().await;
+    let (a0, b0) = (
+        env.configmap(&t, "a").await.unwrap(),
+        env.configmap(&t, "b").await.unwrap(),
+    );
+    assert!(env.configmap(&t, "c").await.is_some());
+
+    env.write(&format!("{dir}/tenant.yaml"), &catalog("green", true));
+    env.clear_log();
+    let run = env.sync().await;
+    assert!(
+        run.stdout
+            .contains(&format!("applied ConfigMap {t}/a (changed in Git)")),
+        "{run:?}"
+    );
+    let (a1, b1) = (
+        env.configmap(&t, "a").await.unwrap(),
+        env.configmap(&t, "b").await.unwrap(),
+    );
+    assert_eq!(a1["data"]["color"], "green");
+    assert_ne!(rv(&a1), rv(&a0));
+    assert_eq!(rv(&b1), rv(&b0), "b did not change and was not written");
+    if let Some(writes) = env.writes() {
+        let paths: Vec<&str> = writes
+            .iter()
+            .map(|w| w.path.split('?').next().unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                format!("/api/v1/namespaces/{t}/configmaps/a"),
+                format!("/api/v1/namespaces/{t}/configmaps/flotilla-web"),
+            ],
+            "only the changed object and its inventory are written"
+        );
+    }
+
+    env.write(&format!("{dir}/tenant.yaml"), &catalog("green", false));
+    let run = env.sync().await;
+    assert!(
+        run.stdout.contains(&format!("pruned ConfigMap {t}/c")),
+        "{run:?}"
+    );
+    assert!(env.configmap(&t, "c").await.is_none());
+    assert!(
+        env.configmap(&t, "flotilla-extra").await.is_none(),
+        "the inventory goes too"
+    );
+    assert!(env.configmap(&t, "a").await.is_some());
+}
+
+/// A `kubectl edit` of a field Git sets is reverted; a field Git does not set is left alone; and
+/// the run after that writes nothing.
+pub async fn a_kubectl_edit_drift_is_reverted(env: Arc<Env>) {
+    let t = shop(&env, "apps:\n  - { name: web, source: { path: web } }\n");
+    manifest(
+        &env,
+        &format!("tenants/{t}/web/deploy.yaml"),
+        deployment("web", 2, "web"),
+    );
+    env.sync().await;
+    env.edit("apps/v1", "Deployment", &t, "web", |d| {
+        d["spec"]["replicas"] = json!(5);
+        d["metadata"]["annotations"]["team.example.com/note"] = json!("kept");
+    })
+    .await;
+    let run = env.sync().await;
+    assert!(
+        run.stdout
+            .contains(&format!("applied Deployment.apps {t}/web (drift reverted)")),
+        "{run:?}"
+    );
+    let live = env
+        .get("apps/v1", "Deployment", Some(&t), "web")
+        .await
+        .unwrap();
+    assert_eq!(live["spec"]["replicas"], 2);
+    assert_eq!(
+        live["metadata"]["annotations"]["team.example.com/note"],
+        "kept"
+    );
+
+    // Steady state again: nothing is sent (on a real cluster the controller may still write the
+    // status, which flotilla ignores).
+    env.clear_log();
+    let run = env.sync().await;
+    assert!(!run.stdout.contains("  applied"), "{run:?}");
+    if let Some(writes) = env.writes() {
+        let ours: Vec<_> = writes
+            .iter()
+            .filter(|w| !w.path.contains("/status"))
+            .collect();
+        assert!(ours.is_empty(), "{ours:#?}");
+    }
+}
+
+/// A CRD and a custom resource of it in one unit: the CRD first, Established, then the CR.
+pub async fn a_crd_and_its_cr_in_one_unit(env: Arc<Env>) {
+    let t = env.name("crds");
+    let group = format!("{t}.example.com");
+    env.tenant(
+        &t,
+        &[&t],
+        "limits: { clusterScopedKinds: [CustomResourceDefinition] }\n",
+        "apps:\n  - { name: widgets, source: { path: widgets } }\n",
+    );
+    // The platform grants the tenant what the fleet's limits allow.
+    env.admin_apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": t},
+        "rules": [{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+                   "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+                  {"apiGroups": [group], "resources": ["*"], "verbs": ["*"]}]}))
+    .await;
+    env.admin_apply(
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": t},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": t},
+        "subjects": [{"kind": "ServiceAccount", "name": "flotilla-tenant", "namespace": t}]}),
+    )
+    .await;
+    let crd_name = format!("widgets.{group}");
+    env.cluster.track(
+        resource(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+        ),
+        &crd_name,
+    );
+    manifest(
+        &env,
+        &format!("tenants/{t}/widgets/crd.yaml"),
+        json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": crd_name},
+        "spec": {"group": group, "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                "type": "object", "properties": {"spec": {"type": "object",
+                    "properties": {"size": {"type": "integer"}}}}}}}]}}),
+    );
+    manifest(
+        &env,
+        &format!("tenants/{t}/widgets/widget.yaml"),
+        json!({
+        "apiVersion": format!("{group}/v1"), "kind": "Widget", "metadata": {"name": "first"},
+        "spec": {"size": 3}}),
+    );
+    let run = env.sync().await;
+    assert!(
+        run.stdout
+            .contains(&format!("applied Widget.{group} {t}/first (new)")),
+        "{run:?}"
+    );
+    let widget = env
+        .get(&format!("{group}/v1"), "Widget", Some(&t), "first")
+        .await
+        .unwrap();
+    assert_eq!(widget["spec"]["size"], 3);
+
+    env.clear_log();
+    let run = env.sync().await;
+    assert!(!run.stdout.contains("  applied"), "{run:?}");
+    if let Some(writes) = env.writes() {
+        assert!(writes.is_empty(), "{writes:#?}");
+    }
+}
+
+/// A change of an immutable field fails, naming the field, unless the app says `recreate`.
+pub async fn an_immutable_change_fails_without_recreate_and_is_recreated_with_it(env: Arc<Env>) {
+    let t = shop(&env, "apps:\n  - { name: web, source: { path: web } }\n");
+    let path = format!("tenants/{t}/web/deploy.yaml");
+    manifest(&env, &path, deployment("web", 1, "v1"));
+    env.sync().await;
+    let uid = |d: &Value| d["metadata"]["uid"].as_str().unwrap().to_string();
+    let before = env
+        .get("apps/v1", "Deployment", Some(&t), "web")
+        .await
+        .unwrap();
+
+    manifest(&env, &path, deployment("web", 1, "v2"));
+    let run = env.flotilla(&["run", "--once"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("spec.selector"), "{run:?}");
+    assert!(run.stdout.contains("options.recreate: true"), "{run:?}");
+    let same = env
+        .get("apps/v1", "Deployment", Some(&t), "web")
+        .await
+        .unwrap();
+    assert_eq!(uid(&same), uid(&before));
+
+    env.write(
+        &format!("tenants/{t}/tenant.yaml"),
+        "apps:\n  - { name: web, source: { path: web }, options: { recreate: true } }\n",
+    );
+    let run = env.sync().await;
+    assert!(
+        run.stdout
+            .contains(&format!("applied Deployment.apps {t}/web (recreated)")),
+        "{run:?}"
+    );
+    let after = env
+        .get("apps/v1", "Deployment", Some(&t), "web")
+        .await
+        .unwrap();
+    assert_ne!(uid(&after), uid(&before));
+    assert_eq!(after["spec"]["selector"]["matchLabels"]["app"], "v2");
+}
+
+/// What a tenant may not touch is refused by name (by the fleet's limits, or by the API server
+/// through impersonation) and its other objects are applied.
+pub async fn tenant_isolation(env: Arc<Env>) {
+    let a = env.name("alpha");
+    let b = env.name("beta");
+    env.tenant(
+        &a,
+        &[&a],
+        "limits: { clusterScopedKinds: [ClusterRoleBinding] }\n",
+        "apps:\n  - { name: app, source: { path: app } }\n",
+    );
+    env.tenant(&b, &[&b], "", "apps: []\n");
+    let dir = format!("tenants/{a}/app");
+    manifest(&env, &format!("{dir}/ok.yaml"), cm("ok", json!({"a": "1"})));
+    let mut other = cm("intruder", json!({}));
+    other["metadata"]["namespace"] = json!(b);
+    manifest(&env, &format!("{dir}/other.yaml"), other);
+    let mut system = cm("intruder", json!({}));
+    system["metadata"]["namespace"] = json!("kube-system");
+    manifest(&env, &format!("{dir}/system.yaml"), system);
+    manifest(
+        &env,
+        &format!("{dir}/ns.yaml"),
+        json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": env.name("grab")}}),
+    );
+    let crb = env.name("escalate");
+    env.cluster.track(
+        resource(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+        ),
+        &crb,
+    );
+    manifest(
+        &env,
+        &format!("{dir}/crb.yaml"),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding", "metadata": {"name": crb},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "flotilla-tenant", "namespace": a}]}),
+    );
+
+    let run = env.flotilla(&["run", "--once"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    for refused in [
+        format!("ConfigMap {b}/intruder: namespace {b} is not one of the tenant's namespaces"),
+        "ConfigMap kube-system/intruder: namespace kube-system is not one of the tenant's namespaces".to_string(),
+        format!("Namespace {}: cluster-scoped kind Namespace is not in the tenant's limits", env.name("grab")),
+        format!("ClusterRoleBinding.rbac.authorization.k8s.io {crb}: "),
+    ] {
+        assert!(run.stdout.contains(&refused), "{refused}\n{run:?}");
+    }
+    assert!(
+        run.stdout.contains("forbidden"),
+        "the API server refused the binding: {run:?}"
+    );
+    assert!(
+        env.configmap(&a, "ok").await.is_some(),
+        "the tenant's other objects are applied"
+    );
+    assert!(env.configmap(&b, "intruder").await.is_none());
+    assert!(env.configmap("kube-system", "intruder").await.is_none());
+    assert!(
+        env.get("v1", "Namespace", None, &env.name("grab"))
+            .await
+            .is_none()
+    );
+    assert!(
+        env.get(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRoleBinding",
+            None,
+            &crb
+        )
+        .await
+        .is_none()
+    );
+
+    // Every write the agent made as itself is onboarding; everything else was impersonated.
+    if let Some(log) = &env.log {
+        let writes: Vec<Logged> = log
+            .requests()
+            .into_iter()
+            .filter(Logged::is_write)
+            .collect();
+        for w in &writes {
+            let path = w.path.split('?').next().unwrap();
+            match &w.impersonated {
+                Some(user) => assert_eq!(
+                    user,
+                    &format!("system:serviceaccount:{a}:flotilla-tenant"),
+                    "{w:?}"
+                ),
+                None => assert!(
+                    path.starts_with("/api/v1/namespaces/")
+                        && !path.contains("/configmaps/")
+                        && !path.contains(&format!("/namespaces/{b}/configmaps"))
+                        || path.ends_with("/serviceaccounts/flotilla-tenant")
+                        || path.ends_with("/rolebindings/flotilla-tenant")
+                        || path.starts_with(
+                            "/api/v1/namespaces/kube-system/configmaps/flotilla-tenant-"
+                        ),
+                    "a write not made as the tenant: {w:?}"
+                ),
+            }
+        }
+    }
+}
+
+/// A render failure of one app applies and prunes nothing of it; the tenant's other apps go on.
+pub async fn a_failed_render_prunes_nothing_and_other_apps_go_on(env: Arc<Env>) {
+    let t = shop(
+        &env,
+        "apps:\n  - { name: one, source: { path: one } }\n  - { name: two, source: { path: two } }\n",
+    );
+    manifest(
+        &env,
+        &format!("tenants/{t}/one/a.yaml"),
+        cm("a", json!({"v": "1"})),
+    );
+    manifest(
+        &env,
+        &format!("tenants/{t}/two/b.yaml"),
+        cm("b", json!({"v": "1"})),
+    );
+    env.sync().await;
+    env.write(
+        &format!("tenants/{t}/one/a.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: [broken\n",
+    );
+    manifest(
+        &env,
+        &format!("tenants/{t}/two/b.yaml"),
+        cm("b", json!({"v": "2"})),
+    );
+    let run = env.flotilla(&["run", "--once"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("render failed, nothing applied or pruned"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("one/a.yaml"), "{run:?}");
+    assert!(env.configmap(&t, "a").await.is_some(), "nothing pruned");
+    assert_eq!(env.configmap(&t, "b").await.unwrap()["data"]["v"], "2");
+}
+
+/// `flotilla diff` shows live against the dry-run result (Secret values masked) and what would be
+/// pruned, exits 1; after a sync it exits 0.
+pub async fn diff_shows_what_a_sync_would_change(env: Arc<Env>) {
+    let catalog = |extra: bool| {
+        let mut c = "apps:\n  - { name: web, source: { path: web } }\n".to_string();
+        if extra {
+            c.push_str("  - { name: extra, source: { path: extra } }\n");
+        }
+        c
+    };
+    let t = shop(&env, &catalog(true));
+    let secret = |value: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "creds"}, "stringData": {"password": value}})
+    };
+    manifest(
+        &env,
+        &format!("tenants/{t}/web/cm.yaml"),
+        cm("settings", json!({"color": "blue"})),
+    );
+    manifest(
+        &env,
+        &format!("tenants/{t}/web/secret.yaml"),
+        secret("hunter2"),
+    );
+    manifest(
+        &env,
+        &format!("tenants/{t}/extra/c.yaml"),
+        cm("c", json!({})),
+    );
+    env.sync().await;
+    let run = env.flotilla(&["diff"]).await;
+    assert_eq!(run.code, 0, "in sync: {run:?}");
+
+    manifest(
+        &env,
+        &format!("tenants/{t}/web/cm.yaml"),
+        cm("settings", json!({"color": "green"})),
+    );
+    manifest(
+        &env,
+        &format!("tenants/{t}/web/secret.yaml"),
+        secret("correct-horse"),
+    );
+    env.write(&format!("tenants/{t}/tenant.yaml"), &catalog(false));
+    env.clear_log();
+    let run = env.flotilla(&["diff", "--tenant", &t]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout
+            .contains(&format!("--- live ConfigMap {t}/settings")),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("-  color: blue\n+  color: green"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains(&format!("would prune ConfigMap {t}/c")),
+        "{run:?}"
+    );
+    for secret in [
+        "hunter2",
+        "correct-horse",
+        "aHVudGVyMg",
+        "Y29ycmVjdC1ob3JzZQ",
+    ] {
+        assert!(
+            !run.stdout.contains(secret) && !run.stderr.contains(secret),
+            "{run:?}"
+        );
+    }
+    assert!(run.stdout.contains("*** (after)"), "{run:?}");
+    if let Some(writes) = env.writes() {
+        assert!(writes.is_empty(), "diff writes nothing: {writes:#?}");
+    }
+    assert_eq!(
+        env.configmap(&t, "settings").await.unwrap()["data"]["color"],
+        "blue"
+    );
+
+    env.sync().await;
+    let run = env.flotilla(&["diff"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
