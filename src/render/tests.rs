@@ -38,12 +38,15 @@ fn doc(body: serde_json::Value, line: u32) -> Document {
     }
 }
 
+/// The problems of a unit's documents: its render errors, or the objects it refused (refused
+/// objects do not fail the render; they are reported and never sent).
 fn problems(unit: &Unit, docs: Vec<Document>) -> Vec<String> {
-    finish(unit, docs)
-        .unwrap_err()
-        .into_iter()
-        .map(|p| p.to_string())
-        .collect()
+    let list = match finish(unit, docs) {
+        Ok(objects) => objects.iter().filter_map(|o| o.refusal(&unit.id)).collect(),
+        Err(list) => list,
+    };
+    assert!(!list.is_empty(), "no problem found");
+    list.into_iter().map(|p| p.to_string()).collect()
 }
 
 #[test]
@@ -108,7 +111,7 @@ fn a_namespace_the_tenant_does_not_own_is_refused() {
     assert_eq!(
         p,
         vec![
-            "tenant ai, app web: apps/x/all.yaml:3: Secret kube-system/s: namespace kube-system is not one of the tenant's namespaces (ai, ai-jobs)"
+            "tenant ai, app web: apps/x/all.yaml:3: Secret kube-system/s: namespace kube-system is not one of the tenant's namespaces (ai, ai-jobs); refused"
         ]
     );
 }
@@ -137,7 +140,7 @@ fn cluster_scoped_kinds_need_the_tenant_limits() {
     assert_eq!(
         p,
         vec![
-            "tenant ai, app web: apps/x/all.yaml:2: Namespace other: cluster-scoped kind Namespace is not in the tenant's limits.clusterScopedKinds"
+            "tenant ai, app web: apps/x/all.yaml:2: Namespace other: cluster-scoped kind Namespace is not in the tenant's limits.clusterScopedKinds; refused"
         ]
     );
 }
@@ -306,7 +309,7 @@ fn a_tenant_object_of_unknown_kind_in_a_foreign_namespace_is_refused() {
     assert_eq!(
         p,
         vec![
-            "tenant ai, app web: apps/x/all.yaml:4: Certificate.cert-manager.io kube-system/c: namespace kube-system is not one of the tenant's namespaces (ai, ai-jobs)"
+            "tenant ai, app web: apps/x/all.yaml:4: Certificate.cert-manager.io kube-system/c: namespace kube-system is not one of the tenant's namespaces (ai, ai-jobs); refused"
         ]
     );
 }
