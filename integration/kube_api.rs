@@ -2,8 +2,8 @@
 //! `FLOTILLA_IT_KUBECONFIG`: what the test API server claims, a stock kube-apiserver does.
 //! Every name is unique to the run and everything created is deleted afterwards.
 
-use crate::cluster::Cluster;
-use crate::scenarios;
+use crate::support::cluster::Cluster;
+use crate::support::scenarios;
 
 macro_rules! scenario {
     ($($name:ident),* $(,)?) => {$(

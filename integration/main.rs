@@ -7,12 +7,15 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-#[path = "../tests/support/cluster.rs"]
-mod cluster;
+// The helpers and scenarios of `tests/`, shared; parts only the hermetic suite uses stay unused.
+#[allow(dead_code)]
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 // The API semantics scenarios shared with the test API server in `tests/`.
 mod kube_api;
-#[path = "../tests/support/scenarios.rs"]
-mod scenarios;
+// run --once and diff through the real binary, shared with `tests/apply.rs`.
+mod apply;
 
 /// The admin kubeconfig, or `None` (after saying so) when the suite is not selected.
 fn kubeconfig(test: &str) -> Option<PathBuf> {

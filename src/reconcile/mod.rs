@@ -88,7 +88,14 @@ pub async fn pass(engine: Arc<Engine>, input: &Input, filter: &Filter, mode: Mod
             continue;
         }
         let spec = onboarding(tenant, mode);
-        let outcome = engine.sync(&spec).await;
+        let mut outcome = engine.sync(&spec).await;
+        if mode == Mode::Apply
+            && outcome.converged()
+            && !outcome.applied.is_empty()
+            && let Err(e) = await_access(&engine, tenant).await
+        {
+            outcome.error = Some(e);
+        }
         onboarded.insert(name.clone(), outcome.converged());
         entries.push(Entry {
             name: spec.name,
@@ -187,6 +194,37 @@ pub async fn pass(engine: Arc<Engine>, input: &Input, filter: &Filter, mode: Mod
         entries.extend(departed_tenants(&engine, input, mode).await);
     }
     entries
+}
+
+/// Waits (up to 10 s) until the tenant's new RoleBindings take effect: a real API server's
+/// authorizer learns of them from its cache a moment after they are written.
+async fn await_access(engine: &Engine, tenant: &Tenant) -> Result<(), String> {
+    let client = engine
+        .cluster
+        .client(&tenant_identity(tenant))
+        .map_err(|e| e.to_string())?;
+    let configmaps = engine
+        .cluster
+        .resolve("v1", "ConfigMap")
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for ns in &tenant.namespaces {
+        loop {
+            match Cluster::list(&client, &configmaps, Some(ns), "flotilla.dev/probe").await {
+                Ok(_) => break,
+                Err(e) if e.code() == Some(403) && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "the tenant's ServiceAccount cannot work in namespace {ns} after onboarding: {e}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Groups units so that each comes after the units it depends on (the fleet refuses cycles).

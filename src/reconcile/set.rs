@@ -439,7 +439,16 @@ impl Engine {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 match Cluster::get(client, r, None, &o.key.name).await {
-                    Ok(Some(live)) if health::of(&live) == Health::Ready => break,
+                    Ok(Some(live)) if health::of(&live) == Health::Ready => {
+                        // Discovery lags Established a little on a real API server.
+                        if !self.served(&live, deadline).await {
+                            out.failed.push(format!(
+                                "{}: Established, but its kind is not served by discovery after 60s",
+                                o.key
+                            ));
+                        }
+                        break;
+                    }
                     Ok(_) if Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(200)).await
                     }
@@ -455,6 +464,29 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Waits until discovery serves the kind of every served version of `crd`.
+    async fn served(&self, crd: &Value, deadline: Instant) -> bool {
+        let group = crd["spec"]["group"].as_str().unwrap_or_default();
+        let kind = crd["spec"]["names"]["kind"].as_str().unwrap_or_default();
+        let versions: Vec<&str> = crd["spec"]["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["served"] != false)
+            .filter_map(|v| v["name"].as_str())
+            .collect();
+        for version in versions {
+            let api_version = format!("{group}/{version}");
+            while self.cluster.resolve(&api_version, kind).await.is_err() {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        true
     }
 
     /// Waits up to the set's timeout for every object to be healthy; reports those that are not.

@@ -25,6 +25,8 @@ pub struct Env {
     pub log: Option<RequestLog>,
     tenants: std::sync::Mutex<Vec<(String, Vec<String>)>>,
     controller: Option<tokio::task::JoinHandle<()>>,
+    /// Whether the scenario applied a cluster infra unit (its inventory is deleted afterwards).
+    infra: std::sync::atomic::AtomicBool,
 }
 
 impl Env {
@@ -50,6 +52,7 @@ impl Env {
             log: server.map(ApiServer::log),
             tenants: Default::default(),
             controller,
+            infra: Default::default(),
         }
     }
 
@@ -223,6 +226,11 @@ impl Env {
                 )
                 .await;
         }
+        if self.infra.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = parents
+                .delete("flotilla-infra", &DeleteParams::default())
+                .await;
+        }
         self.cluster.cleanup().await;
     }
 }
@@ -305,12 +313,7 @@ pub async fn example_fleet_applies_for_dev(env: Arc<Env>) {
     }
     let pcs = resource("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses");
     env.cluster.track(pcs, "tenant-batch");
-    env.cluster.track(
-        resource("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses"),
-        "tenant-service",
-    );
-    env.cluster
-        .track(resource("v1", "ConfigMap", "configmaps"), "unused");
+    env.infra.store(true, std::sync::atomic::Ordering::SeqCst);
 
     let first = env.sync().await;
     assert!(first.stdout.contains("cluster infra"), "{first:?}");
@@ -372,7 +375,13 @@ pub async fn example_fleet_applies_for_dev(env: Arc<Env>) {
         "Deployment.apps,Service"
     );
 
-    let before = rv(&jupyter);
+    // On a real cluster controllers keep writing the Deployment's status; its generation and the
+    // resourceVersions of objects no controller touches show that flotilla sent nothing.
+    let service = env
+        .get("v1", "Service", Some("ai"), "jupyter")
+        .await
+        .unwrap();
+    let dashboard = env.configmap("security", "audit-dashboard").await.unwrap();
     env.clear_log();
     let second = env.sync().await;
     assert!(!second.stdout.contains("  applied"), "{second:?}");
@@ -380,7 +389,19 @@ pub async fn example_fleet_applies_for_dev(env: Arc<Env>) {
         .get("apps/v1", "Deployment", Some("ai"), "jupyter")
         .await
         .unwrap();
-    assert_eq!(rv(&after), before);
+    assert_eq!(
+        after["metadata"]["generation"],
+        jupyter["metadata"]["generation"]
+    );
+    let service_after = env
+        .get("v1", "Service", Some("ai"), "jupyter")
+        .await
+        .unwrap();
+    assert_eq!(rv(&service_after), rv(&service));
+    let parent_after = env.configmap("ai", "flotilla-jupyter").await.unwrap();
+    assert_eq!(rv(&parent_after), rv(&parent));
+    let dashboard_after = env.configmap("security", "audit-dashboard").await.unwrap();
+    assert_eq!(rv(&dashboard_after), rv(&dashboard));
     if let Some(writes) = env.writes() {
         assert!(writes.is_empty(), "steady state wrote: {writes:#?}");
     }

@@ -1,0 +1,31 @@
+//! The scenarios of `tests/support/apply_scenarios.rs` against the real cluster in
+//! `FLOTILLA_IT_KUBECONFIG`, through the real `flotilla` binary. Where the hermetic suite reads
+//! the test server's request log, these check the objects themselves (resourceVersions, uids).
+//! Every name is unique to the run, except the example fleet's (its namespaces `ai`, `ai-jobs`,
+//! `bigdata`, `security`, its PriorityClasses and `kube-system/flotilla-infra`), and everything
+//! created is deleted afterwards.
+
+use crate::support::apply_scenarios::{self, Env};
+
+macro_rules! scenario {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(path) = crate::kubeconfig(stringify!($name)) else {
+                return;
+            };
+            Env::new(&path, None).await.run(apply_scenarios::$name).await;
+        }
+    )*};
+}
+
+scenario!(
+    example_fleet_applies_for_dev,
+    a_value_change_updates_only_changed_objects_and_a_removed_app_is_pruned,
+    a_kubectl_edit_drift_is_reverted,
+    a_crd_and_its_cr_in_one_unit,
+    an_immutable_change_fails_without_recreate_and_is_recreated_with_it,
+    tenant_isolation,
+    a_failed_render_prunes_nothing_and_other_apps_go_on,
+    diff_shows_what_a_sync_would_change,
+);
