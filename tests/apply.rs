@@ -27,3 +27,67 @@ scenario!(
     a_failed_render_prunes_nothing_and_other_apps_go_on,
     diff_shows_what_a_sync_would_change,
 );
+
+/// `wait: true` on an app whose Job never completes (the test server runs no Job controller):
+/// the unit fails after its timeout, naming the object and what it waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_that_times_out_names_the_object() {
+    let server = ApiServer::start();
+    let env = Env::new(server.kubeconfig(), Some(&server)).await;
+    env.run(|env| async move {
+        let t = env.name("jobs");
+        env.tenant(
+            &t,
+            &[&t],
+            "",
+            "apps:\n  - { name: batch, source: { path: batch }, options: { wait: true, timeout: 1s } }\n",
+        );
+        env.write(
+            &format!("tenants/{t}/batch/job.yaml"),
+            "apiVersion: batch/v1\nkind: Job\nmetadata: { name: once }\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{ name: main, image: registry.k8s.io/pause:3.10 }]\n",
+        );
+        let run = env.flotilla(&["run", "--once"]).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(
+            run.stdout.contains(&format!(
+                "failed Job.batch {t}/once: not ready: the Job has not completed (waited 1s)"
+            )),
+            "{run:?}"
+        );
+    })
+    .await;
+}
+
+/// An app whose render comes out empty does not prune what it applied before unless it says
+/// `allowEmpty: true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_render_prunes_only_with_allow_empty() {
+    let server = ApiServer::start();
+    let env = Env::new(server.kubeconfig(), Some(&server)).await;
+    env.run(|env| async move {
+        let t = env.name("empty");
+        env.tenant(&t, &[&t], "", "apps:\n  - { name: web, source: { path: web } }\n");
+        let file = env.write(
+            &format!("tenants/{t}/web/cm.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: kept }\n",
+        );
+        env.sync().await;
+        std::fs::write(&file, "# nothing here any more\n").unwrap();
+        let run = env.flotilla(&["run", "--once"]).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(
+            run.stdout.contains("rendered no objects; refusing to prune the 1 object it applied before (set options.allowEmpty: true to allow it)"),
+            "{run:?}"
+        );
+        assert!(env.configmap(&t, "kept").await.is_some());
+
+        env.write(
+            &format!("tenants/{t}/tenant.yaml"),
+            "apps:\n  - { name: web, source: { path: web }, options: { allowEmpty: true } }\n",
+        );
+        let run = env.sync().await;
+        assert!(run.stdout.contains(&format!("pruned ConfigMap {t}/kept")), "{run:?}");
+        assert!(env.configmap(&t, "kept").await.is_none());
+    })
+    .await;
+}
