@@ -311,7 +311,7 @@ fn at_revision(p: Problem, revision: &str) -> Problem {
     }
 }
 
-fn short(revision: &str) -> &str {
+pub(crate) fn short(revision: &str) -> &str {
     match revision.strip_prefix("sha256:") {
         Some(hex) => &revision[..("sha256:".len() + hex.len().min(12))],
         None => &revision[..revision.len().min(12)],

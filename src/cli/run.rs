@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::render::{Fetcher, load, render_cluster};
+use super::render::{Fetcher, load, render_cluster, short};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::fleet::{Owner, Problem};
@@ -217,11 +217,4 @@ fn write_entry(out: &mut impl std::io::Write, e: &Entry) -> std::io::Result<()> 
         writeln!(out, "  note: {n}")?;
     }
     Ok(())
-}
-
-fn short(revision: &str) -> &str {
-    match revision.strip_prefix("sha256:") {
-        Some(hex) => &revision[..("sha256:".len() + hex.len().min(12))],
-        None => &revision[..revision.len().min(12)],
-    }
 }

@@ -157,17 +157,7 @@ pub async fn pass(engine: Arc<Engine>, input: &Input, filter: &Filter, mode: Mod
             let spec = unit_spec(input, &unit, mode, has_dependents);
             let revision = input.revisions.get(&unit.id).cloned();
             tasks.spawn(async move {
-                let outcome = match spec {
-                    Ok(spec) => {
-                        let mut outcome = engine.sync(&spec.0).await;
-                        outcome.failed.extend(spec.1);
-                        outcome
-                    }
-                    Err(error) => Outcome {
-                        error: Some(error),
-                        ..Default::default()
-                    },
-                };
+                let outcome = run_spec(&engine, spec).await;
                 (
                     unit.id.clone(),
                     Entry {
@@ -180,9 +170,20 @@ pub async fn pass(engine: Arc<Engine>, input: &Input, filter: &Filter, mode: Mod
         }
         let mut level_entries = Vec::new();
         while let Some(joined) = tasks.join_next().await {
-            if let Ok((id, entry)) = joined {
-                done.insert(id, entry.outcome.converged());
-                level_entries.push(entry);
+            match joined {
+                Ok((id, entry)) => {
+                    done.insert(id, entry.outcome.converged());
+                    level_entries.push(entry);
+                }
+                // Never silently missing from the report (and so from the exit code).
+                Err(e) => level_entries.push(Entry {
+                    name: "a tenant app".into(),
+                    revision: None,
+                    outcome: Outcome {
+                        error: Some(format!("internal error: its sync did not finish: {e}")),
+                        ..Default::default()
+                    },
+                }),
             }
         }
         level_entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -268,7 +269,17 @@ fn levels<'a>(units: &[&'a Unit]) -> Vec<Vec<&'a Unit>> {
 }
 
 async fn sync_unit(engine: &Engine, input: &Input, unit: &Unit, mode: Mode, deps: bool) -> Entry {
-    let outcome = match unit_spec(input, unit, mode, deps) {
+    Entry {
+        name: fleet::Owner::Unit(unit.id.clone()).to_string(),
+        revision: input.revisions.get(&unit.id).cloned(),
+        outcome: run_spec(engine, unit_spec(input, unit, mode, deps)).await,
+    }
+}
+
+/// Syncs a unit's set and adds its refused objects to the failures; a unit without a set (its
+/// render failed) is that error.
+async fn run_spec(engine: &Engine, spec: Result<(SetSpec, Vec<String>), String>) -> Outcome {
+    match spec {
         Ok((spec, refused)) => {
             let mut outcome = engine.sync(&spec).await;
             outcome.failed.extend(refused);
@@ -278,11 +289,6 @@ async fn sync_unit(engine: &Engine, input: &Input, unit: &Unit, mode: Mode, deps
             error: Some(error),
             ..Default::default()
         },
-    };
-    Entry {
-        name: fleet::Owner::Unit(unit.id.clone()).to_string(),
-        revision: input.revisions.get(&unit.id).cloned(),
-        outcome,
     }
 }
 

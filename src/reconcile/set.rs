@@ -324,11 +324,13 @@ impl Engine {
     ) -> Vec<Applied> {
         let limit = Arc::new(Semaphore::new(self.concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
+        let mut spawned = BTreeSet::new();
         for (i, (o, r)) in group.iter().enumerate() {
             let decision = plan::decide(o, live.get(&o.key), old.members.get(&o.key));
             if decision == Decision::Unchanged {
                 continue;
             }
+            spawned.insert(i);
             let body = plan::applied_body(o, id);
             let live = live.get(&o.key).cloned();
             let (client, r, limit) = (client.clone(), r.clone(), limit.clone());
@@ -343,7 +345,16 @@ impl Engine {
                 (i, result)
             });
         }
-        let mut results: Vec<Applied> = (0..group.len()).map(|_| Applied::Unchanged).collect();
+        // A task that never reports (a panic, a bug) fails its object; it is never "unchanged".
+        let mut results: Vec<Applied> = (0..group.len())
+            .map(|i| {
+                if spawned.contains(&i) {
+                    Applied::Failed("internal error: the apply did not finish (see the log)".into())
+                } else {
+                    Applied::Unchanged
+                }
+            })
+            .collect();
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok((i, result)) => results[i] = result,
