@@ -8,12 +8,14 @@
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod daemon;
 pub mod fleet;
 pub mod inventory;
 pub mod logging;
 pub mod plan;
 pub mod reconcile;
 pub mod render;
+pub mod server;
 pub mod source;
 pub mod subst;
 pub mod yaml;

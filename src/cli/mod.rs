@@ -11,8 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{self, Config, LogFormat};
 use crate::logging;
 
-mod render;
-mod run;
+mod client;
+pub(crate) mod render;
+pub(crate) mod run;
 
 /// A GitOps agent for multi-tenant Kubernetes: fleet repo → tenant catalogs → applications.
 #[derive(Debug, Parser)]
@@ -55,6 +56,8 @@ pub enum Command {
         /// Wait for the result and exit 1 if it failed.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        remote: client::Remote,
     },
     /// Show what a sync would change, as a diff per object; exit 1 if anything differs.
     Diff {
@@ -79,6 +82,8 @@ pub enum Command {
     Status {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        #[command(flatten)]
+        remote: client::Remote,
     },
     /// Print the version.
     Version,
@@ -132,10 +137,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Some(config) => run::once(&config),
             None => Ok(ExitCode::from(2)),
         },
-        Command::Run { once: false } => not_yet("run (without --once)"),
-        Command::Sync { .. } => not_yet("sync"),
+        Command::Run { once: false } => match load_or_report(&global)? {
+            Some(config) => Ok(crate::daemon::run(config)?),
+            None => Ok(ExitCode::from(2)),
+        },
+        Command::Sync {
+            tenant,
+            app,
+            wait,
+            remote,
+        } => client::sync(&global, &remote, tenant, app, wait),
         Command::Diff { tenant, app } => match load_or_report(&global)? {
-            Some(config) => run::diff(&config, crate::reconcile::Filter { tenant, app }),
+            Some(config) => run::diff(
+                &config,
+                crate::reconcile::Filter {
+                    tenant,
+                    app,
+                    only: None,
+                },
+            ),
             None => Ok(ExitCode::from(2)),
         },
         Command::Render {
@@ -155,7 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             )
         }
-        Command::Status { .. } => not_yet("status"),
+        Command::Status { output, remote } => client::status(&global, &remote, output),
     }
 }
 
@@ -195,11 +215,6 @@ fn load_or_report(global: &Global) -> anyhow::Result<Option<Config>> {
             _ => Err(error),
         },
     }
-}
-
-fn not_yet(command: &str) -> anyhow::Result<ExitCode> {
-    eprintln!("error: flotilla {command} is not yet implemented in this build");
-    Ok(ExitCode::from(1))
 }
 
 /// `flotilla <version> (commit <sha>)`; the commit comes from `FLOTILLA_COMMIT` at build time.

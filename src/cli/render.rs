@@ -2,7 +2,7 @@
 //! repos and the app repos, read the catalogs, place units on a cluster, render them, and report
 //! every problem.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -41,13 +41,29 @@ pub(crate) struct Rendered {
     pub problems: Vec<Problem>,
 }
 
-/// Fetches sources for the CLI: one runtime, the Git work on its blocking threads.
+/// Fetches sources on a runtime from a blocking thread: the CLI's own runtime, or the daemon's
+/// (from `spawn_blocking`).
 pub(crate) struct Fetcher {
-    pub runtime: tokio::runtime::Runtime,
+    /// The CLI's runtime, owned here; the daemon lends its handle instead.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
     sources: Arc<Sources>,
     /// App repos already fetched in this run, by location and ref: `validate` renders every
     /// cluster, and an app repo used on several clusters is fetched once, not once per cluster.
     repos: std::cell::RefCell<BTreeMap<String, Result<Checkout, String>>>,
+    /// The locations (see [`location_key`]) to fetch from their remote; any other is served from
+    /// its last good checkout when it has one. `None`: fetch everything.
+    pub fresh: Option<BTreeSet<String>>,
+    /// Told of every remote fetch: the location, how long it took, whether it worked.
+    pub observe: Option<Observer>,
+}
+
+/// A callback for fetch figures (the daemon's metrics).
+pub(crate) type Observer = Arc<dyn Fn(&str, std::time::Duration, bool) + Send + Sync>;
+
+/// The key a source is known by for webhooks and fresh fetches: its location, redacted.
+pub(crate) fn location_key(spec: &SourceSpec) -> String {
+    spec.location.to_string()
 }
 
 pub fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
@@ -76,7 +92,13 @@ pub fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!("tenant {t:?} is not in the fleet");
     }
-    let rendered = render_cluster(&loaded, &fetcher, &cluster, &Tools::from(&config.render));
+    let rendered = render_cluster(
+        &loaded,
+        &fetcher,
+        &cluster,
+        &Tools::from(&config.render),
+        &|_| true,
+    );
 
     let mut out = std::io::stdout().lock();
     for unit in &rendered.units {
@@ -131,7 +153,7 @@ pub fn validate(config: &Config, config_file: &Path) -> anyhow::Result<ExitCode>
     let mut lines = Vec::new();
     let mut units = 0;
     for cluster in loaded.fleet.clusters.values() {
-        let rendered = render_cluster(&loaded, &fetcher, cluster, &tools);
+        let rendered = render_cluster(&loaded, &fetcher, cluster, &tools, &|_| true);
         units += rendered.units.len();
         let problems = rendered.problems.iter().cloned().chain(
             rendered
@@ -183,16 +205,37 @@ pub(crate) fn unit_problems(id: &UnitId, result: &render::Rendered) -> Vec<Probl
 }
 
 impl Fetcher {
+    /// A fetcher with its own runtime, for one CLI command.
     pub fn new(config: &Config) -> anyhow::Result<Fetcher> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?;
+        let handle = runtime.handle().clone();
         Ok(Fetcher {
-            runtime,
-            sources: Arc::new(Sources::new(config)),
-            repos: Default::default(),
+            runtime: Some(runtime),
+            ..Fetcher::on(handle, Arc::new(Sources::new(config)))
         })
+    }
+
+    /// A fetcher on a running runtime; to be used from a blocking thread.
+    pub fn on(handle: tokio::runtime::Handle, sources: Arc<Sources>) -> Fetcher {
+        Fetcher {
+            runtime: None,
+            handle,
+            sources,
+            repos: Default::default(),
+            fresh: None,
+            observe: None,
+        }
+    }
+
+    /// Runs a future to completion on the fetcher's runtime (not from inside that runtime).
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        match &self.runtime {
+            Some(rt) => rt.block_on(future),
+            None => self.handle.block_on(future),
+        }
     }
 
     /// The checkouts of `wanted` app repos (keyed by location and ref), each fetched at most
@@ -218,14 +261,28 @@ impl Fetcher {
             .collect()
     }
 
-    /// Fetches every spec at once; the results come back in the same order.
+    /// Fetches every spec at once (or takes its last good checkout, if it is not to be fetched
+    /// fresh); the results come back in the same order.
     fn fetch_all(&self, specs: Vec<SourceSpec>) -> Vec<Result<Checkout, crate::source::Error>> {
-        self.runtime.block_on(async {
+        self.block_on(async {
             let tasks: Vec<_> = specs
                 .into_iter()
                 .map(|spec| {
                     let sources = self.sources.clone();
-                    tokio::spawn(async move { sources.fetch(&spec).await })
+                    let key = location_key(&spec);
+                    let stale = self.fresh.as_ref().is_some_and(|f| !f.contains(&key));
+                    let observe = self.observe.clone();
+                    tokio::spawn(async move {
+                        if stale && let Some(checkout) = sources.last_good(&spec) {
+                            return Ok(checkout);
+                        }
+                        let started = std::time::Instant::now();
+                        let result = sources.fetch(&spec).await;
+                        if let Some(observe) = observe {
+                            observe(&key, started.elapsed(), result.is_ok());
+                        }
+                        result
+                    })
                 })
                 .collect();
             let mut out = Vec::with_capacity(tasks.len());
@@ -323,14 +380,21 @@ pub(crate) fn render_cluster(
     fetcher: &Fetcher,
     cluster: &Cluster,
     tools: &Tools,
+    select: &dyn Fn(&UnitId) -> bool,
 ) -> Rendered {
     let placement = fleet::place(&loaded.fleet, cluster, &loaded.catalogs);
+    let selected: Vec<Unit> = placement
+        .units
+        .iter()
+        .filter(|u| select(&u.id))
+        .cloned()
+        .collect();
 
     // App repos: each distinct one fetched once, all at the same time. The renderer applies the
     // app's `path`, so the repo itself is fetched.
     let repo_key = |spec: &SourceSpec| format!("{}|{}", spec.location, spec.reference);
     let mut wanted: BTreeMap<String, SourceSpec> = BTreeMap::new();
-    for unit in &placement.units {
+    for unit in &selected {
         if let UnitSource::Repo(spec) = &unit.source {
             wanted.entry(repo_key(spec)).or_insert_with(|| SourceSpec {
                 path: None,
@@ -357,13 +421,12 @@ pub(crate) fn render_cluster(
                 .unwrap_or_else(|| Err("not fetched".into())),
         }
     };
-    let revisions: BTreeMap<UnitId, String> = placement
-        .units
+    let revisions: BTreeMap<UnitId, String> = selected
         .iter()
         .filter_map(|u| checkout_of(u).ok().map(|c| (u.id.clone(), c.revision)))
         .collect();
     let root_of = |unit: &Unit| -> Result<PathBuf, String> { checkout_of(unit).map(|c| c.root) };
-    let results = render::render_all(&placement.units, &root_of, tools);
+    let results = render::render_all(&selected, &root_of, tools);
     Rendered {
         tenants: placement.tenants,
         units: placement.units,

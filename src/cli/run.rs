@@ -1,7 +1,7 @@
 //! `flotilla run --once` and `flotilla diff`: fetch, render, then one pass over the cluster that
 //! applies (or describes) every unit, and a summary per unit.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use crate::render::Tools;
 /// Reconciles every unit once; exit 0 only if every one converged.
 pub fn once(config: &Config) -> anyhow::Result<ExitCode> {
     let (fetcher, input, problems) = prepare(config)?;
-    let entries = fetcher.runtime.block_on(async {
+    let entries = fetcher.block_on(async {
         let engine = connect(config).await?;
         Ok::<_, anyhow::Error>(
             reconcile::pass(engine, &input, &Filter::default(), Mode::Apply).await,
@@ -54,7 +54,7 @@ pub fn diff(config: &Config, filter: Filter) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!("tenant {t:?} is not in the fleet");
     }
-    let entries = fetcher.runtime.block_on(async {
+    let entries = fetcher.block_on(async {
         let engine = connect(config).await?;
         Ok::<_, anyhow::Error>(reconcile::pass(engine, &input, &filter, Mode::Diff).await)
     })?;
@@ -114,17 +114,46 @@ pub fn diff(config: &Config, filter: Filter) -> anyhow::Result<ExitCode> {
 /// the input (units' own render problems are in the input's results).
 fn prepare(config: &Config) -> anyhow::Result<(Fetcher, Input, Vec<Problem>)> {
     let fetcher = Fetcher::new(config)?;
-    let loaded = load(config, &fetcher, Some(&config.cluster))?;
+    let prepared = prepare_with(config, &fetcher, &|_| true)?;
+    Ok((fetcher, prepared.input, prepared.problems))
+}
+
+/// One cluster's fleet, catalogs and selected renders.
+pub(crate) struct Prepared {
+    pub input: Input,
+    pub problems: Vec<Problem>,
+    pub fleet_revision: String,
+    /// Each fetched tenant repo's revision.
+    pub tenant_revisions: BTreeMap<String, String>,
+}
+
+/// Fetches (through `fetcher`) and renders the units of this agent's cluster that `select`
+/// picks; every placed unit is in the input, only the selected ones are rendered.
+pub(crate) fn prepare_with(
+    config: &Config,
+    fetcher: &Fetcher,
+    select: &dyn Fn(&crate::fleet::UnitId) -> bool,
+) -> anyhow::Result<Prepared> {
+    let loaded = load(config, fetcher, Some(&config.cluster))?;
     let Some(cluster) = loaded.fleet.clusters.get(&config.cluster).cloned() else {
-        for p in &loaded.problems {
-            eprintln!("{p}");
-        }
+        let problems: Vec<String> = loaded.problems.iter().map(|p| p.to_string()).collect();
         anyhow::bail!(
-            "cluster {:?} is not in the fleet; nothing applied",
-            config.cluster
+            "cluster {:?} is not in the fleet; nothing applied{}",
+            config.cluster,
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", problems.join("; "))
+            }
         );
     };
-    let rendered = render_cluster(&loaded, &fetcher, &cluster, &Tools::from(&config.render));
+    let rendered = render_cluster(
+        &loaded,
+        fetcher,
+        &cluster,
+        &Tools::from(&config.render),
+        select,
+    );
     let problems: Vec<Problem> = loaded
         .problems
         .iter()
@@ -156,6 +185,11 @@ fn prepare(config: &Config) -> anyhow::Result<(Fetcher, Input, Vec<Problem>)> {
         .filter(|t| !tenants_failed.contains(*t))
         .cloned()
         .collect();
+    let tenant_revisions = loaded
+        .tenants
+        .iter()
+        .map(|(t, c)| (t.clone(), c.revision.clone()))
+        .collect();
     let input = Input {
         fleet: loaded.fleet,
         placed: rendered.tenants,
@@ -167,12 +201,17 @@ fn prepare(config: &Config) -> anyhow::Result<(Fetcher, Input, Vec<Problem>)> {
         revisions: rendered.revisions,
         problem_units,
     };
-    Ok((fetcher, input, problems))
+    Ok(Prepared {
+        input,
+        problems,
+        fleet_revision: loaded.fleet_checkout.revision,
+        tenant_revisions,
+    })
 }
 
 /// Connects and checks that the API server answers, so that an unreachable cluster is one clear
 /// error rather than one per unit.
-async fn connect(config: &Config) -> anyhow::Result<Arc<Engine>> {
+pub(crate) async fn connect(config: &Config) -> anyhow::Result<Arc<Engine>> {
     let cluster = Cluster::connect(config.kubeconfig.as_deref()).await?;
     if let Err(e) = cluster.resolve("v1", "ConfigMap").await {
         anyhow::bail!("API server {}: {e}; nothing applied", cluster.url());
@@ -180,11 +219,12 @@ async fn connect(config: &Config) -> anyhow::Result<Arc<Engine>> {
     Ok(Arc::new(Engine {
         cluster: Arc::new(cluster),
         concurrency: config.apply_concurrency as usize,
+        units: Arc::new(tokio::sync::Semaphore::new(config.concurrency as usize)),
     }))
 }
 
 /// `name @ revision: state: counts`, then one line per change, failure and note.
-fn write_entry(out: &mut impl std::io::Write, e: &Entry) -> std::io::Result<()> {
+pub(crate) fn write_entry(out: &mut impl std::io::Write, e: &Entry) -> std::io::Result<()> {
     let o = &e.outcome;
     let revision = e
         .revision

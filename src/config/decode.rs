@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::source::{self, CredentialKind};
 use super::{
     Config, Credential, DEFAULT_CONCURRENCY, DEFAULT_HTTP, DEFAULT_INTERVAL, DEFAULT_SOCKET,
-    GitSettings, Listen, Log, LogFormat, MIN_INTERVAL, Render, WebhookSecret, Webhooks,
-    find_program,
+    GitSettings, LeaderElection, Listen, Log, LogFormat, MIN_INTERVAL, Render, WebhookSecret,
+    Webhooks, find_program,
 };
 use crate::yaml::{Diagnostics, Fields, Node, Report};
 
@@ -26,6 +27,8 @@ const TOP: &[&str] = &[
     "log",
     "render",
     "git",
+    "shutdown_grace",
+    "leader_election",
 ];
 
 /// Decodes config text read from `file`.
@@ -130,6 +133,14 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
     let log = decode_log(top.get("log"), report);
     let render = decode_render(top.get("render"), base, report);
     let git = decode_git(top.get("git"), report);
+    let shutdown_grace = match top.get("shutdown_grace") {
+        Some(n) => n.duration("shutdown_grace", report),
+        None => Some(super::DEFAULT_SHUTDOWN_GRACE),
+    };
+    let leader_election = match top.get("leader_election") {
+        Some(n) => decode_leader_election(n, report).map(Some),
+        None => Some(None),
+    };
     top.finish(TOP, report);
 
     Some(Config {
@@ -147,6 +158,8 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
         log: log?,
         render: render?,
         git: git?,
+        shutdown_grace: shutdown_grace?,
+        leader_election: leader_election?,
     })
 }
 
@@ -307,6 +320,7 @@ fn decode_listen(node: Option<&Node>, base: &Path, report: &mut Report) -> Optio
     let defaults = Listen {
         http: DEFAULT_HTTP.parse().ok(),
         socket: Some(PathBuf::from(DEFAULT_SOCKET)),
+        token_file: None,
     };
     let Some(node) = node else {
         return Some(defaults);
@@ -333,10 +347,15 @@ fn decode_listen(node: Option<&Node>, base: &Path, report: &mut Report) -> Optio
         None if has_key(node, "socket") => Some(None),
         None => Some(defaults.socket),
     };
-    fields.finish(&["http", "socket"], report);
+    let token_file = match fields.get("token_file") {
+        Some(n) => readable_file(n, "listen.token_file", base, report).map(Some),
+        None => Some(None),
+    };
+    fields.finish(&["http", "socket", "token_file"], report);
     Some(Listen {
         http: http?,
         socket: socket?,
+        token_file: token_file?,
     })
 }
 
@@ -471,6 +490,43 @@ fn decode_render(node: Option<&Node>, base: &Path, report: &mut Report) -> Optio
     }
     fields.finish(&["kustomize", "helm", "timeout"], report);
     ok.then_some(render)
+}
+
+fn decode_leader_election(node: &Node, report: &mut Report) -> Option<LeaderElection> {
+    let mut fields = Fields::new(node, "leader_election", report)?;
+    let mut le = LeaderElection {
+        namespace: super::DEFAULT_LEASE_NAMESPACE.to_string(),
+        name: "flotilla".to_string(),
+        lease_duration: super::DEFAULT_LEASE_DURATION,
+    };
+    let mut ok = true;
+    for (key, slot) in [("namespace", &mut le.namespace), ("name", &mut le.name)] {
+        let Some(n) = fields.get(key) else { continue };
+        match n.str(&fields.path(key), report) {
+            Some(v) if check_name(v).is_ok() => *slot = v.to_string(),
+            Some(v) => {
+                report.error(
+                    n,
+                    &fields.path(key),
+                    format!("{v:?} is not a valid name (lowercase letters, digits and '-')"),
+                );
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    if let Some(n) = fields.get("lease_duration") {
+        match n.duration("leader_election.lease_duration", report) {
+            Some(d) if d < Duration::from_secs(1) => {
+                report.error(n, "leader_election.lease_duration", "must be at least 1s");
+                ok = false;
+            }
+            Some(d) => le.lease_duration = d,
+            None => ok = false,
+        }
+    }
+    fields.finish(&["namespace", "name", "lease_duration"], report);
+    ok.then_some(le)
 }
 
 fn decode_git(node: Option<&Node>, report: &mut Report) -> Option<GitSettings> {

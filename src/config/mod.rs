@@ -47,6 +47,19 @@ pub struct Config {
     pub log: Log,
     pub render: Render,
     pub git: GitSettings,
+    /// How long a stopping daemon lets in-flight applies finish.
+    pub shutdown_grace: Duration,
+    /// Of several replicas only the holder of this Lease applies; `None`: this agent is alone.
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// The `coordination.k8s.io/v1` Lease that elects the one replica that applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderElection {
+    pub namespace: String,
+    pub name: String,
+    /// How long a lease lasts without renewal; the holder renews every third of it.
+    pub lease_duration: Duration,
 }
 
 /// How Git hosts are reached.
@@ -132,6 +145,9 @@ pub struct Listen {
     pub http: Option<SocketAddr>,
     /// The operator socket used by `flotilla sync` and `flotilla status`; `None` disables it.
     pub socket: Option<PathBuf>,
+    /// The bearer token that `/api/v1/*` over HTTP requires; without it the HTTP API refuses
+    /// every request (the socket, guarded by its file mode, needs none).
+    pub token_file: Option<PathBuf>,
 }
 
 /// Webhook receivers, each enabled by giving its secret.
@@ -195,6 +211,12 @@ pub const DEFAULT_APPLY_CONCURRENCY: u32 = 16;
 pub const DEFAULT_RENDER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `listen.http`.
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+/// Default `shutdown_grace`: inside Kubernetes' default 30 s termination grace period.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+/// Default `leader_election.namespace`.
+pub const DEFAULT_LEASE_NAMESPACE: &str = "kube-system";
+/// Default `leader_election.lease_duration`.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 /// Default `listen.socket`.
 pub const DEFAULT_SOCKET: &str = "/run/flotilla/flotilla.sock";
 

@@ -48,6 +48,9 @@ pub struct Input {
 pub struct Filter {
     pub tenant: Option<String>,
     pub app: Option<String>,
+    /// Only these units (the daemon's rounds): no removed apps or departed tenants are looked
+    /// for, and only the tenants of these units are onboarded.
+    pub only: Option<BTreeSet<UnitId>>,
 }
 
 /// What happened to one set.
@@ -55,6 +58,8 @@ pub struct Filter {
 pub struct Entry {
     /// `tenant ai, app jupyter`, `tenant ai: onboarding`, `cluster infra`.
     pub name: String,
+    /// The unit, for a unit's set (not for onboarding, removals and departures).
+    pub unit: Option<UnitId>,
     pub revision: Option<String>,
     pub outcome: Outcome,
 }
@@ -68,7 +73,18 @@ impl Filter {
             Some(t) => self.tenant(t),
             None => self.tenant.is_none(),
         };
-        tenant && self.app.as_deref().is_none_or(|a| a == id.app)
+        tenant
+            && self.app.as_deref().is_none_or(|a| a == id.app)
+            && self.only.as_ref().is_none_or(|only| only.contains(id))
+    }
+
+    /// Whether the pass covers this tenant's onboarding.
+    fn onboards(&self, t: &str) -> bool {
+        self.tenant(t)
+            && self
+                .only
+                .as_ref()
+                .is_none_or(|only| only.iter().any(|id| id.tenant.as_deref() == Some(t)))
     }
 }
 
@@ -83,7 +99,7 @@ pub async fn pass(engine: Arc<Engine>, input: &Input, filter: &Filter, mode: Mod
         let Some(tenant) = input.fleet.tenants.get(name) else {
             continue;
         };
-        if !filter.tenant(name) || (filter.app.is_some() && mode == Mode::Diff) {
+        if !filter.onboards(name) || (filter.app.is_some() && mode == Mode::Diff) {
             onboarded.insert(name.clone(), true);
             continue;
         }
@@ -98,6 +114,7 @@ pub async fn pass(engine: Arc<Engine>, input: &Input, filter: &Filter, mode: Mod
         }
         onboarded.insert(name.clone(), outcome.converged());
         entries.push(Entry {
+            unit: None,
             name: spec.name,
             revision: None,
             outcome,
@@ -139,8 +156,22 @@ pub async fn pass(engine: Arc<Engine>, input: &Input, filter: &Filter, mode: Mod
                     .find(|d| done.get(&UnitId::app(&tenant, d)) == Some(&false))
                     .map(|d| format!("not applied: it depends on {d}, which did not converge"))
             };
+            if unit.options.suspend {
+                done.insert(unit.id.clone(), true);
+                entries.push(Entry {
+                    unit: Some(unit.id.clone()),
+                    name: fleet::Owner::Unit(unit.id.clone()).to_string(),
+                    revision: input.revisions.get(&unit.id).cloned(),
+                    outcome: Outcome {
+                        notes: vec!["suspended: not reconciled".into()],
+                        ..Default::default()
+                    },
+                });
+                continue;
+            }
             if let Some(why) = blocked {
                 let entry = Entry {
+                    unit: Some(unit.id.clone()),
                     name: fleet::Owner::Unit(unit.id.clone()).to_string(),
                     revision: input.revisions.get(&unit.id).cloned(),
                     outcome: Outcome {
@@ -157,10 +188,12 @@ pub async fn pass(engine: Arc<Engine>, input: &Input, filter: &Filter, mode: Mod
             let spec = unit_spec(input, &unit, mode, has_dependents);
             let revision = input.revisions.get(&unit.id).cloned();
             tasks.spawn(async move {
+                let _slot = engine.units.clone().acquire_owned().await;
                 let outcome = run_spec(&engine, spec).await;
                 (
                     unit.id.clone(),
                     Entry {
+                        unit: Some(unit.id.clone()),
                         name: fleet::Owner::Unit(unit.id.clone()).to_string(),
                         revision,
                         outcome,
@@ -177,6 +210,7 @@ pub async fn pass(engine: Arc<Engine>, input: &Input, filter: &Filter, mode: Mod
                 }
                 // Never silently missing from the report (and so from the exit code).
                 Err(e) => level_entries.push(Entry {
+                    unit: None,
                     name: "a tenant app".into(),
                     revision: None,
                     outcome: Outcome {
@@ -190,6 +224,9 @@ pub async fn pass(engine: Arc<Engine>, input: &Input, filter: &Filter, mode: Mod
         entries.extend(level_entries);
     }
 
+    if filter.only.is_some() {
+        return entries;
+    }
     entries.extend(removed_apps(&engine, input, filter, mode).await);
     if filter.tenant.is_none() && input.fleet_ok {
         entries.extend(departed_tenants(&engine, input, mode).await);
@@ -270,6 +307,7 @@ fn levels<'a>(units: &[&'a Unit]) -> Vec<Vec<&'a Unit>> {
 
 async fn sync_unit(engine: &Engine, input: &Input, unit: &Unit, mode: Mode, deps: bool) -> Entry {
     Entry {
+        unit: Some(unit.id.clone()),
         name: fleet::Owner::Unit(unit.id.clone()).to_string(),
         revision: input.revisions.get(&unit.id).cloned(),
         outcome: run_spec(engine, unit_spec(input, unit, mode, deps)).await,
@@ -470,6 +508,7 @@ async fn removed_apps(engine: &Engine, input: &Input, filter: &Filter, mode: Mod
             Ok(found) => found,
             Err(e) => {
                 entries.push(Entry {
+                    unit: None,
                     name: format!("tenant {name}: removed apps"),
                     revision: None,
                     outcome: Outcome {
@@ -500,6 +539,7 @@ async fn departed_tenants(engine: &Engine, input: &Input, mode: Mode) -> Vec<Ent
         Ok(found) => found,
         Err(e) => {
             return vec![Entry {
+                unit: None,
                 name: "departed tenants".into(),
                 revision: None,
                 outcome: Outcome {
@@ -531,6 +571,7 @@ async fn departed_tenants(engine: &Engine, input: &Input, mode: Mode) -> Vec<Ent
             }
             _ if apps.is_empty() => {}
             _ => entries.push(Entry {
+                unit: None,
                 name: format!("tenant {name}"),
                 revision: None,
                 outcome: Outcome {
@@ -557,6 +598,7 @@ async fn remove_set(
     let spec = removal(tenant, app, parent, mode);
     if !prune {
         return Entry {
+            unit: None,
             name: spec.name,
             revision: None,
             outcome: Outcome {
@@ -567,6 +609,7 @@ async fn remove_set(
     }
     let outcome = engine.sync(&spec).await;
     Entry {
+        unit: None,
         name: spec.name,
         revision: None,
         outcome,

@@ -72,6 +72,8 @@ pub struct Outcome {
     pub diff: String,
     /// Diff mode: how many objects would change or be pruned.
     pub changes: usize,
+    /// How long the sync took.
+    pub took: std::time::Duration,
 }
 
 impl Outcome {
@@ -85,6 +87,8 @@ pub struct Engine {
     pub cluster: Arc<Cluster>,
     /// How many applies (or deletes) of one order group run at once.
     pub concurrency: usize,
+    /// Bounds the tenant apps synced at once (`concurrency`), across all passes in flight.
+    pub units: Arc<tokio::sync::Semaphore>,
 }
 
 /// The result of one object's apply.
@@ -99,10 +103,12 @@ enum Applied {
 
 impl Engine {
     pub async fn sync(&self, spec: &SetSpec) -> Outcome {
+        let started = std::time::Instant::now();
         let mut out = Outcome::default();
         if let Err(e) = self.sync_inner(spec, &mut out).await {
             out.error = Some(e);
         }
+        out.took = started.elapsed();
         out
     }
 

@@ -1,0 +1,127 @@
+//! Leader election through a `coordination.k8s.io/v1` Lease, as client-go does it: the holder
+//! renews every third of the lease; another replica takes the Lease over only after it has seen
+//! the same holder and renew time for a whole lease duration (its own clock, so clock skew
+//! between nodes does not matter); every write is an update with the read `resourceVersion`,
+//! so two replicas never both win.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+
+use crate::config::LeaderElection;
+
+pub struct Elector {
+    api: Api<Lease>,
+    name: String,
+    /// This replica's holder identity.
+    pub identity: String,
+    duration: Duration,
+    /// The last holder/renew record seen, and when it was first seen.
+    observed: Option<(String, Instant)>,
+}
+
+impl Elector {
+    pub fn new(client: kube::Client, config: &LeaderElection, identity: String) -> Elector {
+        Elector {
+            api: Api::namespaced(client, &config.namespace),
+            name: config.name.clone(),
+            identity,
+            duration: config.lease_duration,
+            observed: None,
+        }
+    }
+
+    /// One attempt to take or renew the Lease: whether this replica holds it afterwards.
+    pub async fn try_acquire(&mut self) -> Result<bool, kube::Error> {
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let seconds = self.duration.as_secs().max(1) as i32;
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.identity.clone()),
+                    lease_duration_seconds: Some(seconds),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let record = format!("{holder}|{:?}", spec.renew_time);
+        let seen = match &self.observed {
+            Some((r, at)) if *r == record => *at,
+            _ => {
+                let at = Instant::now();
+                self.observed = Some((record, at));
+                at
+            }
+        };
+        let held_for = spec
+            .lease_duration_seconds
+            .map_or(self.duration, |s| Duration::from_secs(s.max(1) as u64));
+        if !holder.is_empty() && holder != self.identity && seen.elapsed() < held_for {
+            return Ok(false);
+        }
+        if holder != self.identity {
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+            spec.acquire_time = Some(now.clone());
+        }
+        spec.holder_identity = Some(self.identity.clone());
+        spec.lease_duration_seconds = Some(seconds);
+        spec.renew_time = Some(now);
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            // Someone else wrote it since we read it.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the Lease up (on shutdown), so that another replica takes over at once.
+    pub async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
+            return;
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+        if let Err(error) = self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            tracing::warn!(%error, "could not release the Lease");
+        }
+    }
+
+    /// How often the holder renews, and a follower retries.
+    pub fn period(&self) -> Duration {
+        self.duration / 3
+    }
+
+    /// How long the holder may fail to renew before it stops applying.
+    pub fn deadline(&self) -> Duration {
+        self.duration * 2 / 3
+    }
+}

@@ -1,0 +1,713 @@
+//! `flotilla run`: the long-running agent.
+//!
+//! Tasks and channels (see `ARCHITECTURE.md`):
+//! - the **scheduler** (this file's loop) owns the [`schedule::Schedule`]; it receives
+//!   [`Request`]s (webhooks, syncs, follow-ups, reloads) on one channel, starts rounds as tasks
+//!   ([`round::run`]), and records each finished round in the shared status and metrics;
+//! - the **servers** ([`crate::server`]) on TCP and the unix socket read the shared state and send
+//!   requests;
+//! - **signals**: the first SIGTERM/SIGINT turns the stop flag on, a second exits at once;
+//! - the **config watcher** ([`reload`]) sends each valid new config;
+//! - the **Lease renewer** ([`leader`]) reports a lost lease; the **watchdog** pings systemd.
+//!
+//! Shutdown order: stop flag → no new rounds → running rounds finish (within `shutdown_grace`)
+//! → `STOPPING=1` → the Lease is released → servers stop → exit.
+
+pub mod leader;
+pub mod reload;
+pub mod round;
+pub mod schedule;
+pub mod status;
+pub mod systemd;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::fleet::{Identity, UnitId};
+use crate::reconcile::{Engine, Entry};
+use crate::source::Sources;
+use round::{Context, Done, Target, unit_name};
+use schedule::{Plan, Schedule, Scope};
+use status::{Metrics, Report, SyncEvent, UnitStatus};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {what} {address}: {source}")]
+    Listen {
+        what: &'static str,
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Socket(String),
+    #[error("kubeconfig: {0}")]
+    Cluster(#[from] crate::cluster::Error),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// Something to reconcile, and who waits for it.
+pub struct Request {
+    pub scope: Scope,
+    /// Location keys to fetch from their remotes first.
+    pub fresh: BTreeSet<String>,
+    pub reason: String,
+    pub waiter: Option<Waiter>,
+}
+
+/// A caller of `sync --wait`: hears of each set synced for its scope, then `done`.
+#[derive(Clone)]
+pub struct Waiter {
+    tx: mpsc::UnboundedSender<SyncEvent>,
+    scope: Scope,
+    ok: Arc<AtomicBool>,
+}
+
+impl Waiter {
+    pub fn new(tx: mpsc::UnboundedSender<SyncEvent>, scope: Scope) -> Waiter {
+        Waiter {
+            tx,
+            scope,
+            ok: Arc::new(AtomicBool::new(true)),
+        }
+    }
+}
+
+/// What the servers and the scheduler share.
+pub struct Shared {
+    pub ready: AtomicBool,
+    pub leader: AtomicBool,
+    pub metrics: Arc<Mutex<Metrics>>,
+    /// Which repositories feed which scopes (webhooks).
+    pub targets: Mutex<Vec<Target>>,
+    /// Every unit placed on this cluster, with its schedule.
+    pub plans: Mutex<BTreeMap<UnitId, Plan>>,
+    /// The tenants that land on this cluster.
+    pub tenants: Mutex<BTreeSet<String>>,
+    tenant_sources: Mutex<BTreeMap<String, String>>,
+    config: Mutex<Arc<Config>>,
+    units: Mutex<BTreeMap<UnitId, UnitStatus>>,
+    next_runs: Mutex<BTreeMap<UnitId, SystemTime>>,
+    summary: Mutex<(Option<String>, Option<String>)>,
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl Shared {
+    fn new(config: Arc<Config>, requests: mpsc::UnboundedSender<Request>) -> Shared {
+        Shared {
+            ready: AtomicBool::new(false),
+            leader: AtomicBool::new(false),
+            metrics: Default::default(),
+            targets: Mutex::new(vec![Target::of(&config.fleet, Scope::All)]),
+            plans: Default::default(),
+            tenants: Default::default(),
+            tenant_sources: Default::default(),
+            config: Mutex::new(config),
+            units: Default::default(),
+            next_runs: Default::default(),
+            summary: Default::default(),
+            requests,
+        }
+    }
+
+    /// The running config.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.lock().expect("config lock").clone()
+    }
+
+    /// Queues a request for the scheduler.
+    pub fn request(&self, request: Request) {
+        let _ = self.requests.send(request);
+    }
+
+    /// The location key of a tenant's repo.
+    pub fn tenant_source(&self, tenant: &str) -> Option<String> {
+        self.tenant_sources.lock().ok()?.get(tenant).cloned()
+    }
+}
+
+/// The status document: every unit placed here, in unit order.
+pub fn report(shared: &Shared) -> Report {
+    let plans = shared.plans.lock().map(|p| p.clone()).unwrap_or_default();
+    let units = shared.units.lock().map(|u| u.clone()).unwrap_or_default();
+    let next = shared
+        .next_runs
+        .lock()
+        .map(|n| n.clone())
+        .unwrap_or_default();
+    let (fleet_revision, error) = shared.summary.lock().map(|s| s.clone()).unwrap_or_default();
+    Report {
+        cluster: shared.config().cluster.clone(),
+        ready: shared.ready.load(Ordering::SeqCst),
+        leader: shared.leader.load(Ordering::SeqCst),
+        fleet_revision,
+        error,
+        units: plans
+            .iter()
+            .map(|(id, plan)| {
+                let mut s = units.get(id).cloned().unwrap_or_else(|| UnitStatus {
+                    unit: unit_name(id),
+                    result: "pending".into(),
+                    ..Default::default()
+                });
+                if plan.suspend {
+                    s.result = "suspended".into();
+                    s.next_run = None;
+                } else {
+                    s.next_run = next.get(id).map(|t| status::timestamp(*t));
+                }
+                s
+            })
+            .collect(),
+    }
+}
+
+/// Runs the agent until it is stopped; exit 0 after a clean shutdown.
+pub fn run(config: Config) -> Result<ExitCode, Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    runtime.block_on(main(config))
+}
+
+async fn main(config: Config) -> Result<ExitCode, Error> {
+    let config = Arc::new(config);
+    let (requests, mut incoming) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared::new(config.clone(), requests));
+    let (stop_tx, mut stop) = watch::channel(false);
+    signals(stop_tx.clone());
+
+    if let Some(addr) = config.listen.http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Listen {
+                what: "listen.http",
+                address: addr.to_string(),
+                source,
+            })?;
+        let bound = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(address = %bound, "listening for HTTP");
+        tokio::spawn(crate::server::serve_tcp(
+            listener,
+            shared.clone(),
+            stop.clone(),
+        ));
+    }
+    let socket = match &config.listen.socket {
+        Some(path) => {
+            let listener = bind_socket(path)?;
+            tracing::info!(socket = %path.display(), "listening on the operator socket");
+            tokio::spawn(crate::server::serve_unix(
+                listener,
+                shared.clone(),
+                stop.clone(),
+            ));
+            Some(path.clone())
+        }
+        None => None,
+    };
+    let (reloads_tx, mut reloads) = mpsc::unbounded_channel();
+    let _watcher = match reload::watch(&config.file, &config, reloads_tx) {
+        Ok(w) => Some(w),
+        Err(error) => {
+            tracing::warn!(%error, file = %config.file.display(), "cannot watch the config file; reload needs a restart");
+            None
+        }
+    };
+    if let Some(every) = systemd::watchdog_interval() {
+        tokio::spawn(async move {
+            loop {
+                systemd::notify("WATCHDOG=1");
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    let cluster = Arc::new(Cluster::connect(config.kubeconfig.as_deref()).await?);
+    tracing::info!(api_server = %cluster.url(), cluster = %config.cluster, "agent starting");
+    let engine = Arc::new(Engine {
+        cluster: cluster.clone(),
+        concurrency: config.apply_concurrency as usize,
+        units: Arc::new(tokio::sync::Semaphore::new(config.concurrency as usize)),
+    });
+
+    // Leader election: wait for the Lease (serving /healthz meanwhile), then keep renewing it.
+    let (lost_tx, mut lost) = mpsc::unbounded_channel::<String>();
+    let mut elector = None;
+    if let Some(le) = &config.leader_election {
+        let identity = format!("{}_{}", round::hostname(), std::process::id());
+        let mut e = leader::Elector::new(cluster.client(&Identity::Agent)?, le, identity);
+        systemd::notify("STATUS=waiting to be elected leader");
+        tracing::info!(lease = %format!("{}/{}", le.namespace, le.name), identity = %e.identity, "waiting for the Lease");
+        loop {
+            match e.try_acquire().await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "leader election: cannot read or write the Lease")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(e.period()) => {}
+                _ = stopped(&mut stop) => {
+                    finish(&socket);
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
+        tracing::info!(identity = %e.identity, "elected leader");
+        elector = Some(Arc::new(tokio::sync::Mutex::new(e)));
+        let renewer = elector.clone().expect("just set");
+        tokio::spawn(async move {
+            let mut last_ok = Instant::now();
+            loop {
+                let (period, deadline) = {
+                    let e = renewer.lock().await;
+                    (e.period(), e.deadline())
+                };
+                tokio::time::sleep(period).await;
+                let result = renewer.lock().await.try_acquire().await;
+                match result {
+                    Ok(true) => last_ok = Instant::now(),
+                    Ok(false) => {
+                        let _ = lost_tx.send("another replica holds the Lease".into());
+                        return;
+                    }
+                    Err(error) if last_ok.elapsed() > deadline => {
+                        let _ = lost_tx.send(format!("the Lease could not be renewed: {error}"));
+                        return;
+                    }
+                    Err(error) => tracing::warn!(%error, "Lease renewal failed; retrying"),
+                }
+            }
+        });
+    }
+    shared.leader.store(true, Ordering::SeqCst);
+
+    let mut ctx = Arc::new(Context {
+        config: config.clone(),
+        sources: Arc::new(Sources::new(&config)),
+        engine: engine.clone(),
+        metrics: shared.metrics.clone(),
+    });
+    let mut schedule: Schedule<Waiter> = Schedule::new(config.interval, Instant::now());
+    let mut rounds: tokio::task::JoinSet<Done> = tokio::task::JoinSet::new();
+    let mut known = Revisions::default();
+    let mut code = ExitCode::SUCCESS;
+    systemd::notify("STATUS=first sync");
+    loop {
+        let now = Instant::now();
+        schedule.due(now);
+        for round in schedule.start() {
+            rounds.spawn(round::run(ctx.clone(), round));
+        }
+        publish_next_runs(&shared, &schedule);
+        let wake = schedule.next_wake();
+        tokio::select! {
+            Some(r) = incoming.recv() => schedule.request(r.scope, r.fresh, &r.reason, r.waiter),
+            Some(joined) = rounds.join_next(), if !rounds.is_empty() => match joined {
+                Ok(done) => finished(&shared, &mut schedule, &mut known, done),
+                Err(e) => tracing::error!(error = %e, "a round task failed"),
+            },
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            Some(new) = reloads.recv() => {
+                let sources = if new.credentials == ctx.config.credentials && new.git == ctx.config.git {
+                    ctx.sources.clone()
+                } else {
+                    Arc::new(Sources::new(&new))
+                };
+                ctx = Arc::new(Context {
+                    config: new.clone(),
+                    sources,
+                    engine: engine.clone(),
+                    metrics: shared.metrics.clone(),
+                });
+                *shared.config.lock().expect("config lock") = new.clone();
+                schedule.set_interval(new.interval, Instant::now());
+                schedule.request(Scope::All, BTreeSet::new(), "config reloaded", None);
+            }
+            _ = stopped(&mut stop) => break,
+            Some(why) = lost.recv() => {
+                tracing::error!(reason = %why, "lost leadership; stopping so that only the new leader applies");
+                shared.leader.store(false, Ordering::SeqCst);
+                code = ExitCode::from(1);
+                let _ = stop_tx.send(true);
+                break;
+            }
+        }
+    }
+
+    // Shutdown: no new rounds; the running ones finish within the grace period.
+    shared.ready.store(false, Ordering::SeqCst);
+    systemd::notify("STOPPING=1");
+    let grace = config.shutdown_grace;
+    if !rounds.is_empty() {
+        tracing::info!(rounds = rounds.len(), grace = %humantime::format_duration(grace), "stopping: letting running syncs finish");
+    }
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            joined = rounds.join_next() => match joined {
+                None => break,
+                Some(Ok(done)) => finished(&shared, &mut schedule, &mut known, done),
+                Some(Err(e)) => tracing::error!(error = %e, "a round task failed"),
+            },
+            _ = &mut deadline => {
+                tracing::error!(rounds = rounds.len(), "the grace period is over; cancelling the syncs still running");
+                rounds.abort_all();
+                code = ExitCode::from(1);
+                break;
+            }
+        }
+    }
+    if let Some(e) = elector
+        && shared.leader.load(Ordering::SeqCst)
+    {
+        e.lock().await.release().await;
+    }
+    finish(&socket);
+    tracing::info!("stopped");
+    Ok(code)
+}
+
+/// The last revisions seen of the fleet and of each tenant's repo.
+#[derive(Default)]
+struct Revisions {
+    fleet: Option<String>,
+    tenants: BTreeMap<String, String>,
+}
+
+/// Records a finished round: status, metrics, schedule, follow-ups, and the callers waiting.
+fn finished(shared: &Shared, schedule: &mut Schedule<Waiter>, known: &mut Revisions, done: Done) {
+    let now = Instant::now();
+    let stamp = status::timestamp(SystemTime::now());
+    let Some(view) = done.view else {
+        let error = done.error.unwrap_or_else(|| "the round failed".into());
+        let plans = shared.plans.lock().map(|p| p.clone()).unwrap_or_default();
+        if let Ok(mut units) = shared.units.lock() {
+            for id in plans.keys().filter(|u| schedule::covers(&done.scope, u)) {
+                let s = units.entry(id.clone()).or_insert_with(|| UnitStatus {
+                    unit: unit_name(id),
+                    ..Default::default()
+                });
+                s.result = "failed".into();
+                s.last_error = Some(error.clone());
+                s.last_run = Some(stamp.clone());
+                if let Ok(mut m) = shared.metrics.lock() {
+                    m.reconciled(&unit_name(id), false, Duration::ZERO, [0, 0, 0]);
+                }
+            }
+        }
+        if done.scope == Scope::All
+            && let Ok(mut s) = shared.summary.lock()
+        {
+            s.1 = Some(error.clone());
+            systemd::notify(&format!("STATUS=sync failed: {}", first_line(&error)));
+        }
+        for (w, satisfied) in schedule.failed_whole(done.id, now) {
+            w.ok.store(false, Ordering::SeqCst);
+            let _ = w.tx.send(SyncEvent::Error {
+                message: error.clone(),
+            });
+            if satisfied {
+                let _ = w.tx.send(SyncEvent::Done { ok: false });
+            }
+        }
+        return;
+    };
+
+    // A new revision of the fleet or of a tenant's repo seen by a narrower round: the wider
+    // round follows (placement, values and removed apps may have changed).
+    if done.scope != Scope::All {
+        if known
+            .fleet
+            .as_ref()
+            .is_some_and(|f| *f != view.fleet_revision)
+        {
+            schedule.request(Scope::All, BTreeSet::new(), "fleet changed", None);
+        }
+        for (t, rev) in &view.tenant_revisions {
+            let covered = done.scope == Scope::Tenant(t.clone());
+            if !covered && known.tenants.get(t).is_some_and(|r| r != rev) {
+                schedule.request(
+                    Scope::Tenant(t.clone()),
+                    BTreeSet::new(),
+                    "tenant repo changed",
+                    None,
+                );
+            }
+        }
+    }
+    known.fleet = Some(view.fleet_revision.clone());
+    known.tenants.extend(view.tenant_revisions.clone());
+
+    // Units of tenants that could not be read are kept, and failed with the tenant's problem.
+    let mut placed = view.plans.clone();
+    let mut results: Vec<(UnitId, bool)> = Vec::new();
+    let mut tenant_failures: BTreeMap<UnitId, String> = BTreeMap::new();
+    let previous = shared.plans.lock().map(|p| p.clone()).unwrap_or_default();
+    for t in &view.tenants_failed {
+        let why = view
+            .problems
+            .get(&Some(t.clone()))
+            .map(|p| p.join("; "))
+            .unwrap_or_else(|| format!("tenant {t} could not be read"));
+        for (id, plan) in previous
+            .iter()
+            .filter(|(id, _)| id.tenant.as_deref() == Some(t))
+        {
+            if schedule::covers(&done.scope, id) {
+                placed.insert(id.clone(), plan.clone());
+                results.push((id.clone(), false));
+                tenant_failures.insert(id.clone(), why.clone());
+            }
+        }
+    }
+    for e in &done.entries {
+        if let Some(id) = &e.unit {
+            results.push((id.clone(), e.outcome.converged()));
+        }
+    }
+    let told = schedule.finish(done.id, now, &results, Some(&placed));
+
+    // The shared view of the placement.
+    let all_plans = schedule.plans();
+    if let Ok(mut p) = shared.plans.lock() {
+        *p = all_plans.clone();
+    }
+    if let Ok(mut t) = shared.targets.lock() {
+        *t = view.targets.clone();
+    }
+    if let Ok(mut t) = shared.tenants.lock() {
+        *t = view
+            .targets
+            .iter()
+            .filter_map(|t| match &t.scope {
+                Scope::Tenant(name) => Some(name.clone()),
+                _ => None,
+            })
+            .chain(view.tenants_failed.iter().cloned())
+            .collect();
+    }
+    if let Ok(mut s) = shared.tenant_sources.lock() {
+        for t in &view.targets {
+            if let Scope::Tenant(name) = &t.scope {
+                s.insert(name.clone(), t.key.clone());
+            }
+        }
+    }
+
+    // Status and metrics of each unit.
+    if let (Ok(mut units), Ok(mut metrics)) = (shared.units.lock(), shared.metrics.lock()) {
+        units.retain(|id, _| all_plans.contains_key(id));
+        for e in done.entries.iter().filter(|e| e.unit.is_some()) {
+            let id = e.unit.as_ref().expect("filtered");
+            if all_plans.get(id).is_some_and(|p| p.suspend) {
+                continue;
+            }
+            units.insert(id.clone(), unit_status(id, e, &stamp));
+            let o = &e.outcome;
+            metrics.reconciled(
+                &unit_name(id),
+                o.converged(),
+                o.took,
+                [o.applied.len(), o.pruned.len(), o.failed.len()],
+            );
+        }
+        for (id, why) in &tenant_failures {
+            let s = units.entry(id.clone()).or_insert_with(|| UnitStatus {
+                unit: unit_name(id),
+                ..Default::default()
+            });
+            s.result = "failed".into();
+            s.last_error = Some(why.clone());
+            s.last_run = Some(stamp.clone());
+            metrics.reconciled(&unit_name(id), false, Duration::ZERO, [0, 0, 0]);
+        }
+        if done.scope == Scope::All && !shared.ready.swap(true, Ordering::SeqCst) {
+            metrics.set_ready(true);
+            tracing::info!("ready: the fleet was fetched and synced");
+            systemd::notify("READY=1\nSTATUS=ready");
+        }
+    }
+    if done.scope == Scope::All
+        && let Ok(mut s) = shared.summary.lock()
+    {
+        *s = (
+            Some(view.fleet_revision.clone()),
+            view.problems.get(&None).map(|p| p.join("; ")),
+        );
+    }
+
+    // The callers waiting for these sets.
+    for (w, satisfied) in told {
+        for e in done.entries.iter().filter(|e| concerns(&w.scope, e)) {
+            let o = &e.outcome;
+            if !o.converged() {
+                w.ok.store(false, Ordering::SeqCst);
+            }
+            let _ = w.tx.send(SyncEvent::Set {
+                name: e.name.clone(),
+                revision: e.revision.clone(),
+                converged: o.converged(),
+                applied: o.applied.clone(),
+                pruned: o.pruned.clone(),
+                failed: o.failed.clone(),
+                notes: o.notes.clone(),
+                error: o.error.clone(),
+            });
+        }
+        for (id, why) in tenant_failures
+            .iter()
+            .filter(|(id, _)| schedule::covers(&w.scope, id))
+        {
+            w.ok.store(false, Ordering::SeqCst);
+            let _ = w.tx.send(SyncEvent::Error {
+                message: format!("{}: {why}", unit_name(id)),
+            });
+        }
+        if satisfied {
+            let _ = w.tx.send(SyncEvent::Done {
+                ok: w.ok.load(Ordering::SeqCst),
+            });
+        }
+    }
+}
+
+fn unit_status(id: &UnitId, e: &Entry, stamp: &str) -> UnitStatus {
+    let o = &e.outcome;
+    let mut errors: Vec<String> = o.error.iter().cloned().collect();
+    errors.extend(o.failed.iter().cloned());
+    UnitStatus {
+        unit: unit_name(id),
+        revision: e.revision.clone(),
+        result: if o.converged() { "converged" } else { "failed" }.into(),
+        last_error: (!errors.is_empty()).then(|| errors.join("; ")),
+        applied: o.applied.len(),
+        pruned: o.pruned.len(),
+        failed: o.failed.len(),
+        last_run: Some(stamp.to_string()),
+        next_run: None,
+        duration_seconds: Some(o.took.as_secs_f64()),
+    }
+}
+
+/// Whether an entry belongs to a caller's scope.
+fn concerns(scope: &Scope, e: &Entry) -> bool {
+    match (scope, &e.unit) {
+        (Scope::All, _) => true,
+        (_, Some(id)) => schedule::covers(scope, id),
+        (Scope::Tenant(t), None) => {
+            e.name == format!("tenant {t}")
+                || e.name.starts_with(&format!("tenant {t}:"))
+                || e.name.starts_with(&format!("tenant {t},"))
+        }
+        (Scope::Units(_), None) => false,
+    }
+}
+
+fn publish_next_runs(shared: &Shared, schedule: &Schedule<Waiter>) {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    if let Ok(mut next) = shared.next_runs.lock() {
+        *next = schedule
+            .next_runs()
+            .map(|(id, at, _)| (id.clone(), wall + at.saturating_duration_since(now)))
+            .collect();
+    }
+}
+
+/// Resolves once the stop flag is on.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+/// SIGTERM or SIGINT turns the stop flag on; a second one exits at once.
+fn signals(stop: watch::Sender<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers");
+        return;
+    };
+    tokio::spawn(async move {
+        let mut seen = 0;
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            seen += 1;
+            if seen == 1 {
+                tracing::info!(
+                    signal = name,
+                    "stopping: no new syncs; a second signal exits at once"
+                );
+                let _ = stop.send(true);
+            } else {
+                tracing::warn!(signal = name, "second signal: exiting now");
+                std::process::exit(130);
+            }
+        }
+    });
+}
+
+/// Binds the operator socket with mode 0660: a stale socket file is replaced, a live one (another
+/// agent) is an error.
+fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, Error> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Socket(format!(
+                "cannot create the socket's folder {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::Socket(format!(
+                "another agent is listening on {}",
+                path.display()
+            )));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|source| Error::Listen {
+        what: "listen.socket",
+        address: path.display().to_string(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| Error::Socket(format!("cannot set the mode of {}: {e}", path.display())))?;
+    Ok(listener)
+}
+
+fn finish(socket: &Option<std::path::PathBuf>) {
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(path);
+    }
+}

@@ -1,0 +1,355 @@
+//! One round: fetch what it needs fresh (the rest comes from the last good checkouts), read the
+//! fleet and catalogs, render the units in its scope, sync them, and post a Kubernetes Event for
+//! each unit that failed or changed something.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+use super::schedule::{Plan, Round, Scope, covers};
+use super::status::Metrics;
+use crate::cli::render::{Fetcher, location_key, short};
+use crate::cli::run::prepare_with;
+use crate::config::{Config, GitRef, SourceSpec};
+use crate::fleet::{Identity, Owner, UnitId, UnitSource};
+use crate::inventory::Parent;
+use crate::reconcile::{self, Engine, Entry, Filter, Mode};
+use crate::server::webhook::normalize_url;
+use crate::source::Sources;
+
+/// What a round works with; replaced as a whole when the config is reloaded.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub sources: Arc<Sources>,
+    pub engine: Arc<Engine>,
+    pub metrics: Arc<Mutex<Metrics>>,
+}
+
+/// A finished round.
+pub struct Done {
+    pub id: u64,
+    pub scope: Scope,
+    pub reasons: BTreeSet<String>,
+    pub entries: Vec<Entry>,
+    /// The round failed as a whole: nothing was synced.
+    pub error: Option<String>,
+    pub view: Option<View>,
+}
+
+/// What a round learnt of the fleet.
+pub struct View {
+    pub fleet_revision: String,
+    pub tenant_revisions: BTreeMap<String, String>,
+    /// Every placed unit's schedule.
+    pub plans: BTreeMap<UnitId, Plan>,
+    /// Problems of the fleet (`None`) or of a tenant, by owner.
+    pub problems: BTreeMap<Option<String>, Vec<String>>,
+    /// Tenants whose repo or catalog could not be read: their units are kept, not dropped.
+    pub tenants_failed: BTreeSet<String>,
+    /// Which repositories feed which scopes, for webhooks.
+    pub targets: Vec<Target>,
+}
+
+/// A repository a webhook can name, and the scope a push to it reconciles.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The normalized URL (see [`normalize_url`]).
+    pub url: String,
+    pub reference: GitRef,
+    /// The location key to fetch fresh.
+    pub key: String,
+    pub scope: Scope,
+}
+
+impl Target {
+    pub fn of(spec: &SourceSpec, scope: Scope) -> Target {
+        let raw = match &spec.location {
+            crate::config::SourceLocation::Url(u) => u.clone(),
+            crate::config::SourceLocation::Dir(d) => d.display().to_string(),
+        };
+        Target {
+            url: normalize_url(&raw),
+            reference: spec.reference.clone(),
+            key: location_key(spec),
+            scope,
+        }
+    }
+}
+
+/// `all`, `tenant ai`, or `ai/shop, infra`.
+pub fn describe(scope: &Scope) -> String {
+    match scope {
+        Scope::All => "all units".into(),
+        Scope::Tenant(t) => format!("tenant {t}"),
+        Scope::Units(units) => units.iter().map(unit_name).collect::<Vec<_>>().join(", "),
+    }
+}
+
+/// `ai/shop`, or `infra`.
+pub fn unit_name(id: &UnitId) -> String {
+    match &id.tenant {
+        Some(t) => format!("{t}/{}", id.app),
+        None => id.app.clone(),
+    }
+}
+
+/// Runs one round to the end.
+pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
+    let Round {
+        id,
+        scope,
+        fresh,
+        reasons,
+    } = round;
+    let span = tracing::info_span!("round", id, scope = %describe(&scope));
+    let _guard = span.enter();
+    drop(_guard);
+    tracing::info!(parent: &span, reasons = ?reasons, "round starts");
+    let handle = tokio::runtime::Handle::current();
+    let prepared = {
+        let (ctx, scope) = (ctx.clone(), scope.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut fetcher = Fetcher::on(handle, ctx.sources.clone());
+            fetcher.fresh = fresh;
+            let metrics = ctx.metrics.clone();
+            fetcher.observe = Some(Arc::new(move |repo, took, ok| {
+                if let Ok(mut m) = metrics.lock() {
+                    m.fetched(repo, took, ok);
+                }
+            }));
+            prepare_with(&ctx.config, &fetcher, &|u| covers(&scope, u))
+                .map_err(|e| format!("{e:#}"))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(format!(
+                "internal error: the fetch and render task failed: {e}"
+            ))
+        })
+    };
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(error) => {
+            tracing::error!(parent: &span, %error, "round failed; nothing applied or pruned");
+            return Done {
+                id,
+                scope,
+                reasons,
+                entries: Vec::new(),
+                error: Some(error),
+                view: None,
+            };
+        }
+    };
+    let input = &prepared.input;
+    let filter = match &scope {
+        Scope::All => Filter::default(),
+        Scope::Tenant(t) => Filter {
+            tenant: Some(t.clone()),
+            ..Default::default()
+        },
+        Scope::Units(units) => Filter {
+            only: Some(units.clone()),
+            ..Default::default()
+        },
+    };
+    let entries = reconcile::pass(ctx.engine.clone(), input, &filter, Mode::Apply).await;
+
+    let view = view_of(&ctx.config, &prepared);
+    for e in &entries {
+        log_entry(&span, e);
+    }
+    post_events(&ctx.engine, input, &entries).await;
+    Done {
+        id,
+        scope,
+        reasons,
+        entries,
+        error: None,
+        view: Some(view),
+    }
+}
+
+fn view_of(config: &Config, prepared: &crate::cli::run::Prepared) -> View {
+    let input = &prepared.input;
+    let mut plans = BTreeMap::new();
+    let mut targets = vec![Target::of(&config.fleet, Scope::All)];
+    for (name, tenant) in &input.fleet.tenants {
+        if input.placed.contains(name) {
+            targets.push(Target::of(&tenant.source, Scope::Tenant(name.clone())));
+        }
+    }
+    for unit in &input.units {
+        let tenant = unit
+            .id
+            .tenant
+            .as_ref()
+            .and_then(|t| input.fleet.tenants.get(t));
+        let mut sources = Vec::new();
+        match &unit.source {
+            UnitSource::Fleet { .. } => sources.push(location_key(&config.fleet)),
+            UnitSource::Tenant { .. } => sources.extend(tenant.map(|t| location_key(&t.source))),
+            UnitSource::Repo(spec) => {
+                sources.extend(tenant.map(|t| location_key(&t.source)));
+                sources.push(location_key(spec));
+                targets.push(Target::of(spec, Scope::Units([unit.id.clone()].into())));
+            }
+        }
+        plans.insert(
+            unit.id.clone(),
+            Plan {
+                interval: unit.options.interval.unwrap_or(config.interval),
+                suspend: unit.options.suspend,
+                sources,
+            },
+        );
+    }
+    let mut problems: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
+    for p in &prepared.problems {
+        match &p.owner {
+            Owner::Fleet => problems.entry(None).or_default().push(p.to_string()),
+            Owner::Tenant(t) => problems
+                .entry(Some(t.clone()))
+                .or_default()
+                .push(p.to_string()),
+            Owner::Unit(_) => {}
+        }
+    }
+    View {
+        fleet_revision: prepared.fleet_revision.clone(),
+        tenant_revisions: prepared.tenant_revisions.clone(),
+        plans,
+        problems,
+        tenants_failed: input.tenants_failed.clone(),
+        targets,
+    }
+}
+
+fn log_entry(span: &tracing::Span, e: &Entry) {
+    let revision = e.revision.as_deref().map(short).unwrap_or("-");
+    let o = &e.outcome;
+    for a in &o.applied {
+        tracing::info!(parent: span, set = %e.name, revision, object = %a, "applied");
+    }
+    for p in &o.pruned {
+        tracing::info!(parent: span, set = %e.name, revision, object = %p, "pruned");
+    }
+    for f in &o.failed {
+        tracing::warn!(parent: span, set = %e.name, revision, failure = %f, "object failed");
+    }
+    if let Some(error) = &o.error {
+        tracing::warn!(parent: span, set = %e.name, revision, %error, "set failed");
+    }
+    tracing::info!(
+        parent: span,
+        set = %e.name,
+        revision,
+        converged = o.converged(),
+        applied = o.applied.len(),
+        unchanged = o.unchanged,
+        pruned = o.pruned.len(),
+        failed = o.failed.len(),
+        took_ms = o.took.as_millis() as u64,
+        "synced"
+    );
+}
+
+/// A Kubernetes Event on each unit's inventory for a failed sync and for a sync that changed
+/// something; posted as the agent. An Event that cannot be posted is logged, nothing more.
+async fn post_events(engine: &Engine, input: &reconcile::Input, entries: &[Entry]) {
+    let Ok(client) = engine.cluster.client(&Identity::Agent) else {
+        return;
+    };
+    let host = hostname();
+    for e in entries {
+        let Some(id) = &e.unit else { continue };
+        let o = &e.outcome;
+        let (kind, reason, message) = if !o.converged() {
+            let mut lines: Vec<String> = o.error.iter().cloned().collect();
+            lines.extend(o.failed.iter().cloned());
+            ("Warning", "SyncFailed", lines.join("; "))
+        } else if !o.applied.is_empty() || !o.pruned.is_empty() {
+            (
+                "Normal",
+                "Synced",
+                format!(
+                    "{} applied, {} pruned at {}",
+                    o.applied.len(),
+                    o.pruned.len(),
+                    e.revision.as_deref().map(short).unwrap_or("?")
+                ),
+            )
+        } else {
+            continue;
+        };
+        let namespace = input
+            .units
+            .iter()
+            .find(|u| &u.id == id)
+            .and_then(|u| u.namespace.clone());
+        let parent = Parent::of_unit(id, namespace.as_deref());
+        let now = std::time::SystemTime::now();
+        let nanos = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let time = Time(k8s_openapi::jiff::Timestamp::now());
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{}.{nanos:x}", parent.name)),
+                namespace: Some(parent.namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("ConfigMap".into()),
+                name: Some(parent.name.clone()),
+                namespace: Some(parent.namespace.clone()),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(truncate(&format!("{}: {message}", unit_name(id)), 1024)),
+            type_: Some(kind.into()),
+            source: Some(EventSource {
+                component: Some("flotilla".into()),
+                host: Some(host.clone()),
+            }),
+            reporting_component: Some("flotilla".into()),
+            reporting_instance: Some(host.clone()),
+            first_timestamp: Some(time.clone()),
+            last_timestamp: Some(time),
+            count: Some(1),
+            ..Default::default()
+        };
+        let api: kube::Api<Event> = kube::Api::namespaced(client.clone(), &parent.namespace);
+        if let Err(error) = api.create(&Default::default(), &event).await {
+            tracing::warn!(unit = %unit_name(id), %error, "could not post an Event");
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// This replica's name: `$POD_NAME`, else the host name.
+pub fn hostname() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "flotilla".into())
+}

@@ -1,0 +1,549 @@
+//! The daemon's HTTP server, on TCP (`listen.http`) and on the operator socket (`listen.socket`):
+//!
+//! - `POST /hooks/{github,gitlab,gitea,bitbucket,generic}`: webhooks (see [`webhook`]);
+//! - `POST /api/v1/sync`, `GET /api/v1/status`: the operator API; over TCP only with the bearer
+//!   token of `listen.token_file`, over the socket for whoever may open it (mode 0660);
+//! - `GET /metrics`, `/healthz`, `/readyz`.
+//!
+//! Requests never wait for work: a webhook or sync is queued and answered at once (a sync with
+//! `wait` streams its progress as newline-delimited JSON until it is done).
+
+pub mod webhook;
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::{Full, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::daemon::round::{Target, describe};
+use crate::daemon::schedule::Scope;
+use crate::daemon::status::SyncEvent;
+use crate::daemon::{self, Shared, Waiter};
+use crate::fleet::UnitId;
+use webhook::{MAX_BODY, Provider, Refusal, Verdict};
+
+/// The largest API request body.
+const MAX_API_BODY: usize = 64 * 1024;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// Where a request came in: the socket is trusted by its file mode, TCP needs the token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Tcp,
+    Socket,
+}
+
+/// Serves HTTP on `listener` until `stop` turns true.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => connection(stream, shared.clone(), Via::Tcp),
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = crate::daemon::stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Serves the operator API on the unix socket until `stop` turns true.
+pub async fn serve_unix(
+    listener: tokio::net::UnixListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => connection(stream, shared.clone(), Via::Socket),
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed on the operator socket");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = crate::daemon::stopped(&mut stop) => return,
+        }
+    }
+}
+
+fn connection<S>(stream: S, shared: Arc<Shared>, via: Via)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = hyper::service::service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(handle(req, shared, via).await) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+    });
+}
+
+async fn handle(req: Request<Incoming>, shared: Arc<Shared>, via: Via) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match (method, path.as_str()) {
+        (Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (Method::GET, "/readyz") => {
+            if shared.ready.load(Ordering::SeqCst) {
+                text(StatusCode::OK, "ready\n")
+            } else if !shared.leader.load(Ordering::SeqCst) {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: waiting to be elected leader\n",
+                )
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: the fleet has not been fetched and synced yet\n",
+                )
+            }
+        }
+        (Method::GET, "/metrics") => {
+            let body = shared
+                .metrics
+                .lock()
+                .map(|m| m.render())
+                .unwrap_or_default();
+            let mut r = text(StatusCode::OK, &body);
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8".parse().unwrap(),
+            );
+            r
+        }
+        (Method::POST, p) if p.starts_with("/hooks/") => {
+            let name = p.trim_start_matches("/hooks/").to_string();
+            hook(&name, req, &shared).await
+        }
+        (_, "/hooks") => error(StatusCode::NOT_FOUND, "no such receiver"),
+        (m, "/api/v1/sync" | "/api/v1/status") => {
+            if let Err(why) = authorize(&req, &shared, via) {
+                return error(StatusCode::UNAUTHORIZED, &why);
+            }
+            match (m, path.as_str()) {
+                (Method::POST, "/api/v1/sync") => sync(req, &shared).await,
+                (Method::GET, "/api/v1/status") => {
+                    let report = daemon::report(&shared);
+                    json(
+                        StatusCode::OK,
+                        &serde_json::to_value(report).unwrap_or_default(),
+                    )
+                }
+                _ => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// The socket needs nothing (its mode guards it); TCP needs `Authorization: Bearer <token>`.
+fn authorize(req: &Request<Incoming>, shared: &Shared, via: Via) -> Result<(), String> {
+    if via == Via::Socket {
+        return Ok(());
+    }
+    let Some(file) = shared.config().listen.token_file.clone() else {
+        return Err("the HTTP API is off: listen.token_file is not set (use the socket)".into());
+    };
+    let token = std::fs::read(&file).map_err(|e| {
+        tracing::error!(file = %file.display(), error = %e, "cannot read the API token file");
+        "the API token cannot be read".to_string()
+    })?;
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or("a bearer token is required")?;
+    let token = token.trim_ascii();
+    if token.is_empty() || !webhook::same_secret(given.trim().as_bytes(), token) {
+        return Err("the bearer token is not valid".into());
+    }
+    Ok(())
+}
+
+async fn hook(name: &str, req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    let Some(provider) = Provider::from_name(name) else {
+        return error(StatusCode::NOT_FOUND, &format!("no receiver {name:?}"));
+    };
+    let count = |result: &str| {
+        if let Ok(mut m) = shared.metrics.lock() {
+            m.webhook(provider.name(), result);
+        }
+    };
+    let config = shared.config();
+    let hooks = &config.webhooks;
+    let Some(secret) = (match provider {
+        Provider::Github => &hooks.github,
+        Provider::Gitlab => &hooks.gitlab,
+        Provider::Gitea => &hooks.gitea,
+        Provider::Bitbucket => &hooks.bitbucket,
+        Provider::Generic => &hooks.generic,
+    }) else {
+        count("not_configured");
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("the {name} receiver is not configured (webhooks.{name})"),
+        );
+    };
+    let headers = req.headers().clone();
+    let body = match read_body(req, MAX_BODY).await {
+        Ok(body) => body,
+        Err(response) => {
+            count("too_large");
+            return response;
+        }
+    };
+    let key = match std::fs::read(&secret.file) {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::error!(receiver = name, file = %secret.file.display(), error = %e, "cannot read the webhook secret");
+            count("error");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the receiver's secret cannot be read",
+            );
+        }
+    };
+    let header = |h: &str| {
+        headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let verdict = webhook::check(provider, &header, &body, &key, secret.header.as_deref());
+    match verdict {
+        Err(Refusal::Unauthorized(why)) => {
+            count("unauthorized");
+            tracing::warn!(receiver = name, reason = %why, "webhook refused");
+            error(StatusCode::UNAUTHORIZED, &why)
+        }
+        Err(Refusal::BadRequest(why)) => {
+            count("bad_request");
+            error(StatusCode::BAD_REQUEST, &why)
+        }
+        Ok(Verdict::Ignored(why)) => {
+            count("ignored");
+            json(StatusCode::OK, &serde_json::json!({"ignored": why}))
+        }
+        Ok(Verdict::Push { urls, reference }) => {
+            if !shared.leader.load(Ordering::SeqCst) {
+                count("not_leader");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this replica is not the leader",
+                );
+            }
+            let wanted: BTreeSet<String> = urls.iter().map(|u| webhook::normalize_url(u)).collect();
+            let targets: Vec<Target> = shared
+                .targets
+                .lock()
+                .map(|t| t.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|t| wanted.contains(&t.url))
+                .collect();
+            let moved: Vec<&Target> = targets
+                .iter()
+                .filter(|t| webhook::ref_matches(&t.reference, reference.as_deref()))
+                .collect();
+            if moved.is_empty() {
+                count("ignored");
+                let why = if targets.is_empty() {
+                    format!("no source of this agent is {}", urls.join(" or "))
+                } else {
+                    format!(
+                        "{} does not move a ref this agent follows",
+                        reference.as_deref().unwrap_or("the push")
+                    )
+                };
+                tracing::info!(receiver = name, reason = %why, "webhook push ignored");
+                return json(StatusCode::OK, &serde_json::json!({"ignored": why}));
+            }
+            count("accepted");
+            let fresh: BTreeSet<String> = moved.iter().map(|t| t.key.clone()).collect();
+            let mut queued = Vec::new();
+            for scope in merge(moved.iter().map(|t| t.scope.clone())) {
+                queued.push(describe(&scope));
+                shared.request(daemon::Request {
+                    scope,
+                    fresh: fresh.clone(),
+                    reason: format!("webhook {name}"),
+                    waiter: None,
+                });
+            }
+            tracing::info!(receiver = name, queued = ?queued, "webhook push accepted");
+            json(StatusCode::ACCEPTED, &serde_json::json!({"queued": queued}))
+        }
+    }
+}
+
+/// Scopes merged: `All` swallows the rest; units of one request go into one scope.
+fn merge(scopes: impl Iterator<Item = Scope>) -> Vec<Scope> {
+    let mut tenants = BTreeSet::new();
+    let mut units = BTreeSet::new();
+    for s in scopes {
+        match s {
+            Scope::All => return vec![Scope::All],
+            Scope::Tenant(t) => {
+                tenants.insert(t);
+            }
+            Scope::Units(u) => units.extend(u),
+        }
+    }
+    units.retain(|u: &UnitId| !u.tenant.as_ref().is_some_and(|t| tenants.contains(t)));
+    let mut out: Vec<Scope> = tenants.into_iter().map(Scope::Tenant).collect();
+    if !units.is_empty() {
+        out.push(Scope::Units(units));
+    }
+    out
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncBody {
+    tenant: Option<String>,
+    app: Option<String>,
+    #[serde(default)]
+    wait: bool,
+}
+
+async fn sync(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    let body = match read_body(req, MAX_API_BODY).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let ask: SyncBody = if body.is_empty() {
+        SyncBody {
+            tenant: None,
+            app: None,
+            wait: false,
+        }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(a) => a,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad sync request: {e}")),
+        }
+    };
+    if !shared.leader.load(Ordering::SeqCst) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this replica is not the leader",
+        );
+    }
+    let plans = shared.plans.lock().map(|p| p.clone()).unwrap_or_default();
+    let tenants = shared.tenants.lock().map(|t| t.clone()).unwrap_or_default();
+    let (scope, fresh) = match (&ask.tenant, &ask.app) {
+        (None, None) => (Scope::All, BTreeSet::new()),
+        (None, Some(app)) => {
+            let id = UnitId::infra();
+            if *app != id.app || !plans.contains_key(&id) {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no unit {app:?} without a tenant on this cluster (give --tenant)"),
+                );
+            }
+            let fresh = plans[&id].sources.iter().cloned().collect();
+            (Scope::Units([id].into()), fresh)
+        }
+        (Some(t), None) => {
+            if !tenants.contains(t) {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("tenant {t:?} does not land on this cluster"),
+                );
+            }
+            let fresh = plans
+                .iter()
+                .filter(|(id, _)| id.tenant.as_deref() == Some(t.as_str()))
+                .flat_map(|(_, p)| p.sources.iter().cloned())
+                .chain(shared.tenant_source(t))
+                .collect();
+            (Scope::Tenant(t.clone()), fresh)
+        }
+        (Some(t), Some(a)) => {
+            let id = UnitId::app(t, a);
+            let Some(plan) = plans.get(&id) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("tenant {t:?} has no app {a:?} on this cluster"),
+                );
+            };
+            (
+                Scope::Units([id].into()),
+                plan.sources.iter().cloned().collect(),
+            )
+        }
+    };
+    let queued = SyncEvent::Queued {
+        scope: describe(&scope),
+    };
+    if !ask.wait {
+        shared.request(daemon::Request {
+            scope,
+            fresh,
+            reason: "sync".into(),
+            waiter: None,
+        });
+        return ndjson(StatusCode::ACCEPTED, &[queued]);
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _ = tx.send(queued);
+    shared.request(daemon::Request {
+        scope: scope.clone(),
+        fresh,
+        reason: "sync".into(),
+        waiter: Some(Waiter::new(tx, scope)),
+    });
+    let mut response = Response::new(BodyExt::boxed(Lines { rx }));
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        "application/x-ndjson".parse().unwrap(),
+    );
+    response
+}
+
+use http_body_util::BodyExt;
+
+/// A streamed body: one JSON line per event, until the sender is dropped.
+struct Lines {
+    rx: mpsc::UnboundedReceiver<SyncEvent>,
+}
+
+impl hyper::body::Body for Lines {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(event)) => {
+                let mut line = serde_json::to_vec(&event).unwrap_or_default();
+                line.push(b'\n');
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(line)))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Reads a body of at most `max` bytes; a larger one is a 413.
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Response<Body>> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body is larger than {max} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("cannot read the body: {e}"),
+        )),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().unwrap(),
+    );
+    r
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
+    r
+}
+
+fn ndjson(status: StatusCode, events: &[SyncEvent]) -> Response<Body> {
+    let mut body = Vec::new();
+    for e in events {
+        body.extend(serde_json::to_vec(e).unwrap_or_default());
+        body.push(b'\n');
+    }
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        "application/x-ndjson".parse().unwrap(),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_merge_into_all_or_tenants_plus_units() {
+        let a = UnitId::app("ai", "a");
+        let b = UnitId::app("web", "b");
+        assert_eq!(
+            merge(
+                [
+                    Scope::Units([a.clone()].into()),
+                    Scope::Tenant("ai".into()),
+                    Scope::Units([b.clone()].into())
+                ]
+                .into_iter()
+            ),
+            vec![Scope::Tenant("ai".into()), Scope::Units([b].into())]
+        );
+        assert_eq!(
+            merge([Scope::Units([a].into()), Scope::All].into_iter()),
+            vec![Scope::All]
+        );
+    }
+}
