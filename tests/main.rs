@@ -9,6 +9,8 @@ mod apply;
 mod cli;
 // The agent config file: the shipped example, and every error reported at once.
 mod config;
+// The long-running agent: webhooks, sync and status, reload, signals, leader election.
+mod daemon;
 // The test Kubernetes API server, through kube-rs: the scenarios shared with integration/.
 mod kube_api;
 // The fleet, catalogs and rendering: render and validate on whole platforms.

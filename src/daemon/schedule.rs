@@ -138,18 +138,24 @@ impl<W: Clone> Schedule<W> {
     /// Queues whatever is due at `now`: the full round, and units whose interval (or backoff)
     /// has passed, with their sources to fetch.
     pub fn due(&mut self, now: Instant) {
-        if now >= self.next_all && !self.pending.all {
+        // Each due time, once taken, moves a whole interval on (the round's end sets the real
+        // next run), so that nothing is due again while it is queued or running.
+        if now >= self.next_all {
+            self.next_all = now + self.interval;
             self.pending.all = true;
             self.pending.reasons.insert("interval".into());
         }
         let due: Vec<(UnitId, Vec<String>)> = self
             .units
             .iter()
-            .filter(|(id, t)| !t.plan.suspend && t.next <= now && !self.pending.units.contains(*id))
+            .filter(|(_, t)| !t.plan.suspend && t.next <= now)
             .map(|(id, t)| (id.clone(), t.plan.sources.clone()))
             .collect();
         for (id, sources) in due {
-            if self.busy(&id) {
+            if let Some(t) = self.units.get_mut(&id) {
+                t.next = now + t.plan.interval;
+            }
+            if self.busy(&id) || self.pending.all {
                 continue;
             }
             self.pending.units.insert(id);

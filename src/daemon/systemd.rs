@@ -13,6 +13,8 @@ pub fn notify(state: &str) -> bool {
     let Ok(socket) = UnixDatagram::unbound() else {
         return false;
     };
+    // Never block the runtime on a reader that is not reading: a full queue drops the message.
+    let _ = socket.set_nonblocking(true);
     let path = path.to_string_lossy().into_owned();
     let sent = match path.strip_prefix('@') {
         // An abstract socket name.

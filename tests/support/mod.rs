@@ -2,6 +2,8 @@
 
 pub mod apply_scenarios;
 pub mod cluster;
+pub mod daemon;
+pub mod daemon_scenarios;
 pub mod git;
 pub mod kube_api;
 pub mod scenarios;
