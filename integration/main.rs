@@ -16,6 +16,8 @@ mod support;
 mod kube_api;
 // run --once and diff through the real binary, shared with `tests/apply.rs`.
 mod apply;
+// The long-running agent through the real binary, shared with `tests/daemon.rs`.
+mod daemon;
 
 /// The admin kubeconfig, or `None` (after saying so) when the suite is not selected.
 fn kubeconfig(test: &str) -> Option<PathBuf> {

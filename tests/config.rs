@@ -362,7 +362,7 @@ fn the_in_cluster_config_is_valid_but_for_its_mounted_secrets() {
     );
     assert_eq!(run.code, 2, "{run:?}");
     let lines: Vec<&str> = run.stderr.lines().collect();
-    assert_eq!(lines.len(), 3, "{run:?}");
+    assert_eq!(lines.len(), 5, "{run:?}");
     assert!(
         lines[0].ends_with(
             "credentials.platform.ssh_key_file: no such file: /etc/flotilla/git/ssh-key"
@@ -372,6 +372,16 @@ fn the_in_cluster_config_is_valid_but_for_its_mounted_secrets() {
     assert!(
         lines[1].ends_with(
             "credentials.platform.known_hosts_file: no such file: /etc/flotilla/git/known_hosts"
+        ),
+        "{run:?}"
+    );
+    assert!(
+        lines[2].ends_with("listen.token_file: no such file: /etc/flotilla/api/token"),
+        "{run:?}"
+    );
+    assert!(
+        lines[3].ends_with(
+            "webhooks.github.secret_file: no such file: /etc/flotilla/api/webhook-secret"
         ),
         "{run:?}"
     );

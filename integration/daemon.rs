@@ -1,0 +1,28 @@
+//! The scenarios of `tests/support/daemon_scenarios.rs` against the real cluster in
+//! `FLOTILLA_IT_KUBECONFIG`: the long-running agent through the real binary (webhooks with a real
+//! Git repo, `sync` and `status`, reload, SIGTERM during an apply, Lease hand-over between two
+//! replicas). Names are unique to the run; tenants' namespaces and the Lease are deleted
+//! afterwards.
+
+use crate::support::apply_scenarios::Env;
+use crate::support::daemon_scenarios;
+
+macro_rules! scenario {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(path) = crate::kubeconfig(stringify!($name)) else {
+                return;
+            };
+            Env::new(&path, None).await.run(daemon_scenarios::$name).await;
+        }
+    )*};
+}
+
+scenario!(
+    webhooks_sync_exactly_the_units_of_the_pushed_repo,
+    sync_status_and_the_api,
+    config_reload_good_and_bad,
+    sigterm_during_an_apply,
+    leader_election_hands_over,
+);
