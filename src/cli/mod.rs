@@ -153,7 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::reconcile::Filter {
                     tenant,
                     app,
-                    only: None,
+                    ..Default::default()
                 },
             ),
             None => Ok(ExitCode::from(2)),

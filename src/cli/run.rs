@@ -15,11 +15,11 @@ use crate::render::Tools;
 
 /// Reconciles every unit once; exit 0 only if every one converged.
 pub fn once(config: &Config) -> anyhow::Result<ExitCode> {
-    let (fetcher, input, problems) = prepare(config)?;
+    let (fetcher, mut input, problems) = prepare(config)?;
     let entries = fetcher.block_on(async {
         let engine = connect(config).await?;
         Ok::<_, anyhow::Error>(
-            reconcile::pass(engine, &input, &Filter::default(), Mode::Apply).await,
+            reconcile::pass(engine, &mut input, &Filter::default(), Mode::Apply).await,
         )
     })?;
     let mut out = std::io::stdout().lock();
@@ -48,7 +48,7 @@ pub fn once(config: &Config) -> anyhow::Result<ExitCode> {
 
 /// Prints what a sync would change; exit 1 if anything would (or could not be compared).
 pub fn diff(config: &Config, filter: Filter) -> anyhow::Result<ExitCode> {
-    let (fetcher, input, problems) = prepare(config)?;
+    let (fetcher, mut input, problems) = prepare(config)?;
     if let Some(t) = &filter.tenant
         && !input.fleet.tenants.contains_key(t)
     {
@@ -56,7 +56,7 @@ pub fn diff(config: &Config, filter: Filter) -> anyhow::Result<ExitCode> {
     }
     let entries = fetcher.block_on(async {
         let engine = connect(config).await?;
-        Ok::<_, anyhow::Error>(reconcile::pass(engine, &input, &filter, Mode::Diff).await)
+        Ok::<_, anyhow::Error>(reconcile::pass(engine, &mut input, &filter, Mode::Diff).await)
     })?;
     let mut out = std::io::stdout().lock();
     let mut changes = 0;
@@ -200,6 +200,7 @@ pub(crate) fn prepare_with(
         results: rendered.results,
         revisions: rendered.revisions,
         problem_units,
+        prior: BTreeMap::new(),
     };
     Ok(Prepared {
         input,

@@ -229,14 +229,33 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
             None
         }
     };
-    if let Some(every) = systemd::watchdog_interval() {
+    // The watchdog pings only while the scheduler (or the wait for the Lease) shows signs of
+    // life: a stuck loop gets the agent restarted by systemd.
+    let heartbeat = Arc::new(Mutex::new(Instant::now()));
+    let watchdog = systemd::watchdog_interval();
+    if let Some(every) = watchdog {
+        let heartbeat = heartbeat.clone();
         tokio::spawn(async move {
             loop {
-                systemd::notify("WATCHDOG=1");
+                let age = heartbeat.lock().map(|h| h.elapsed()).unwrap_or_default();
+                if age < every * 2 {
+                    systemd::notify("WATCHDOG=1");
+                } else {
+                    tracing::error!(stalled_for = ?age, "the scheduler is not responding; no watchdog ping");
+                }
                 tokio::time::sleep(every).await;
             }
         });
     }
+    let beat = {
+        let heartbeat = heartbeat.clone();
+        move || {
+            if let Ok(mut h) = heartbeat.lock() {
+                *h = Instant::now();
+            }
+        }
+    };
+    let tick = watchdog.unwrap_or(Duration::from_secs(3600));
 
     let cluster = Arc::new(Cluster::connect(config.kubeconfig.as_deref()).await?);
     tracing::info!(api_server = %cluster.url(), cluster = %config.cluster, "agent starting");
@@ -249,18 +268,21 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
     // Leader election: wait for the Lease (serving /healthz meanwhile), then keep renewing it.
     let (lost_tx, mut lost) = mpsc::unbounded_channel::<String>();
     let mut elector = None;
+    let mut renewing: Option<tokio::task::JoinHandle<()>> = None;
     if let Some(le) = &config.leader_election {
         let identity = format!("{}_{}", round::hostname(), std::process::id());
         let mut e = leader::Elector::new(cluster.client(&Identity::Agent)?, le, identity);
         systemd::notify("STATUS=waiting to be elected leader");
         tracing::info!(lease = %format!("{}/{}", le.namespace, le.name), identity = %e.identity, "waiting for the Lease");
         loop {
-            match e.try_acquire().await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(error) => {
+            beat();
+            match tokio::time::timeout(e.period(), e.try_acquire()).await {
+                Ok(Ok(true)) => break,
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => {
                     tracing::warn!(%error, "leader election: cannot read or write the Lease")
                 }
+                Err(_) => tracing::warn!("leader election: the API server did not answer in time"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(e.period()) => {}
@@ -273,7 +295,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
         tracing::info!(identity = %e.identity, "elected leader");
         elector = Some(Arc::new(tokio::sync::Mutex::new(e)));
         let renewer = elector.clone().expect("just set");
-        tokio::spawn(async move {
+        renewing = Some(tokio::spawn(async move {
             let mut last_ok = Instant::now();
             loop {
                 let (period, deadline) = {
@@ -281,21 +303,32 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
                     (e.period(), e.deadline())
                 };
                 tokio::time::sleep(period).await;
-                let result = renewer.lock().await.try_acquire().await;
+                // A call that hangs must not outlive the renew deadline: past it, another
+                // replica may already hold the Lease.
+                let left = deadline.saturating_sub(last_ok.elapsed());
+                let result =
+                    tokio::time::timeout(left, async { renewer.lock().await.try_acquire().await })
+                        .await;
                 match result {
-                    Ok(true) => last_ok = Instant::now(),
-                    Ok(false) => {
+                    Ok(Ok(true)) => last_ok = Instant::now(),
+                    Ok(Ok(false)) => {
                         let _ = lost_tx.send("another replica holds the Lease".into());
                         return;
                     }
-                    Err(error) if last_ok.elapsed() > deadline => {
+                    Ok(Err(error)) if last_ok.elapsed() < deadline => {
+                        tracing::warn!(%error, "Lease renewal failed; retrying")
+                    }
+                    Ok(Err(error)) => {
                         let _ = lost_tx.send(format!("the Lease could not be renewed: {error}"));
                         return;
                     }
-                    Err(error) => tracing::warn!(%error, "Lease renewal failed; retrying"),
+                    Err(_) => {
+                        let _ = lost_tx.send("the Lease could not be renewed in time".into());
+                        return;
+                    }
                 }
             }
-        });
+        }));
     }
     shared.leader.store(true, Ordering::SeqCst);
 
@@ -310,20 +343,37 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
     let mut known = Revisions::default();
     let mut code = ExitCode::SUCCESS;
     systemd::notify("STATUS=first sync");
+    // Round task ids → round ids, so that a round whose task panicked is failed, not lost.
+    let mut task_rounds: BTreeMap<tokio::task::Id, u64> = BTreeMap::new();
     loop {
+        beat();
+        if *stop.borrow() {
+            break;
+        }
         let now = Instant::now();
         schedule.due(now);
-        for round in schedule.start() {
-            rounds.spawn(round::run(ctx.clone(), round));
+        for round in schedule.start(now) {
+            let id = round.id;
+            let handle = rounds.spawn(round::run(ctx.clone(), round));
+            task_rounds.insert(handle.id(), id);
         }
         publish_next_runs(&shared, &schedule);
-        let wake = schedule.next_wake();
+        let wake = schedule.next_wake().min(Instant::now() + tick);
         tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            Some(why) = lost.recv() => {
+                tracing::error!(reason = %why, "lost leadership; cancelling running syncs so that only the new leader applies");
+                shared.leader.store(false, Ordering::SeqCst);
+                rounds.abort_all();
+                code = ExitCode::from(1);
+                let _ = stop_tx.send(true);
+                break;
+            }
+            Some(joined) = rounds.join_next_with_id(), if !rounds.is_empty() => {
+                joined_round(&shared, &mut schedule, &mut known, &mut task_rounds, joined);
+            }
             Some(r) = incoming.recv() => schedule.request(r.scope, r.fresh, &r.reason, r.waiter),
-            Some(joined) = rounds.join_next(), if !rounds.is_empty() => match joined {
-                Ok(done) => finished(&shared, &mut schedule, &mut known, done),
-                Err(e) => tracing::error!(error = %e, "a round task failed"),
-            },
             _ = tokio::time::sleep_until(wake.into()) => {}
             Some(new) = reloads.recv() => {
                 let sources = if new.credentials == ctx.config.credentials && new.git == ctx.config.git {
@@ -341,14 +391,6 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
                 schedule.set_interval(new.interval, Instant::now());
                 schedule.request(Scope::All, BTreeSet::new(), "config reloaded", None);
             }
-            _ = stopped(&mut stop) => break,
-            Some(why) = lost.recv() => {
-                tracing::error!(reason = %why, "lost leadership; stopping so that only the new leader applies");
-                shared.leader.store(false, Ordering::SeqCst);
-                code = ExitCode::from(1);
-                let _ = stop_tx.send(true);
-                break;
-            }
         }
     }
 
@@ -363,10 +405,16 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
     tokio::pin!(deadline);
     loop {
         tokio::select! {
-            joined = rounds.join_next() => match joined {
+            biased;
+            Some(why) = lost.recv(), if shared.leader.load(Ordering::SeqCst) => {
+                tracing::error!(reason = %why, "lost leadership while stopping; cancelling running syncs");
+                shared.leader.store(false, Ordering::SeqCst);
+                rounds.abort_all();
+                code = ExitCode::from(1);
+            }
+            joined = rounds.join_next_with_id() => match joined {
                 None => break,
-                Some(Ok(done)) => finished(&shared, &mut schedule, &mut known, done),
-                Some(Err(e)) => tracing::error!(error = %e, "a round task failed"),
+                Some(joined) => joined_round(&shared, &mut schedule, &mut known, &mut task_rounds, joined),
             },
             _ = &mut deadline => {
                 tracing::error!(rounds = rounds.len(), "the grace period is over; cancelling the syncs still running");
@@ -376,14 +424,55 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
             }
         }
     }
+    // The renewer stops first, so that it cannot take the released Lease back.
+    if let Some(r) = renewing {
+        r.abort();
+        let _ = r.await;
+    }
     if let Some(e) = elector
         && shared.leader.load(Ordering::SeqCst)
     {
-        e.lock().await.release().await;
+        let e = e.lock().await;
+        let _ = tokio::time::timeout(e.period(), e.release()).await;
     }
     finish(&socket);
     tracing::info!("stopped");
     Ok(code)
+}
+
+/// A round task ended: its result recorded, or, if it panicked or was cancelled, its round
+/// failed as a whole so that its units are not left busy forever.
+fn joined_round(
+    shared: &Shared,
+    schedule: &mut Schedule<Waiter>,
+    known: &mut Revisions,
+    task_rounds: &mut BTreeMap<tokio::task::Id, u64>,
+    joined: Result<(tokio::task::Id, Done), tokio::task::JoinError>,
+) {
+    match joined {
+        Ok((task, done)) => {
+            task_rounds.remove(&task);
+            finished(shared, schedule, known, done);
+        }
+        Err(e) => {
+            let id = task_rounds.remove(&e.id()).unwrap_or_default();
+            let why = if e.is_cancelled() {
+                "cancelled"
+            } else {
+                "panicked"
+            };
+            tracing::error!(round = id, error = %e, "a round {why}");
+            for (w, satisfied) in schedule.failed_whole(id, Instant::now()) {
+                w.ok.store(false, Ordering::SeqCst);
+                let _ = w.tx.send(SyncEvent::Error {
+                    message: format!("internal error: the round {why}"),
+                });
+                if satisfied {
+                    let _ = w.tx.send(SyncEvent::Done { ok: false });
+                }
+            }
+        }
+    }
 }
 
 /// The last revisions seen of the fleet and of each tenant's repo.
@@ -687,7 +776,14 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, Error> {
             ))
         })?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt as _;
+        if !meta.file_type().is_socket() {
+            return Err(Error::Socket(format!(
+                "{} exists and is not a socket; not replacing it",
+                path.display()
+            )));
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(Error::Socket(format!(
                 "another agent is listening on {}",

@@ -102,6 +102,8 @@ pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
         scope,
         fresh,
         reasons,
+        skip,
+        prior,
     } = round;
     let span = tracing::info_span!("round", id, scope = %describe(&scope));
     let _guard = span.enter();
@@ -143,9 +145,28 @@ pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
             };
         }
     };
-    let input = &prepared.input;
+    let view = view_of(&ctx.config, &prepared);
+    // An API server that does not answer fails the round as a whole, not each unit on its own.
+    if let Err(e) = ctx.engine.cluster.resolve("v1", "ConfigMap").await {
+        let error = format!(
+            "API server {}: {e}; nothing applied",
+            ctx.engine.cluster.url()
+        );
+        tracing::error!(parent: &span, %error, "round failed");
+        return Done {
+            id,
+            scope,
+            reasons,
+            entries: Vec::new(),
+            error: Some(error),
+            view: None,
+        };
+    }
     let filter = match &scope {
-        Scope::All => Filter::default(),
+        Scope::All => Filter {
+            skip,
+            ..Default::default()
+        },
         Scope::Tenant(t) => Filter {
             tenant: Some(t.clone()),
             ..Default::default()
@@ -155,13 +176,19 @@ pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
             ..Default::default()
         },
     };
-    let entries = reconcile::pass(ctx.engine.clone(), input, &filter, Mode::Apply).await;
-
-    let view = view_of(&ctx.config, &prepared);
+    let mut prepared = prepared;
+    prepared.input.prior = prior;
+    let entries = reconcile::pass(
+        ctx.engine.clone(),
+        &mut prepared.input,
+        &filter,
+        Mode::Apply,
+    )
+    .await;
     for e in &entries {
         log_entry(&span, e);
     }
-    post_events(&ctx.engine, input, &entries).await;
+    post_events(&ctx.engine, &prepared.input, &entries).await;
     Done {
         id,
         scope,
@@ -200,7 +227,11 @@ fn view_of(config: &Config, prepared: &crate::cli::run::Prepared) -> View {
         plans.insert(
             unit.id.clone(),
             Plan {
-                interval: unit.options.interval.unwrap_or(config.interval),
+                interval: unit
+                    .options
+                    .interval
+                    .unwrap_or(config.interval)
+                    .max(crate::config::MIN_INTERVAL),
                 suspend: unit.options.suspend,
                 sources,
             },

@@ -43,6 +43,11 @@ pub struct Round {
     pub fresh: Option<BTreeSet<String>>,
     /// Why it runs: `interval`, `webhook github`, `sync`, ...
     pub reasons: BTreeSet<String>,
+    /// Known units a periodic full round leaves alone: not due yet by their own interval (a
+    /// full round still reads the fleet, onboards, and finds removed apps and departed tenants).
+    pub skip: BTreeSet<UnitId>,
+    /// Whether each known unit converged last time (`dependsOn` across rounds).
+    pub prior: BTreeMap<UnitId, bool>,
 }
 
 struct Timing {
@@ -155,7 +160,7 @@ impl<W: Clone> Schedule<W> {
             if let Some(t) = self.units.get_mut(&id) {
                 t.next = now + t.plan.interval;
             }
-            if self.busy(&id) || self.pending.all {
+            if self.busy(&id) {
                 continue;
             }
             self.pending.units.insert(id);
@@ -174,16 +179,32 @@ impl<W: Clone> Schedule<W> {
     }
 
     /// The rounds that may start now; they count as running until [`Schedule::finish`].
-    pub fn start(&mut self) -> Vec<Round> {
+    pub fn start(&mut self, now: Instant) -> Vec<Round> {
         let mut rounds = Vec::new();
         let reasons = |p: &Pending| p.reasons.clone();
         if self.pending.all {
             if self.running.is_empty() {
+                let reasons = reasons(&self.pending);
+                // Only the clock asked: units whose own interval has not come are left alone
+                // (within a tenth of it: a unit nearly due goes now rather than alone later).
+                let skip = if reasons.iter().all(|r| r == "interval") {
+                    self.units
+                        .iter()
+                        .filter(|(u, t)| {
+                            !self.pending.units.contains(*u) && t.next > now + t.plan.interval / 10
+                        })
+                        .map(|(u, _)| u.clone())
+                        .collect()
+                } else {
+                    BTreeSet::new()
+                };
                 let round = Round {
                     id: 0,
                     scope: Scope::All,
                     fresh: None,
-                    reasons: reasons(&self.pending),
+                    reasons,
+                    skip,
+                    prior: BTreeMap::new(),
                 };
                 self.pending = Pending::default();
                 rounds.push(round);
@@ -202,6 +223,8 @@ impl<W: Clone> Schedule<W> {
                     scope: Scope::Tenant(t),
                     fresh: Some(self.pending.fresh.clone()),
                     reasons: reasons(&self.pending),
+                    skip: BTreeSet::new(),
+                    prior: BTreeMap::new(),
                 });
             }
             let ready: BTreeSet<UnitId> = self
@@ -225,6 +248,8 @@ impl<W: Clone> Schedule<W> {
                     scope: Scope::Units(ready),
                     fresh: Some(self.pending.fresh.clone()),
                     reasons: reasons(&self.pending),
+                    skip: BTreeSet::new(),
+                    prior: BTreeMap::new(),
                 });
             }
             if !rounds.is_empty()
@@ -236,6 +261,11 @@ impl<W: Clone> Schedule<W> {
             }
         }
         for round in &mut rounds {
+            round.prior = self
+                .units
+                .iter()
+                .map(|(u, t)| (u.clone(), t.failures == 0))
+                .collect();
             self.seq += 1;
             round.id = self.seq;
             self.running
@@ -420,7 +450,7 @@ mod tests {
 
     fn started(s: &mut Schedule<u32>, now: Instant, placement: &BTreeMap<UnitId, Plan>) {
         s.due(now);
-        let rounds = s.start();
+        let rounds = s.start(now);
         assert_eq!(rounds.len(), 1);
         assert_eq!(rounds[0].scope, Scope::All);
         s.finish(rounds[0].id, now, &[], Some(placement));
@@ -440,7 +470,7 @@ mod tests {
                 Some(i),
             );
         }
-        let rounds = s.start();
+        let rounds = s.start(now);
         assert_eq!(rounds.len(), 1, "{rounds:?}");
         assert_eq!(rounds[0].scope, Scope::Units([a.clone()].into()));
         // More triggers while it runs: one more round, after this one.
@@ -456,10 +486,10 @@ mod tests {
             "sync",
             Some(100),
         );
-        assert!(s.start().is_empty(), "the unit is busy");
+        assert!(s.start(now).is_empty(), "the unit is busy");
         let told = done(s.finish(rounds[0].id, now, &[(a.clone(), true)], None));
         assert_eq!(told, (0..20).collect::<Vec<_>>());
-        let again = s.start();
+        let again = s.start(now);
         assert_eq!(again.len(), 1);
         assert_eq!(
             done(s.finish(again[0].id, now, &[(a, true)], None)),
@@ -489,7 +519,7 @@ mod tests {
             ]),
         );
         s.due(now + Duration::from_secs(70));
-        let rounds = s.start();
+        let rounds = s.start(now);
         assert_eq!(rounds.len(), 1);
         assert_eq!(rounds[0].scope, Scope::Units([a.clone()].into()));
         assert_eq!(rounds[0].fresh, Some(["ra".to_string()].into()));
@@ -507,12 +537,42 @@ mod tests {
                 "retry",
                 None,
             );
-            let r = s.start();
+            let r = s.start(now);
             s.finish(r[0].id, t, &[(a.clone(), false)], None);
         }
         let wait = s.next_wake() - t;
         assert!(wait <= Duration::from_secs(66), "{wait:?}");
         assert!(wait >= Duration::from_secs(54), "{wait:?}");
+    }
+
+    #[test]
+    fn a_periodic_full_round_leaves_units_alone_until_their_own_interval() {
+        let now = Instant::now();
+        let mut s: Schedule<u32> = Schedule::new(Duration::from_secs(10), now);
+        let (hourly, often) = (UnitId::app("ai", "hourly"), UnitId::app("ai", "often"));
+        started(
+            &mut s,
+            now,
+            &placed(&[
+                (hourly.clone(), plan(3600, &[])),
+                (often.clone(), plan(10, &[])),
+            ]),
+        );
+        s.due(now + Duration::from_secs(12));
+        let rounds = s.start(now);
+        assert_eq!(rounds.len(), 1);
+        assert_eq!(rounds[0].scope, Scope::All);
+        assert_eq!(rounds[0].skip, [hourly.clone()].into());
+        s.finish(rounds[0].id, now, &[(often, false)], None);
+        // A sync asked for by someone skips nothing; the failure is remembered for dependsOn.
+        s.request(Scope::All, BTreeSet::new(), "sync", None);
+        let asked = s.start(now);
+        assert!(asked[0].skip.is_empty());
+        assert_eq!(
+            asked[0].prior.get(&UnitId::app("ai", "often")),
+            Some(&false)
+        );
+        assert_eq!(asked[0].prior.get(&hourly), Some(&true));
     }
 
     #[test]
@@ -540,7 +600,7 @@ mod tests {
             "sync",
             None,
         );
-        let first = s.start();
+        let first = s.start(now);
         s.request(Scope::All, BTreeSet::new(), "webhook", Some(1));
         s.request(
             Scope::Units([b.clone()].into()),
@@ -548,9 +608,9 @@ mod tests {
             "sync",
             None,
         );
-        assert!(s.start().is_empty());
+        assert!(s.start(now).is_empty());
         assert!(done(s.finish(first[0].id, now, &[(a, true)], None)).is_empty());
-        let full = s.start();
+        let full = s.start(now);
         assert_eq!(full[0].scope, Scope::All);
         assert_eq!(full[0].fresh, None);
         assert_eq!(done(s.finish(full[0].id, now, &[], None)), vec![1]);
@@ -580,7 +640,7 @@ mod tests {
             "sync",
             Some(2),
         );
-        let rounds = s.start();
+        let rounds = s.start(now);
         let scopes: Vec<&Scope> = rounds.iter().map(|r| &r.scope).collect();
         assert_eq!(
             scopes,

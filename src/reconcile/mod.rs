@@ -41,6 +41,8 @@ pub struct Input {
     pub revisions: BTreeMap<UnitId, String>,
     /// Units named by a placement problem: they exist in Git though they were not placed.
     pub problem_units: BTreeSet<UnitId>,
+    /// The last result (converged or not) of units outside this pass, for `dependsOn`.
+    pub prior: BTreeMap<UnitId, bool>,
 }
 
 /// Which units a pass covers.
@@ -51,6 +53,9 @@ pub struct Filter {
     /// Only these units (the daemon's rounds): no removed apps or departed tenants are looked
     /// for, and only the tenants of these units are onboarded.
     pub only: Option<BTreeSet<UnitId>>,
+    /// Units left alone by this pass (not due yet); they still count as present, so nothing of
+    /// theirs is taken as removed.
+    pub skip: BTreeSet<UnitId>,
 }
 
 /// What happened to one set.
@@ -76,6 +81,7 @@ impl Filter {
         tenant
             && self.app.as_deref().is_none_or(|a| a == id.app)
             && self.only.as_ref().is_none_or(|only| only.contains(id))
+            && !self.skip.contains(id)
     }
 
     /// Whether the pass covers this tenant's onboarding.
@@ -89,7 +95,13 @@ impl Filter {
 }
 
 /// Runs one pass: applies (or, in diff mode, describes) every selected set.
-pub async fn pass(engine: Arc<Engine>, input: &Input, filter: &Filter, mode: Mode) -> Vec<Entry> {
+/// Each selected unit's rendered objects are moved out of `input.results` as it is synced.
+pub async fn pass(
+    engine: Arc<Engine>,
+    input: &mut Input,
+    filter: &Filter,
+    mode: Mode,
+) -> Vec<Entry> {
     let mut entries = Vec::new();
 
     // Onboarding first: namespaces, ServiceAccount, RoleBindings (infra may put quotas or
@@ -122,13 +134,17 @@ pub async fn pass(engine: Arc<Engine>, input: &Input, filter: &Filter, mode: Mod
     }
 
     // The cluster's infra, with the agent's identity.
-    let mut done: BTreeMap<UnitId, bool> = BTreeMap::new();
-    for unit in input.units.iter().filter(|u| u.id.tenant.is_none()) {
-        if filter.unit(&unit.id) {
-            let entry = sync_unit(&engine, input, unit, mode, false).await;
-            done.insert(unit.id.clone(), entry.outcome.converged());
-            entries.push(entry);
-        }
+    let mut done: BTreeMap<UnitId, bool> = input.prior.clone();
+    let infra: Vec<Unit> = input
+        .units
+        .iter()
+        .filter(|u| u.id.tenant.is_none() && filter.unit(&u.id))
+        .cloned()
+        .collect();
+    for unit in &infra {
+        let entry = sync_unit(&engine, input, unit, mode, false).await;
+        done.insert(unit.id.clone(), entry.outcome.converged());
+        entries.push(entry);
     }
 
     // Tenant apps, a dependency level at a time.
@@ -185,7 +201,8 @@ pub async fn pass(engine: Arc<Engine>, input: &Input, filter: &Filter, mode: Mod
             }
             let has_dependents = needed.contains(&(tenant, unit.id.app.clone()));
             let (engine, unit) = (engine.clone(), unit.clone());
-            let spec = unit_spec(input, &unit, mode, has_dependents);
+            // Moved, not copied: a unit's objects leave the input as its sync starts.
+            let spec = unit_spec(input.results.remove(&unit.id), &unit, mode, has_dependents);
             let revision = input.revisions.get(&unit.id).cloned();
             tasks.spawn(async move {
                 let _slot = engine.units.clone().acquire_owned().await;
@@ -305,12 +322,19 @@ fn levels<'a>(units: &[&'a Unit]) -> Vec<Vec<&'a Unit>> {
     out
 }
 
-async fn sync_unit(engine: &Engine, input: &Input, unit: &Unit, mode: Mode, deps: bool) -> Entry {
+async fn sync_unit(
+    engine: &Engine,
+    input: &mut Input,
+    unit: &Unit,
+    mode: Mode,
+    deps: bool,
+) -> Entry {
+    let rendered = input.results.remove(&unit.id);
     Entry {
         unit: Some(unit.id.clone()),
         name: fleet::Owner::Unit(unit.id.clone()).to_string(),
         revision: input.revisions.get(&unit.id).cloned(),
-        outcome: run_spec(engine, unit_spec(input, unit, mode, deps)).await,
+        outcome: run_spec(engine, unit_spec(rendered, unit, mode, deps)).await,
     }
 }
 
@@ -333,12 +357,12 @@ async fn run_spec(engine: &Engine, spec: Result<(SetSpec, Vec<String>), String>)
 /// The set of a rendered unit, with its refused objects as failures; a failed render is an
 /// error and prunes nothing.
 fn unit_spec(
-    input: &Input,
+    rendered: Option<render::Rendered>,
     unit: &Unit,
     mode: Mode,
     has_dependents: bool,
 ) -> Result<(SetSpec, Vec<String>), String> {
-    let objects = match input.results.get(&unit.id) {
+    let objects = match rendered {
         Some(Ok(objects)) => objects,
         Some(Err(problems)) => {
             let lines: Vec<String> = problems.iter().map(|p| p.detail.clone()).collect();
@@ -349,8 +373,8 @@ fn unit_spec(
         }
         None => return Err("not rendered".into()),
     };
-    let (refused, ok): (Vec<&Object>, Vec<&Object>) =
-        objects.iter().partition(|o| o.refused.is_some());
+    let (refused, ok): (Vec<Object>, Vec<Object>) =
+        objects.into_iter().partition(|o| o.refused.is_some());
     let failures = refused
         .iter()
         .filter_map(|o| o.refusal(&unit.id))
@@ -362,7 +386,7 @@ fn unit_spec(
         set: unit.id.app.clone(),
         identity: unit.identity.clone(),
         parent: Parent::of_unit(&unit.id, unit.namespace.as_deref()),
-        objects: ok.into_iter().cloned().collect(),
+        objects: ok,
         refused: refused.iter().map(|o| o.key.clone()).collect(),
         options: SetOptions {
             prune: unit.options.prune,

@@ -337,13 +337,19 @@ impl Engine {
                 continue;
             }
             spawned.insert(i);
+            // The permit before the task: only `concurrency` request bodies exist at once.
+            let permit = limit
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
             let body = plan::applied_body(o, id);
             let live = live.get(&o.key).cloned();
-            let (client, r, limit) = (client.clone(), r.clone(), limit.clone());
+            let (client, r) = (client.clone(), r.clone());
             let (force, recreate, mode) = (spec.options.force, spec.options.recreate, spec.mode);
             let timeout = spec.options.timeout;
             tasks.spawn(async move {
-                let _permit = limit.acquire().await;
+                let _permit = permit;
                 let result = apply_one(
                     &client, &r, &body, live, decision, force, recreate, mode, timeout,
                 )

@@ -92,7 +92,10 @@ where
             let shared = shared.clone();
             async move { Ok::<_, Infallible>(handle(req, shared, via).await) }
         });
+        // Slow clients are cut off: headers within 10 s (bodies: see `read_body`).
         let _ = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(std::time::Duration::from_secs(10))
             .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
             .await;
     });
@@ -466,7 +469,14 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Response
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), max).collect().await {
+    let read = Limited::new(req.into_body(), max).collect();
+    let Ok(read) = tokio::time::timeout(std::time::Duration::from_secs(10), read).await else {
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body did not arrive within 10 s",
+        ));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()

@@ -1,0 +1,436 @@
+//! Daemon figures (a benchmark that prints numbers, not a timed test), all through the real
+//! `flotilla run` against the in-process test API server:
+//!
+//! - webhook → applied: from sending a GitHub push webhook for an app repo to the changed
+//!   ConfigMap being readable from the API server, over 20 pushes; the fetch's own share (from
+//!   `/metrics`) is printed beside it (target: under 1 s plus the fetch);
+//! - idle RSS of the agent with the example fleet, after its first sync;
+//! - RSS of the agent managing 10,000 objects (20 apps of 500 ConfigMaps; target: under 64 MiB).
+//!
+//! The test server runs in this process, so its memory is not in the agent's figures; it says
+//! nothing about a real control plane's latency.
+//!
+//! Run: `cargo bench --bench daemon`
+
+#[path = "../../tests/support/kube_api/mod.rs"]
+#[allow(unused)]
+mod kube_api;
+
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hmac::{KeyInit, Mac};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::discovery::ApiResource;
+
+const SECRET: &str = "bench-secret";
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = kube_api::ApiServer::start();
+    let admin = runtime.block_on(client(server.kubeconfig()));
+    runtime.spawn(roll_out_deployments(admin.clone()));
+    println!("against the in-process TEST API server (not a real cluster)\n");
+
+    // BENCH_ONLY=latency|idle|objects runs one part.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "latency" {
+        webhook_latency(&runtime, &server, &admin);
+    }
+    if only.is_empty() || only == "idle" {
+        idle_example_fleet(&server);
+    }
+    if only.is_empty() || only == "objects" {
+        ten_thousand_objects(&server);
+    }
+}
+
+fn webhook_latency(
+    rt: &tokio::runtime::Runtime,
+    server: &kube_api::ApiServer,
+    admin: &kube::Client,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let repo = root.join("app-repo");
+    git(root, &["init", "-q", "-b", "main", repo.to_str().unwrap()]);
+    for (k, v) in [
+        ("user.name", "Bench"),
+        ("user.email", "bench@example.com"),
+        ("commit.gpgsign", "false"),
+    ] {
+        git(&repo, &["config", k, v]);
+    }
+    write(&repo, "cm.yaml", &cm("latency", "0"));
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "v0"]);
+    let url = format!("file://{}", repo.display());
+    let port = free_port();
+    config(root, server.kubeconfig(), port, "fleet: { dir: fleet }\n");
+    write(root, "fleet/clusters/bench/cluster.yaml", "name: bench\n");
+    write(
+        root,
+        "fleet/tenants/lat.yaml",
+        "name: lat\nnamespaces: [lat]\nsource: { dir: ../../tenant }\nclusters: [{ name: bench }]\n",
+    );
+    write(
+        root,
+        "tenant/tenant.yaml",
+        &format!(
+            "apps:\n  - {{ name: app, enabled: true, source: {{ url: \"{url}\", ref: {{ branch: main }} }} }}\n"
+        ),
+    );
+    let mut agent = start(root, port);
+    wait_ready(port, &mut agent);
+
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(admin.clone(), "lat", &ar("v1", "ConfigMap", "configmaps"));
+    let body = serde_json::to_vec(&serde_json::json!({
+        "ref": "refs/heads/main", "repository": {"clone_url": url}}))
+    .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(&body);
+    let sig: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let fetch_sum = |port| metric(port, "flotilla_fetch_duration_seconds_sum", &url);
+    let mut total = Vec::new();
+    let mut fetches = Vec::new();
+    for i in 1..=20 {
+        let v = i.to_string();
+        write(&repo, "cm.yaml", &cm("latency", &v));
+        git(&repo, &["commit", "-qam", &v]);
+        let before = fetch_sum(port);
+        let started = Instant::now();
+        let status = http(
+            port,
+            "POST",
+            "/hooks/github",
+            &[
+                ("X-GitHub-Event", "push".into()),
+                ("X-Hub-Signature-256", format!("sha256={sig}")),
+            ],
+            &body,
+        );
+        assert_eq!(status.0, 202, "{status:?}");
+        rt.block_on(async {
+            loop {
+                if let Ok(o) = api.get("latency").await
+                    && o.data["data"]["v"] == v.as_str()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        total.push(started.elapsed());
+        fetches.push(Duration::from_secs_f64((fetch_sum(port) - before).max(0.0)));
+    }
+    stop(&mut agent);
+    total.sort();
+    fetches.sort();
+    println!("webhook → applied (20 pushes of a file:// app repo):");
+    println!(
+        "  median {:>7.1} ms   max {:>7.1} ms   (of which the fetch: median {:.1} ms, max {:.1} ms)\n",
+        ms(total[total.len() / 2]),
+        ms(*total.last().unwrap()),
+        ms(fetches[fetches.len() / 2]),
+        ms(*fetches.last().unwrap()),
+    );
+}
+
+fn idle_example_fleet(server: &kube_api::ApiServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+    for part in ["fleet", "tenants"] {
+        let status = Command::new("cp")
+            .args([
+                "-r",
+                examples.join(part).to_str().unwrap(),
+                root.to_str().unwrap(),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let port = free_port();
+    config(root, server.kubeconfig(), port, "fleet: { dir: fleet }\n");
+    let text = std::fs::read_to_string(root.join("flotilla.yaml")).unwrap();
+    write(
+        root,
+        "flotilla.yaml",
+        &text.replace("cluster: bench", "cluster: dev"),
+    );
+    let mut agent = start(root, port);
+    wait_ready(port, &mut agent);
+    std::thread::sleep(Duration::from_secs(3));
+    let (rss, peak) = memory(agent.id());
+    stop(&mut agent);
+    println!("idle, example fleet for dev (18 units), after the first sync:");
+    println!("  RSS {rss:.1} MiB   peak {peak:.1} MiB\n");
+}
+
+fn ten_thousand_objects(server: &kube_api::ApiServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let port = free_port();
+    config(root, server.kubeconfig(), port, "fleet: { dir: fleet }\n");
+    write(root, "fleet/clusters/bench/cluster.yaml", "name: bench\n");
+    let namespaces: Vec<String> = (0..20).map(|i| format!("big-{i}")).collect();
+    write(
+        root,
+        "fleet/tenants/big.yaml",
+        &format!(
+            "name: big\nnamespaces: [{}]\nsource: {{ dir: ../../tenant }}\nclusters: [{{ name: bench }}]\n",
+            namespaces.join(", ")
+        ),
+    );
+    let mut catalog = String::from("apps:\n");
+    for (i, ns) in namespaces.iter().enumerate() {
+        catalog.push_str(&format!(
+            "  - {{ name: app{i}, enabled: true, source: {{ path: app{i} }}, namespace: {ns} }}\n"
+        ));
+        let mut docs = String::new();
+        for j in 0..500 {
+            docs.push_str(&format!(
+                "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: cm-{j} }}\ndata: {{ k: \"value-{i}-{j}\", other: \"some text that makes the object a little larger\" }}\n"
+            ));
+        }
+        write(root, &format!("tenant/app{i}/cms.yaml"), &docs);
+    }
+    write(root, "tenant/tenant.yaml", &catalog);
+    let started = Instant::now();
+    let mut agent = start(root, port);
+    wait_ready(port, &mut agent);
+    let first = started.elapsed();
+    let (_, peak_first) = memory(agent.id());
+    // A second full round, with nothing changed.
+    let before = Instant::now();
+    let sync = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["sync", "--wait", "--config", "flotilla.yaml"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        sync.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sync.stdout)
+    );
+    let steady = before.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss, peak) = memory(agent.id());
+    stop(&mut agent);
+    println!("10,000 objects (20 apps of 500 ConfigMaps):");
+    println!(
+        "  first sync {:.1} s (peak RSS {peak_first:.1} MiB); an unchanged full round {:.2} s",
+        first.as_secs_f64(),
+        steady.as_secs_f64()
+    );
+    println!("  RSS after {rss:.1} MiB   peak {peak:.1} MiB   (target: under 64 MiB)");
+}
+
+// === helpers ===
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn cm(name: &str, v: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: {name} }}\ndata: {{ v: \"{v}\" }}\n"
+    )
+}
+
+fn config(root: &Path, kubeconfig: &Path, port: u16, fleet: &str) -> String {
+    write(root, "secret", SECRET);
+    let text = format!(
+        "cluster: bench\n{fleet}state_dir: state\nkubeconfig: {}\ninterval: 1h\n\
+         listen: {{ http: \"127.0.0.1:{port}\", socket: agent.sock }}\n\
+         webhooks: {{ github: {{ secret_file: secret }} }}\nlog: {{ level: warn }}\n",
+        kubeconfig.display()
+    );
+    write(root, "flotilla.yaml", &text);
+    text
+}
+
+fn start(root: &Path, _port: u16) -> Child {
+    // BENCH_WRAPPER (e.g. `valgrind --tool=massif`) runs the agent under a profiler.
+    let wrapper: Vec<String> = std::env::var("BENCH_WRAPPER")
+        .map(|w| w.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
+    let (program, mut args): (String, Vec<String>) = match wrapper.split_first() {
+        Some((p, rest)) => (p.clone(), rest.to_vec()),
+        None => (String::new(), Vec::new()),
+    };
+    let mut cmd = if program.is_empty() {
+        Command::new(env!("CARGO_BIN_EXE_flotilla"))
+    } else {
+        args.push(env!("CARGO_BIN_EXE_flotilla").into());
+        let mut c = Command::new(program);
+        c.args(&args);
+        c
+    };
+    cmd.args(["run", "--config", "flotilla.yaml"])
+        .current_dir(root)
+        .env_remove("NOTIFY_SOCKET")
+        .envs(
+            std::env::var("BENCH_MALLOC_ARENA_MAX")
+                .ok()
+                .map(|v| ("MALLOC_ARENA_MAX", v)),
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(root.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_ready(port: u16, agent: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while http(port, "GET", "/readyz", &[], b"").0 != 200 {
+        assert!(agent.try_wait().unwrap().is_none(), "the agent exited");
+        assert!(Instant::now() < deadline, "not ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop(agent: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-s", "TERM", &agent.id().to_string()])
+        .status();
+    let _ = agent.wait();
+}
+
+/// Current and peak resident memory of a process, MiB.
+fn memory(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = |key: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+}
+
+fn metric(port: u16, name: &str, label: &str) -> f64 {
+    let (_, text) = http(port, "GET", "/metrics", &[], b"");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ar(api_version: &str, kind: &str, plural: &str) -> ApiResource {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: api_version.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+async fn client(kubeconfig: &Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// The Deployment controller's part for the example fleet (the test server runs none): a new
+/// generation is at once rolled out.
+async fn roll_out_deployments(admin: kube::Client) {
+    let ar = ar("apps/v1", "Deployment", "deployments");
+    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &ar);
+    loop {
+        if let Ok(list) = api.list(&Default::default()).await {
+            for d in list.items {
+                let v = serde_json::to_value(&d).unwrap();
+                let generation = v["metadata"]["generation"].as_i64().unwrap_or(0);
+                if v["status"]["observedGeneration"].as_i64() == Some(generation) {
+                    continue;
+                }
+                let n = v["spec"]["replicas"].as_i64().unwrap_or(1);
+                let ns = v["metadata"]["namespace"].as_str().unwrap_or_default();
+                let name = v["metadata"]["name"].as_str().unwrap_or_default();
+                let status = serde_json::json!({"status": {"observedGeneration": generation,
+                    "replicas": n, "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n}});
+                let _ = Api::<DynamicObject>::namespaced_with(admin.clone(), ns, &ar)
+                    .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
