@@ -57,8 +57,21 @@ pub fn watch(
                     if new == running {
                         continue;
                     }
+                    let addresses = |l: &config::Listen| (l.http, l.socket.clone());
                     for (what, changed) in [
-                        ("listen", new.listen != running.listen),
+                        (
+                            "listen",
+                            addresses(&new.listen) != addresses(&running.listen),
+                        ),
+                        ("concurrency", new.concurrency != running.concurrency),
+                        (
+                            "apply_concurrency",
+                            new.apply_concurrency != running.apply_concurrency,
+                        ),
+                        (
+                            "shutdown_grace",
+                            new.shutdown_grace != running.shutdown_grace,
+                        ),
                         ("kubeconfig", new.kubeconfig != running.kubeconfig),
                         ("state_dir", new.state_dir != running.state_dir),
                         ("log", new.log != running.log),

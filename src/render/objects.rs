@@ -267,6 +267,38 @@ pub fn finish(unit: &Unit, documents: Vec<Document>) -> Result<Vec<Object>, Vec<
 
 /// sha256 of the canonical form: compact JSON, keys sorted (serde_json's map is a BTreeMap),
 /// streamed into the hasher without an intermediate buffer.
+/// Compact JSON with every object's keys sorted, whatever order the value keeps them in: the
+/// same bytes for the same object however its YAML was written.
+fn canonical(v: &serde_json::Value, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.write_all(b"{")?;
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                serde_json::to_writer(&mut *out, k)?;
+                out.write_all(b":")?;
+                canonical(&map[k], out)?;
+            }
+            out.write_all(b"}")
+        }
+        serde_json::Value::Array(items) => {
+            out.write_all(b"[")?;
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                canonical(item, out)?;
+            }
+            out.write_all(b"]")
+        }
+        scalar => serde_json::to_writer(&mut *out, scalar).map_err(std::io::Error::other),
+    }
+}
+
 pub fn hash(body: &serde_json::Value) -> String {
     struct Hasher(Sha256);
     impl std::io::Write for Hasher {
@@ -279,7 +311,7 @@ pub fn hash(body: &serde_json::Value) -> String {
         }
     }
     let mut hasher = Hasher(Sha256::new());
-    serde_json::to_writer(&mut hasher, body).expect("a JSON value always serializes");
+    canonical(body, &mut hasher).expect("hashing does not fail");
     let mut out = Vec::with_capacity(64);
     for b in hasher.0.finalize() {
         let _ = write!(out, "{b:02x}");
