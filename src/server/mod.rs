@@ -248,7 +248,7 @@ async fn hook(name: &str, req: Request<Incoming>, shared: &Shared) -> Response<B
             count("ignored");
             json(StatusCode::OK, &serde_json::json!({"ignored": why}))
         }
-        Ok(Verdict::Push { urls, reference }) => {
+        Ok(Verdict::Push { urls, references }) => {
             if !shared.leader.load(Ordering::SeqCst) {
                 count("not_leader");
                 return error(
@@ -267,7 +267,7 @@ async fn hook(name: &str, req: Request<Incoming>, shared: &Shared) -> Response<B
                 .collect();
             let moved: Vec<&Target> = targets
                 .iter()
-                .filter(|t| webhook::ref_matches(&t.reference, reference.as_deref()))
+                .filter(|t| webhook::any_ref_matches(&t.reference, &references))
                 .collect();
             if moved.is_empty() {
                 count("ignored");
@@ -276,7 +276,11 @@ async fn hook(name: &str, req: Request<Incoming>, shared: &Shared) -> Response<B
                 } else {
                     format!(
                         "{} does not move a ref this agent follows",
-                        reference.as_deref().unwrap_or("the push")
+                        if references.is_empty() {
+                            "the push".to_string()
+                        } else {
+                            references.join(", ")
+                        }
                     )
                 };
                 tracing::info!(receiver = name, reason = %why, "webhook push ignored");

@@ -24,11 +24,11 @@ pub enum Provider {
 /// What an authentic request asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// A push: every URL the payload gives for the repository, and the ref when it names one
-    /// (`refs/heads/main`, `refs/tags/v1`).
+    /// A push: every URL the payload gives for the repository, and the refs it moved
+    /// (`refs/heads/main`, `refs/tags/v1`; none: not said, any ref may have moved).
     Push {
         urls: Vec<String>,
-        reference: Option<String>,
+        references: Vec<String>,
     },
     /// Authentic, but not a push (a ping, an issue comment): acknowledged, nothing done.
     Ignored(String),
@@ -136,13 +136,13 @@ pub fn check(
     }
     let payload: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| Refusal::BadRequest(format!("the body is not JSON: {e}")))?;
-    let (urls, reference) = read_push(provider, &payload);
+    let (urls, references) = read_push(provider, &payload);
     if urls.is_empty() {
         return Err(Refusal::BadRequest(
             "the push names no repository URL".into(),
         ));
     }
-    Ok(Verdict::Push { urls, reference })
+    Ok(Verdict::Push { urls, references })
 }
 
 /// Checks `header: [prefix]<hex HMAC-SHA256 of body>`; the comparison is constant-time.
@@ -189,11 +189,11 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The repository URLs and the ref of a push payload.
-fn read_push(provider: Provider, p: &serde_json::Value) -> (Vec<String>, Option<String>) {
+/// The repository URLs and the refs of a push payload.
+fn read_push(provider: Provider, p: &serde_json::Value) -> (Vec<String>, Vec<String>) {
     let s = |v: &serde_json::Value| v.as_str().map(str::to_string);
     let mut urls = Vec::new();
-    let mut reference = s(&p["ref"]);
+    let mut references: Vec<String> = s(&p["ref"]).into_iter().collect();
     match provider {
         Provider::Github | Provider::Gitea => {
             for k in ["clone_url", "ssh_url", "git_url", "html_url", "url"] {
@@ -222,15 +222,19 @@ fn read_push(provider: Provider, p: &serde_json::Value) -> (Vec<String>, Option<
                     urls.extend(items.iter().filter_map(|i| s(&i["href"])));
                 }
             }
-            // Cloud: push.changes[].new {type: branch|tag, name}; Server: changes[].ref.id.
-            reference = s(&p["changes"][0]["ref"]["id"]).or_else(|| {
-                let new = &p["push"]["changes"][0]["new"];
+            // Every ref of the push: Server `changes[].ref.id`; Cloud `push.changes[].new`
+            // ({type: branch|tag, name}).
+            let server = p["changes"].as_array().into_iter().flatten();
+            references.extend(server.filter_map(|c| s(&c["ref"]["id"])));
+            let cloud = p["push"]["changes"].as_array().into_iter().flatten();
+            references.extend(cloud.filter_map(|c| {
+                let new = &c["new"];
                 let name = new["name"].as_str()?;
                 Some(match new["type"].as_str() {
                     Some("tag") => format!("refs/tags/{name}"),
                     _ => format!("refs/heads/{name}"),
                 })
-            });
+            }));
         }
         Provider::Generic => {
             urls.extend(s(&p["url"]));
@@ -239,7 +243,7 @@ fn read_push(provider: Provider, p: &serde_json::Value) -> (Vec<String>, Option<
     }
     urls.retain(|u| !u.is_empty());
     urls.dedup();
-    (urls, reference)
+    (urls, references)
 }
 
 /// A repository URL reduced to what names the repository: `host/path` without scheme, user,
@@ -277,6 +281,11 @@ pub fn normalize_url(url: &str) -> String {
 
 /// Whether a push of `pushed` (`refs/heads/x`, `refs/tags/y`, or unknown) can move what a
 /// source's ref names.
+pub fn any_ref_matches(reference: &crate::config::GitRef, pushed: &[String]) -> bool {
+    pushed.is_empty() || pushed.iter().any(|p| ref_matches(reference, Some(p)))
+}
+
+/// One pushed ref against a source's ref.
 pub fn ref_matches(reference: &crate::config::GitRef, pushed: Option<&str>) -> bool {
     use crate::config::GitRef;
     let Some(pushed) = pushed else { return true };
@@ -335,7 +344,7 @@ mod tests {
             check(Provider::Github, &ok, BODY, b"s3cret\n", None),
             Ok(Verdict::Push {
                 urls: vec!["https://git.example.com/org/app.git".into()],
-                reference: Some("refs/heads/main".into())
+                references: vec!["refs/heads/main".into()]
             })
         );
         let wrong_key = headers(&[
@@ -410,7 +419,7 @@ mod tests {
             check(Provider::Bitbucket, &sig, bb, b"k", None),
             Ok(Verdict::Push {
                 urls: vec!["https://bitbucket.org/ws/app".into()],
-                reference: Some("refs/heads/main".into())
+                references: vec!["refs/heads/main".into()]
             })
         );
 
@@ -464,6 +473,23 @@ mod tests {
         }
         assert_eq!(normalize_url("file:///tmp/x/Repo.git"), "/tmp/x/Repo");
         assert_eq!(normalize_url("/tmp/x/Repo.git/"), "/tmp/x/Repo");
+    }
+
+    #[test]
+    fn a_bitbucket_push_of_several_refs_names_them_all() {
+        let bb = br#"{"repository":{"links":{"clone":[{"href":"ssh://git@bb.example.com/p/app.git"}]}},"changes":[{"ref":{"id":"refs/heads/dev"}},{"ref":{"id":"refs/heads/main"}}]}"#;
+        let sig = headers(&[
+            ("X-Event-Key", "repo:refs_changed".into()),
+            ("X-Hub-Signature", format!("sha256={}", sign("k", bb))),
+        ]);
+        let Ok(Verdict::Push { references, .. }) = check(Provider::Bitbucket, &sig, bb, b"k", None)
+        else {
+            panic!("a push");
+        };
+        assert!(any_ref_matches(
+            &crate::config::GitRef::Branch("main".into()),
+            &references
+        ));
     }
 
     #[test]
