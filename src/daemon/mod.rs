@@ -486,8 +486,15 @@ struct Revisions {
 fn finished(shared: &Shared, schedule: &mut Schedule<Waiter>, known: &mut Revisions, done: Done) {
     let now = Instant::now();
     let stamp = status::timestamp(SystemTime::now());
-    let Some(view) = done.view else {
-        let error = done.error.unwrap_or_else(|| "the round failed".into());
+    // The placement was read but nothing synced (no API server): its units are known, and fail.
+    if let (Some(_), Some(view)) = (&done.error, &done.view) {
+        schedule.learn(&done.scope, &view.plans, now);
+        if let Ok(mut p) = shared.plans.lock() {
+            *p = schedule.plans();
+        }
+    }
+    if let Some(error) = done.error.clone() {
+        let error = error.clone();
         let plans = shared.plans.lock().map(|p| p.clone()).unwrap_or_default();
         if let Ok(mut units) = shared.units.lock() {
             for id in plans.keys().filter(|u| schedule::covers(&done.scope, u)) {
@@ -518,6 +525,9 @@ fn finished(shared: &Shared, schedule: &mut Schedule<Waiter>, known: &mut Revisi
                 let _ = w.tx.send(SyncEvent::Done { ok: false });
             }
         }
+        return;
+    }
+    let Some(view) = done.view else {
         return;
     };
 

@@ -159,7 +159,7 @@ pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
             reasons,
             entries: Vec::new(),
             error: Some(error),
-            view: None,
+            view: Some(view),
         };
     }
     let filter = match &scope {

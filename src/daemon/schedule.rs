@@ -301,16 +301,7 @@ impl<W: Clone> Schedule<W> {
             return Vec::new();
         };
         if let Some(placed) = placed {
-            self.units
-                .retain(|u, _| !covers(&scope, u) || placed.contains_key(u));
-            for (u, plan) in placed.iter().filter(|(u, _)| covers(&scope, u)) {
-                let timing = self.units.entry(u.clone()).or_insert_with(|| Timing {
-                    plan: plan.clone(),
-                    next: now + jitter(plan.interval),
-                    failures: 0,
-                });
-                timing.plan = plan.clone();
-            }
+            self.learn(&scope, placed, now);
         }
         for (u, ok) in results {
             if let Some(t) = self.units.get_mut(u) {
@@ -353,6 +344,20 @@ impl<W: Clone> Schedule<W> {
         }
         self.waiting = kept;
         told
+    }
+
+    /// The units of `scope` are now those `placed` (new ones are due an interval from now).
+    pub fn learn(&mut self, scope: &Scope, placed: &BTreeMap<UnitId, Plan>, now: Instant) {
+        self.units
+            .retain(|u, _| !covers(scope, u) || placed.contains_key(u));
+        for (u, plan) in placed.iter().filter(|(u, _)| covers(scope, u)) {
+            let timing = self.units.entry(u.clone()).or_insert_with(|| Timing {
+                plan: plan.clone(),
+                next: now + jitter(plan.interval),
+                failures: 0,
+            });
+            timing.plan = plan.clone();
+        }
     }
 
     /// A round that failed as a whole (no fetch, no API server): its units are retried with
