@@ -239,9 +239,10 @@ pub async fn sync_status_and_the_api(env: Arc<Env>) {
         &t,
         &[&t],
         "",
-        "apps:\n  - { name: ok, enabled: true, source: { path: ok } }\n  - { name: bad, enabled: true, source: { path: bad } }\n",
+        "apps:\n  - { name: ok, enabled: true, source: { path: ok } }\n  - { name: bad, enabled: true, source: { path: bad } }\n  - { name: off, enabled: true, source: { path: off }, options: { suspend: true } }\n",
     );
     env.write(&format!("tenants/{t}/ok/cm.yaml"), &cm("ok", "1"));
+    env.write(&format!("tenants/{t}/off/cm.yaml"), &cm("off", "1"));
     // A namespace outside the tenant's: refused, so the unit fails.
     env.write(
         &format!("tenants/{t}/bad/cm.yaml"),
@@ -310,6 +311,10 @@ pub async fn sync_status_and_the_api(env: Arc<Env>) {
             .contains("kube-system")
     );
     assert!(unit(&doc, &format!("{t}/ok"))["next_run"].is_string());
+    // A suspended unit is skipped, even by a sync of its tenant.
+    assert_eq!(unit(&doc, &format!("{t}/off"))["result"], "suspended");
+    assert!(env.configmap(&t, "off").await.is_none());
+    assert!(whole.stdout.contains("suspended"), "{whole:?}");
 
     // Over HTTP: the token is required.
     let none = d.get("/api/v1/status").await.unwrap();
