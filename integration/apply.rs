@@ -5,21 +5,8 @@
 //! `bigdata`, `security`, its PriorityClasses and `kube-system/flotilla-infra`), and everything
 //! created is deleted afterwards.
 
-use crate::support::apply_scenarios::{self, Env};
-
-macro_rules! scenario {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let Some(path) = crate::kubeconfig(stringify!($name)) else {
-                return;
-            };
-            Env::new(&path, None).await.run(apply_scenarios::$name).await;
-        }
-    )*};
-}
-
-scenario!(
+env_scenarios!(
+    apply_scenarios:
     example_fleet_applies_for_dev,
     a_value_change_updates_only_changed_objects_and_a_removed_app_is_pruned,
     a_kubectl_edit_drift_is_reverted,

@@ -4,22 +4,8 @@
 //! replicas). Names are unique to the run; tenants' namespaces and the Lease are deleted
 //! afterwards.
 
-use crate::support::apply_scenarios::Env;
-use crate::support::daemon_scenarios;
-
-macro_rules! scenario {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let Some(path) = crate::kubeconfig(stringify!($name)) else {
-                return;
-            };
-            Env::new(&path, None).await.run(daemon_scenarios::$name).await;
-        }
-    )*};
-}
-
-scenario!(
+env_scenarios!(
+    daemon_scenarios:
     webhooks_sync_exactly_the_units_of_the_pushed_repo,
     sync_status_and_the_api,
     config_reload_good_and_bad,

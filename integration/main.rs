@@ -12,6 +12,23 @@ use std::process::Command;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+/// Tests that each run one shared scenario of `support::<module>` against the cluster in
+/// `FLOTILLA_IT_KUBECONFIG` (skipped without it), through `support::apply_scenarios::Env`.
+macro_rules! env_scenarios {
+    ($module:ident: $($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(path) = crate::kubeconfig(stringify!($name)) else {
+                return;
+            };
+            crate::support::apply_scenarios::Env::new(&path, None)
+                .await
+                .run(crate::support::$module::$name)
+                .await;
+        }
+    )*};
+}
+
 // The API semantics scenarios shared with the test API server in `tests/`.
 mod kube_api;
 // run --once and diff through the real binary, shared with `tests/apply.rs`.

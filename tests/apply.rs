@@ -2,22 +2,11 @@
 //! the scenarios in `support::apply_scenarios` (shared with `integration/`), plus what only the
 //! test server can show through its request log.
 
-use crate::support::apply_scenarios::{self, Env};
+use crate::support::apply_scenarios::Env;
 use crate::support::kube_api::ApiServer;
 
-/// A test that runs one shared scenario against a fresh test API server.
-macro_rules! scenario {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let server = ApiServer::start();
-            let env = Env::new(server.kubeconfig(), Some(&server)).await;
-            env.run(apply_scenarios::$name).await;
-        }
-    )*};
-}
-
-scenario!(
+env_scenarios!(
+    apply_scenarios:
     example_fleet_applies_for_dev,
     a_value_change_updates_only_changed_objects_and_a_removed_app_is_pruned,
     a_kubectl_edit_drift_is_reverted,

@@ -3,6 +3,19 @@
 
 mod support;
 
+/// Tests that each run one shared scenario of `support::<module>` against a fresh test API
+/// server, through `support::apply_scenarios::Env`.
+macro_rules! env_scenarios {
+    ($module:ident: $($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let server = crate::support::kube_api::ApiServer::start();
+            let env = crate::support::apply_scenarios::Env::new(server.kubeconfig(), Some(&server)).await;
+            env.run(crate::support::$module::$name).await;
+        }
+    )*};
+}
+
 // run --once and diff against the test API server: the scenarios shared with integration/.
 mod apply;
 // The command line: help, version, usage errors, exit codes.

@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hmac::{KeyInit, Mac};
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject};
 use kube::discovery::ApiResource;
 
 const SECRET: &str = "bench-secret";
@@ -35,7 +35,7 @@ fn main() {
         .unwrap();
     let server = kube_api::ApiServer::start();
     let admin = runtime.block_on(client(server.kubeconfig()));
-    runtime.spawn(roll_out_deployments(admin.clone()));
+    runtime.spawn(kube_api::roll_out_deployments(admin.clone()));
     println!("against the in-process TEST API server (not a real cluster)\n");
 
     // BENCH_ONLY=latency|idle|objects runs one part.
@@ -406,31 +406,4 @@ async fn client(kubeconfig: &Path) -> kube::Client {
         .await
         .unwrap();
     kube::Client::try_from(config).unwrap()
-}
-
-/// The Deployment controller's part for the example fleet (the test server runs none): a new
-/// generation is at once rolled out.
-async fn roll_out_deployments(admin: kube::Client) {
-    let ar = ar("apps/v1", "Deployment", "deployments");
-    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &ar);
-    loop {
-        if let Ok(list) = api.list(&Default::default()).await {
-            for d in list.items {
-                let v = serde_json::to_value(&d).unwrap();
-                let generation = v["metadata"]["generation"].as_i64().unwrap_or(0);
-                if v["status"]["observedGeneration"].as_i64() == Some(generation) {
-                    continue;
-                }
-                let n = v["spec"]["replicas"].as_i64().unwrap_or(1);
-                let ns = v["metadata"]["namespace"].as_str().unwrap_or_default();
-                let name = v["metadata"]["name"].as_str().unwrap_or_default();
-                let status = serde_json::json!({"status": {"observedGeneration": generation,
-                    "replicas": n, "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n}});
-                let _ = Api::<DynamicObject>::namespaced_with(admin.clone(), ns, &ar)
-                    .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-                    .await;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

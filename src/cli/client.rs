@@ -221,41 +221,30 @@ fn print_event(out: &mut impl std::io::Write, event: &SyncEvent) -> anyhow::Resu
         SyncEvent::Set {
             name,
             revision,
-            converged,
+            converged: _,
             applied,
+            unchanged,
             pruned,
             failed,
             notes,
             error,
         } => {
-            let revision = revision
-                .as_deref()
-                .map(|r| format!(" @ {}", super::render::short(r)))
-                .unwrap_or_default();
-            let state = if *converged { "converged" } else { "FAILED" };
-            let mut counts = vec![
-                format!("{} applied", applied.len()),
-                format!("{} pruned", pruned.len()),
-            ];
-            if !failed.is_empty() {
-                counts.push(format!("{} failed", failed.len()));
-            }
-            writeln!(out, "{name}{revision}: {state}: {}", counts.join(", "))?;
-            if let Some(e) = error {
-                writeln!(out, "  error: {e}")?;
-            }
-            for a in applied {
-                writeln!(out, "  applied {a}")?;
-            }
-            for p in pruned {
-                writeln!(out, "  pruned {p}")?;
-            }
-            for f in failed {
-                writeln!(out, "  failed {f}")?;
-            }
-            for n in notes {
-                writeln!(out, "  note: {n}")?;
-            }
+            // The same lines `run --once` prints for a set.
+            let entry = crate::reconcile::Entry {
+                name: name.clone(),
+                unit: None,
+                revision: revision.clone(),
+                outcome: crate::reconcile::Outcome {
+                    applied: applied.clone(),
+                    unchanged: *unchanged,
+                    pruned: pruned.clone(),
+                    failed: failed.clone(),
+                    notes: notes.clone(),
+                    error: error.clone(),
+                    ..Default::default()
+                },
+            };
+            super::run::write_entry(out, &entry)?;
         }
         SyncEvent::Error { message } => writeln!(out, "error: {message}")?,
         SyncEvent::Done { ok } => {

@@ -94,7 +94,6 @@ pub struct Shared {
     pub plans: Mutex<BTreeMap<UnitId, Plan>>,
     /// The tenants that land on this cluster.
     pub tenants: Mutex<BTreeSet<String>>,
-    tenant_sources: Mutex<BTreeMap<String, String>>,
     config: Mutex<Arc<Config>>,
     units: Mutex<BTreeMap<UnitId, UnitStatus>>,
     next_runs: Mutex<BTreeMap<UnitId, SystemTime>>,
@@ -111,7 +110,6 @@ impl Shared {
             targets: Mutex::new(vec![Target::of(&config.fleet, Scope::All)]),
             plans: Default::default(),
             tenants: Default::default(),
-            tenant_sources: Default::default(),
             config: Mutex::new(config),
             units: Default::default(),
             next_runs: Default::default(),
@@ -130,9 +128,13 @@ impl Shared {
         let _ = self.requests.send(request);
     }
 
-    /// The location key of a tenant's repo.
+    /// The location key of a tenant's repo (its webhook target).
     pub fn tenant_source(&self, tenant: &str) -> Option<String> {
-        self.tenant_sources.lock().ok()?.get(tenant).cloned()
+        let targets = self.targets.lock().ok()?;
+        targets
+            .iter()
+            .find(|t| t.scope == Scope::Tenant(tenant.to_string()))
+            .map(|t| t.key.clone())
     }
 }
 
@@ -494,7 +496,6 @@ fn finished(shared: &Shared, schedule: &mut Schedule<Waiter>, known: &mut Revisi
         }
     }
     if let Some(error) = done.error.clone() {
-        let error = error.clone();
         let plans = shared.plans.lock().map(|p| p.clone()).unwrap_or_default();
         if let Ok(mut units) = shared.units.lock() {
             for id in plans.keys().filter(|u| schedule::covers(&done.scope, u)) {
@@ -604,13 +605,6 @@ fn finished(shared: &Shared, schedule: &mut Schedule<Waiter>, known: &mut Revisi
             .chain(view.tenants_failed.iter().cloned())
             .collect();
     }
-    if let Ok(mut s) = shared.tenant_sources.lock() {
-        for t in &view.targets {
-            if let Scope::Tenant(name) = &t.scope {
-                s.insert(name.clone(), t.key.clone());
-            }
-        }
-    }
 
     // Status and metrics of each unit.
     if let (Ok(mut units), Ok(mut metrics)) = (shared.units.lock(), shared.metrics.lock()) {
@@ -666,6 +660,7 @@ fn finished(shared: &Shared, schedule: &mut Schedule<Waiter>, known: &mut Revisi
                 revision: e.revision.clone(),
                 converged: o.converged(),
                 applied: o.applied.clone(),
+                unchanged: o.unchanged,
                 pruned: o.pruned.clone(),
                 failed: o.failed.clone(),
                 notes: o.notes.clone(),
@@ -726,7 +721,7 @@ fn publish_next_runs(shared: &Shared, schedule: &Schedule<Waiter>) {
     if let Ok(mut next) = shared.next_runs.lock() {
         *next = schedule
             .next_runs()
-            .map(|(id, at, _)| (id.clone(), wall + at.saturating_duration_since(now)))
+            .map(|(id, at)| (id.clone(), wall + at.saturating_duration_since(now)))
             .collect();
     }
 }

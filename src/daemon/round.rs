@@ -106,8 +106,6 @@ pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
         prior,
     } = round;
     let span = tracing::info_span!("round", id, scope = %describe(&scope));
-    let _guard = span.enter();
-    drop(_guard);
     tracing::info!(parent: &span, reasons = ?reasons, "round starts");
     let handle = tokio::runtime::Handle::current();
     let prepared = {

@@ -381,10 +381,8 @@ impl<W: Clone> Schedule<W> {
     }
 
     /// Every unit known, with its next run.
-    pub fn next_runs(&self) -> impl Iterator<Item = (&UnitId, Instant, bool)> {
-        self.units
-            .iter()
-            .map(|(u, t)| (u, t.next.min(self.next_all), t.plan.suspend))
+    pub fn next_runs(&self) -> impl Iterator<Item = (&UnitId, Instant)> {
+        self.units.iter().map(|(u, t)| (u, t.next))
     }
 
     /// Every known unit's plan.

@@ -51,6 +51,8 @@ pub enum SyncEvent {
         revision: Option<String>,
         converged: bool,
         applied: Vec<String>,
+        #[serde(default)]
+        unchanged: usize,
         pruned: Vec<String>,
         failed: Vec<String>,
         notes: Vec<String>,

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::{Full, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
@@ -429,8 +429,6 @@ async fn sync(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     );
     response
 }
-
-use http_body_util::BodyExt;
 
 /// A streamed body: one JSON line per event, until the sender is dropped.
 struct Lines {

@@ -45,7 +45,8 @@ impl Env {
             "name: dev\nlabels: { env: dev }\nvars: { domain: dev.example.com }\n",
         );
         // The test server runs no controllers: a stand-in rolls Deployments out.
-        let controller = server.map(|_| tokio::spawn(roll_out_deployments(cluster.admin.clone())));
+        let controller = server
+            .map(|_| tokio::spawn(super::kube_api::roll_out_deployments(cluster.admin.clone())));
         Env {
             cluster,
             dir,
@@ -232,34 +233,6 @@ impl Env {
                 .await;
         }
         self.cluster.cleanup().await;
-    }
-}
-
-/// What the Deployment controller does for these scenarios on the test server: once a
-/// Deployment's generation is new, its status says every replica is updated and available.
-async fn roll_out_deployments(admin: kube::Client) {
-    let ar = resource("apps/v1", "Deployment", "deployments");
-    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &ar);
-    loop {
-        if let Ok(list) = api.list(&Default::default()).await {
-            for d in list.items {
-                let v = serde_json::to_value(&d).unwrap();
-                let generation = v["metadata"]["generation"].as_i64().unwrap_or(0);
-                if v["status"]["observedGeneration"].as_i64() == Some(generation) {
-                    continue;
-                }
-                let replicas = v["spec"]["replicas"].as_i64().unwrap_or(1);
-                let ns = v["metadata"]["namespace"].as_str().unwrap_or_default();
-                let name = v["metadata"]["name"].as_str().unwrap_or_default();
-                let status = json!({"status": {"observedGeneration": generation,
-                    "replicas": replicas, "updatedReplicas": replicas,
-                    "readyReplicas": replicas, "availableReplicas": replicas}});
-                let _ = Api::<DynamicObject>::namespaced_with(admin.clone(), ns, &ar)
-                    .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-                    .await;
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

@@ -183,3 +183,39 @@ impl Drop for ApiServer {
         }
     }
 }
+
+/// What a Deployment controller does, for tests and benchmarks on this server (which runs no
+/// controllers): once a Deployment's generation is new, its status says every replica is
+/// updated, ready and available. Runs until its task is dropped.
+pub async fn roll_out_deployments(admin: kube::Client) {
+    use kube::api::{Api, DynamicObject, Patch, PatchParams};
+    let ar = kube::discovery::ApiResource {
+        group: "apps".into(),
+        version: "v1".into(),
+        api_version: "apps/v1".into(),
+        kind: "Deployment".into(),
+        plural: "deployments".into(),
+    };
+    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &ar);
+    loop {
+        if let Ok(list) = api.list(&Default::default()).await {
+            for d in list.items {
+                let v = serde_json::to_value(&d).unwrap();
+                let generation = v["metadata"]["generation"].as_i64().unwrap_or(0);
+                if v["status"]["observedGeneration"].as_i64() == Some(generation) {
+                    continue;
+                }
+                let replicas = v["spec"]["replicas"].as_i64().unwrap_or(1);
+                let ns = v["metadata"]["namespace"].as_str().unwrap_or_default();
+                let name = v["metadata"]["name"].as_str().unwrap_or_default();
+                let status = serde_json::json!({"status": {"observedGeneration": generation,
+                    "replicas": replicas, "updatedReplicas": replicas,
+                    "readyReplicas": replicas, "availableReplicas": replicas}});
+                let _ = Api::<DynamicObject>::namespaced_with(admin.clone(), ns, &ar)
+                    .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
