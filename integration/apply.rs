@@ -13,6 +13,7 @@ env_scenarios!(
     a_crd_and_its_cr_in_one_unit,
     an_immutable_change_fails_without_recreate_and_is_recreated_with_it,
     tenant_isolation,
+    a_role_and_its_binding_in_one_app_converge_on_the_first_sync,
     a_failed_render_prunes_nothing_and_other_apps_go_on,
     diff_shows_what_a_sync_would_change,
 );

@@ -56,7 +56,10 @@ fn validate_accepts_the_cluster_kubeconfig() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("fleet")).unwrap();
+    // The smallest fleet the fleet checks accept: one cluster, no tenants.
+    let cluster = dir.path().join("fleet/clusters/it");
+    std::fs::create_dir_all(&cluster).unwrap();
+    std::fs::write(cluster.join("cluster.yaml"), "name: it\n").unwrap();
     let config = dir.path().join("flotilla.yaml");
     std::fs::write(
         &config,

@@ -27,9 +27,15 @@ pub enum Decision {
     Check,
 }
 
-/// The order group of a kind: CRDs, Namespaces, other cluster-scoped kinds, the namespaced kinds
-/// workloads need (ServiceAccounts, RBAC, ConfigMaps, Secrets, ...), everything else, and
-/// admission webhook configurations last. Applies go up; prunes go down.
+/// The order group of a kind: CRDs, Namespaces, other cluster-scoped kinds (ClusterRoles among
+/// them), ClusterRoleBindings, the namespaced kinds workloads need (ServiceAccounts, Roles,
+/// ConfigMaps, Secrets, ...), RoleBindings, everything else, and admission webhook configurations
+/// last. Applies go up; prunes go down.
+///
+/// A binding comes after the roles it may reference: the API server checks a binding written by a
+/// caller that may not `bind` against the rules of its role, and refuses it as not found while the
+/// role does not exist yet. Applies of one group run concurrently, so the role must be in an
+/// earlier group, not merely earlier in the list.
 pub fn rank(key: &ObjectKey, scope: Scope) -> u8 {
     match (key.group.as_str(), key.kind.as_str()) {
         ("apiextensions.k8s.io", "CustomResourceDefinition") => 0,
@@ -40,8 +46,10 @@ pub fn rank(key: &ObjectKey, scope: Scope) -> u8 {
             | "ValidatingWebhookConfiguration"
             | "ValidatingAdmissionPolicy"
             | "ValidatingAdmissionPolicyBinding",
-        ) => 5,
+        ) => 7,
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => 3,
         _ if scope == Scope::Cluster => 2,
+        ("rbac.authorization.k8s.io", "RoleBinding") => 5,
         (
             "",
             "ServiceAccount"
@@ -51,10 +59,10 @@ pub fn rank(key: &ObjectKey, scope: Scope) -> u8 {
             | "LimitRange"
             | "PersistentVolumeClaim",
         )
-        | ("rbac.authorization.k8s.io", "Role" | "RoleBinding")
+        | ("rbac.authorization.k8s.io", "Role")
         | ("networking.k8s.io", "NetworkPolicy")
-        | ("policy", "PodDisruptionBudget") => 3,
-        _ => 4,
+        | ("policy", "PodDisruptionBudget") => 4,
+        _ => 6,
     }
 }
 
@@ -401,7 +409,21 @@ mod tests {
         );
         let ns = key("", "Namespace", None, "ai");
         let pc = key("scheduling.k8s.io", "PriorityClass", None, "batch");
+        let cluster_role = key("rbac.authorization.k8s.io", "ClusterRole", None, "reader");
+        let cluster_binding = key(
+            "rbac.authorization.k8s.io",
+            "ClusterRoleBinding",
+            None,
+            "reader",
+        );
         let sa = key("", "ServiceAccount", Some("ai"), "runner");
+        let role = key("rbac.authorization.k8s.io", "Role", Some("ai"), "scanner");
+        let binding = key(
+            "rbac.authorization.k8s.io",
+            "RoleBinding",
+            Some("ai"),
+            "scanner",
+        );
         let deploy = key("apps", "Deployment", Some("ai"), "web");
         let hook = key(
             "admissionregistration.k8s.io",
@@ -413,14 +435,20 @@ mod tests {
             (&crd, Scope::Cluster),
             (&ns, Scope::Cluster),
             (&pc, Scope::Cluster),
+            (&cluster_role, Scope::Cluster),
+            (&cluster_binding, Scope::Cluster),
             (&sa, Scope::Namespaced),
+            (&role, Scope::Namespaced),
+            (&binding, Scope::Namespaced),
             (&deploy, Scope::Namespaced),
             (&hook, Scope::Cluster),
         ]
         .iter()
         .map(|(k, s)| rank(k, *s))
         .collect();
-        assert_eq!(ranks, vec![0, 1, 2, 3, 4, 5]);
+        // Roles strictly before the bindings that reference them (issue 13: a tenant's binding
+        // applied beside its Role was refused as not found on a real cluster).
+        assert_eq!(ranks, vec![0, 1, 2, 2, 3, 4, 4, 5, 6, 7]);
 
         let mut old = Record::default();
         for k in [&crd, &ns, &sa, &deploy, &hook] {

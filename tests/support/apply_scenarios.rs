@@ -754,6 +754,73 @@ pub async fn tenant_isolation(env: Arc<Env>) {
     }
 }
 
+/// A ServiceAccount, a Role and the RoleBinding granting it, in one tenant app, converge on the
+/// first sync: the tenant may not `bind`, so the API server checks the binding against its Role,
+/// which must exist by then (issue 13: they were applied side by side and the binding failed as
+/// not found). The binding's file sorts first, so applying in file order would fail too.
+pub async fn a_role_and_its_binding_in_one_app_converge_on_the_first_sync(env: Arc<Env>) {
+    let t = shop(
+        &env,
+        "apps:\n  - { name: scanner, source: { path: scanner } }\n",
+    );
+    let dir = format!("tenants/{t}/scanner");
+    manifest(
+        &env,
+        &format!("{dir}/a-binding.yaml"),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "scanner"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "scanner"},
+        "subjects": [{"kind": "ServiceAccount", "name": "scanner", "namespace": t}]}),
+    );
+    manifest(
+        &env,
+        &format!("{dir}/b-role.yaml"),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "scanner"},
+        "rules": [{"apiGroups": [""], "resources": ["pods", "configmaps"], "verbs": ["get", "list", "watch"]}]}),
+    );
+    manifest(
+        &env,
+        &format!("{dir}/c-sa.yaml"),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "scanner"}}),
+    );
+    let run = env.sync().await;
+    for applied in [
+        format!("applied ServiceAccount {t}/scanner"),
+        format!("applied Role.rbac.authorization.k8s.io {t}/scanner"),
+        format!("applied RoleBinding.rbac.authorization.k8s.io {t}/scanner"),
+    ] {
+        assert!(run.stdout.contains(&applied), "{applied}\n{run:?}");
+    }
+    let binding = env
+        .get(
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            Some(&t),
+            "scanner",
+        )
+        .await
+        .expect("the binding");
+    assert_eq!(binding["roleRef"]["name"], "scanner");
+    // Made as the tenant, not as the agent: the escalation check was the tenant's.
+    if let Some(log) = &env.log {
+        let binding_writes: Vec<Logged> = log
+            .requests()
+            .into_iter()
+            .filter(|r| r.is_write() && r.path.contains("/rolebindings/scanner"))
+            .collect();
+        assert!(!binding_writes.is_empty());
+        for w in &binding_writes {
+            assert_eq!(
+                w.impersonated.as_deref(),
+                Some(format!("system:serviceaccount:{t}:flotilla-tenant").as_str()),
+                "{w:?}"
+            );
+            assert!(w.status < 300, "no refused attempt first: {w:?}");
+        }
+    }
+}
+
 /// A render failure of one app applies and prunes nothing of it; the tenant's other apps go on.
 pub async fn a_failed_render_prunes_nothing_and_other_apps_go_on(env: Arc<Env>) {
     let t = shop(

@@ -776,15 +776,13 @@ pub async fn immutable_fields_are_refused(c: Arc<Cluster>) {
         "{}",
         refused.message
     );
+    assert_eq!(refused.reason, "Invalid");
+    // The field path is guaranteed to lie under the template; how deep the server names it is
+    // not (`spec.template` up to 1.35, `spec.template.spec` on 1.36).
+    let causes = refused.details.expect("details").causes;
     assert!(
-        refused.message.contains("spec.template: Invalid value: "),
-        "{}",
-        refused.message
-    );
-    assert!(
-        refused.message.contains("field is immutable"),
-        "{}",
-        refused.message
+        causes.iter().any(|c| c.field.starts_with("spec.template")),
+        "{causes:?}"
     );
 
     let cms: Api<ConfigMap> = Api::namespaced(c.admin.clone(), &ns);
@@ -938,7 +936,6 @@ pub async fn impersonation_needs_the_impersonate_verb(c: Arc<Cluster>) {
     bind(&c, &ns, "edit", "tenant").await;
     let token = c.service_account_token(&ns, "agent").await;
     let agent = c.with_token(&token).await;
-    let agent_user = format!("system:serviceaccount:{ns}:agent");
     let tenant_user = format!("system:serviceaccount:{ns}:tenant");
 
     let marker = serde_json::from_value(configmap("marker", json!({}))).unwrap();
@@ -950,24 +947,15 @@ pub async fn impersonation_needs_the_impersonate_verb(c: Arc<Cluster>) {
     // Authenticated, but not allowed to read configmaps yet.
     let own: Api<ConfigMap> = Api::namespaced(agent.clone(), &ns);
     let refused = failure(own.list(&ListParams::default()).await);
-    assert_eq!(refused.code, 403);
-    assert_eq!(
-        refused.message,
-        format!(
-            "configmaps is forbidden: User \"{agent_user}\" cannot list resource \"configmaps\" in API group \"\" in the namespace \"{ns}\""
-        )
-    );
+    assert_eq!((refused.code, refused.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(refused.details.expect("details").kind, "configmaps");
 
     let as_tenant = impersonate(&c, &token, &tenant_user).await;
     let tenant_cms: Api<ConfigMap> = Api::namespaced(as_tenant.clone(), &ns);
+    // Refused with 403 Forbidden; the wording is not guaranteed (1.36's constrained
+    // impersonation says `cannot impersonate-on:serviceaccount:list ...`).
     let refused = failure(tenant_cms.list(&ListParams::default()).await);
-    assert_eq!(refused.code, 403);
-    assert_eq!(
-        refused.message,
-        format!(
-            "serviceaccounts \"tenant\" is forbidden: User \"{agent_user}\" cannot impersonate resource \"serviceaccounts\" in API group \"\" in the namespace \"{ns}\""
-        )
-    );
+    assert_eq!((refused.code, refused.reason.as_str()), (403, "Forbidden"));
 
     // Grant impersonation of that one ServiceAccount.
     let roles: Api<DynamicObject> = Api::namespaced_with(
@@ -1087,7 +1075,8 @@ pub async fn default_roles_grant_what_they_grant_on_a_real_cluster(c: Arc<Cluste
 }
 
 /// A namespace admin cannot grant what it does not hold: a Role with a rule beyond `admin`, or
-/// a RoleBinding to `cluster-admin`, is refused by the escalation check; binding `view` is fine.
+/// a RoleBinding to `cluster-admin`, is refused by the escalation check; binding `view` is fine;
+/// a binding to a Role that does not exist yet is refused as not found.
 pub async fn escalation_is_refused(c: Arc<Cluster>) {
     let ns = c.namespace("escalate").await;
     bind(&c, &ns, "admin", "tenant").await;
@@ -1145,6 +1134,31 @@ pub async fn escalation_is_refused(c: Arc<Cluster>) {
         .patch("down", &apply, &Patch::Apply(binding("down", "view")))
         .await
         .expect("binding view is within admin");
+
+    // A caller who may not `bind` cannot bind a Role that does not exist yet: the server looks
+    // the role up to compare its rules, and the write is refused as not found. Once the Role is
+    // there, the same binding is accepted.
+    let scanner_binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "scanner"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "scanner"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}],
+    });
+    let refused = failure(
+        bindings
+            .patch("scanner", &apply, &Patch::Apply(&scanner_binding))
+            .await,
+    );
+    assert_eq!((refused.code, refused.reason.as_str()), (404, "NotFound"));
+    let scanner = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "scanner"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]});
+    roles
+        .patch("scanner", &apply, &Patch::Apply(&scanner))
+        .await
+        .expect("a Role within admin");
+    bindings
+        .patch("scanner", &apply, &Patch::Apply(&scanner_binding))
+        .await
+        .expect("the binding, once its Role exists");
 }
 
 /// A watch from a list's resourceVersion sees later changes, in order, as ADDED/MODIFIED/DELETED.
