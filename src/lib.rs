@@ -15,6 +15,7 @@ pub mod logging;
 pub mod plan;
 pub mod reconcile;
 pub mod render;
+pub mod semver_range;
 pub mod server;
 pub mod source;
 pub mod subst;

@@ -234,6 +234,47 @@ fn an_unknown_cluster_or_tenant_is_named() {
     );
 }
 
+/// Issue 13: a tenant whose fleet file is broken is not silently left out of `render`: the full
+/// render prints the other tenants' objects and every fleet and catalog problem, and exits 1;
+/// `--tenant` naming the broken tenant says why it could not be read.
+#[test]
+fn render_reports_every_fleet_and_catalog_problem() {
+    let p = Platform::new();
+    p.tenant("ops", "[ops]", "apps:\n  - { name: web, source: { path: web } }\n")
+        .file("tenants/ops/web/cm.yaml", WEB)
+        .tenant("bi", "[bi]", "apps:\n  - { name: x, source: { path: x }, bogus: 1 }\n")
+        .file(
+            "fleet/tenants/ai.yaml",
+            "name: ai\nnamespaces: [ai]\nsource: { url: \"https://git.example.com/ai.git\", ref: { semver: \">=1.0.0 <2.0.0 ||\" } }\nclusters: [{ name: dev }]\n",
+        );
+    let run = p.run(&["render"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("# Source: ops/web "), "{run:?}");
+    let problems: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(problems.len(), 2, "{run:?}");
+    assert!(
+        problems[0].starts_with("fleet: tenants/ai.yaml:3:")
+            && problems[0].contains("source.ref.semver"),
+        "{run:?}"
+    );
+    assert!(
+        problems[1].starts_with("tenant bi: tenant.yaml:2:") && problems[1].contains("bogus"),
+        "{run:?}"
+    );
+
+    let run = p.run(&["render", "--tenant", "ai"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.is_empty(), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("tenant \"ai\" could not be read from the fleet: tenants/ai.yaml:3:"),
+        "{run:?}"
+    );
+    let run = p.run(&["render", "--tenant", "bi"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("tenant bi: tenant.yaml:2:"), "{run:?}");
+}
+
 const WEB: &str =
     "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata:\n  host: web.${vars.domain}\n";
 

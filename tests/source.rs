@@ -164,6 +164,21 @@ async fn tags_and_semver_ranges_pick_the_right_commit() {
         "highest match, numerically; no pre-release"
     );
     assert_eq!(read(&c, "version"), "v1.10.1");
+    // Issue 13: the constraint syntax of Flux and Helm (spaces, `||`, hyphen ranges, `v`).
+    for range in [
+        ">=1.0.0 <2.0.0",
+        ">= v1.0 < v2",
+        "1.2 - 1.10 || ^3",
+        "1.x",
+        "~1.10",
+    ] {
+        let c = fetch(GitRef::Semver(range.parse().unwrap())).await.unwrap();
+        assert_eq!(c.revision, shas["v1.10.1"], "{range}");
+    }
+    let c = fetch(GitRef::Semver("<1.2 || >=2".parse().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(c.revision, shas["v2.0.0"]);
     let c = fetch(GitRef::Semver(">=1.11.0-rc.0, <2".parse().unwrap()))
         .await
         .unwrap();

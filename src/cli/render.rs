@@ -90,7 +90,7 @@ pub fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
     if let Some(t) = &filter.tenant
         && !loaded.fleet.tenants.contains_key(t)
     {
-        anyhow::bail!("tenant {t:?} is not in the fleet");
+        return Err(unknown_tenant(t, &loaded.fleet, &loaded.problems));
     }
     let rendered = render_cluster(
         &loaded,
@@ -143,6 +143,39 @@ pub fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Why `--tenant name` names no tenant of the fleet: its file could not be read (with every
+/// problem found in it), or there is no such file (with the tenants there are).
+pub(crate) fn unknown_tenant(name: &str, fleet: &Fleet, problems: &[Problem]) -> anyhow::Error {
+    let in_its_file: Vec<&str> = problems
+        .iter()
+        .filter(|p| {
+            p.owner == Owner::Fleet
+                && [".yaml", ".yml"].iter().any(|ext| {
+                    p.detail
+                        .strip_prefix(&format!("tenants/{name}{ext}"))
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+                })
+        })
+        .map(|p| p.detail.as_str())
+        .collect();
+    if in_its_file.is_empty() {
+        let known: Vec<&str> = fleet.tenants.keys().map(String::as_str).collect();
+        anyhow::anyhow!(
+            "tenant {name:?} is not in the fleet (tenants: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )
+    } else {
+        anyhow::anyhow!(
+            "tenant {name:?} could not be read from the fleet: {}",
+            in_its_file.join("; ")
+        )
+    }
 }
 
 /// Checks the fleet and every tenant catalog, and renders every cluster of the fleet.

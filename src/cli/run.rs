@@ -52,7 +52,7 @@ pub fn diff(config: &Config, filter: Filter) -> anyhow::Result<ExitCode> {
     if let Some(t) = &filter.tenant
         && !input.fleet.tenants.contains_key(t)
     {
-        anyhow::bail!("tenant {t:?} is not in the fleet");
+        return Err(super::render::unknown_tenant(t, &input.fleet, &problems));
     }
     let entries = fetcher.block_on(async {
         let engine = connect(config).await?;

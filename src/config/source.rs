@@ -36,7 +36,7 @@ pub enum GitRef {
     Branch(String),
     Tag(String),
     /// The highest tag matching the range; pre-releases only if the range names one.
-    Semver(semver::VersionReq),
+    Semver(crate::semver_range::Range),
     /// A full 40-hex commit SHA, optionally with the branch to fetch it from.
     Commit {
         sha: String,
@@ -425,7 +425,7 @@ fn decode_ref(node: &Node, path: &str, report: &mut Report) -> Option<GitRef> {
         return Some(GitRef::Tag(t));
     }
     let (n, range) = range?;
-    match semver::VersionReq::parse(&range) {
+    match crate::semver_range::Range::parse(&range) {
         Ok(req) => Some(GitRef::Semver(req)),
         Err(error) => {
             report.error(

@@ -161,16 +161,8 @@ fn resolve(heads: &[(String, Oid)], reference: &GitRef) -> Result<Target, Failur
                 .filter(|n| !n.ends_with("^{}"))
                 .collect();
             tags.sort();
-            let best = tags
-                .iter()
-                .filter_map(|t| {
-                    semver::Version::parse(t.strip_prefix('v').unwrap_or(t))
-                        .ok()
-                        .map(|v| (v, *t))
-                })
-                .filter(|(v, _)| range.matches(v))
-                .max_by(|a, b| a.0.cmp(&b.0));
-            let Some((_, name)) = best else {
+            let best = range.best(tags.iter().map(|t| (*t, *t)));
+            let Some(name) = best else {
                 let shown: Vec<&str> = tags.iter().take(10).copied().collect();
                 let more = if tags.len() > 10 { ", ..." } else { "" };
                 return Err(Failure::Permanent(format!(
