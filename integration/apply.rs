@@ -14,6 +14,7 @@ env_scenarios!(
     an_immutable_change_fails_without_recreate_and_is_recreated_with_it,
     tenant_isolation,
     a_role_and_its_binding_in_one_app_converge_on_the_first_sync,
+    a_departed_tenant_is_pruned_only_with_on_removal_prune,
     a_failed_render_prunes_nothing_and_other_apps_go_on,
     diff_shows_what_a_sync_would_change,
 );

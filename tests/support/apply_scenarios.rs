@@ -821,6 +821,112 @@ pub async fn a_role_and_its_binding_in_one_app_converge_on_the_first_sync(env: A
     }
 }
 
+/// A tenant that no longer lands on the cluster (issue 13): with `onRemoval: prune` its apps'
+/// objects and inventories are pruned, as the tenant; its namespace, ServiceAccount and RoleBinding
+/// (the onboarding) are kept, as documented. A departed tenant without it keeps everything and is
+/// reported; another tenant's objects are not touched.
+pub async fn a_departed_tenant_is_pruned_only_with_on_removal_prune(env: Arc<Env>) {
+    let leaver = env.name("leaver");
+    let keeper = env.name("keeper");
+    let stayer = env.name("stayer");
+    let catalog = "apps:\n  - { name: web, source: { path: web } }\n  - { name: jobs, source: { path: jobs } }\n";
+    env.tenant(&leaver, &[&leaver], "onRemoval: prune\n", catalog);
+    env.tenant(&keeper, &[&keeper], "", catalog);
+    env.tenant(&stayer, &[&stayer], "", catalog);
+    for t in [&leaver, &keeper, &stayer] {
+        manifest(&env, &format!("tenants/{t}/web/cm.yaml"), cm("web", json!({"a": "1"})));
+        manifest(&env, &format!("tenants/{t}/jobs/cm.yaml"), cm("jobs", json!({"b": "2"})));
+    }
+    env.sync().await;
+    let stayer_before = env.configmap(&stayer, "web").await.expect("stayer's web");
+
+    // Both leave the cluster: their fleet files now match another cluster only.
+    for (t, extra) in [(&leaver, "onRemoval: prune\n"), (&keeper, "")] {
+        env.write(
+            &format!("fleet/tenants/{t}.yaml"),
+            &format!(
+                "name: {t}\nnamespaces: [{t}]\nsource: {{ dir: ../../tenants/{t} }}\nclusters: [{{ name: elsewhere }}]\n{extra}"
+            ),
+        );
+    }
+    env.clear_log();
+    let run = env.sync().await;
+    for pruned in [
+        format!("pruned ConfigMap {leaver}/web"),
+        format!("pruned ConfigMap {leaver}/jobs"),
+    ] {
+        assert!(run.stdout.contains(&pruned), "{pruned}\n{run:?}");
+    }
+    for name in ["web", "jobs", "flotilla-web", "flotilla-jobs"] {
+        assert!(
+            env.configmap(&leaver, name).await.is_none(),
+            "{leaver}/{name} is pruned"
+        );
+    }
+    // The onboarding stays: namespaces are never deleted, and the identity with them.
+    assert!(env.get("v1", "Namespace", None, &leaver).await.is_some());
+    assert!(
+        env.get("v1", "ServiceAccount", Some(&leaver), "flotilla-tenant")
+            .await
+            .is_some()
+    );
+    assert!(
+        env.get(
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            Some(&leaver),
+            "flotilla-tenant"
+        )
+        .await
+        .is_some()
+    );
+
+    // onRemoval: keep (the default) keeps everything and says so.
+    let reported = run
+        .stdout
+        .split(&format!("tenant {keeper}: "))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        reported.lines().nth(1).is_some_and(|l| l.trim()
+            == "note: no longer lands on this cluster; the objects of its 2 apps are kept (onRemoval: keep)"),
+        "{run:?}"
+    );
+    for name in ["web", "jobs", "flotilla-web", "flotilla-jobs"] {
+        assert!(
+            env.configmap(&keeper, name).await.is_some(),
+            "{keeper}/{name} is kept"
+        );
+    }
+    let stayer_after = env.configmap(&stayer, "web").await.expect("stayer's web");
+    assert_eq!(rv(&stayer_after), rv(&stayer_before), "another tenant is untouched");
+
+    // Every delete was made as the departing tenant, in its own namespace.
+    if let Some(log) = &env.log {
+        let deletes: Vec<Logged> = log
+            .requests()
+            .into_iter()
+            .filter(|r| r.is_write() && r.method == "DELETE")
+            .collect();
+        assert!(!deletes.is_empty());
+        for d in &deletes {
+            assert!(
+                d.path.starts_with(&format!("/api/v1/namespaces/{leaver}/configmaps/")),
+                "{d:?}"
+            );
+            assert_eq!(
+                d.impersonated.as_deref(),
+                Some(format!("system:serviceaccount:{leaver}:flotilla-tenant").as_str()),
+                "{d:?}"
+            );
+        }
+    }
+
+    // The next pass has nothing left of it to prune, and still keeps the other's.
+    let run = env.sync().await;
+    assert!(!run.stdout.contains("  pruned "), "{run:?}");
+}
+
 /// A render failure of one app applies and prunes nothing of it; the tenant's other apps go on.
 pub async fn a_failed_render_prunes_nothing_and_other_apps_go_on(env: Arc<Env>) {
     let t = shop(
