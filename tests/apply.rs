@@ -15,6 +15,7 @@ env_scenarios!(
     tenant_isolation,
     a_role_and_its_binding_in_one_app_converge_on_the_first_sync,
     a_departed_tenant_is_pruned_only_with_on_removal_prune,
+    a_terminating_namespace_is_reported_once_per_unit_and_retried,
     a_failed_render_prunes_nothing_and_other_apps_go_on,
     diff_shows_what_a_sync_would_change,
 );

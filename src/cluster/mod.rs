@@ -45,8 +45,17 @@ pub struct ApiFailure {
     pub code: u16,
     pub reason: String,
     pub message: String,
-    /// `(field, message)` of each cause the server gave.
-    pub causes: Vec<(String, String)>,
+    /// The causes the server gave.
+    pub causes: Vec<Cause>,
+}
+
+/// One `details.causes` entry of an error status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cause {
+    /// Machine-readable: `FieldValueInvalid`, `NamespaceTerminating`, ...
+    pub reason: String,
+    pub field: String,
+    pub message: String,
 }
 
 /// A kind as the cluster serves it.
@@ -81,7 +90,11 @@ impl Error {
                     .map(|d| {
                         d.causes
                             .iter()
-                            .map(|c| (c.field.clone(), c.message.clone()))
+                            .map(|c| Cause {
+                                reason: c.reason.clone(),
+                                field: c.field.clone(),
+                                message: c.message.clone(),
+                            })
                             .collect()
                     })
                     .unwrap_or_default(),
@@ -110,6 +123,13 @@ impl Error {
         }
     }
 
+    /// Whether the write was refused because its namespace is being deleted (the API server's
+    /// NamespaceLifecycle admission: 403 with a `NamespaceTerminating` cause).
+    pub fn namespace_terminating(&self) -> bool {
+        matches!(self, Error::Api(f) if f.code == 403
+            && f.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
+    }
+
     /// The fields an Invalid error says are immutable, if it says so of any.
     pub fn immutable_fields(&self) -> Option<Vec<String>> {
         let Error::Api(f) = self else { return None };
@@ -119,8 +139,8 @@ impl Error {
         let fields: Vec<String> = f
             .causes
             .iter()
-            .filter(|(_, m)| m.contains("immutable"))
-            .map(|(field, _)| field.clone())
+            .filter(|c| c.message.contains("immutable"))
+            .map(|c| c.field.clone())
             .collect();
         if !fields.is_empty() {
             Some(fields)

@@ -106,13 +106,13 @@ pub async fn pass(
 
     // Onboarding first: namespaces, ServiceAccount, RoleBindings (infra may put quotas or
     // policies into the tenants' namespaces).
-    let mut onboarded: BTreeMap<String, bool> = BTreeMap::new();
+    // Tenants whose onboarding failed, with what their units are told.
+    let mut not_onboarded: BTreeMap<String, String> = BTreeMap::new();
     for name in &input.placed {
         let Some(tenant) = input.fleet.tenants.get(name) else {
             continue;
         };
         if !filter.onboards(name) || (filter.app.is_some() && mode == Mode::Diff) {
-            onboarded.insert(name.clone(), true);
             continue;
         }
         let spec = onboarding(tenant, mode);
@@ -124,7 +124,17 @@ pub async fn pass(
         {
             outcome.error = Some(e);
         }
-        onboarded.insert(name.clone(), outcome.converged());
+        if !outcome.converged() {
+            let why = if outcome.terminating.is_empty() {
+                format!("not applied: tenant {name}'s onboarding failed")
+            } else {
+                format!(
+                    "not applied: {}",
+                    set::terminating_error(&outcome.terminating)
+                )
+            };
+            not_onboarded.insert(name.clone(), why);
+        }
         entries.push(Entry {
             unit: None,
             name: spec.name,
@@ -164,8 +174,8 @@ pub async fn pass(
         let mut tasks = tokio::task::JoinSet::new();
         for unit in level {
             let tenant = unit.id.tenant.clone().unwrap_or_default();
-            let blocked = if onboarded.get(&tenant) == Some(&false) {
-                Some(format!("not applied: tenant {tenant}'s onboarding failed"))
+            let blocked = if let Some(why) = not_onboarded.get(&tenant) {
+                Some(why.clone())
             } else {
                 unit.depends_on
                     .iter()
@@ -244,7 +254,7 @@ pub async fn pass(
     if filter.only.is_some() {
         return entries;
     }
-    entries.extend(removed_apps(&engine, input, filter, mode).await);
+    entries.extend(removed_apps(&engine, input, filter, mode, &not_onboarded).await);
     if filter.tenant.is_none() && input.fleet_ok {
         entries.extend(departed_tenants(&engine, input, mode).await);
     }
@@ -511,13 +521,21 @@ fn removal(tenant: &Tenant, app: &str, parent: Parent, mode: Mode) -> SetSpec {
 
 /// The inventories of a tenant's apps that are no longer rendered for this cluster, found in the
 /// tenant's namespaces through the tenant's own identity.
-async fn removed_apps(engine: &Engine, input: &Input, filter: &Filter, mode: Mode) -> Vec<Entry> {
+/// A tenant whose onboarding failed is left for a later pass: its identity may not work yet, and
+/// its units already said why.
+async fn removed_apps(
+    engine: &Engine,
+    input: &Input,
+    filter: &Filter,
+    mode: Mode,
+    not_onboarded: &BTreeMap<String, String>,
+) -> Vec<Entry> {
     let mut entries = Vec::new();
     for name in &input.tenants_ok {
         let Some(tenant) = input.fleet.tenants.get(name) else {
             continue;
         };
-        if !filter.tenant(name) {
+        if !filter.tenant(name) || not_onboarded.contains_key(name) {
             continue;
         }
         let present: BTreeSet<&str> = input

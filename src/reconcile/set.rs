@@ -66,8 +66,11 @@ pub struct Outcome {
     pub failed: Vec<String>,
     /// Notes that are not failures (objects left in place, and why).
     pub notes: Vec<String>,
-    /// A failure of the set as a whole (its inventory, an empty render).
+    /// A failure of the set as a whole (its inventory, an empty render, a namespace being
+    /// deleted).
     pub error: Option<String>,
+    /// Namespaces found being deleted: nothing more of the set was sent into them.
+    pub terminating: BTreeSet<String>,
     /// Diff mode: the text to print.
     pub diff: String,
     /// Diff mode: how many objects would change or be pruned.
@@ -99,6 +102,8 @@ enum Applied {
     /// Diff mode: it would change; the diff.
     Diff(String),
     Failed(String),
+    /// Refused because its namespace is being deleted.
+    Terminating,
 }
 
 impl Engine {
@@ -161,7 +166,14 @@ impl Engine {
         if union != old && spec.mode == Mode::Apply {
             self.write_parent(&client, &configmaps, spec, &union)
                 .await
-                .map_err(|e| format!("writing the inventory {parent}: {e}"))?;
+                .map_err(|e| {
+                    if e.namespace_terminating() {
+                        out.terminating.insert(parent.namespace.clone());
+                        terminating_error(&out.terminating)
+                    } else {
+                        format!("writing the inventory {parent}: {e}")
+                    }
+                })?;
             written = union;
         }
 
@@ -178,9 +190,14 @@ impl Engine {
         let mut listed: BTreeSet<(String, Option<String>)> = BTreeSet::new();
         let mut healthy_wanted: Vec<(&Object, Resource)> = Vec::new();
         for (rank, group) in by_rank {
-            // Resolve kinds (after the CRDs of this set, for its custom resources).
+            // Resolve kinds (after the CRDs of this set, for its custom resources). Nothing more
+            // goes into a namespace found being deleted: it would be refused object by object.
             let mut resolved: Vec<(&Object, Resource)> = Vec::new();
             for o in group {
+                if in_terminating(o, &out.terminating) {
+                    keep_old(&old, &mut record, o);
+                    continue;
+                }
                 match self.resolve_checked(o, spec).await {
                     Ok(r) => resolved.push((o, r)),
                     Err(why) => {
@@ -211,6 +228,20 @@ impl Engine {
                     Err(e) => tracing::debug!(set = %spec.name, error = %e, "listing failed"),
                 }
             }
+            // A Namespace of this set that is being deleted is not applied (the apply would
+            // succeed, and every object after it be refused).
+            resolved.retain(|(o, _)| {
+                let deleting = o.key.group.is_empty()
+                    && o.key.kind == "Namespace"
+                    && live
+                        .get(&o.key)
+                        .is_some_and(|l| l["metadata"]["deletionTimestamp"].is_string());
+                if deleting {
+                    out.terminating.insert(o.key.name.clone());
+                    keep_old(&old, &mut record, o);
+                }
+                !deleting
+            });
             let results = self
                 .apply_group(&client, spec, &id, &resolved, &live, &old)
                 .await;
@@ -240,6 +271,11 @@ impl Engine {
                     }
                     Applied::Failed(why) => {
                         out.failed.push(format!("{}: {why}", o.key));
+                        keep_old(&old, &mut record, o);
+                    }
+                    Applied::Terminating => {
+                        out.terminating
+                            .insert(o.key.namespace.clone().unwrap_or_default());
                         keep_old(&old, &mut record, o);
                     }
                 }
@@ -291,6 +327,9 @@ impl Engine {
                 .map_err(|e| format!("writing the inventory {parent}: {e}"))?;
         }
 
+        if !out.terminating.is_empty() {
+            return Err(terminating_error(&out.terminating));
+        }
         if spec.options.wait && spec.mode == Mode::Apply && out.failed.is_empty() {
             self.wait_healthy(&client, spec, &healthy_wanted, out).await;
         }
@@ -601,6 +640,7 @@ async fn apply_one(
                     return Applied::Diff(diff_text(&current, &dry));
                 }
             }
+            Err(e) if e.namespace_terminating() => return Applied::Terminating,
             Err(e) if mode == Mode::Diff => {
                 return match (&live, e.is_not_found()) {
                     // A new object whose namespace is not there yet (onboarding comes first).
@@ -626,6 +666,7 @@ async fn apply_one(
     };
     match Cluster::apply(client, r, body, force, false).await {
         Ok(applied) => Applied::Changed(plan::fingerprint(&applied), why),
+        Err(e) if e.namespace_terminating() => Applied::Terminating,
         Err(e) => match e.immutable_fields() {
             Some(fields) if recreate => {
                 let uid = live
@@ -717,6 +758,30 @@ fn diff_text(live: &Value, dry: &Value) -> String {
         &yaml(&after),
         &old_name,
         &format!("desired {title}"),
+    )
+}
+
+/// Whether `o` is, or goes into, one of the namespaces being deleted.
+fn in_terminating(o: &Object, terminating: &BTreeSet<String>) -> bool {
+    match &o.key.namespace {
+        Some(ns) => terminating.contains(ns),
+        None => {
+            o.key.group.is_empty() && o.key.kind == "Namespace" && terminating.contains(&o.key.name)
+        }
+    }
+}
+
+/// The set's error when namespaces it applies into are being deleted: said once, not per object.
+pub fn terminating_error(namespaces: &BTreeSet<String>) -> String {
+    let list: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+    let (noun, is, it, it_is) = if list.len() == 1 {
+        ("namespace", "is", "it", "it is")
+    } else {
+        ("namespaces", "are", "them", "they are")
+    };
+    format!(
+        "{noun} {} {is} being deleted: nothing is applied in {it} until {it_is} gone (retried later)",
+        list.join(", ")
     )
 }
 

@@ -834,8 +834,16 @@ pub async fn a_departed_tenant_is_pruned_only_with_on_removal_prune(env: Arc<Env
     env.tenant(&keeper, &[&keeper], "", catalog);
     env.tenant(&stayer, &[&stayer], "", catalog);
     for t in [&leaver, &keeper, &stayer] {
-        manifest(&env, &format!("tenants/{t}/web/cm.yaml"), cm("web", json!({"a": "1"})));
-        manifest(&env, &format!("tenants/{t}/jobs/cm.yaml"), cm("jobs", json!({"b": "2"})));
+        manifest(
+            &env,
+            &format!("tenants/{t}/web/cm.yaml"),
+            cm("web", json!({"a": "1"})),
+        );
+        manifest(
+            &env,
+            &format!("tenants/{t}/jobs/cm.yaml"),
+            cm("jobs", json!({"b": "2"})),
+        );
     }
     env.sync().await;
     let stayer_before = env.configmap(&stayer, "web").await.expect("stayer's web");
@@ -899,7 +907,11 @@ pub async fn a_departed_tenant_is_pruned_only_with_on_removal_prune(env: Arc<Env
         );
     }
     let stayer_after = env.configmap(&stayer, "web").await.expect("stayer's web");
-    assert_eq!(rv(&stayer_after), rv(&stayer_before), "another tenant is untouched");
+    assert_eq!(
+        rv(&stayer_after),
+        rv(&stayer_before),
+        "another tenant is untouched"
+    );
 
     // Every delete was made as the departing tenant, in its own namespace.
     if let Some(log) = &env.log {
@@ -911,7 +923,8 @@ pub async fn a_departed_tenant_is_pruned_only_with_on_removal_prune(env: Arc<Env
         assert!(!deletes.is_empty());
         for d in &deletes {
             assert!(
-                d.path.starts_with(&format!("/api/v1/namespaces/{leaver}/configmaps/")),
+                d.path
+                    .starts_with(&format!("/api/v1/namespaces/{leaver}/configmaps/")),
                 "{d:?}"
             );
             assert_eq!(
@@ -925,6 +938,106 @@ pub async fn a_departed_tenant_is_pruned_only_with_on_removal_prune(env: Arc<Env
     // The next pass has nothing left of it to prune, and still keeps the other's.
     let run = env.sync().await;
     assert!(!run.stdout.contains("  pruned "), "{run:?}");
+}
+
+/// A tenant whose namespace is being deleted (held in Terminating by a finalizer) is told so once
+/// per unit, nothing is sent into the namespace, and the run fails so that it is retried; once the
+/// namespace is gone, the next run recreates it and converges (issue 13).
+pub async fn a_terminating_namespace_is_reported_once_per_unit_and_retried(env: Arc<Env>) {
+    let t = shop(&env, "apps:\n  - { name: web, source: { path: web } }\n");
+    manifest(
+        &env,
+        &format!("tenants/{t}/web/cm.yaml"),
+        cm("web", json!({"a": "1"})),
+    );
+    env.sync().await;
+
+    let namespaces: Api<DynamicObject> = Api::all_with(
+        env.cluster.admin.clone(),
+        &resource("v1", "Namespace", "namespaces"),
+    );
+    let hold = |finalizers: Value| {
+        let namespaces = namespaces.clone();
+        let t = t.clone();
+        async move {
+            namespaces
+                .patch(
+                    &t,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+                )
+                .await
+                .expect("patching the namespace's finalizers");
+        }
+    };
+    hold(json!(["flotilla.test/hold"])).await;
+    namespaces
+        .delete(&t, &DeleteParams::default())
+        .await
+        .expect("deleting the namespace");
+    // The namespace controller empties it; the finalizer keeps it Terminating.
+    eventually("the namespace is emptied", || async {
+        env.configmap(&t, "web").await.is_none()
+    })
+    .await;
+
+    env.clear_log();
+    let run = env.flotilla(&["run", "--once"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    let said = format!(
+        "namespace {t} is being deleted: nothing is applied in it until it is gone (retried later)"
+    );
+    assert_eq!(
+        run.stdout.matches(&said).count(),
+        2,
+        "once for the onboarding, once for the app: {run:?}"
+    );
+    assert!(
+        !run.stdout.contains("  failed "),
+        "no per-object failures: {run:?}"
+    );
+    assert!(!run.stdout.contains("applied Namespace"), "{run:?}");
+    if let Some(writes) = env.writes() {
+        let into: Vec<&Logged> = writes
+            .iter()
+            .filter(|w| {
+                w.path.contains(&format!("/namespaces/{t}/"))
+                    || w.path.ends_with(&format!("/namespaces/{t}"))
+            })
+            .collect();
+        assert!(
+            into.is_empty(),
+            "nothing sent into the namespace: {into:#?}"
+        );
+    }
+
+    // Once it is gone, the next run recreates it and the app.
+    hold(Value::Null).await;
+    eventually("the namespace is gone", || async {
+        env.get("v1", "Namespace", None, &t).await.is_none()
+    })
+    .await;
+    env.sync().await;
+    assert_eq!(
+        env.configmap(&t, "web").await.expect("web is back")["data"]["a"],
+        "1"
+    );
+}
+
+/// Polls `check` every 200 ms for up to 60 s (a real cluster's controllers act asynchronously).
+async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not after 60s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// A render failure of one app applies and prunes nothing of it; the tenant's other apps go on.

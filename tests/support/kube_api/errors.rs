@@ -112,6 +112,25 @@ impl ApiError {
         .with_details(d)
     }
 
+    /// A create in a namespace being deleted, refused by NamespaceLifecycle admission.
+    pub fn namespace_terminating(res: &Resource, namespace: &str, name: &str) -> ApiError {
+        let mut d = details(&res.group, &res.plural, name);
+        d["causes"] = json!([{
+            "reason": "NamespaceTerminating",
+            "message": format!("namespace {namespace} is being terminated"),
+            "field": "metadata.namespace",
+        }]);
+        ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} {name:?} is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
+                res.qualified()
+            ),
+        )
+        .with_details(d)
+    }
+
     pub fn forbidden(group: &str, resource: &str, name: &str, message: String) -> ApiError {
         ApiError::new(403, "Forbidden", message).with_details(details(group, resource, name))
     }

@@ -15,7 +15,8 @@
 //!
 //! Not modelled (documented in ARCHITECTURE.md): TLS, admission webhooks, garbage collection by
 //! ownerReferences, the OpenAPI schemas of built-in kinds (unknown fields are kept), graceful
-//! namespace termination (a deleted namespace and its contents go at once), controllers (no pods,
+//! namespace termination (a deleted namespace and its contents go at once, unless finalizers hold
+//! it Terminating), controllers (no pods,
 //! no status; tests write `/status` themselves).
 
 mod checks;

@@ -680,7 +680,7 @@ fn dispatch(
                 // Creating through apply needs `create` as well (on the named object), checked
                 // after the namespace is known to exist.
                 if res.namespaced {
-                    store.namespace_exists(&t.namespace)?;
+                    store.namespace_exists(res, &t.namespace, &t.name)?;
                 }
                 let a = Attributes {
                     verb: "create".into(),

@@ -199,7 +199,9 @@ impl Store {
         )
     }
 
-    pub fn namespace_exists(&self, ns: &str) -> Result<(), ApiError> {
+    /// Whether `name` of `res` may be created in namespace `ns`: it exists and is not being
+    /// deleted (NamespaceLifecycle admission, with its `NamespaceTerminating` cause).
+    pub fn namespace_exists(&self, res: &Resource, ns: &str, name: &str) -> Result<(), ApiError> {
         let key = Key {
             group: String::new(),
             plural: "namespaces".into(),
@@ -208,14 +210,9 @@ impl Store {
         };
         match self.objects.get(&key) {
             None => Err(ApiError::namespace_not_found(ns)),
-            Some(n) if n["metadata"]["deletionTimestamp"].is_string() => Err(ApiError::forbidden(
-                "",
-                "namespaces",
-                ns,
-                format!(
-                    "unable to create new content in namespace {ns} because it is being terminated"
-                ),
-            )),
+            Some(n) if n["metadata"]["deletionTimestamp"].is_string() => {
+                Err(ApiError::namespace_terminating(res, ns, name))
+            }
             Some(_) => Ok(()),
         }
     }
@@ -299,7 +296,7 @@ impl Store {
             .unwrap_or_default()
             .to_string();
         if res.namespaced {
-            self.namespace_exists(namespace)?;
+            self.namespace_exists(res, namespace, &name)?;
         }
         if self.objects.contains_key(&Self::key(res, namespace, &name)) {
             checks::validate(res, &body)?;
@@ -492,7 +489,7 @@ impl Store {
                 return Err(ApiError::not_found(res, name));
             }
             if res.namespaced {
-                self.namespace_exists(namespace)?;
+                self.namespace_exists(res, namespace, name)?;
             }
             return Ok((self.commit(res, None, applied, vec![me], w)?, true));
         };
@@ -740,6 +737,27 @@ impl Store {
             .as_array()
             .is_some_and(|f| !f.is_empty());
         let namespace_like = res.group.is_empty() && res.plural == "namespaces";
+        if finalizers && namespace_like && !w.dry_run {
+            // A namespace held by finalizers stays Terminating (refusing new content) after the
+            // namespace controller has deleted what was in it, until they are removed.
+            let mut new = old.clone();
+            if !old["metadata"]["deletionTimestamp"].is_string() {
+                new["metadata"]["deletionTimestamp"] = json!(now());
+                new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                new["status"]["phase"] = json!("Terminating");
+                self.rv += 1;
+                new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+                self.objects.insert(key.clone(), new.clone());
+                self.events.push(Event {
+                    rv: self.rv,
+                    key: key.clone(),
+                    old: Some(old),
+                    new: Some(new.clone()),
+                });
+                self.remove_contents(&key.name);
+            }
+            return Ok(Self::present(res, &new));
+        }
         if finalizers && !namespace_like {
             if w.dry_run || old["metadata"]["deletionTimestamp"].is_string() {
                 return Ok(Self::present(res, &old));
@@ -807,11 +825,8 @@ impl Store {
             new: None,
         });
         let contents: Vec<Key> = if res.group.is_empty() && res.plural == "namespaces" {
-            self.objects
-                .keys()
-                .filter(|k| k.namespace == key.name)
-                .cloned()
-                .collect()
+            self.remove_contents(&key.name);
+            Vec::new()
         } else if res.group == "apiextensions.k8s.io" {
             let group = old["spec"]["group"].as_str().unwrap_or_default();
             let plural = old["spec"]["names"]["plural"].as_str().unwrap_or_default();
@@ -819,7 +834,28 @@ impl Store {
         } else {
             Vec::new()
         };
-        for k in contents {
+        self.remove_all(contents);
+        if res.group == "apiextensions.k8s.io" {
+            self.refresh_crds();
+        }
+        if res.group == "rbac.authorization.k8s.io" && res.plural == "clusterroles" {
+            self.aggregate();
+        }
+    }
+
+    /// What the namespace controller deletes: everything in namespace `ns`.
+    fn remove_contents(&mut self, ns: &str) {
+        let contents: Vec<Key> = self
+            .objects
+            .keys()
+            .filter(|k| k.namespace == ns)
+            .cloned()
+            .collect();
+        self.remove_all(contents);
+    }
+
+    fn remove_all(&mut self, keys: Vec<Key>) {
+        for k in keys {
             if let Some(obj) = self.objects.remove(&k) {
                 self.rv += 1;
                 let mut gone = obj;
@@ -831,12 +867,6 @@ impl Store {
                     new: None,
                 });
             }
-        }
-        if res.group == "apiextensions.k8s.io" {
-            self.refresh_crds();
-        }
-        if res.group == "rbac.authorization.k8s.io" && res.plural == "clusterroles" {
-            self.aggregate();
         }
     }
 
