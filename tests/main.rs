@@ -24,6 +24,8 @@ mod cli;
 mod config;
 // The long-running agent: webhooks, sync and status, reload, signals, leader election.
 mod daemon;
+// A hostile tenant cannot hurt the agent or another tenant: one test per attack.
+mod hostile;
 // The test Kubernetes API server, through kube-rs: the scenarios shared with integration/.
 mod kube_api;
 // The fleet, catalogs and rendering: render and validate on whole platforms.

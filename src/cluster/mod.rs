@@ -206,6 +206,23 @@ impl Cluster {
     /// How the cluster serves `kind` of `api_version`. A kind missing from the cached list is
     /// looked up again (a CRD may have just been applied).
     pub async fn resolve(&self, api_version: &str, kind: &str) -> Result<Resource, Error> {
+        // The version goes into a discovery URL made with the agent's identity; it may come
+        // from an inventory a tenant can edit, so only the API's own syntax is looked up.
+        let syntax = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        let well_formed = match api_version.split_once('/') {
+            Some((group, version)) => syntax(group) && syntax(version),
+            None => syntax(api_version),
+        };
+        if !well_formed {
+            return Err(Error::UnknownKind {
+                api_version: api_version.into(),
+                kind: kind.into(),
+            });
+        }
         let cached = self
             .discovery
             .lock()

@@ -73,6 +73,51 @@ impl fmt::Display for ObjectKey {
     }
 }
 
+/// Checks that an object's apiVersion, kind, name and namespace have the API's own syntax:
+/// `version` or `group/version` (a DNS subdomain and a DNS label), a kind of letters and digits, a
+/// name that is one path segment, a namespace that is a DNS label.
+fn check_identity(
+    api_version: &str,
+    kind: &str,
+    name: &str,
+    namespace: &serde_json::Value,
+) -> Result<(), String> {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let group_ok = group.is_empty() || (group.len() <= 253 && group.split('.').all(dns_label));
+    if !group_ok || !dns_label(version) || !version.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(format!(
+            "apiVersion {api_version:?} is not a version (v1) or group/version (apps/v1)"
+        ));
+    }
+    if kind.len() > 63 || !kind.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(format!("kind {kind:?} must be letters and digits only"));
+    }
+    let path_unsafe =
+        |c: char| matches!(c, '/' | '%' | '?' | '#') || c.is_whitespace() || c.is_control();
+    if name.len() > 253 || name == "." || name == ".." || name.chars().any(path_unsafe) {
+        return Err(format!(
+            "metadata.name {name:?} is not a valid name (at most 253 characters, no '/', '%', '?', '#' or spaces, not '.' or '..')"
+        ));
+    }
+    match namespace {
+        serde_json::Value::Null => Ok(()),
+        serde_json::Value::String(ns) if ns.is_empty() || dns_label(ns) => Ok(()),
+        other => Err(format!(
+            "metadata.namespace {other} is not a namespace name (lowercase letters, digits and '-', at most 63)"
+        )),
+    }
+}
+
+/// An RFC 1123 label: 1–63 lowercase letters, digits and '-', starting and ending alphanumeric.
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 /// Turns a unit's documents into objects, or every problem found in them.
 pub fn finish(unit: &Unit, documents: Vec<Document>) -> Result<Vec<Object>, Vec<Problem>> {
     let owner = Owner::Unit(unit.id.clone());
@@ -152,6 +197,14 @@ pub fn finish(unit: &Unit, documents: Vec<Document>) -> Result<Vec<Object>, Vec<
                 format!("{kind} {name}: ")
             };
             fail(&d, &what, format!("missing {}", missing.join(", ")));
+            continue;
+        }
+        // These end up in request paths (discovery is made with the agent's own identity): only
+        // what the API itself accepts gets through, never a path or query of the tenant's making.
+        if let Err(why) =
+            check_identity(&api_version, &kind, &name, &d.body["metadata"]["namespace"])
+        {
+            fail(&d, &format!("{kind} {name:?}: "), why);
             continue;
         }
         let group = api_version

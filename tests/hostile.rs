@@ -1,0 +1,95 @@
+//! A hostile tenant cannot hurt the agent or another tenant (issue 14): one test per attack,
+//! through the real binary against the test API server. Each attack fails, is reported on the
+//! attacking tenant's unit with its reason, and a well-behaved tenant beside it still converges.
+
+use std::sync::Arc;
+
+use crate::support::apply_scenarios::Env;
+use crate::support::kube_api::ApiServer;
+
+/// A platform with a well-behaved tenant `good-*` (one ConfigMap) and an attacker `evil-*` whose
+/// catalog and files the test writes; returns `(good, evil)`.
+fn platform(env: &Env, evil_extra: &str, evil_catalog: &str) -> (String, String) {
+    let good = env.name("good");
+    let evil = env.name("evil");
+    env.tenant(
+        &good,
+        &[&good],
+        "",
+        "apps:\n  - { name: web, source: { path: web } }\n",
+    );
+    env.write(
+        &format!("tenants/{good}/web/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: web }\ndata: { a: \"1\" }\n",
+    );
+    env.tenant(&evil, &[&evil], evil_extra, evil_catalog);
+    (good, evil)
+}
+
+/// The well-behaved tenant's object was applied.
+async fn good_converged(env: &Env, good: &str) {
+    let cm = env.configmap(good, "web").await;
+    assert_eq!(
+        cm.expect("the good tenant's ConfigMap")["data"]["a"],
+        "1",
+        "the good tenant converged"
+    );
+}
+
+/// The block `run --once` printed for the set named `name` (`tenant t, app a`): its heading line
+/// and the indented lines under it.
+fn report(stdout: &str, name: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in stdout.lines() {
+        if line.starts_with(name) {
+            inside = true;
+        } else if !line.starts_with("  ") {
+            inside = false;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+async fn with_env<F, Fut>(scenario: F)
+where
+    F: FnOnce(Arc<Env>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let server = ApiServer::start();
+    let env = Env::new(server.kubeconfig(), Some(&server)).await;
+    env.run(scenario).await;
+}
+
+/// Attack 9: an `apiVersion` crafted to steer the agent's discovery request
+/// (`apps/v1/deployments?watch=1&x=`) is refused at render, naming the object; no request of the
+/// tenant's making reaches the API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_steered_by_a_crafted_api_version() {
+    with_env(|env| async move {
+        let (good, evil) = platform(&env, "", "apps:\n  - { name: steer, source: { path: steer } }\n");
+        env.write(
+            &format!("tenants/{evil}/steer/x.yaml"),
+            "apiVersion: apps/v1/deployments?watch=1&x=\nkind: Deployment\nmetadata: { name: x }\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: { name: \"../../secrets/x\" }\n",
+        );
+        let run = env.flotilla(&["run", "--once"]).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        let steer = report(&run.stdout, &format!("tenant {evil}, app steer"));
+        assert!(steer.contains("FAILED"), "{run:?}");
+        assert!(
+            steer.contains("steer/x.yaml:1: Deployment \"x\": apiVersion \"apps/v1/deployments?watch=1&x=\" is not a version (v1) or group/version (apps/v1)"),
+            "{run:?}"
+        );
+        assert!(steer.contains("metadata.name \"../../secrets/x\" is not a valid name"), "{run:?}");
+        good_converged(&env, &good).await;
+        let log = env.log.as_ref().unwrap();
+        for r in log.requests() {
+            assert!(!r.path.contains("watch=1") && !r.path.contains("secrets"), "{r:?}");
+        }
+    })
+    .await;
+}
