@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod deadline;
 pub mod fleet;
 pub mod inventory;
 pub mod logging;

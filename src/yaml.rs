@@ -12,6 +12,9 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
+/// The longest duration any file may give: a year.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
 /// One YAML node and where it starts (1-based line and column).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {
@@ -194,10 +197,32 @@ impl Node {
         }
     }
 
-    /// A humantime duration such as `30s`, `5m` or `1h 30m`.
+    /// A humantime duration such as `30s`, `5m` or `1h 30m`, at most [`MAX_DURATION`] (a
+    /// duration from a file never overflows a deadline).
     pub fn duration(&self, path: &str, report: &mut Report) -> Option<std::time::Duration> {
+        self.duration_at_most(path, MAX_DURATION, report)
+    }
+
+    /// A duration no longer than `max`; a longer one is an error naming the bound.
+    pub fn duration_at_most(
+        &self,
+        path: &str,
+        max: std::time::Duration,
+        report: &mut Report,
+    ) -> Option<std::time::Duration> {
         let text = self.str(path, report)?;
         match humantime::parse_duration(text) {
+            Ok(d) if d > max => {
+                report.error(
+                    self,
+                    path,
+                    format!(
+                        "{text:?} is too long; the most is {}",
+                        humantime::format_duration(max)
+                    ),
+                );
+                None
+            }
             Ok(d) => Some(d),
             Err(error) => {
                 report.error(

@@ -3,8 +3,11 @@
 //! attacking tenant's unit with its reason, and a well-behaved tenant beside it still converges.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::support::apply_scenarios::Env;
+use crate::support::daemon::Daemon;
+use crate::support::git::free_port;
 use crate::support::kube_api::ApiServer;
 
 /// A platform with a well-behaved tenant `good-*` (one ConfigMap) and an attacker `evil-*` whose
@@ -90,6 +93,66 @@ async fn discovery_steered_by_a_crafted_api_version() {
         for r in log.requests() {
             assert!(!r.path.contains("watch=1") && !r.path.contains("secrets"), "{r:?}");
         }
+    })
+    .await;
+}
+
+/// Starts `flotilla run` on the env's platform with an HTTP listener; returns it once ready.
+async fn start_agent(env: &Env, extra: &str) -> Daemon {
+    let port = free_port();
+    let base = std::fs::read_to_string(env.dir.path().join("flotilla.yaml")).unwrap();
+    env.write(
+        "flotilla.yaml",
+        &format!(
+            "{base}interval: 1h\nshutdown_grace: 5s\nlisten: {{ http: \"127.0.0.1:{port}\", socket: agent.sock }}\n{extra}"
+        ),
+    );
+    let d = Daemon::start(env.dir.path(), "flotilla.yaml", port, &[]);
+    d.wait_ready(Duration::from_secs(60)).await;
+    d
+}
+
+/// Attack 1: an interval that overflows the clock (`300000000000y`, which humantime accepts)
+/// crashed the agent's scheduler at every start. It is refused when the catalog is read, naming
+/// the bound; the agent keeps running and the other tenant converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_by_interval() {
+    with_env(|env| async move {
+        let (good, evil) = platform(
+            &env,
+            "interval: 8d\n",
+            "apps:\n  - { name: forever, source: { path: forever }, options: { interval: 300000000000y, timeout: 8760h } }\n",
+        );
+        env.write(
+            &format!("tenants/{evil}/forever/cm.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: forever }\n",
+        );
+        let run = env.flotilla(&["validate"]).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        let said = format!("fleet: tenants/{evil}.yaml:5:11: interval: \"8d\" is too long; the most is 7days");
+        assert!(run.stderr.contains(&said), "{said}\n{run:?}");
+
+        // The fleet's file fixed, the tenant's catalog still hostile.
+        let catalog = std::fs::read_to_string(env.dir.path().join(format!("tenants/{evil}/tenant.yaml"))).unwrap();
+        env.tenant(&evil, &[&evil], "", &catalog);
+        let run = env.flotilla(&["validate"]).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        for said in [
+            format!("tenant {evil}: tenant.yaml:2:70: apps[0].options.interval: \"300000000000y\" is too long; the most is 7days"),
+            format!("tenant {evil}: tenant.yaml:2:94: apps[0].options.timeout: \"8760h\" is too long; the most is 1h"),
+        ] {
+            assert!(run.stderr.contains(&said), "{said}\n{run:?}");
+        }
+
+        // The agent runs on, and serves the other tenant.
+        let mut d = start_agent(&env, "").await;
+        good_converged(&env, &good).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(d.get("/healthz").await.map(|a| a.status), Some(200), "{}", d.logs());
+        assert!(d.logs().contains("is too long; the most is 7days"), "{}", d.logs());
+        assert!(!d.logs().contains("panicked"), "{}", d.logs());
+        d.signal("TERM");
+        assert_eq!(d.wait_exit(Duration::from_secs(30)).await, Some(0), "{}", d.logs());
     })
     .await;
 }

@@ -237,6 +237,11 @@ fn view_of(config: &Config, prepared: &crate::cli::run::Prepared) -> View {
     }
     let mut problems: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
     for p in &prepared.problems {
+        // A unit's problems are logged with its set; the fleet's and a tenant's here, since a
+        // tenant whose catalog never could be read has no unit to carry them.
+        if !matches!(p.owner, Owner::Unit(_)) {
+            tracing::warn!(problem = %p, "fleet or tenant problem");
+        }
         match &p.owner {
             Owner::Fleet => problems.entry(None).or_default().push(p.to_string()),
             Owner::Tenant(t) => problems

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher as _;
 use std::time::{Duration, Instant};
 
+use crate::deadline::after;
 use crate::fleet::UnitId;
 
 /// The first retry of a failed unit comes this much later, doubling each time up to the unit's
@@ -104,7 +105,7 @@ impl<W: Clone> Schedule<W> {
     /// A new config's interval; the next full round comes at most that far away.
     pub fn set_interval(&mut self, interval: Duration, now: Instant) {
         self.interval = interval;
-        self.next_all = self.next_all.min(now + jitter(interval));
+        self.next_all = self.next_all.min(after(now, jitter(interval)));
     }
 
     /// Asks for a round of `scope` (fetching `fresh` first); `waiter` is handed back by
@@ -146,7 +147,7 @@ impl<W: Clone> Schedule<W> {
         // Each due time, once taken, moves a whole interval on (the round's end sets the real
         // next run), so that nothing is due again while it is queued or running.
         if now >= self.next_all {
-            self.next_all = now + self.interval;
+            self.next_all = after(now, self.interval);
             self.pending.all = true;
             self.pending.reasons.insert("interval".into());
         }
@@ -158,7 +159,7 @@ impl<W: Clone> Schedule<W> {
             .collect();
         for (id, sources) in due {
             if let Some(t) = self.units.get_mut(&id) {
-                t.next = now + t.plan.interval;
+                t.next = after(now, t.plan.interval);
             }
             if self.busy(&id) {
                 continue;
@@ -191,7 +192,8 @@ impl<W: Clone> Schedule<W> {
                     self.units
                         .iter()
                         .filter(|(u, t)| {
-                            !self.pending.units.contains(*u) && t.next > now + t.plan.interval / 10
+                            !self.pending.units.contains(*u)
+                                && t.next > after(now, t.plan.interval / 10)
                         })
                         .map(|(u, _)| u.clone())
                         .collect()
@@ -307,16 +309,16 @@ impl<W: Clone> Schedule<W> {
             if let Some(t) = self.units.get_mut(u) {
                 if *ok {
                     t.failures = 0;
-                    t.next = now + jitter(t.plan.interval);
+                    t.next = after(now, jitter(t.plan.interval));
                 } else {
                     t.failures += 1;
-                    t.next = now + backoff(t.failures, t.plan.interval);
+                    t.next = after(now, backoff(t.failures, t.plan.interval));
                 }
             }
         }
         if scope == Scope::All {
             self.all_failures = 0;
-            self.next_all = now + jitter(self.interval);
+            self.next_all = after(now, jitter(self.interval));
         }
         let mut told = Vec::new();
         let mut kept = Vec::new();
@@ -353,7 +355,7 @@ impl<W: Clone> Schedule<W> {
         for (u, plan) in placed.iter().filter(|(u, _)| covers(scope, u)) {
             let timing = self.units.entry(u.clone()).or_insert_with(|| Timing {
                 plan: plan.clone(),
-                next: now + jitter(plan.interval),
+                next: after(now, jitter(plan.interval)),
                 failures: 0,
             });
             timing.plan = plan.clone();
@@ -375,7 +377,7 @@ impl<W: Clone> Schedule<W> {
         let waiters = self.finish(id, now, &units, None);
         if whole {
             self.all_failures = failures;
-            self.next_all = now + backoff(failures, self.interval);
+            self.next_all = after(now, backoff(failures, self.interval));
         }
         waiters
     }
@@ -419,7 +421,7 @@ fn touches_tenant(scope: &Scope, tenant: &str) -> bool {
 pub fn jitter(interval: Duration) -> Duration {
     let r = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
     let factor = 0.9 + 0.2 * (r % 10_000) as f64 / 10_000.0;
-    interval.mul_f64(factor)
+    Duration::try_from_secs_f64(interval.as_secs_f64() * factor).unwrap_or(interval)
 }
 
 /// The wait before retry number `failures` (1, 2, ...): 5 s doubling, at most `cap`, ± 10%.

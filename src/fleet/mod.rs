@@ -18,6 +18,12 @@ pub use units::{Placement, place};
 
 use crate::config::SourceSpec;
 
+/// The longest `interval` a fleet or tenant file may ask for (a unit is reconciled at least
+/// weekly).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest health `timeout` a fleet or tenant file may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Everything the fleet repo says.
 #[derive(Clone, Debug, Default)]
 pub struct Fleet {

@@ -277,7 +277,9 @@ fn decode_tenant(
         let clusters = f
             .require("clusters", doc, r)
             .and_then(|n| decode_matchers(n, "clusters", r));
-        let interval = optional(f.get("interval"), |n| n.duration("interval", r));
+        let interval = optional(f.get("interval"), |n| {
+            n.duration_at_most("interval", super::MAX_INTERVAL, r)
+        });
         let prune = f.get("prune").map_or(Some(true), |n| n.bool("prune", r));
         let suspend = f
             .get("suspend")
@@ -552,12 +554,14 @@ fn decode_options(node: &Node, path: &str, r: &mut Report) -> Option<AppOptions>
     let wait = f
         .get("wait")
         .map_or(Some(false), |n| n.bool(&join(path, "wait"), r));
-    let timeout = optional(f.get("timeout"), |n| n.duration(&join(path, "timeout"), r));
+    let timeout = optional(f.get("timeout"), |n| {
+        n.duration_at_most(&join(path, "timeout"), super::MAX_TIMEOUT, r)
+    });
     let allow_empty = f
         .get("allowEmpty")
         .map_or(Some(false), |n| n.bool(&join(path, "allowEmpty"), r));
     let interval = optional(f.get("interval"), |n| {
-        n.duration(&join(path, "interval"), r)
+        n.duration_at_most(&join(path, "interval"), super::MAX_INTERVAL, r)
     });
     let suspend = optional(f.get("suspend"), |n| n.bool(&join(path, "suspend"), r));
     f.finish(ALLOWED, r);

@@ -559,7 +559,7 @@ impl Engine {
         objects: &[(&Object, Resource)],
         out: &mut Outcome,
     ) {
-        let deadline = Instant::now() + spec.options.timeout;
+        let deadline = crate::deadline::from_now(spec.options.timeout);
         let mut pending: Vec<&(&Object, Resource)> = objects.iter().collect();
         let mut delay = Duration::from_millis(100);
         loop {
@@ -679,7 +679,7 @@ async fn apply_one(
                         fields.join(", ")
                     ));
                 }
-                let deadline = Instant::now() + timeout;
+                let deadline = crate::deadline::from_now(timeout);
                 loop {
                     match Cluster::get(client, r, ns, name).await {
                         Ok(None) => break,

@@ -123,7 +123,7 @@ fn run(program: &Path, args: &[&std::ffi::OsStr], timeout: Duration) -> Result<V
         let _ = stderr.read_to_end(&mut buf);
         buf
     });
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::deadline::from_now(timeout);
     let mut pause = Duration::from_millis(1);
     let status = loop {
         match child.try_wait() {

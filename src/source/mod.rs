@@ -165,7 +165,7 @@ impl Sources {
             let access = git::Access {
                 url: &owned_url,
                 credential: credential.as_ref(),
-                deadline: Instant::now() + timeout,
+                deadline: crate::deadline::from_now(timeout),
             };
             let update = || -> Result<(String, PathBuf), git::Failure> {
                 let commit = git::resolve_and_fetch(&mirror, &access, &reference)?;
@@ -198,29 +198,32 @@ impl Sources {
             message,
             transient,
         };
-        let (commit, dir) = match tokio::time::timeout(timeout + Duration::from_secs(5), &mut task)
-            .await
-        {
-            Err(_) => {
-                // The Git work cannot be cancelled; until it ends (libgit2's socket timeout), it
-                // keeps the URL's lock and its slot, so nothing else touches that mirror meanwhile.
-                tokio::spawn(async move {
-                    let _ = task.await;
-                    drop((held, slot));
-                });
-                let message = format!(
-                    "did not finish within {}",
-                    humantime::format_duration(timeout)
-                );
-                return Err((error(message, true), false));
-            }
-            Ok(Err(e)) => return Err((error(format!("the fetch task failed: {e}"), true), true)),
-            Ok(Ok(Err(git::Failure::Transient(m)))) => return Err((error(m, true), true)),
-            Ok(Ok(Err(git::Failure::Permanent(m) | git::Failure::Local(m)))) => {
-                return Err((error(m, false), false));
-            }
-            Ok(Ok(Ok(done))) => done,
-        };
+        let (commit, dir) =
+            match tokio::time::timeout(timeout.saturating_add(Duration::from_secs(5)), &mut task)
+                .await
+            {
+                Err(_) => {
+                    // The Git work cannot be cancelled; until it ends (libgit2's socket timeout), it
+                    // keeps the URL's lock and its slot, so nothing else touches that mirror meanwhile.
+                    tokio::spawn(async move {
+                        let _ = task.await;
+                        drop((held, slot));
+                    });
+                    let message = format!(
+                        "did not finish within {}",
+                        humantime::format_duration(timeout)
+                    );
+                    return Err((error(message, true), false));
+                }
+                Ok(Err(e)) => {
+                    return Err((error(format!("the fetch task failed: {e}"), true), true));
+                }
+                Ok(Ok(Err(git::Failure::Transient(m)))) => return Err((error(m, true), true)),
+                Ok(Ok(Err(git::Failure::Permanent(m) | git::Failure::Local(m)))) => {
+                    return Err((error(m, false), false));
+                }
+                Ok(Ok(Ok(done))) => done,
+            };
         let root = apply_path(&dir, spec)
             .map_err(|message| (error(format!("at {commit}: {message}"), false), false))?;
         self.record(&key, &spec.reference, &commit);
