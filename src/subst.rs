@@ -33,6 +33,39 @@ impl std::fmt::Display for Undefined {
     }
 }
 
+/// Why a text could not be substituted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Every variable used but not defined.
+    Undefined(Vec<Undefined>),
+    /// The result would be larger than `limit` bytes; `line` is where it got there.
+    TooLarge { line: u32, limit: usize },
+}
+
+/// The largest text one substitution may produce (the size of the largest manifest file): a file
+/// that says `${values.big}` a million times fails instead of filling the agent's memory.
+pub const MAX_OUTPUT: usize = 8 << 20;
+
+/// The longest variable name looked for after `${`: the search for its `}` stops there, so text
+/// full of unclosed `${` is substituted in linear time.
+const MAX_NAME: usize = 256;
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Undefined(list) => {
+                let lines: Vec<String> = list.iter().map(Undefined::to_string).collect();
+                f.write_str(&lines.join("; "))
+            }
+            Failure::TooLarge { line, limit } => write!(
+                f,
+                "line {line}: substituting variables makes the text larger than {} MiB; refused",
+                limit >> 20
+            ),
+        }
+    }
+}
+
 impl Vars<'_> {
     /// The text a variable stands for.
     pub fn lookup(&self, name: &str) -> Option<String> {
@@ -56,8 +89,19 @@ impl Vars<'_> {
     }
 }
 
-/// Substitutes every variable in `text`, or lists every undefined one.
-pub fn substitute<'t>(text: &'t str, vars: &Vars<'_>) -> Result<Cow<'t, str>, Vec<Undefined>> {
+/// Substitutes every variable in `text`, or lists every undefined one; in time linear in the
+/// text and the result, which may not exceed [`MAX_OUTPUT`].
+pub fn substitute<'t>(text: &'t str, vars: &Vars<'_>) -> Result<Cow<'t, str>, Failure> {
+    substitute_within(text, vars, MAX_OUTPUT)
+}
+
+/// [`substitute`] with another cap on the result: a tool's whole output may be larger than one
+/// file.
+pub fn substitute_within<'t>(
+    text: &'t str,
+    vars: &Vars<'_>,
+    limit: usize,
+) -> Result<Cow<'t, str>, Failure> {
     if !text.contains("${") {
         return Ok(Cow::Borrowed(text));
     }
@@ -79,10 +123,14 @@ pub fn substitute<'t>(text: &'t str, vars: &Vars<'_>) -> Result<Cow<'t, str>, Ve
             rest = &from[1..];
             continue;
         };
-        match after.find('}') {
+        let window = &after.as_bytes()[..after.len().min(MAX_NAME + 1)];
+        match window.iter().position(|b| *b == b'}') {
             Some(end) if is_name(&after[..end]) => {
                 let name = &after[..end];
                 match vars.lookup(name) {
+                    Some(value) if out.len() + value.len() > limit => {
+                        return Err(Failure::TooLarge { line, limit });
+                    }
                     Some(value) => out.push_str(&value),
                     None => undefined.push(Undefined {
                         name: name.to_string(),
@@ -98,10 +146,13 @@ pub fn substitute<'t>(text: &'t str, vars: &Vars<'_>) -> Result<Cow<'t, str>, Ve
         }
     }
     out.push_str(rest);
+    if out.len() > limit {
+        return Err(Failure::TooLarge { line, limit });
+    }
     if undefined.is_empty() {
         Ok(Cow::Owned(out))
     } else {
-        Err(undefined)
+        Err(Failure::Undefined(undefined))
     }
 }
 
@@ -135,17 +186,23 @@ mod tests {
     use serde_json::json;
 
     fn run(text: &str) -> Result<String, Vec<Undefined>> {
+        run_with(text, &json!({"replicas": 3, "db": {"port": 5432, "tls": true}, "args": ["a", "b"], "s": "x"}))
+            .map_err(|f| match f {
+                Failure::Undefined(list) => list,
+                other => panic!("{other}"),
+            })
+    }
+
+    fn run_with(text: &str, values: &serde_json::Value) -> Result<String, Failure> {
         let flat = BTreeMap::from([
             ("cluster.name".to_string(), "prod".to_string()),
             ("vars.domain".to_string(), "example.com".to_string()),
         ]);
-        let values =
-            json!({"replicas": 3, "db": {"port": 5432, "tls": true}, "args": ["a", "b"], "s": "x"});
         substitute(
             text,
             &Vars {
                 flat: &flat,
-                values: &values,
+                values,
             },
         )
         .map(Cow::into_owned)
@@ -213,6 +270,45 @@ mod tests {
             ),
             Ok(Cow::Borrowed(_))
         ));
+    }
+
+    #[test]
+    fn a_substitution_bomb_is_refused_at_the_output_cap() {
+        // Issue 14: a 1 MiB value used half a million times.
+        let values = json!({"b": "x".repeat(1 << 20)});
+        let text = "a: ${values.b}\n".repeat(500_000);
+        let err = run_with(&text, &values).unwrap_err();
+        assert_eq!(
+            err,
+            Failure::TooLarge {
+                line: 8,
+                limit: MAX_OUTPUT
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "line 8: substituting variables makes the text larger than 8 MiB; refused"
+        );
+    }
+
+    #[test]
+    fn unclosed_openings_are_linear() {
+        // Issue 14: `${${${...` without a closing brace was quadratic (each opening searched
+        // the rest of the text for its `}`); the search now stops after the longest name.
+        let text = "${".repeat(200_000);
+        assert_eq!(run_with(&text, &json!({})).unwrap(), text);
+        let text = format!("{}${{values.s}}", "${".repeat(200_000));
+        assert!(
+            run_with(&text, &json!({"s": "x"}))
+                .unwrap()
+                .ends_with("${x")
+        );
+        let long = format!("${{values.{}}}", "a".repeat(MAX_NAME));
+        assert_eq!(
+            run_with(&long, &json!({})).unwrap(),
+            long,
+            "not a name: left as it is"
+        );
     }
 
     #[test]

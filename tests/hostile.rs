@@ -97,14 +97,18 @@ async fn discovery_steered_by_a_crafted_api_version() {
     .await;
 }
 
-/// Starts `flotilla run` on the env's platform with an HTTP listener; returns it once ready.
+const TOKEN: &str = "hostile-test-token";
+
+/// Starts `flotilla run` on the env's platform with an HTTP listener (API token [`TOKEN`]);
+/// returns it once ready.
 async fn start_agent(env: &Env, extra: &str) -> Daemon {
     let port = free_port();
     let base = std::fs::read_to_string(env.dir.path().join("flotilla.yaml")).unwrap();
+    env.write("api-token", TOKEN);
     env.write(
         "flotilla.yaml",
         &format!(
-            "{base}interval: 1h\nshutdown_grace: 5s\nlisten: {{ http: \"127.0.0.1:{port}\", socket: agent.sock }}\n{extra}"
+            "{base}interval: 1h\nshutdown_grace: 5s\nlisten: {{ http: \"127.0.0.1:{port}\", socket: agent.sock, token_file: api-token }}\n{extra}"
         ),
     );
     let d = Daemon::start(env.dir.path(), "flotilla.yaml", port, &[]);
@@ -153,6 +157,81 @@ async fn crash_loop_by_interval() {
         assert!(!d.logs().contains("panicked"), "{}", d.logs());
         d.signal("TERM");
         assert_eq!(d.wait_exit(Duration::from_secs(30)).await, Some(0), "{}", d.logs());
+    })
+    .await;
+}
+
+/// The unit named `name` (`tenant/app`) in the agent's status.
+fn unit<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["units"]
+        .as_array()
+        .and_then(|u| u.iter().find(|u| u["unit"] == name))
+        .unwrap_or_else(|| panic!("no unit {name} in {status:#}"))
+}
+
+/// The peak resident memory of a process so far, in MiB (Linux `VmHWM`).
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kib / 1024.0
+}
+
+/// Attack 3: values of almost 1 MiB substituted half a million times, a file of unclosed `${`,
+/// and values over the cap. Each app fails with its reason, the agent's peak memory stays far from
+/// what the expansion would take (printed; at most 256 MiB), and the other tenant converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb_through_substitution() {
+    with_env(|env| async move {
+        let big = "x".repeat(1000 << 10);
+        let (good, evil) = platform(
+            &env,
+            "",
+            &format!(
+                "apps:\n  - {{ name: bomb, source: {{ path: bomb }}, values: {{ b: {big} }} }}\n  - {{ name: braces, source: {{ path: braces }} }}\n  - {{ name: heavy, source: {{ path: braces }}, values: {{ b: {big}, c: {big} }} }}\n"
+            ),
+        );
+        env.write(
+            &format!("tenants/{evil}/bomb/cm.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: bomb }}\ndata:\n{}",
+                "  k: ${values.b}\n".repeat(450_000)
+            ),
+        );
+        env.write(
+            &format!("tenants/{evil}/braces/cm.yaml"),
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: braces }}\ndata: {{ k: \"{}\" }}\n", "${".repeat(3_000_000)),
+        );
+        let d = start_agent(&env, "").await;
+        good_converged(&env, &good).await;
+        let status = d.status(TOKEN).await;
+        let bomb = unit(&status, &format!("{evil}/bomb"));
+        assert_eq!(bomb["result"], "failed", "{status:#}");
+        assert!(
+            bomb["last_error"].as_str().unwrap().contains(
+                "bomb/cm.yaml:line 13: substituting variables makes the text larger than 8 MiB; refused"
+            ),
+            "{status:#}"
+        );
+        // Substituted in linear time; the 6 MB object it makes is then too large for the API
+        // server, which says so.
+        let braces = unit(&status, &format!("{evil}/braces"));
+        assert_eq!(braces["result"], "failed", "{status:#}");
+        assert!(
+            braces["last_error"].as_str().unwrap().contains(&format!("ConfigMap {evil}/braces: ")),
+            "{status:#}"
+        );
+        assert!(
+            d.logs().contains("the app's values are 2000 KiB, over the 1024 KiB an app's values may have; refused"),
+            "{}",
+            d.logs()
+        );
+        let peak = peak_rss_mib(d.pid());
+        println!("hostile: peak RSS of the agent during the substitution bombs: {peak:.1} MiB");
+        assert!(peak < 256.0, "peak RSS {peak:.1} MiB");
     })
     .await;
 }

@@ -237,11 +237,9 @@ fn view_of(config: &Config, prepared: &crate::cli::run::Prepared) -> View {
     }
     let mut problems: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
     for p in &prepared.problems {
-        // A unit's problems are logged with its set; the fleet's and a tenant's here, since a
-        // tenant whose catalog never could be read has no unit to carry them.
-        if !matches!(p.owner, Owner::Unit(_)) {
-            tracing::warn!(problem = %p, "fleet or tenant problem");
-        }
+        // Problems found before any set exists (the fleet's, a tenant's, an app that could not
+        // be placed): logged here, since no set carries them.
+        tracing::warn!(problem = %p, "fleet or catalog problem");
         match &p.owner {
             Owner::Fleet => problems.entry(None).or_default().push(p.to_string()),
             Owner::Tenant(t) => problems

@@ -102,6 +102,9 @@ fn cluster_vars(cluster: &Cluster) -> BTreeMap<String, String> {
     vars
 }
 
+/// The most an app's values (its own merged with its clusters' entries) may weigh, as JSON.
+pub const MAX_VALUES_BYTES: usize = 1 << 20;
+
 fn tenant_units(cluster: &Cluster, tenant: &Tenant, catalog: &Catalog, placement: &mut Placement) {
     let mut units = Vec::new();
     for app in &catalog.apps {
@@ -144,15 +147,18 @@ fn tenant_units(cluster: &Cluster, tenant: &Tenant, catalog: &Catalog, placement
                     values: &values,
                 },
             )
-            .map_err(|undefined| {
-                let names: Vec<String> = undefined
-                    .iter()
-                    .map(|u| format!("${{{}}}", u.name))
-                    .collect();
-                fail(format!(
-                    "tenant.yaml: source.path {path:?}: undefined variable {}",
-                    names.join(", ")
-                ))
+            .map_err(|failure| match failure {
+                crate::subst::Failure::Undefined(undefined) => {
+                    let names: Vec<String> = undefined
+                        .iter()
+                        .map(|u| format!("${{{}}}", u.name))
+                        .collect();
+                    fail(format!(
+                        "tenant.yaml: source.path {path:?}: undefined variable {}",
+                        names.join(", ")
+                    ))
+                }
+                too_large => fail(format!("tenant.yaml: source.path {path:?}: {too_large}")),
             })?;
             check_subpath(&substituted)
                 .map_err(|why| fail(format!("tenant.yaml: source.path {path:?} becomes {why}")))?;
@@ -177,6 +183,15 @@ fn tenant_units(cluster: &Cluster, tenant: &Tenant, catalog: &Catalog, placement
                 continue;
             }
         };
+        let size = serde_json::to_string(&values).map_or(0, |s| s.len());
+        if size > MAX_VALUES_BYTES {
+            placement.problems.push(fail(format!(
+                "tenant.yaml: the app's values are {} KiB, over the {} KiB an app's values may have; refused",
+                size >> 10,
+                MAX_VALUES_BYTES >> 10
+            )));
+            continue;
+        }
         units.push(Unit {
             id,
             identity: Identity::ServiceAccount {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::inside;
 use super::objects::Document;
 use crate::fleet::Unit;
-use crate::subst::{Vars, substitute};
+use crate::subst::{Failure, Vars, substitute_within};
 use crate::yaml::Node;
 
 /// Reads the documents of the folder `dir` of the checkout at `root` (canonical), and the problems
@@ -17,58 +17,92 @@ pub fn read(root: &Path, dir: &Path, unit: &Unit) -> (Vec<Document>, Vec<String>
     let mut problems = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     collect(root, dir, &mut files, &mut problems, &mut seen);
+    if files.len() > MAX_FILES {
+        let shown = dir.strip_prefix(root).unwrap_or(dir).display().to_string();
+        problems.push(format!(
+            "{shown}: {} manifest files, over the {MAX_FILES} an app may have; refused",
+            files.len()
+        ));
+        return (Vec::new(), problems);
+    }
     files.sort();
     let vars = Vars {
         flat: &unit.vars,
         values: &unit.values,
     };
     let mut documents = Vec::new();
+    // What the unit's files may add up to once substituted.
+    let mut budget = MAX_UNIT_BYTES;
     for file in files {
         let rel = file
             .strip_prefix(root)
             .unwrap_or(&file)
             .to_string_lossy()
             .into_owned();
-        match read_file(&file, &rel, &vars) {
-            Ok(docs) => documents.extend(docs),
-            Err(mut p) => problems.append(&mut p),
+        match read_file(&file, &rel, &vars, budget) {
+            Ok((docs, size)) => {
+                documents.extend(docs);
+                budget -= size;
+            }
+            Err(mut p) => {
+                problems.append(&mut p);
+                // Out of budget: the files after it would be too.
+                if budget < MAX_MANIFEST_BYTES as usize {
+                    break;
+                }
+            }
         }
     }
     (documents, problems)
 }
 
-/// Substitutes and parses one file of manifests (also used for kustomize and Helm output).
+/// Substitutes (the result at most `limit` bytes) and parses one file of manifests (also used for
+/// kustomize and Helm output).
 pub fn parse_manifests(
     text: &str,
     shown: &str,
     vars: Option<&Vars<'_>>,
-) -> Result<Vec<Document>, Vec<String>> {
+    limit: usize,
+) -> Result<(Vec<Document>, usize), Vec<String>> {
     let text = match vars {
-        Some(vars) => substitute(text, vars).map_err(|undefined| {
-            undefined
+        Some(vars) => substitute_within(text, vars, limit).map_err(|failure| match failure {
+            Failure::Undefined(undefined) => undefined
                 .iter()
                 .map(|u| format!("{shown}:{u}"))
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>(),
+            too_large => vec![format!("{shown}:{too_large}")],
         })?,
         None => std::borrow::Cow::Borrowed(text),
     };
     let docs = Node::parse_documents(&text, shown).map_err(|d| vec![d.to_string()])?;
     let file: std::sync::Arc<str> = shown.into();
-    Ok(docs
+    let docs = docs
         .into_iter()
         .map(|(line, body)| Document {
             body,
             file: file.clone(),
             line,
         })
-        .collect())
+        .collect();
+    Ok((docs, text.len()))
 }
 
 /// The largest manifest file rendered: far beyond any real one, small enough that one file
 /// cannot exhaust the agent's memory.
 pub const MAX_MANIFEST_BYTES: u64 = 8 << 20;
+/// The most manifest files one app's folder may hold.
+pub const MAX_FILES: usize = 5_000;
+/// What one app's manifest files may add up to, substituted: 64 MiB.
+pub const MAX_UNIT_BYTES: usize = 64 << 20;
 
-fn read_file(file: &Path, rel: &str, vars: &Vars<'_>) -> Result<Vec<Document>, Vec<String>> {
+/// One file's documents and its size once substituted, which may not exceed `budget` (what is
+/// left of the unit's [`MAX_UNIT_BYTES`]).
+fn read_file(
+    file: &Path,
+    rel: &str,
+    vars: &Vars<'_>,
+    budget: usize,
+) -> Result<(Vec<Document>, usize), Vec<String>> {
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     if size > MAX_MANIFEST_BYTES {
         return Err(vec![format!(
@@ -80,7 +114,16 @@ fn read_file(file: &Path, rel: &str, vars: &Vars<'_>) -> Result<Vec<Document>, V
     let bytes = std::fs::read(file).map_err(|e| vec![format!("{rel}: cannot read: {e}")])?;
     let text = String::from_utf8(bytes)
         .map_err(|_| vec![format!("{rel}: not a text file (not valid UTF-8)")])?;
-    let docs = parse_manifests(&text, rel, Some(vars))?;
+    let limit = budget.min(MAX_MANIFEST_BYTES as usize);
+    let (docs, size) = parse_manifests(&text, rel, Some(vars), limit).map_err(|mut p| {
+        if limit < MAX_MANIFEST_BYTES as usize {
+            p.push(format!(
+                "{rel}: the app's manifests add up to more than {} MiB; refused",
+                MAX_UNIT_BYTES >> 20
+            ));
+        }
+        p
+    })?;
     // A kustomization or chart inside a plain folder would be applied as an object: refuse it.
     for d in &docs {
         if d.body["kind"] == "Kustomization"
@@ -93,7 +136,7 @@ fn read_file(file: &Path, rel: &str, vars: &Vars<'_>) -> Result<Vec<Document>, V
             )]);
         }
     }
-    Ok(docs)
+    Ok((docs, size))
 }
 
 /// `root` is canonical. `seen` holds the folders already walked, so a symlinked folder that points

@@ -11,6 +11,12 @@ use super::plain::parse_manifests;
 use crate::fleet::Unit;
 use crate::subst::Vars;
 
+/// The most a kustomize build or a Helm render may print: far beyond any real one, small enough
+/// that a hostile kustomization or chart cannot exhaust the agent's memory.
+pub const MAX_OUTPUT: usize = 64 << 20;
+/// The most of a tool's stderr kept for its error message.
+const MAX_STDERR: u64 = 64 << 10;
+
 /// Which binaries render kustomize and Helm apps, and how long one call may take.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tools {
@@ -56,7 +62,13 @@ impl Tools {
             flat: &unit.vars,
             values: &unit.values,
         };
-        parse_manifests(&text, &format!("{shown} (kustomize output)"), Some(&vars))
+        parse_manifests(
+            &text,
+            &format!("{shown} (kustomize output)"),
+            Some(&vars),
+            MAX_OUTPUT,
+        )
+        .map(|(docs, _)| docs)
     }
 
     /// Runs `helm template` on the chart in `dir` with the unit's values.
@@ -98,7 +110,13 @@ impl Tools {
             .map_err(|why| vec![format!("{shown}: helm template failed: {why}")])?;
         let text = String::from_utf8(out)
             .map_err(|_| vec![format!("{shown}: helm wrote output that is not UTF-8")])?;
-        parse_manifests(&text, &format!("{shown} (helm template output)"), None)
+        parse_manifests(
+            &text,
+            &format!("{shown} (helm template output)"),
+            None,
+            MAX_OUTPUT,
+        )
+        .map(|(docs, _)| docs)
     }
 }
 
@@ -111,16 +129,27 @@ fn run(program: &Path, args: &[&std::ffi::OsStr], timeout: Duration) -> Result<V
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
-    // Drain both pipes on their own threads so a chatty child never blocks on a full pipe.
-    let mut stdout = child.stdout.take().expect("piped");
+    // Drain both pipes on their own threads so a chatty child never blocks on a full pipe; keep
+    // at most MAX_OUTPUT of stdout (past it the child is stopped) and MAX_STDERR of stderr.
+    let stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
+    let overflow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = overflow.clone();
     let out = std::thread::spawn(move || {
         let mut buf = Vec::new();
-        stdout.read_to_end(&mut buf).map(|_| buf)
+        let read = stdout
+            .take(MAX_OUTPUT as u64 + 1)
+            .read_to_end(&mut buf)
+            .map(|_| buf);
+        if read.as_ref().is_ok_and(|b| b.len() > MAX_OUTPUT) {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        read
     });
     let err = std::thread::spawn(move || {
         let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
+        let _ = (&mut stderr).take(MAX_STDERR).read_to_end(&mut buf);
+        let _ = std::io::copy(&mut stderr, &mut std::io::sink());
         buf
     });
     let deadline = crate::deadline::from_now(timeout);
@@ -128,6 +157,15 @@ fn run(program: &Path, args: &[&std::ffi::OsStr], timeout: Duration) -> Result<V
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
+            Ok(None) if overflow.load(std::sync::atomic::Ordering::SeqCst) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{} printed more than {} MiB; refused",
+                    program.display(),
+                    MAX_OUTPUT >> 20
+                ));
+            }
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -149,6 +187,13 @@ fn run(program: &Path, args: &[&std::ffi::OsStr], timeout: Duration) -> Result<V
         .map_err(|_| "reading its output failed".to_string())?
         .map_err(|e| e.to_string())?;
     let stderr = err.join().unwrap_or_default();
+    if stdout.len() > MAX_OUTPUT {
+        return Err(format!(
+            "{} printed more than {} MiB; refused",
+            program.display(),
+            MAX_OUTPUT >> 20
+        ));
+    }
     if status.success() {
         Ok(stdout)
     } else {
