@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::apply_scenarios::Env;
 use crate::support::daemon::Daemon;
-use crate::support::git::free_port;
+use crate::support::git::{Repo, free_port};
 use crate::support::kube_api::ApiServer;
 
 /// A platform with a well-behaved tenant `good-*` (one ConfigMap) and an attacker `evil-*` whose
@@ -232,6 +232,54 @@ async fn memory_bomb_through_substitution() {
         let peak = peak_rss_mib(d.pid());
         println!("hostile: peak RSS of the agent during the substitution bombs: {peak:.1} MiB");
         assert!(peak < 256.0, "peak RSS {peak:.1} MiB");
+    })
+    .await;
+}
+
+/// Attack 10: a symlink to `/etc/passwd` in one app's folder used to make the tenant's whole
+/// checkout refused, taking its good apps down too. Now only the app that holds the link fails,
+/// naming it; the link is never followed; the tenant's other app and the other tenant converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_symlink_takes_only_its_app_down() {
+    with_env(|env| async move {
+        let (good, evil) = platform(&env, "", "apps: []\n");
+        let repo = Repo::init(&env.dir.path().join("evil-repo"));
+        repo.write(
+            "tenant.yaml",
+            "apps:\n  - { name: fine, source: { path: apps/fine } }\n  - { name: escape, source: { path: apps/escape } }\n",
+        )
+        .write(
+            "apps/fine/cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: fine }\n",
+        )
+        .write(
+            "apps/escape/cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: escape }\n",
+        );
+        std::os::unix::fs::symlink(
+            "../../../../../../../../etc/passwd",
+            repo.path.join("apps/escape/passwd.yaml"),
+        )
+        .unwrap();
+        repo.commit("an app with a link out");
+        env.write(
+            &format!("fleet/tenants/{evil}.yaml"),
+            &format!(
+                "name: {evil}\nnamespaces: [{evil}]\nsource: {{ url: \"{}\" }}\nclusters: [{{ name: dev }}]\n",
+                repo.url()
+            ),
+        );
+        let run = env.flotilla(&["run", "--once"]).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        let escape = report(&run.stdout, &format!("tenant {evil}, app escape"));
+        assert!(
+            escape.contains("the symlink apps/escape/passwd.yaml points outside the repository; refused"),
+            "{run:?}"
+        );
+        assert!(env.configmap(&evil, "escape").await.is_none());
+        assert!(env.configmap(&evil, "fine").await.is_some(), "{run:?}");
+        good_converged(&env, &good).await;
+        assert!(!run.stdout.contains("root:"), "nothing of /etc/passwd: {run:?}");
     })
     .await;
 }

@@ -62,6 +62,15 @@ pub fn render_unit(unit: &Unit, root: &Path, tools: &Tools) -> Result<Vec<Object
             "{shown}: no such folder in the repository"
         )]));
     }
+    let refused = refused_links(&root, &dir);
+    if !refused.is_empty() {
+        return Err(fail(
+            refused
+                .into_iter()
+                .map(|rel| format!("the symlink {rel} points outside the repository; refused"))
+                .collect(),
+        ));
+    }
     let (documents, unreadable) = match detect(&dir) {
         Kind::Plain => plain::read(&root, &dir, unit),
         Kind::Kustomize => (
@@ -83,6 +92,39 @@ pub fn render_unit(unit: &Unit, root: &Path, tools: &Tools) -> Result<Vec<Object
             Err(all)
         }
     }
+}
+
+/// The symlinks below `dir` that the checkout wrote as links to nowhere because they led out of
+/// the repository (relative to `root`); folders are walked without following links.
+fn refused_links(root: &Path, dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() && entry.file_name() != ".git" => pending.push(path),
+                Ok(t) if t.is_symlink() => {
+                    if std::fs::read_link(&path)
+                        .is_ok_and(|target| target == Path::new(crate::source::REFUSED_LINK))
+                    {
+                        found.push(
+                            path.strip_prefix(root)
+                                .unwrap_or(&path)
+                                .display()
+                                .to_string(),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 /// Which renderer a folder needs.

@@ -499,15 +499,15 @@ pub fn checkout(mirror: &Path, commit: Oid, dest: &Path) -> Result<(), Failure> 
                 }
                 Ok(blob) if mode == 0o120000 => {
                     let target = Path::new(std::ffi::OsStr::from_bytes(blob.content()));
-                    if escapes(&rel, target) {
-                        failure = Some(Failure::Permanent(format!(
-                            "the symlink {} points outside the repository ({}); refused",
-                            rel.display(),
-                            target.display()
-                        )));
-                        return TreeWalkResult::Abort;
-                    }
-                    links.push(rel.clone());
+                    // A link out of the repository is written as a link to nowhere: never
+                    // followed, and refused by the render of any app that holds it, while the
+                    // tenant's other apps stay usable.
+                    let target = if escapes(&rel, target) {
+                        Path::new(REFUSED_LINK)
+                    } else {
+                        links.push(rel.clone());
+                        target
+                    };
                     std::os::unix::fs::symlink(target, &path).map_err(|e| e.to_string())
                 }
                 Ok(blob) => std::fs::write(&path, blob.content())
@@ -546,18 +546,36 @@ pub fn checkout(mirror: &Path, commit: Oid, dest: &Path) -> Result<(), Failure> 
         })
     });
     // Each link was checked alone; chained links (`d/up -> ..`) could still lead out, so resolve
-    // every one for real now that the whole tree is on disk.
-    let failure =
-        failure.or_else(|| {
-            let top = tmp.canonicalize().ok()?;
-            links.iter().find_map(|rel| match tmp.join(rel).canonicalize() {
-            Ok(real) if !real.starts_with(&top) => Some(Failure::Permanent(format!(
-                "the symlink {} leads outside the repository (through other links); refused",
-                rel.display()
-            ))),
-            _ => None,
-        })
-        });
+    // every one for real now that the whole tree is on disk, and make each that leads out a link
+    // to nowhere too (until none does: one replaced may have been another's way out).
+    let failure = failure.or_else(|| {
+        let top = match tmp.canonicalize() {
+            Ok(top) => top,
+            Err(e) => return Some(Failure::Local(format!("{}: {e}", tmp.display()))),
+        };
+        for _ in 0..=links.len() {
+            let out: Vec<&PathBuf> = links
+                .iter()
+                .filter(|rel| {
+                    tmp.join(rel)
+                        .canonicalize()
+                        .is_ok_and(|real| !real.starts_with(&top))
+                })
+                .collect();
+            if out.is_empty() {
+                return None;
+            }
+            for rel in out {
+                let path = tmp.join(rel);
+                let replaced = std::fs::remove_file(&path)
+                    .and_then(|()| std::os::unix::fs::symlink(REFUSED_LINK, &path));
+                if let Err(e) = replaced {
+                    return Some(Failure::Local(format!("{}: {e}", path.display())));
+                }
+            }
+        }
+        None
+    });
     if let Some(f) = failure {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(f);
@@ -578,6 +596,10 @@ pub fn checkout(mirror: &Path, commit: Oid, dest: &Path) -> Result<(), Failure> 
         }
     }
 }
+
+/// The target a symlink that leads out of its repository is written with instead of its own: a
+/// relative name with no `..`, so it can only ever resolve inside the folder that holds it.
+pub const REFUSED_LINK: &str = ".flotilla-refused-symlink";
 
 /// The largest file a checkout may hold: a repository is configuration, and one huge file must
 /// not exhaust the agent's memory or disk.

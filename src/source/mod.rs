@@ -12,6 +12,7 @@
 mod git;
 pub mod known_hosts;
 pub mod local;
+pub use git::REFUSED_LINK;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
