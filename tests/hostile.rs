@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::apply_scenarios::Env;
 use crate::support::daemon::Daemon;
-use crate::support::git::{Repo, free_port};
+use crate::support::git::{Repo, free_port, git};
 use crate::support::kube_api::ApiServer;
 
 /// A platform with a well-behaved tenant `good-*` (one ConfigMap) and an attacker `evil-*` whose
@@ -280,6 +280,133 @@ async fn one_bad_symlink_takes_only_its_app_down() {
         assert!(env.configmap(&evil, "fine").await.is_some(), "{run:?}");
         good_converged(&env, &good).await;
         assert!(!run.stdout.contains("root:"), "nothing of /etc/passwd: {run:?}");
+    })
+    .await;
+}
+
+/// A repository whose commit has `paths` paths `f/<i>` all pointing at one blob of `blob_bytes`
+/// (made with `git update-index`, so the bomb costs the test nothing), plus `tenant.yaml`.
+fn bomb_repo(path: &std::path::Path, paths: usize, blob_bytes: usize) -> Repo {
+    let repo = Repo::init(path);
+    repo.write("tenant.yaml", "apps: []\n");
+    repo.write("blob", &"x".repeat(blob_bytes));
+    let sha = git(&repo.path, &["hash-object", "-w", "blob"]);
+    std::fs::remove_file(repo.path.join("blob")).unwrap();
+    git(&repo.path, &["add", "tenant.yaml"]);
+    let info: String = (0..paths)
+        .map(|i| format!("100644 {sha}\tf/{i}\n"))
+        .collect();
+    let mut child = std::process::Command::new("git")
+        .args(["update-index", "--index-info"])
+        .current_dir(&repo.path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(info.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    git(&repo.path, &["commit", "-q", "-m", "bomb"]);
+    repo
+}
+
+/// Attack 7: a checkout that would fill the disk (one 1 MiB blob behind 600 paths: 600 MiB) and
+/// one with more files than any configuration repository (100,001 paths) are refused while they
+/// are written, naming the bound, and nothing is left on disk; the agent's peak memory is printed
+/// (at most 256 MiB) and the other tenant converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_exhaustion_by_checkout() {
+    with_env(|env| async move {
+        let (good, wide) = platform(&env, "", "apps: []\n");
+        let deep = env.name("deep");
+        env.tenant(&deep, &[&deep], "", "apps: []\n");
+        let big = bomb_repo(&env.dir.path().join("big"), 600, 1 << 20);
+        let many = bomb_repo(&env.dir.path().join("many"), 100_001, 1);
+        for (t, repo) in [(&wide, &big), (&deep, &many)] {
+            env.write(
+                &format!("fleet/tenants/{t}.yaml"),
+                &format!(
+                    "name: {t}\nnamespaces: [{t}]\nsource: {{ url: \"{}\" }}\nclusters: [{{ name: dev }}]\n",
+                    repo.url()
+                ),
+            );
+        }
+        let d = start_agent(&env, "").await;
+        good_converged(&env, &good).await;
+        let logs = d.logs();
+        assert!(
+            logs.contains(&format!("tenant {wide}: source: ")) && logs.contains("the tree's files add up to more than 512 MiB; refused"),
+            "{logs}"
+        );
+        assert!(
+            logs.contains(&format!("tenant {deep}: source: ")) && logs.contains("the tree has more than 100000 files and folders; refused"),
+            "{logs}"
+        );
+        let peak = peak_rss_mib(d.pid());
+        println!("hostile: peak RSS of the agent during the checkout bombs: {peak:.1} MiB");
+        assert!(peak < 256.0, "peak RSS {peak:.1} MiB");
+        // Nothing half-written is left in the state directory.
+        let state = env.dir.path().join(".state");
+        let mut stack = vec![state];
+        let mut files = 0;
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    files += 1;
+                }
+            }
+        }
+        assert!(files < 5_000, "{files} files left in the state directory");
+    })
+    .await;
+}
+
+/// Attack 7: a tenant fills its namespace with large ConfigMaps labelled like flotilla's
+/// inventories (as its admin role lets it do with kubectl). The agent's search for inventories
+/// reads their metadata only, in pages, so they cost it next to nothing (peak memory printed, at
+/// most 128 MiB where whole lists would need several times their 54 MB); the fakes are not taken
+/// for inventories, and the other tenant converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_exhaustion_by_labelled_configmaps() {
+    with_env(|env| async move {
+        let (good, evil) = platform(&env, "", "apps: []\n");
+        env.sync().await;
+        let filler = "x".repeat(900 << 10);
+        for i in 0..60 {
+            env.admin_apply(serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("fake-{i}"), "namespace": evil, "labels": {
+                    "flotilla.dev/tenant": evil, "flotilla.dev/app": format!("fake-{i}"),
+                    "applyset.kubernetes.io/id": "applyset-fake"}},
+                "data": {"filler": filler},
+            }))
+            .await;
+        }
+        env.write(
+            &format!("tenants/{good}/web/cm.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: web }\ndata: { a: \"2\" }\n",
+        );
+        let d = start_agent(&env, "").await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while env.configmap(&good, "web").await.unwrap()["data"]["a"] != "2" {
+            assert!(std::time::Instant::now() < deadline, "{}", d.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let peak = peak_rss_mib(d.pid());
+        println!(
+            "hostile: peak RSS of the agent beside 54 MB of labelled ConfigMaps: {peak:.1} MiB"
+        );
+        assert!(peak < 128.0, "peak RSS {peak:.1} MiB");
+        assert!(
+            env.configmap(&evil, "fake-0").await.is_some(),
+            "not pruned: not flotilla's"
+        );
     })
     .await;
 }

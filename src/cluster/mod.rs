@@ -302,6 +302,33 @@ impl Cluster {
         Ok(out)
     }
 
+    /// The metadata of the objects matching `selector` (a metadata-only list, paged): for lists
+    /// whose objects' bodies are not needed, so a tenant's large labelled objects cost nothing.
+    pub async fn list_metadata(
+        client: &Client,
+        resource: &Resource,
+        namespace: Option<&str>,
+        selector: &str,
+    ) -> Result<Vec<Value>, Error> {
+        let api = Self::api(client, resource, namespace);
+        let mut params = ListParams::default().labels(selector).limit(500);
+        let mut out = Vec::new();
+        loop {
+            let page = api.list_metadata(&params).await.map_err(Error::from_kube)?;
+            let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+            out.extend(
+                page.items
+                    .into_iter()
+                    .map(|o| serde_json::json!({"metadata": serde_json::to_value(&o.metadata).unwrap_or_default()})),
+            );
+            match next {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// Server-side apply of `body` with field manager `flotilla`; a dry run changes nothing.
     pub async fn apply(
         client: &Client,

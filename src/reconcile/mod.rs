@@ -276,7 +276,8 @@ async fn await_access(engine: &Engine, tenant: &Tenant) -> Result<(), String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     for ns in &tenant.namespaces {
         loop {
-            match Cluster::list(&client, &configmaps, Some(ns), "flotilla.dev/probe").await {
+            match Cluster::list_metadata(&client, &configmaps, Some(ns), "flotilla.dev/probe").await
+            {
                 Ok(_) => break,
                 Err(e) if e.code() == Some(403) && std::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(200)).await
@@ -676,7 +677,7 @@ async fn parents(
     let selector = format!("{LABEL_TENANT}={},{ID_LABEL}", tenant.name);
     let mut out = Vec::new();
     for ns in &tenant.namespaces {
-        let items = match Cluster::list(&client, &configmaps, Some(ns), &selector).await {
+        let items = match Cluster::list_metadata(&client, &configmaps, Some(ns), &selector).await {
             Ok(items) => items,
             // A namespace not created yet holds nothing.
             Err(e) if e.is_not_found() => continue,
@@ -703,7 +704,7 @@ async fn parents_everywhere(
     let client = engine.cluster.client(&Identity::Agent)?;
     let configmaps = engine.cluster.resolve("v1", "ConfigMap").await?;
     let selector = format!("{LABEL_TENANT},{ID_LABEL}");
-    let items = Cluster::list(&client, &configmaps, None, &selector).await?;
+    let items = Cluster::list_metadata(&client, &configmaps, None, &selector).await?;
     Ok(items
         .iter()
         .filter_map(|item| {

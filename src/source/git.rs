@@ -455,7 +455,17 @@ pub fn checkout(mirror: &Path, commit: Oid, dest: &Path) -> Result<(), Failure> 
 
     let mut failure = None;
     let mut links = Vec::new();
+    // What the checkout holds so far: entries, and bytes of file content (a blob counted once
+    // per path it is written to: one blob behind thousands of paths fills the disk as much).
+    let (mut entries, mut bytes) = (0usize, 0u64);
     let walked = tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+        entries += 1;
+        if entries > MAX_CHECKOUT_ENTRIES {
+            failure = Some(Failure::Permanent(format!(
+                "the tree has more than {MAX_CHECKOUT_ENTRIES} files and folders; refused"
+            )));
+            return TreeWalkResult::Abort;
+        }
         let name = std::ffi::OsStr::from_bytes(entry.name_bytes());
         if name.is_empty()
             || name == "."
@@ -470,17 +480,27 @@ pub fn checkout(mirror: &Path, commit: Oid, dest: &Path) -> Result<(), Failure> 
         }
         let rel = Path::new(dir).join(name);
         let path = tmp.join(&rel);
+        // The size comes from the object's header, before the blob is loaded into memory.
+        let size = match entry.kind() {
+            Some(ObjectType::Blob) => odb
+                .as_ref()
+                .and_then(|o| o.read_header(entry.id()).ok())
+                .map_or(0, |(size, _)| size),
+            _ => 0,
+        };
+        bytes += size as u64;
+        if bytes > MAX_CHECKOUT_BYTES {
+            failure = Some(Failure::Permanent(format!(
+                "the tree's files add up to more than {} MiB; refused",
+                MAX_CHECKOUT_BYTES >> 20
+            )));
+            return TreeWalkResult::Abort;
+        }
         let written = match (entry.kind(), entry.filemode()) {
             (Some(ObjectType::Tree), _) | (Some(ObjectType::Commit), _) => {
                 std::fs::create_dir(&path).map_err(|e| e.to_string())
             }
-            // The size comes from the object's header, before the blob is loaded into memory.
-            (Some(ObjectType::Blob), _)
-                if odb
-                    .as_ref()
-                    .and_then(|o| o.read_header(entry.id()).ok())
-                    .is_some_and(|(size, _)| size > MAX_FILE_BYTES) =>
-            {
+            (Some(ObjectType::Blob), _) if size > MAX_FILE_BYTES => {
                 failure = Some(Failure::Permanent(format!(
                     "{} is over the {} MiB a checked-out file may have; refused",
                     rel.display(),
@@ -600,6 +620,11 @@ pub fn checkout(mirror: &Path, commit: Oid, dest: &Path) -> Result<(), Failure> 
 /// The target a symlink that leads out of its repository is written with instead of its own: a
 /// relative name with no `..`, so it can only ever resolve inside the folder that holds it.
 pub const REFUSED_LINK: &str = ".flotilla-refused-symlink";
+
+/// The most files and folders a checkout may hold.
+pub const MAX_CHECKOUT_ENTRIES: usize = 100_000;
+/// The most a checkout's files may add up to: 512 MiB.
+pub const MAX_CHECKOUT_BYTES: u64 = 512 << 20;
 
 /// The largest file a checkout may hold: a repository is configuration, and one huge file must
 /// not exhaust the agent's memory or disk.

@@ -487,6 +487,20 @@ async fn route(state: &Arc<State>, user: &User, r: &Req<'_>, entry: &mut Logged)
     drop(store);
     state.changed.send_replace(changed);
     match result {
+        // A metadata-only list (`Accept: ...;as=PartialObjectMetadataList`), as kube's
+        // `list_metadata` asks for it.
+        Ok((code, v)) if verb == "list" && accept.contains("as=PartialObjectMetadataList") => {
+            let items: Vec<Value> = v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": i["metadata"]}))
+                .collect();
+            json_response(
+                code,
+                &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": v["metadata"], "items": items}),
+            )
+        }
         Ok((code, v)) => json_response(code, &v),
         Err(e) => error_response(&e),
     }
