@@ -107,17 +107,18 @@ fn refused_links(root: &Path, dir: &Path) -> Vec<String> {
             let path = entry.path();
             match entry.file_type() {
                 Ok(t) if t.is_dir() && entry.file_name() != ".git" => pending.push(path),
-                Ok(t) if t.is_symlink() => {
-                    if std::fs::read_link(&path)
-                        .is_ok_and(|target| target == Path::new(crate::source::REFUSED_LINK))
-                    {
-                        found.push(
-                            path.strip_prefix(root)
-                                .unwrap_or(&path)
-                                .display()
-                                .to_string(),
-                        );
-                    }
+                Ok(t)
+                    if t.is_symlink()
+                        && std::fs::read_link(&path).is_ok_and(|target| {
+                            target == Path::new(crate::source::REFUSED_LINK)
+                        }) =>
+                {
+                    found.push(
+                        path.strip_prefix(root)
+                            .unwrap_or(&path)
+                            .display()
+                            .to_string(),
+                    );
                 }
                 _ => {}
             }
