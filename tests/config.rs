@@ -34,6 +34,7 @@ credentials:
   platform:
     ssh_key_file: keys/platform
     known_hosts_file: known_hosts
+    hosts: [git.example.com]
 interval: every five minutes
 concurrency: lots
 webhook: {}
@@ -45,9 +46,9 @@ webhook: {}
     let expected = [
         "flotilla.yaml:4:8: fleet.ref: give exactly one of branch, tag, semver or commit (commit may add the branch to fetch it from); found branch and tag".to_string(),
         format!("flotilla.yaml:8:19: credentials.platform.ssh_key_file: no such file: {}", key.display()),
-        "flotilla.yaml:10:11: interval: \"every five minutes\" is not a duration (expected number at 0); write it like 30s, 5m or 1h".to_string(),
-        "flotilla.yaml:11:14: concurrency: expected a whole number, found a string".to_string(),
-        "flotilla.yaml:12:1: webhook: unknown field; did you mean \"webhooks\"? allowed here: cluster, fleet, credentials, interval, state_dir, kubeconfig, listen, webhooks, concurrency, apply_concurrency, log, render, git, shutdown_grace, leader_election".to_string(),
+        "flotilla.yaml:11:11: interval: \"every five minutes\" is not a duration (expected number at 0); write it like 30s, 5m or 1h".to_string(),
+        "flotilla.yaml:12:14: concurrency: expected a whole number, found a string".to_string(),
+        "flotilla.yaml:13:1: webhook: unknown field; did you mean \"webhooks\"? allowed here: cluster, fleet, credentials, interval, state_dir, kubeconfig, listen, webhooks, concurrency, apply_concurrency, log, render, git, shutdown_grace, leader_election".to_string(),
         "flotilla.yaml: 5 errors".to_string(),
     ];
     let lines: Vec<&str> = run.stderr.lines().collect();
@@ -178,10 +179,12 @@ fn credentials_must_be_complete_and_of_the_right_kind() {
 cluster: dev
 fleet: { url: ssh://git@host/fleet.git, credentials: https }
 credentials:
-  nohosts: { ssh_key_file: key }
-  mixed: { ssh_key_file: key, token_file: token }
-  https: { token_file: token }
-  userless: { password_file: token }
+  nohosts: { ssh_key_file: key, hosts: [host] }
+  mixed: { ssh_key_file: key, token_file: token, hosts: [host] }
+  https: { token_file: token, hosts: [host] }
+  userless: { password_file: token, hosts: [host] }
+  anywhere: { token_file: token }
+  elsewhere: { token_file: token, hosts: [other.example.com, \"host:8443/team\", \"bad host\"] }
 ",
     );
     let run = flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"]);
@@ -191,6 +194,8 @@ credentials:
         "flotilla.yaml:4:12: credentials.nohosts: known_hosts_file is missing: SSH host keys are always verified",
         "flotilla.yaml:5:10: credentials.mixed: mixes SSH fields (ssh_key_file) with HTTPS fields (token_file); make two credentials",
         "flotilla.yaml:7:13: credentials.userless: password_file needs a username",
+        "flotilla.yaml:8:13: credentials.anywhere: hosts is missing: name the hosts it may be sent to (host, host:port, optionally followed by a path prefix such as /team)",
+        "flotilla.yaml:9:42: credentials.elsewhere.hosts[2]: \"bad host\" is not host, host:port or host/path (for example git.example.com:2222/team)",
     ] {
         assert!(
             run.stderr.lines().any(|l| l == line),
@@ -286,7 +291,7 @@ fn paths_are_relative_to_the_config_file_and_checked() {
 cluster: dev
 fleet: { dir: fleet, path: \"../outside\" }
 credentials:
-  platform: { ssh_key_file: key, known_hosts_file: known_hosts }
+  platform: { ssh_key_file: key, known_hosts_file: known_hosts, hosts: [git.example.com] }
 kubeconfig: kubeconfig
 webhooks:
   github: { secret_file: github-secret }

@@ -410,3 +410,79 @@ async fn memory_exhaustion_by_labelled_configmaps() {
     })
     .await;
 }
+
+/// Attack 2: a tenant reads another team's private repository with a credential it holds for
+/// its own, or points an app at a host it controls to be handed the token. Its own source's
+/// credential serves its own repository only; a credential the fleet grants by name still goes
+/// only to the hosts and path prefix the agent config binds it to; the catalog's errors do not
+/// tell which credential names exist; and no request to the other repository or the other host
+/// ever carries a credential. The other tenant converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_other_teams_repos_through_a_shared_credential() {
+    with_env(|env| async move {
+        use crate::support::git::GitHttp;
+        let good = env.name("good");
+        let (good_ns, evil) = (good.clone(), env.name("evil"));
+        let served = env.dir.path().join("served");
+        let server = GitHttp::start(&served, "flotilla", "team-token");
+        let attacker = GitHttp::start(&env.dir.path().join("attacker"), "x", "y");
+        let private = Repo::init(&served.join("bigdata/private"));
+        private.write("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: secret-of-bigdata }\n");
+        private.commit("private");
+        let evil_repo = Repo::init(&served.join(format!("{evil}/tenant")));
+        evil_repo.write(
+            "tenant.yaml",
+            &format!(
+                "apps:\n  - {{ name: mine, source: {{ path: mine }} }}\n  - {{ name: steal, source: {{ url: \"{}\", credentials: team }} }}\n  - {{ name: phish, source: {{ url: \"{}\", credentials: shared }} }}\n  - {{ name: probe, source: {{ url: \"{}\", credentials: platform-admin }} }}\n",
+                server.url("bigdata/private"),
+                attacker.url("loot"),
+                server.url("bigdata/private"),
+            ),
+        );
+        evil_repo.write("mine/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: mine }\n");
+        evil_repo.commit("catalog");
+        env.write("token", "team-token\n");
+        let config = std::fs::read_to_string(env.dir.path().join("flotilla.yaml")).unwrap();
+        env.write(
+            "flotilla.yaml",
+            &format!(
+                "{config}credentials:\n  team: {{ token_file: token, username: flotilla, hosts: [\"127.0.0.1:{port}/{evil}\"] }}\n  shared: {{ token_file: token, username: flotilla, hosts: [\"127.0.0.1:{port}\"] }}\n",
+                port = server.port
+            ),
+        );
+        env.tenant(&good, &[&good_ns], "", "apps:\n  - { name: web, source: { path: web } }\n");
+        env.write(
+            &format!("tenants/{good}/web/cm.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: web }\ndata: { a: \"1\" }\n",
+        );
+        env.tenant(&evil, &[&evil], "", "apps: []\n");
+        env.write(
+            &format!("fleet/tenants/{evil}.yaml"),
+            &format!(
+                "name: {evil}\nnamespaces: [{evil}]\nsource: {{ url: \"{}\", credentials: team }}\nclusters: [{{ name: dev }}]\nlimits: {{ credentials: [shared], schemes: [http] }}\n",
+                server.url(&format!("{evil}/tenant"))
+            ),
+        );
+        let before = server.authorized_requests();
+        let run = env.flotilla(&["run", "--once"]).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        for refused in [
+            // Its own source's credential, for another repository.
+            format!("apps[1].source.credentials: credentials \"team\" are not granted to tenant {evil} for this repository"),
+            // Granted by name, but bound to hosts the attacker's server is not among.
+            format!("apps[2].source.credentials: \"shared\" may not be sent to {} (its hosts: 127.0.0.1:{})", attacker.url("loot"), server.port),
+            // A name the agent does not hold: the same answer as one it does.
+            format!("apps[3].source.credentials: credentials \"platform-admin\" are not granted to tenant {evil} for this repository"),
+        ] {
+            assert!(run.stderr.contains(&refused), "{refused}\n{run:?}");
+        }
+        // A catalog with errors is refused whole (as any broken catalog): nothing of it applied.
+        assert!(env.configmap(&evil, "mine").await.is_none());
+        assert!(env.configmap(&evil, "secret-of-bigdata").await.is_none());
+        assert_eq!(attacker.authorized_requests(), 0, "nothing was sent to the attacker's host");
+        // Its own repository was fetched with the token; bigdata's was never asked for.
+        assert!(server.authorized_requests() > before);
+        good_converged(&env, &good).await;
+    })
+    .await;
+}

@@ -540,21 +540,27 @@ fn a_tenant_catalog_cannot_use_local_directories_or_ungranted_credentials() {
     p.file("key", "k").file("known_hosts", "");
     p.file(
         "flotilla.yaml",
-        "cluster: dev\nfleet: { dir: fleet }\ncredentials:\n  platform: { ssh_key_file: key, known_hosts_file: known_hosts }\n  shared: { ssh_key_file: key, known_hosts_file: known_hosts }\n",
+        "cluster: dev\nfleet: { dir: fleet }\ncredentials:\n  platform: { ssh_key_file: key, known_hosts_file: known_hosts, hosts: [host] }\n  shared: { ssh_key_file: key, known_hosts_file: known_hosts, hosts: [host] }\n",
     );
     p.tenant(
         "ai",
         "[ai]",
-        "apps:\n  - { name: steal, source: { dir: ../../fleet } }\n  - { name: borrow, source: { url: \"ssh://git@host/fleet.git\", credentials: platform } }\n",
+        "apps:\n  - { name: steal, source: { dir: ../../fleet } }\n  - { name: borrow, source: { url: \"ssh://git@host/fleet.git\", credentials: platform } }\n  - { name: probe, source: { url: \"ssh://git@host/fleet.git\", credentials: nosuch } }\n  - { name: local, source: { url: \"file:///srv/git/fleet.git\" } }\n  - { name: abs, source: { url: /srv/git/fleet.git } }\n  - { name: plain, source: { url: \"git://host/fleet.git\" } }\n",
     );
     let run = p.run(&["validate"]);
     assert_eq!(run.code, 1, "{run:?}");
     let lines: Vec<&str> = run.stderr.lines().collect();
     assert_eq!(
-        lines[..2],
+        lines[..6],
         [
             "tenant ai: tenant.yaml:2:35: apps[0].source.dir: a tenant's apps cannot use local directories; use a path in the tenant repo or a Git url",
-            "tenant ai: tenant.yaml:3:29: apps[1].source.credentials: credentials \"platform\" are not granted to tenant ai (the fleet grants them in tenants/ai.yaml limits.credentials)",
+            "tenant ai: tenant.yaml:3:77: apps[1].source.credentials: credentials \"platform\" are not granted to tenant ai for this repository (the fleet grants them in tenants/ai.yaml limits.credentials)",
+            // A name the agent does not hold gets the same answer: no probing for names.
+            "tenant ai: tenant.yaml:4:76: apps[2].source.credentials: credentials \"nosuch\" are not granted to tenant ai for this repository (the fleet grants them in tenants/ai.yaml limits.credentials)",
+            // Local paths and git:// only where the fleet allows them (limits.schemes).
+            "tenant ai: tenant.yaml:5:35: apps[3].source.url: file URLs are not allowed for tenant ai's apps (the fleet allows them in tenants/ai.yaml limits.schemes)",
+            "tenant ai: tenant.yaml:6:33: apps[4].source.url: file URLs are not allowed for tenant ai's apps (the fleet allows them in tenants/ai.yaml limits.schemes)",
+            "tenant ai: tenant.yaml:7:35: apps[5].source.url: git URLs are not allowed for tenant ai's apps (the fleet allows them in tenants/ai.yaml limits.schemes)",
         ],
         "{run:?}"
     );

@@ -453,7 +453,7 @@ async fn ssh_with_host_key_verification() {
     let s = sources(
         &dir,
         &format!(
-            "credentials:\n  good: {{ ssh_key_file: {}, known_hosts_file: known_hosts }}\n  wrongkey: {{ ssh_key_file: {}, known_hosts_file: known_hosts }}\n  unknown: {{ ssh_key_file: {}, known_hosts_file: unknown_hosts }}\n  changed: {{ ssh_key_file: {}, known_hosts_file: changed_hosts }}\n  login: {{ ssh_key_file: {}, known_hosts_file: known_hosts, username: {} }}\n",
+            "credentials:\n  good: {{ ssh_key_file: {}, known_hosts_file: known_hosts, hosts: [127.0.0.1] }}\n  wrongkey: {{ ssh_key_file: {}, known_hosts_file: known_hosts, hosts: [127.0.0.1] }}\n  unknown: {{ ssh_key_file: {}, known_hosts_file: unknown_hosts, hosts: [127.0.0.1] }}\n  changed: {{ ssh_key_file: {}, known_hosts_file: changed_hosts, hosts: [127.0.0.1] }}\n  login: {{ ssh_key_file: {}, known_hosts_file: known_hosts, username: {}, hosts: [127.0.0.1] }}\n",
             user_key.private.display(),
             other_key.private.display(),
             user_key.private.display(),
@@ -619,7 +619,7 @@ async fn http_credentials_from_files() {
     dir.write("wrong", "not-it\n");
     let s = sources(
         &dir,
-        "credentials:\n  good: { token_file: token, username: flotilla }\n  bad: { token_file: wrong, username: flotilla }\n  pw: { username: flotilla, password_file: token }\n",
+        "credentials:\n  good: { token_file: token, username: flotilla, hosts: [127.0.0.1] }\n  bad: { token_file: wrong, username: flotilla, hosts: [127.0.0.1] }\n  pw: { username: flotilla, password_file: token, hosts: [127.0.0.1] }\n  elsewhere: { token_file: token, username: flotilla, hosts: [git.example.com] }\n  otherpath: { token_file: token, username: flotilla, hosts: [127.0.0.1/team] }\n",
     );
     let with = |cred: Option<&str>| SourceSpec {
         credentials: cred.map(str::to_string),
@@ -643,6 +643,22 @@ async fn http_credentials_from_files() {
         "the server asks for credentials and the source names none"
     );
     assert!(!e.to_string().contains("s3cret") && !format!("{e:?}").contains("s3cret"));
+    // Issue 14: a credential goes only to its hosts (and path prefix), whatever the source says.
+    let before = server.authorized_requests();
+    for cred in ["elsewhere", "otherpath"] {
+        let e = s.fetch(&with(Some(cred))).await.unwrap_err();
+        assert!(
+            e.message.ends_with(
+                "asks for credentials that are not for it (not in their hosts); not sent"
+            ),
+            "{cred}: {e}"
+        );
+    }
+    assert_eq!(
+        server.authorized_requests(),
+        before,
+        "no credentials were sent to a host they are not for"
+    );
 }
 
 /// Regression (review H2): links that each look harmless but chain out of the tree.
@@ -734,6 +750,11 @@ fn each_repo_is_fetched_only_where_and_as_often_as_needed() {
         "[ai]",
         &format!("apps:\n  - {{ name: web, source: {{ url: \"{}\", ref: {{ branch: main }}, path: deploy }} }}\n", daemon.url("web")),
     );
+    // git:// app repos only where the fleet allows them.
+    let fleet_file = p.dir.path().join("fleet/tenants/ai.yaml");
+    let with_schemes =
+        std::fs::read_to_string(&fleet_file).unwrap() + "limits: { schemes: [git] }\n";
+    std::fs::write(&fleet_file, with_schemes).unwrap();
     // A tenant only on prod whose repo cannot be reached.
     let nowhere = format!("git://127.0.0.1:{}/gone", free_port());
     p.file(

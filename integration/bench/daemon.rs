@@ -77,7 +77,7 @@ fn webhook_latency(
     write(
         root,
         "fleet/tenants/lat.yaml",
-        "name: lat\nnamespaces: [lat]\nsource: { dir: ../../tenant }\nclusters: [{ name: bench }]\n",
+        "name: lat\nnamespaces: [lat]\nsource: { dir: ../../tenant }\nclusters: [{ name: bench }]\nlimits: { schemes: [file] }\n",
     );
     write(
         root,

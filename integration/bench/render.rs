@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flotilla::config::{CredentialKind, Render};
+use flotilla::config::{Credential, Render};
 use flotilla::fleet::{self, UnitSource};
 use flotilla::render::{self, Tools};
 
@@ -70,7 +70,7 @@ fn platform(root: &Path) {
 
 /// The pure pipeline over the platform; returns what it rendered (the caller frees it).
 fn pipeline(root: &Path, tools: &Tools) -> BTreeMap<fleet::UnitId, render::Rendered> {
-    let known = |_: &str| -> Option<CredentialKind> { None };
+    let known = |_: &str| -> Option<&Credential> { None };
     let (fleet, problems) = fleet::read_fleet(&root.join("fleet"), &known);
     assert!(problems.is_empty(), "{problems:?}");
     let mut catalogs = BTreeMap::new();
@@ -216,7 +216,7 @@ fn main() {
         println!("kustomize: no kustomize or kubectl binary found; skipped");
         return;
     };
-    let known = |_: &str| -> Option<CredentialKind> { None };
+    let known = |_: &str| -> Option<&Credential> { None };
     write(&k, "fleet/clusters/bench/cluster.yaml", "name: bench\n");
     write(
         &k,

@@ -345,12 +345,7 @@ pub(crate) fn load(
         .pop()
         .expect("one result per spec")
         .map_err(|e| anyhow::anyhow!("fleet: {e}"))?;
-    let known = |name: &str| {
-        config
-            .credentials
-            .get(name)
-            .map(crate::config::Credential::kind)
-    };
+    let known = |name: &str| config.credentials.get(name);
     let (fleet, mut problems) = fleet::read_fleet(&fleet_checkout.root, &known);
     let on_cluster = |t: &&crate::fleet::Tenant| match cluster {
         None => true,

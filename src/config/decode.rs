@@ -64,7 +64,7 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
         None => Some(BTreeMap::new()),
     };
     let kinds = credentials.clone().unwrap_or_default();
-    let known = |name: &str| kinds.get(name).map(Credential::kind);
+    let known = |name: &str| kinds.get(name);
     let fleet = top
         .require("fleet", doc, report)
         .and_then(|n| source::decode(n, "fleet", base, &known, report));
@@ -215,6 +215,7 @@ fn decode_credential(
         "token_file",
         "username",
         "password_file",
+        "hosts",
     ];
     let mut fields = Fields::new(node, path, report)?;
     // A missing file is reported, but the field still counts as given: which fields are written
@@ -226,7 +227,8 @@ fn decode_credential(
             _ => None,
         })
     };
-    let c = Credential {
+    let mut c = Credential {
+        hosts: Vec::new(),
         ssh_key_file: file("ssh_key_file", &mut fields),
         passphrase_file: file("passphrase_file", &mut fields),
         known_hosts_file: file("known_hosts_file", &mut fields),
@@ -236,6 +238,33 @@ fn decode_credential(
             .get("username")
             .and_then(|n| Some(n.str(&fields.path("username"), report)?.to_string())),
     };
+    // Required: a credential without hosts would go to whichever server asks.
+    let hosts = match fields.get("hosts") {
+        None => {
+            report.error(
+                node,
+                path,
+                "hosts is missing: name the hosts it may be sent to (host, host:port, optionally followed by a path prefix such as /team)",
+            );
+            Vec::new()
+        }
+        Some(n) => {
+            let p = fields.path("hosts");
+            let texts = n.strings(&p, report).unwrap_or_default();
+            if texts.is_empty() && matches!(n.value, crate::yaml::Value::Seq(_)) {
+                report.error(n, &p, "name at least one host");
+            }
+            let mut rules = Vec::new();
+            for (i, t) in texts.iter().enumerate() {
+                match crate::config::hosts::HostRule::parse(t) {
+                    Ok(rule) => rules.push(rule),
+                    Err(why) => report.error(n, &format!("{p}[{i}]"), why),
+                }
+            }
+            rules
+        }
+    };
+    c.hosts = hosts;
     // `username` fits both kinds: the HTTPS user, or the SSH login when the URL names none.
     let ssh = fields.present(&["ssh_key_file", "passphrase_file", "known_hosts_file"]);
     let https = fields.present(&["token_file", "password_file"]);

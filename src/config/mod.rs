@@ -6,6 +6,7 @@
 //! config and its neighbours can move together.
 
 mod decode;
+pub mod hosts;
 mod source;
 
 use std::collections::BTreeMap;
@@ -136,6 +137,15 @@ pub struct Credential {
     pub username: Option<String>,
     /// HTTPS password.
     pub password_file: Option<PathBuf>,
+    /// Where it may be sent: no other host (or port, or path outside the prefix) ever gets it.
+    pub hosts: Vec<hosts::HostRule>,
+}
+
+impl Credential {
+    /// Whether the secret may be sent to `url`.
+    pub fn allows(&self, url: &str) -> bool {
+        hosts::endpoint(url).is_some_and(|to| self.hosts.iter().any(|h| h.allows(&to)))
+    }
 }
 
 /// Where the daemon listens.

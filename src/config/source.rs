@@ -5,6 +5,7 @@
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
+use super::Credential;
 use crate::yaml::{Fields, Node, Report, join};
 
 /// A source as written in a file, validated but not fetched.
@@ -95,11 +96,11 @@ impl fmt::Display for GitRef {
 
 /// Decodes a source at `node`. `base` anchors relative `dir`s; `known_credentials` tells whether
 /// a credentials name exists (and what it is for), so a typo is caught here.
-pub fn decode(
+pub fn decode<'c>(
     node: &Node,
     path: &str,
     base: &Path,
-    known_credentials: &dyn Fn(&str) -> Option<CredentialKind>,
+    known_credentials: &dyn Fn(&str) -> Option<&'c Credential>,
     report: &mut Report,
 ) -> Option<SourceSpec> {
     const ALLOWED: &[&str] = &["url", "dir", "ref", "path", "credentials"];
@@ -151,14 +152,29 @@ pub fn decode(
                         format!("no credentials named {name:?} in the agent config"),
                     );
                 }
-                Some(have) if have != kind.wants() && kind.wants() != CredentialKind::Any => {
+                Some(have)
+                    if have.kind() != kind.wants() && kind.wants() != CredentialKind::Any =>
+                {
                     report.error(
                         n,
                         &join(path, "credentials"),
                         format!(
-                            "{name:?} holds {have} credentials, but {} needs {}",
+                            "{name:?} holds {} credentials, but {} needs {}",
+                            have.kind(),
                             kind.name(),
                             kind.wants()
+                        ),
+                    );
+                }
+                Some(have) if kind != UrlKind::Local && !have.allows(url) => {
+                    let hosts: Vec<String> = have.hosts.iter().map(|h| h.to_string()).collect();
+                    report.error(
+                        n,
+                        &join(path, "credentials"),
+                        format!(
+                            "{name:?} may not be sent to {} (its hosts: {})",
+                            redact(url),
+                            hosts.join(", ")
                         ),
                     );
                 }

@@ -66,8 +66,12 @@ pub struct Tenant {
     pub vars: BTreeMap<String, String>,
     /// Cluster-scoped kinds the tenant may apply (`PriorityClass`, `storage.k8s.io/StorageClass`).
     pub cluster_scoped_kinds: Vec<String>,
-    /// Agent credentials the tenant's app repos may use, besides its own source's.
+    /// Agent credentials the tenant's app repos may use, besides its own source's (which serves
+    /// its own repository only).
     pub credentials: Vec<String>,
+    /// URL schemes the tenant's app repos may use besides `https` and `ssh`: `http`, `git`,
+    /// `file` (which also stands for absolute paths); none by default.
+    pub schemes: Vec<String>,
     /// What happens to the tenant's objects when it leaves this cluster.
     pub on_removal: OnRemoval,
     /// The file it came from, relative to the fleet root.

@@ -8,7 +8,7 @@ use super::{
     App, AppOptions, AppSource, Catalog, Cluster, ClusterEntry, Fleet, Matcher, OnRemoval,
     Override, Owner, Problem, Tenant,
 };
-use crate::config::{CredentialKind, check_name, decode_source};
+use crate::config::{Credential, check_name, decode_source};
 use crate::yaml::{Diagnostics, Fields, Node, Report, Value, join};
 
 /// The default `serviceAccount` of a tenant.
@@ -16,7 +16,7 @@ pub const DEFAULT_SERVICE_ACCOUNT: &str = "flotilla-tenant";
 /// The default `role` of a tenant.
 pub const DEFAULT_ROLE: &str = "admin";
 
-type Known<'a> = &'a dyn Fn(&str) -> Option<CredentialKind>;
+type Known<'a> = &'a dyn Fn(&str) -> Option<&'a Credential>;
 
 /// Reads the fleet at `root`. A broken cluster or tenant file leaves that entry out and is
 /// reported; the rest of the fleet is still read.
@@ -306,10 +306,23 @@ fn decode_tenant(
                     }
                     Some(names)
                 });
-                l.finish(&["clusterScopedKinds", "credentials"], r);
-                Some((kinds?, credentials?))
+                let schemes = l.get("schemes").map_or(Some(Vec::new()), |s| {
+                    let names = s.strings("limits.schemes", r)?;
+                    for name in &names {
+                        if !["http", "git", "file"].contains(&name.as_str()) {
+                            r.error(
+                                s,
+                                "limits.schemes",
+                                format!("{name:?} is not http, git or file (https and ssh are always allowed)"),
+                            );
+                        }
+                    }
+                    Some(names)
+                });
+                l.finish(&["clusterScopedKinds", "credentials", "schemes"], r);
+                Some((kinds?, credentials?, schemes?))
             })(),
-            None => Some((Vec::new(), Vec::new())),
+            None => Some((Vec::new(), Vec::new(), Vec::new())),
         };
         let on_removal = match f.get("onRemoval") {
             Some(n) => match n.str("onRemoval", r)? {
@@ -335,7 +348,8 @@ fn decode_tenant(
             suspend: suspend?,
             vars: vars?,
             cluster_scoped_kinds: limits.clone()?.0,
-            credentials: limits?.1,
+            credentials: limits.clone()?.1,
+            schemes: limits?.2,
             on_removal: on_removal?,
             file: rel.to_string(),
         })
@@ -466,22 +480,47 @@ fn decode_app(
             s.finish(&["path", "url", "dir", "ref", "credentials"], r);
             return None;
         }
-        let granted = |name: &str| {
-            let allowed = tenant.source.credentials.as_deref() == Some(name) || tenant.credentials.iter().any(|c| c == name);
-            if allowed { known(name) } else { None }
+        // The credentials a tenant may name: those its fleet entry grants, and its own source's
+        // for its own repository only. Any other name, existing or not, gets the same answer, so
+        // a catalog cannot probe which credentials the agent holds.
+        let own_repo = |url: &str| match &tenant.source.location {
+            crate::config::SourceLocation::Url(own) => same_repo(own, url),
+            crate::config::SourceLocation::Dir(_) => false,
         };
-        let spec = decode_source(n, &p, root, known, r)?;
-        if let Some(name) = &spec.credentials
-            && known(name).is_some()
-            && granted(name).is_none()
-        {
-            r.error(
-                n,
-                &join(&p, "credentials"),
-                format!("credentials {name:?} are not granted to tenant {} (the fleet grants them in tenants/{}.yaml limits.credentials)", tenant.name, tenant.name),
-            );
-            return None;
+        let url = s
+            .get("url")
+            .and_then(|u| u.str(&join(&p, "url"), r).map(str::to_string));
+        let asked = s
+            .get("credentials")
+            .and_then(|c| Some((c, c.str(&join(&p, "credentials"), r)?.to_string())));
+        if let (Some(url), Some((c, name))) = (&url, &asked) {
+            let granted = tenant.credentials.iter().any(|g| g == name)
+                || (tenant.source.credentials.as_deref() == Some(name.as_str()) && own_repo(url));
+            if !granted || known(name).is_none() {
+                r.error(
+                    c,
+                    &join(&p, "credentials"),
+                    format!("credentials {name:?} are not granted to tenant {} for this repository (the fleet grants them in tenants/{}.yaml limits.credentials)", tenant.name, tenant.name),
+                );
+                return None;
+            }
         }
+        if let Some(url) = &url {
+            let scheme = match url.split_once("://") {
+                Some((scheme, _)) => scheme,
+                None if url.starts_with('/') => "file",
+                None => "ssh",
+            };
+            if !matches!(scheme, "https" | "ssh") && !tenant.schemes.iter().any(|s| s == scheme) {
+                r.error(
+                    s.get("url").unwrap_or(n),
+                    &join(&p, "url"),
+                    format!("{scheme} URLs are not allowed for tenant {}'s apps (the fleet allows them in tenants/{}.yaml limits.schemes)", tenant.name, tenant.name),
+                );
+                return None;
+            }
+        }
+        let spec = decode_source(n, &p, root, known, r)?;
         Some(AppSource::Repo(spec))
     });
     let enabled = f
@@ -637,4 +676,21 @@ fn decode_entry(
         matcher: matcher?,
         apps: apps?,
     })
+}
+
+/// Whether two Git URLs name the same repository: same host, port and path (a trailing `.git`
+/// or `/` aside); other URLs only when equal.
+fn same_repo(a: &str, b: &str) -> bool {
+    use crate::config::hosts::endpoint;
+    let trim = |p: &str| {
+        p.trim_end_matches('/')
+            .trim_end_matches(".git")
+            .to_ascii_lowercase()
+    };
+    match (endpoint(a), endpoint(b)) {
+        (Some(x), Some(y)) => {
+            x.host == y.host && x.port == y.port && trim(&x.path) == trim(&y.path)
+        }
+        _ => a == b,
+    }
 }

@@ -369,6 +369,7 @@ mod tests {
             vars: BTreeMap::from([("domain".into(), "tenant-wins.example.com".into())]),
             cluster_scoped_kinds: vec![],
             credentials: vec![],
+            schemes: vec![],
             on_removal: OnRemoval::Keep,
             file: format!("tenants/{name}.yaml"),
         }

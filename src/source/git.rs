@@ -268,7 +268,7 @@ impl CallbackState {
 
 fn callbacks<'a>(access: &'a Access<'a>, state: &'a CallbackState) -> RemoteCallbacks<'a> {
     let mut cbs = RemoteCallbacks::new();
-    cbs.credentials(move |_url, username_from_url, allowed| {
+    cbs.credentials(move |url, username_from_url, allowed| {
         let login = || {
             username_from_url
                 .or(access.credential.and_then(|c| c.username.as_deref()))
@@ -288,6 +288,14 @@ fn callbacks<'a>(access: &'a Access<'a>, state: &'a CallbackState) -> RemoteCall
         let Some(c) = access.credential else {
             return refuse("the server asks for credentials and the source names none".into());
         };
+        // The URL libgit2 is talking to now (after any redirect), not the one configured: a
+        // secret goes only where its credential's hosts allow.
+        if !c.allows(url) || !c.allows(access.url) {
+            return refuse(format!(
+                "{} asks for credentials that are not for it (not in their hosts); not sent",
+                crate::config::redact(url)
+            ));
+        }
         if attempt > 1 {
             let what = match &c.ssh_key_file {
                 Some(key) => format!("the server refused the SSH key {}", key.display()),

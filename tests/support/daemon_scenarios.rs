@@ -88,7 +88,7 @@ fn two_apps(env: &Env) -> (String, Repo) {
     env.tenant(
         &t,
         &[&t],
-        "",
+        "limits: { schemes: [file] }\n",
         &format!(
             "apps:\n  - {{ name: a, enabled: true, source: {{ url: {}, ref: {{ branch: main }} }} }}\n  - {{ name: b, enabled: true, source: {{ path: apps/b }} }}\n",
             repo.url()

@@ -280,6 +280,8 @@ impl Drop for Sshd {
 /// passwords), which are the same over plain HTTP.
 pub struct GitHttp {
     pub port: u16,
+    /// How many requests carried an `Authorization` header.
+    authorized: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -296,12 +298,13 @@ impl GitHttp {
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
         );
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (root, flag) = (root.to_path_buf(), stop.clone());
+        let authorized = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (root, flag, seen) = (root.to_path_buf(), stop.clone(), authorized.clone());
         let thread = std::thread::spawn(move || {
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let _ = serve_one(stream, &root, &expected);
+                        let _ = serve_one(stream, &root, &expected, &seen);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -309,6 +312,7 @@ impl GitHttp {
         });
         GitHttp {
             port,
+            authorized,
             stop,
             thread: Some(thread),
         }
@@ -316,6 +320,11 @@ impl GitHttp {
 
     pub fn url(&self, name: &str) -> String {
         format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// How many requests so far carried an `Authorization` header (any credentials at all).
+    pub fn authorized_requests(&self) -> usize {
+        self.authorized.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -328,7 +337,12 @@ impl Drop for GitHttp {
     }
 }
 
-fn serve_one(mut stream: TcpStream, root: &Path, expected_auth: &str) -> std::io::Result<()> {
+fn serve_one(
+    mut stream: TcpStream,
+    root: &Path,
+    expected_auth: &str,
+    authorized: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()> {
     use std::io::{BufRead, BufReader, Read, Write};
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -374,6 +388,9 @@ fn serve_one(mut stream: TcpStream, root: &Path, expected_auth: &str) -> std::io
             }
             body.extend_from_slice(&chunk[..n]);
         }
+    }
+    if headers.contains_key("authorization") {
+        authorized.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
     if headers.get("authorization").map(String::as_str) != Some(expected_auth) {
         stream.write_all(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
