@@ -486,3 +486,66 @@ async fn reading_other_teams_repos_through_a_shared_credential() {
     })
     .await;
 }
+
+/// Attack 5: a tenant's kustomization reaching out of its repository: another tenant's files
+/// through `../`, a symlink and a generator's `key=/etc/passwd`, a remote resource (a request from
+/// the agent's network position) and a remote base. Each app fails before kustomize runs, naming
+/// the kustomization, the field and the reference; no connection reaches the would-be remote; the
+/// tenant's plain kustomization and the other tenant converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escaping_through_kustomize() {
+    with_env(|env| async move {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let apps = ["fine", "sibling", "linked", "generator", "remote", "base"];
+        let catalog: String = std::iter::once("apps:\n".to_string())
+            .chain(apps.iter().map(|a| format!("  - {{ name: {a}, source: {{ path: {a} }} }}\n")))
+            .collect();
+        let (good, evil) = platform(&env, "", &catalog);
+        let t = format!("tenants/{evil}");
+        let kustomization = |app: &str, body: &str| {
+            env.write(&format!("{t}/{app}/kustomization.yaml"), body);
+        };
+        env.write(
+            &format!("{t}/fine/cm.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: fine }\n",
+        );
+        kustomization("fine", "resources: [cm.yaml]\n");
+        kustomization("sibling", &format!("resources: [../../{good}/web/cm.yaml]\n"));
+        std::os::unix::fs::symlink(
+            env.dir.path().join(format!("tenants/{good}/web")),
+            env.dir.path().join(format!("{t}/linked-web")),
+        )
+        .unwrap();
+        kustomization("linked", "resources: [../linked-web]\n");
+        kustomization(
+            "generator",
+            "configMapGenerator:\n  - name: stolen\n    files: [passwd=/etc/passwd]\n",
+        );
+        kustomization(
+            "remote",
+            &format!("resources: [\"http://127.0.0.1:{port}/x.yaml\"]\n"),
+        );
+        kustomization("base", "resources: [\"github.com/example/repo//deploy?ref=v1\"]\n");
+
+        let run = env.flotilla(&["run", "--once"]).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        for (app, said) in [
+            ("sibling", format!("sibling/kustomization.yaml: resources: \"../../{good}/web/cm.yaml\" is outside the repository; refused")),
+            ("linked", "linked/kustomization.yaml: resources: \"../linked-web\" is outside the repository; refused".to_string()),
+            ("generator", "generator/kustomization.yaml: configMapGenerator.files: \"/etc/passwd\" is outside the repository; refused".to_string()),
+            ("remote", format!("remote/kustomization.yaml: resources: \"http://127.0.0.1:{port}/x.yaml\" is a remote reference")),
+            ("base", "base/kustomization.yaml: resources: \"github.com/example/repo//deploy?ref=v1\" is a remote reference".to_string()),
+        ] {
+            let block = report(&run.stdout, &format!("tenant {evil}, app {app}"));
+            assert!(block.contains("FAILED") && block.contains(&said), "{app}: {said}\n{run:?}");
+        }
+        assert!(listener.accept().is_err(), "no connection reached the remote");
+        assert!(env.configmap(&evil, "fine").await.is_some(), "{run:?}");
+        assert!(env.configmap(&evil, "stolen").await.is_none());
+        assert!(env.configmap(&evil, "web").await.is_none());
+        good_converged(&env, &good).await;
+    })
+    .await;
+}

@@ -72,6 +72,8 @@ pub struct Tenant {
     /// URL schemes the tenant's app repos may use besides `https` and `ssh`: `http`, `git`,
     /// `file` (which also stands for absolute paths); none by default.
     pub schemes: Vec<String>,
+    /// Whether its kustomizations may fetch remote bases and resources (off by default).
+    pub remote_bases: bool,
     /// What happens to the tenant's objects when it leaves this cluster.
     pub on_removal: OnRemoval,
     /// The file it came from, relative to the fleet root.
@@ -241,6 +243,8 @@ impl Default for UnitOptions {
 pub struct Limits {
     pub namespaces: Vec<String>,
     pub cluster_scoped_kinds: Vec<String>,
+    /// Whether its kustomizations may use remote bases and resources (`limits.remoteBases`).
+    pub remote_bases: bool,
 }
 
 /// A problem found in the fleet, a catalog or a unit, with whose it is.

@@ -319,10 +319,21 @@ fn decode_tenant(
                     }
                     Some(names)
                 });
-                l.finish(&["clusterScopedKinds", "credentials", "schemes"], r);
-                Some((kinds?, credentials?, schemes?))
+                let remote = l
+                    .get("remoteBases")
+                    .map_or(Some(false), |b| b.bool("limits.remoteBases", r));
+                l.finish(
+                    &[
+                        "clusterScopedKinds",
+                        "credentials",
+                        "schemes",
+                        "remoteBases",
+                    ],
+                    r,
+                );
+                Some((kinds?, credentials?, schemes?, remote?))
             })(),
-            None => Some((Vec::new(), Vec::new(), Vec::new())),
+            None => Some((Vec::new(), Vec::new(), Vec::new(), false)),
         };
         let on_removal = match f.get("onRemoval") {
             Some(n) => match n.str("onRemoval", r)? {
@@ -349,7 +360,8 @@ fn decode_tenant(
             vars: vars?,
             cluster_scoped_kinds: limits.clone()?.0,
             credentials: limits.clone()?.1,
-            schemes: limits?.2,
+            schemes: limits.clone()?.2,
+            remote_bases: limits?.3,
             on_removal: on_removal?,
             file: rel.to_string(),
         })

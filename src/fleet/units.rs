@@ -216,6 +216,7 @@ fn tenant_units(cluster: &Cluster, tenant: &Tenant, catalog: &Catalog, placement
             limits: Some(Limits {
                 namespaces: tenant.namespaces.clone(),
                 cluster_scoped_kinds: tenant.cluster_scoped_kinds.clone(),
+                remote_bases: tenant.remote_bases,
             }),
         });
     }
@@ -370,6 +371,7 @@ mod tests {
             cluster_scoped_kinds: vec![],
             credentials: vec![],
             schemes: vec![],
+            remote_bases: false,
             on_removal: OnRemoval::Keep,
             file: format!("tenants/{name}.yaml"),
         }

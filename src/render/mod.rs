@@ -4,6 +4,7 @@
 //!
 //! Pure but for reading the checkout from disk and running `kustomize`/`helm`.
 
+mod kustomize_check;
 mod objects;
 mod plain;
 mod scope;
@@ -73,10 +74,17 @@ pub fn render_unit(unit: &Unit, root: &Path, tools: &Tools) -> Result<Vec<Object
     }
     let (documents, unreadable) = match detect(&dir) {
         Kind::Plain => plain::read(&root, &dir, unit),
-        Kind::Kustomize => (
-            tools.kustomize(&dir, &shown, unit).map_err(fail)?,
-            Vec::new(),
-        ),
+        Kind::Kustomize => {
+            // A tenant's kustomization reaches only its own checkout, and the network only
+            // where the fleet allows remote bases.
+            if let Some(limits) = &unit.limits {
+                kustomize_check::check(&root, &dir, limits.remote_bases).map_err(fail)?;
+            }
+            (
+                tools.kustomize(&dir, &shown, unit).map_err(fail)?,
+                Vec::new(),
+            )
+        }
         Kind::Helm => (tools.helm(&dir, &shown, unit).map_err(fail)?, Vec::new()),
     };
     match (objects::finish(unit, documents), unreadable.is_empty()) {
@@ -130,10 +138,7 @@ fn refused_links(root: &Path, dir: &Path) -> Vec<String> {
 
 /// Which renderer a folder needs.
 pub fn detect(dir: &Path) -> Kind {
-    if ["kustomization.yaml", "kustomization.yml", "Kustomization"]
-        .iter()
-        .any(|f| dir.join(f).is_file())
-    {
+    if kustomize_check::kustomization_file(dir).is_some() {
         Kind::Kustomize
     } else if dir.join("Chart.yaml").is_file() {
         Kind::Helm

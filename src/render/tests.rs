@@ -26,6 +26,7 @@ fn tenant_unit(app: &str) -> Unit {
         limits: Some(Limits {
             namespaces: vec!["ai".into(), "ai-jobs".into()],
             cluster_scoped_kinds: vec!["PriorityClass".into()],
+            remote_bases: false,
         }),
     }
 }

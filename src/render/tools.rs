@@ -122,7 +122,14 @@ impl Tools {
 
 /// Runs a program to completion within `timeout`; its stdout, or why it failed (with stderr).
 fn run(program: &Path, args: &[&std::ffi::OsStr], timeout: Duration) -> Result<Vec<u8>, String> {
-    let mut child = Command::new(program)
+    // The tool runs on a tenant's files: it gets no part of the agent's environment (tokens,
+    // kubeconfig, proxies, Git settings) beyond where to find programs.
+    let mut command = Command::new(program);
+    command.env_clear().env("HOME", "/nonexistent");
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
