@@ -549,3 +549,77 @@ async fn escaping_through_kustomize() {
     })
     .await;
 }
+
+/// Attack 8: the agent's open surface. `/metrics` (which names every tenant and repository) needs
+/// the API token on the main listener and is served without it only on `listen.metrics`, which
+/// serves nothing else; an unsigned webhook is refused before its body is read (it never comes);
+/// a tenant holding the receiver's secret cannot sign a push of the fleet, which has its own; and
+/// a flood of idle connections is held to a bounded number the agent serves at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unauthenticated_surface() {
+    with_env(|env| async move {
+        let (good, _evil) = platform(&env, "", "apps: []\n");
+        env.write("tenant-secret", "the-secret-a-tenant-holds\n");
+        env.write("fleet-secret", "the-fleet-s-own-secret\n");
+        let fleet_url = "https://git.example.com/platform/fleet.git";
+        let metrics_port = free_port();
+        let mut d = start_agent(
+            &env,
+            &format!(
+                "webhooks:\n  github: {{ secret_file: tenant-secret, repos: {{ \"{fleet_url}\": fleet-secret }} }}\n"
+            ),
+        )
+        .await;
+        good_converged(&env, &good).await;
+        // start_agent set `listen`; add the metrics listener by restarting with it.
+        d.signal("TERM");
+        assert_eq!(d.wait_exit(Duration::from_secs(30)).await, Some(0), "{}", d.logs());
+        let config = std::fs::read_to_string(env.dir.path().join("flotilla.yaml")).unwrap();
+        env.write(
+            "flotilla.yaml",
+            &config.replace("token_file: api-token }", &format!("token_file: api-token, metrics: \"127.0.0.1:{metrics_port}\" }}")),
+        );
+        let d = Daemon::start(env.dir.path(), "flotilla.yaml", d.port, &[]);
+        d.wait_ready(Duration::from_secs(60)).await;
+
+        // Metrics: the token on the main listener; without it only on the metrics listener.
+        use crate::support::daemon::http;
+        assert_eq!(d.get("/metrics").await.unwrap().status, 401);
+        let bearer = [("Authorization", format!("Bearer {TOKEN}"))];
+        let page = http(d.port, "GET", "/metrics", &bearer, Vec::new()).await.unwrap();
+        assert!(page.body.contains(&format!("unit=\"{good}/web\"")), "{page:?}");
+        let page = http(metrics_port, "GET", "/metrics", &[], Vec::new()).await.unwrap();
+        assert_eq!(page.status, 200);
+        assert!(page.body.contains("flotilla_ready"), "{page:?}");
+        let status = http(metrics_port, "GET", "/api/v1/status", &bearer, Vec::new()).await.unwrap();
+        assert_eq!(status.status, 404, "the metrics listener serves nothing else");
+
+        // An unsigned webhook is refused without waiting for its (never sent) body.
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+        use std::io::{Read as _, Write as _};
+        s.write_all(b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nContent-Length: 100000000\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut answer = [0u8; 64];
+        let n = s.read(&mut answer).expect("an answer before any body byte");
+        assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 401"), "{}", String::from_utf8_lossy(&answer[..n]));
+
+        // A push claiming the fleet, signed with the secret a tenant holds: refused; with the
+        // fleet's own: accepted (and ignored here, where the fleet is a folder).
+        for (secret, status) in [("the-secret-a-tenant-holds", 401), ("the-fleet-s-own-secret", 200)] {
+            let (headers, body) = crate::support::daemon::push("github", fleet_url, "main", secret);
+            let a = d.http("POST", "/hooks/github", &headers, body).await.unwrap();
+            assert_eq!(a.status, status, "{secret}: {a:?}");
+        }
+
+        // A flood of idle connections: the agent holds a bounded number open at once.
+        let flood: Vec<std::net::TcpStream> = (0..300)
+            .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", d.port)).ok())
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid())).unwrap().count();
+        assert!(fds < 128 + 64, "{fds} descriptors open with {} connections waiting", flood.len());
+        drop(flood);
+        assert_eq!(d.get("/healthz").await.map(|a| a.status), Some(200));
+    })
+    .await;
+}

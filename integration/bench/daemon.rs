@@ -253,9 +253,10 @@ fn cm(name: &str, v: &str) -> String {
 
 fn config(root: &Path, kubeconfig: &Path, port: u16, fleet: &str) -> String {
     write(root, "secret", SECRET);
+    write(root, "api-token", SECRET);
     let text = format!(
         "cluster: bench\n{fleet}state_dir: state\nkubeconfig: {}\ninterval: 1h\n\
-         listen: {{ http: \"127.0.0.1:{port}\", socket: agent.sock }}\n\
+         listen: {{ http: \"127.0.0.1:{port}\", socket: agent.sock, token_file: api-token }}\n\
          webhooks: {{ github: {{ secret_file: secret }} }}\nlog: {{ level: warn }}\n",
         kubeconfig.display()
     );
@@ -324,7 +325,8 @@ fn memory(pid: u32) -> (f64, f64) {
 }
 
 fn metric(port: u16, name: &str, label: &str) -> f64 {
-    let (_, text) = http(port, "GET", "/metrics", &[], b"");
+    let auth = [("Authorization", format!("Bearer {SECRET}"))];
+    let (_, text) = http(port, "GET", "/metrics", &auth, b"");
     text.lines()
         .filter(|l| l.starts_with(name) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

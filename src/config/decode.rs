@@ -350,6 +350,7 @@ fn decode_listen(node: Option<&Node>, base: &Path, report: &mut Report) -> Optio
         http: DEFAULT_HTTP.parse().ok(),
         socket: Some(PathBuf::from(DEFAULT_SOCKET)),
         token_file: None,
+        metrics: None,
     };
     let Some(node) = node else {
         return Some(defaults);
@@ -380,11 +381,28 @@ fn decode_listen(node: Option<&Node>, base: &Path, report: &mut Report) -> Optio
         Some(n) => readable_file(n, "listen.token_file", base, report).map(Some),
         None => Some(None),
     };
-    fields.finish(&["http", "socket", "token_file"], report);
+    let metrics = match fields.get("metrics") {
+        Some(n) => n
+            .str("listen.metrics", report)
+            .and_then(|a| match a.parse() {
+                Ok(addr) => Some(Some(addr)),
+                Err(_) => {
+                    report.error(
+                        n,
+                        "listen.metrics",
+                        format!("{a:?} is not an address like 127.0.0.1:9090"),
+                    );
+                    None
+                }
+            }),
+        None => Some(None),
+    };
+    fields.finish(&["http", "socket", "token_file", "metrics"], report);
     Some(Listen {
         http: http?,
         socket: socket?,
         token_file: token_file?,
+        metrics: metrics?,
     })
 }
 
@@ -405,20 +423,61 @@ fn decode_webhooks(node: &Node, base: &Path, report: &mut Report) -> Option<Webh
             "secret_file"
         };
         let allowed: &[&str] = if name == "generic" {
-            &[secret_key, "header"]
+            &[secret_key, "header", "repos"]
         } else {
-            &[secret_key]
+            &[secret_key, "repos"]
         };
         let mut f = Fields::new(n, &path, report)?;
         let file = f
-            .require(secret_key, n, report)
-            .and_then(|s| readable_file(s, &f.path(secret_key), base, report));
+            .get(secret_key)
+            .map(|s| readable_file(s, &f.path(secret_key), base, report));
+        let mut repos = Vec::new();
+        let mut repos_ok = true;
+        if let Some(r) = f.get("repos") {
+            let rp = f.path("repos");
+            match &r.value {
+                crate::yaml::Value::Map(entries) => {
+                    for (key, file_node) in entries {
+                        let Some(url) = key.str(&rp, report) else {
+                            repos_ok = false;
+                            continue;
+                        };
+                        let p = format!("{rp}.{url}");
+                        match readable_file(file_node, &p, base, report) {
+                            Some(file) => repos.push((url.to_string(), file)),
+                            None => repos_ok = false,
+                        }
+                    }
+                }
+                _ => {
+                    report.wrong_type::<()>(r, &rp, "a mapping of repository URL to secret file");
+                    repos_ok = false;
+                }
+            }
+        }
+        if file.is_none() && repos.is_empty() && repos_ok {
+            report.error(
+                n,
+                &path,
+                format!("give {secret_key}, or repos (repository URL: secret file), or both"),
+            );
+            return None;
+        }
         let header = f
             .get("header")
             .and_then(|h| Some(h.str(&f.path("header"), report)?.to_string()));
         f.finish(allowed, report);
+        let file = match file {
+            Some(None) => return None,
+            Some(Some(f)) => Some(f),
+            None => None,
+        };
+        if !repos_ok {
+            return None;
+        }
         Some(WebhookSecret {
-            file: file?,
+            file,
+            repos,
             header,
         })
     };

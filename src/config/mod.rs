@@ -158,6 +158,9 @@ pub struct Listen {
     /// The bearer token that `/api/v1/*` over HTTP requires; without it the HTTP API refuses
     /// every request (the socket, guarded by its file mode, needs none).
     pub token_file: Option<PathBuf>,
+    /// A listener serving only `/metrics`, `/healthz` and `/readyz`, without the token (for a
+    /// scraper); `None`: metrics only on `http`, with the token.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Webhook receivers, each enabled by giving its secret.
@@ -170,10 +173,16 @@ pub struct Webhooks {
     pub generic: Option<WebhookSecret>,
 }
 
-/// The file holding a webhook's shared secret (GitLab calls it a token).
+/// The file holding a webhook's shared secret (GitLab calls it a token), and the repositories
+/// that have secrets of their own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebhookSecret {
-    pub file: PathBuf,
+    /// For pushes of repositories not in `repos`; `None`: only those in `repos` are accepted.
+    pub file: Option<PathBuf>,
+    /// Repository URL → its own secret file: a push
+    /// naming it is accepted only when made with that secret, so whoever holds another
+    /// repository's secret (a tenant its own) cannot forge pushes of it (the fleet).
+    pub repos: Vec<(String, PathBuf)>,
     /// For the generic receiver: the header carrying `sha256=<hex HMAC>`.
     pub header: Option<String>,
 }

@@ -208,6 +208,23 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
             listener,
             shared.clone(),
             stop.clone(),
+            false,
+        ));
+    }
+    if let Some(addr) = config.listen.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Listen {
+                what: "listen.metrics",
+                address: addr.to_string(),
+                source,
+            })?;
+        tracing::info!(address = %addr, "serving metrics");
+        tokio::spawn(crate::server::serve_tcp(
+            listener,
+            shared.clone(),
+            stop.clone(),
+            true,
         ));
     }
     let socket = match &config.listen.socket {

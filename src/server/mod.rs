@@ -36,23 +36,38 @@ const MAX_API_BODY: usize = 64 * 1024;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-/// Where a request came in: the socket is trusted by its file mode, TCP needs the token.
+/// Where a request came in: the socket is trusted by its file mode, TCP needs the token, the
+/// metrics listener serves metrics and health only.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Via {
     Tcp,
     Socket,
+    Metrics,
 }
 
-/// Serves HTTP on `listener` until `stop` turns true.
+/// The most connections one TCP listener serves at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 128;
+
+/// Serves HTTP on `listener` until `stop` turns true (`metrics_only`: the `listen.metrics`
+/// listener).
 pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    metrics_only: bool,
 ) {
+    let via = if metrics_only { Via::Metrics } else { Via::Tcp };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // A connection slot before accepting: a flood of idle connections cannot exhaust the
+        // agent, and each is cut off by the header and body timeouts.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            _ = crate::daemon::stopped(&mut stop) => return,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => connection(stream, shared.clone(), Via::Tcp),
+                Ok((stream, _)) => connection(stream, shared.clone(), via, Some(slot)),
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -72,7 +87,7 @@ pub async fn serve_unix(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => connection(stream, shared.clone(), Via::Socket),
+                Ok((stream, _)) => connection(stream, shared.clone(), Via::Socket, None),
                 Err(error) => {
                     tracing::warn!(%error, "accept failed on the operator socket");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -83,11 +98,16 @@ pub async fn serve_unix(
     }
 }
 
-fn connection<S>(stream: S, shared: Arc<Shared>, via: Via)
-where
+fn connection<S>(
+    stream: S,
+    shared: Arc<Shared>,
+    via: Via,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
+        let _slot = slot;
         let service = hyper::service::service_fn(move |req| {
             let shared = shared.clone();
             async move { Ok::<_, Infallible>(handle(req, shared, via).await) }
@@ -104,6 +124,12 @@ where
 async fn handle(req: Request<Incoming>, shared: Arc<Shared>, via: Via) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    if via == Via::Metrics && !matches!(path.as_str(), "/metrics" | "/healthz" | "/readyz") {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this listener serves metrics and health only",
+        );
+    }
     match (method, path.as_str()) {
         (Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (Method::GET, "/readyz") => {
@@ -122,6 +148,13 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, via: Via) -> Respon
             }
         }
         (Method::GET, "/metrics") => {
+            // Metrics name every tenant, app and repository: over the main TCP listener only
+            // with the API token (a scraper without one uses `listen.metrics`).
+            if via == Via::Tcp
+                && let Err(why) = authorize(&req, &shared, via)
+            {
+                return error(StatusCode::UNAUTHORIZED, &why);
+            }
             let body = shared
                 .metrics
                 .lock()
@@ -209,6 +242,19 @@ async fn hook(name: &str, req: Request<Incoming>, shared: &Shared) -> Response<B
         );
     };
     let headers = req.headers().clone();
+    let header = |h: &str| {
+        headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    // Unsigned: refused before the body is read.
+    let auth = webhook::auth_header(provider, secret.header.as_deref());
+    if header(&auth).is_none() {
+        count("unauthorized");
+        tracing::warn!(receiver = name, "webhook refused: no {auth} header");
+        return error(StatusCode::UNAUTHORIZED, &format!("no {auth} header"));
+    }
     let body = match read_body(req, MAX_BODY).await {
         Ok(body) => body,
         Err(response) => {
@@ -216,22 +262,44 @@ async fn hook(name: &str, req: Request<Incoming>, shared: &Shared) -> Response<B
             return response;
         }
     };
-    let key = match std::fs::read(&secret.file) {
+    // Which secret must have signed it: the claimed repository's own, if it has one; else the
+    // receiver's.
+    let claimed: BTreeSet<String> = webhook::claimed_urls(provider, &body)
+        .iter()
+        .map(|u| webhook::normalize_url(u))
+        .collect();
+    let own: BTreeSet<&std::path::PathBuf> = secret
+        .repos
+        .iter()
+        .filter(|(url, _)| claimed.contains(&webhook::normalize_url(url)))
+        .map(|(_, file)| file)
+        .collect();
+    let file = match (own.len(), &secret.file) {
+        (1, _) => own.into_iter().next().cloned(),
+        (0, file) => file.clone(),
+        _ => None,
+    };
+    let Some(file) = file else {
+        count("unauthorized");
+        tracing::warn!(
+            receiver = name,
+            "webhook refused: no secret for the repository it names"
+        );
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "no secret of this receiver is for the repository the push names",
+        );
+    };
+    let key = match std::fs::read(&file) {
         Ok(key) => key,
         Err(e) => {
-            tracing::error!(receiver = name, file = %secret.file.display(), error = %e, "cannot read the webhook secret");
+            tracing::error!(receiver = name, file = %file.display(), error = %e, "cannot read the webhook secret");
             count("error");
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the receiver's secret cannot be read",
             );
         }
-    };
-    let header = |h: &str| {
-        headers
-            .get(h)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
     };
     let verdict = webhook::check(provider, &header, &body, &key, secret.header.as_deref());
     match verdict {

@@ -70,6 +70,25 @@ impl Provider {
     }
 }
 
+/// The header that carries a provider's signature or token.
+pub fn auth_header(provider: Provider, generic_header: Option<&str>) -> String {
+    match provider {
+        Provider::Github => "X-Hub-Signature-256".into(),
+        Provider::Gitea => "X-Gitea-Signature".into(),
+        Provider::Bitbucket => "X-Hub-Signature".into(),
+        Provider::Generic => generic_header.unwrap_or(GENERIC_HEADER).into(),
+        Provider::Gitlab => "X-Gitlab-Token".into(),
+    }
+}
+
+/// The repository URLs a push body names, read before it is authenticated, only to choose which
+/// secret must have signed it; empty when the body is not a push payload.
+pub fn claimed_urls(provider: Provider, body: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .map(|p| read_push(provider, &p).0)
+        .unwrap_or_default()
+}
+
 /// Checks a request's authentication in constant time, then reads what it says.
 ///
 /// `header` looks a request header up by name (case-insensitively); `secret` is the content of

@@ -12,6 +12,8 @@ use hmac::{KeyInit, Mac};
 pub struct Daemon {
     child: Option<Child>,
     pub port: u16,
+    /// The API token `/metrics` is read with, when the agent has one.
+    pub token: Option<String>,
     log: PathBuf,
     pub code: Option<i32>,
 }
@@ -50,6 +52,7 @@ impl Daemon {
         Daemon {
             child: Some(cmd.spawn().expect("flotilla run starts")),
             port,
+            token: None,
             log,
             code: None,
         }
@@ -104,35 +107,8 @@ impl Daemon {
         headers: &[(&str, String)],
         body: Vec<u8>,
     ) -> Option<Answer> {
-        let port = self.port;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        tokio::task::spawn_blocking(move || {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-            s.write_all(head.as_bytes()).ok()?;
-            // A refused body may be answered before it is all sent.
-            let _ = s.write_all(&body);
-            let mut raw = Vec::new();
-            let _ = s.read_to_end(&mut raw);
-            let text = String::from_utf8_lossy(&raw).into_owned();
-            let status = text.get(9..12)?.parse().ok()?;
-            let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-            Some(Answer {
-                status,
-                body: dechunk(body),
-            })
-        })
-        .await
-        .unwrap()
+        http(self.port, method, path, headers, body).await
     }
-
     /// Sends a signal (`TERM`, `INT`, `STOP`, `CONT`).
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
@@ -159,13 +135,22 @@ impl Daemon {
         }
     }
 
-    /// Metric value of the exact series `name{labels}`, 0 if absent.
-    pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .get("/metrics")
+    /// The metrics page (with the token, if the agent has one).
+    pub async fn metrics(&self) -> String {
+        let auth: Vec<(&str, String)> = self
+            .token
+            .iter()
+            .map(|t| ("Authorization", format!("Bearer {t}")))
+            .collect();
+        self.http("GET", "/metrics", &auth, Vec::new())
             .await
             .map(|a| a.body)
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// Metric value of the exact series `name{labels}`, 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)
@@ -274,4 +259,40 @@ pub fn push(
         _ => vec![("X-Signature", format!("sha256={sig}"))],
     };
     (headers, body)
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port` on a new connection; `None` if nothing listens.
+pub async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> Option<Answer> {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+        s.write_all(head.as_bytes()).ok()?;
+        // A refused body may be answered before it is all sent.
+        let _ = s.write_all(&body);
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text.get(9..12)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        Some(Answer {
+            status,
+            body: dechunk(body),
+        })
+    })
+    .await
+    .unwrap()
 }

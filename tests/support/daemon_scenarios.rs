@@ -45,7 +45,9 @@ fn daemon_config(env: &Env, config: &str, port: u16, extra: &str) {
 fn start(env: &Env, extra: &str, vars: &[(&str, String)]) -> Daemon {
     let port = free_port();
     daemon_config(env, "flotilla.yaml", port, extra);
-    Daemon::start(env.dir.path(), "flotilla.yaml", port, vars)
+    let mut d = Daemon::start(env.dir.path(), "flotilla.yaml", port, vars);
+    d.token = Some(TOKEN.into());
+    d
 }
 
 fn cm(name: &str, value: &str) -> String {
@@ -337,7 +339,9 @@ pub async fn sync_status_and_the_api(env: Arc<Env>) {
     assert!(remote.stdout.contains(&format!("{t}/ok")), "{remote:?}");
 
     assert_eq!(d.get("/healthz").await.unwrap().status, 200);
-    let metrics = d.get("/metrics").await.unwrap().body;
+    // Metrics name every tenant and repository: not without the token.
+    assert_eq!(d.get("/metrics").await.unwrap().status, 401);
+    let metrics = d.metrics().await;
     for series in [
         format!("flotilla_reconcile_total{{unit=\"{t}/ok\",result=\"success\"}}"),
         format!("flotilla_reconcile_total{{unit=\"{t}/bad\",result=\"failure\"}}"),
