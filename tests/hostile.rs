@@ -623,3 +623,57 @@ async fn the_unauthenticated_surface() {
     })
     .await;
 }
+
+/// Attack 6: a tenant allowed PriorityClasses renders infra's `PriorityClass` from its app repo
+/// and pushes a webhook, so that a round rendering only its app would take the object over (and a
+/// later removal prune it). The narrow round knows every unit's claims: the app fails naming the
+/// owner, infra's object keeps infra's ownership, and the other tenant converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taking_an_infra_object_through_a_narrow_round() {
+    with_env(|env| async move {
+        let pc = env.name("tenant-batch");
+        let priority_class = |value: i64| {
+            format!("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {{ name: {pc} }}\nvalue: {value}\n")
+        };
+        env.write("fleet/clusters/dev/infra/pc.yaml", &priority_class(1000));
+        let repo = Repo::init(&env.dir.path().join("evil-app"));
+        repo.write("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: innocent }\n");
+        repo.commit("innocent");
+        let (good, evil) = platform(
+            &env,
+            "limits: { clusterScopedKinds: [PriorityClass], schemes: [file] }\n",
+            &format!("apps:\n  - {{ name: grab, source: {{ url: \"{}\", ref: {{ branch: main }} }} }}\n", repo.url()),
+        );
+        env.write("hook-secret", "s3cret\n");
+        let d = start_agent(&env, "webhooks: { github: { secret_file: hook-secret } }\n").await;
+        good_converged(&env, &good).await;
+        let owner = |pc: serde_json::Value| pc["metadata"]["labels"]["applyset.kubernetes.io/part-of"].clone();
+        let before = env
+            .get("scheduling.k8s.io/v1", "PriorityClass", None, &pc)
+            .await
+            .expect("infra's PriorityClass");
+
+        // The tenant's app now renders infra's object; only its repository is pushed.
+        repo.write("pc.yaml", &priority_class(1));
+        repo.commit("grab");
+        let (headers, body) = crate::support::daemon::push("github", &repo.url(), "main", "s3cret");
+        let a = d.http("POST", "/hooks/github", &headers, body).await.unwrap();
+        assert_eq!(a.status, 202, "{a:?}");
+        d.wait_log(
+            &format!("PriorityClass.scheduling.k8s.io {pc} belongs to the cluster's infra unit; a tenant cannot render it"),
+            Duration::from_secs(30),
+        )
+        .await;
+        let after = env
+            .get("scheduling.k8s.io/v1", "PriorityClass", None, &pc)
+            .await
+            .unwrap();
+        assert_eq!(after["value"], 1000, "not applied by the tenant");
+        assert_eq!(owner(after.clone()), owner(before.clone()), "still infra's");
+        assert_eq!(after["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"]);
+        let status = d.status(TOKEN).await;
+        assert_eq!(unit(&status, &format!("{evil}/grab"))["result"], "failed", "{status:#}");
+        good_converged(&env, &good).await;
+    })
+    .await;
+}

@@ -356,6 +356,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
         sources: Arc::new(Sources::new(&config)),
         engine: engine.clone(),
         metrics: shared.metrics.clone(),
+        claims: Default::default(),
     });
     let mut schedule: Schedule<Waiter> = Schedule::new(config.interval, Instant::now());
     let mut rounds: tokio::task::JoinSet<Done> = tokio::task::JoinSet::new();
@@ -405,6 +406,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
                     sources,
                     engine: engine.clone(),
                     metrics: shared.metrics.clone(),
+                    claims: ctx.claims.clone(),
                 });
                 *shared.config.lock().expect("config lock") = new.clone();
                 schedule.set_interval(new.interval, Instant::now());

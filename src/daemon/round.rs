@@ -25,6 +25,8 @@ pub struct Context {
     pub sources: Arc<Sources>,
     pub engine: Arc<Engine>,
     pub metrics: Arc<Mutex<Metrics>>,
+    /// Which unit owns which object, from every round's renders; kept across reloads.
+    pub claims: Arc<Mutex<crate::render::Claims>>,
 }
 
 /// A finished round.
@@ -176,6 +178,15 @@ pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
     };
     let mut prepared = prepared;
     prepared.input.prior = prior;
+    // A narrow round rendered some units only: their objects are checked against the claims of
+    // the others (a full round's own one-owner check saw them all). Then the claims are updated.
+    if let Ok(mut claims) = ctx.claims.lock() {
+        if scope != Scope::All {
+            claims.check(&mut prepared.input.results);
+        }
+        let placed: Vec<UnitId> = prepared.input.units.iter().map(|u| u.id.clone()).collect();
+        claims.record(&prepared.input.results, &placed);
+    }
     let entries = reconcile::pass(
         ctx.engine.clone(),
         &mut prepared.input,

@@ -214,6 +214,73 @@ pub fn render_all(
 
 /// Every object key rendered by more than one unit makes all of those units fail: applying
 /// either would silently take the other's object.
+/// Which unit owns which object, as the renders said: a round that renders only some units
+/// (a webhook's, a tenant's, one app's) checks their objects against the others' claims, so no
+/// unit takes an object that belongs to one it did not render.
+#[derive(Debug, Default)]
+pub struct Claims {
+    by_unit: HashMap<UnitId, Vec<ObjectKey>>,
+}
+
+impl Claims {
+    /// Records the claims of every unit rendered successfully in `results`; `placed` lists every
+    /// unit that exists now (claims of units gone from the placement are dropped). A unit whose
+    /// render failed keeps its previous claims.
+    pub fn record(&mut self, results: &BTreeMap<UnitId, Rendered>, placed: &[UnitId]) {
+        let placed: std::collections::HashSet<&UnitId> = placed.iter().collect();
+        self.by_unit.retain(|id, _| placed.contains(id));
+        for (id, result) in results {
+            if let Ok(objects) = result {
+                self.by_unit
+                    .insert(id.clone(), objects.iter().map(|o| o.key.clone()).collect());
+            }
+        }
+    }
+
+    /// Fails each unit of `results` that renders an object another unit (not rendered in this
+    /// round) claims; the cluster's infra unit keeps its objects against any tenant.
+    pub fn check(&self, results: &mut BTreeMap<UnitId, Rendered>) {
+        let mut owner: HashMap<&ObjectKey, &UnitId> = HashMap::new();
+        for (id, keys) in &self.by_unit {
+            if results.contains_key(id) {
+                continue;
+            }
+            for k in keys {
+                owner.insert(k, id);
+            }
+        }
+        let mut failed: Vec<(UnitId, Vec<Problem>)> = Vec::new();
+        for (id, result) in results.iter() {
+            let Ok(objects) = result else { continue };
+            let problems: Vec<Problem> = objects
+                .iter()
+                .filter_map(|o| {
+                    let other = owner.get(&o.key)?;
+                    let detail = match (&other.tenant, &id.tenant) {
+                        // Infra's objects are the platform's; infra never yields to a tenant.
+                        (_, None) => return None,
+                        (None, Some(_)) => format!(
+                            "{} belongs to the cluster's {other} unit; a tenant cannot render it",
+                            o.key
+                        ),
+                        (Some(_), Some(_)) => format!(
+                            "{} is also rendered by {other}; an object must have one owner",
+                            o.key
+                        ),
+                    };
+                    Some(Problem::new(Owner::Unit(id.clone()), detail))
+                })
+                .collect();
+            if !problems.is_empty() {
+                failed.push((id.clone(), problems));
+            }
+        }
+        for (id, problems) in failed {
+            results.insert(id, Err(problems));
+        }
+    }
+}
+
 pub fn check_duplicates(results: &mut BTreeMap<UnitId, Rendered>) {
     let mut seen: HashMap<&ObjectKey, Vec<&UnitId>> = HashMap::new();
     for (id, result) in results.iter() {
