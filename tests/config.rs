@@ -48,7 +48,7 @@ webhook: {}
         format!("flotilla.yaml:8:19: credentials.platform.ssh_key_file: no such file: {}", key.display()),
         "flotilla.yaml:11:11: interval: \"every five minutes\" is not a duration (expected number at 0); write it like 30s, 5m or 1h".to_string(),
         "flotilla.yaml:12:14: concurrency: expected a whole number, found a string".to_string(),
-        "flotilla.yaml:13:1: webhook: unknown field; did you mean \"webhooks\"? allowed here: cluster, fleet, credentials, interval, state_dir, kubeconfig, listen, webhooks, concurrency, apply_concurrency, log, render, git, shutdown_grace, leader_election".to_string(),
+        "flotilla.yaml:13:1: webhook: unknown field; did you mean \"webhooks\"? allowed here: cluster, fleet, credentials, interval, state_dir, kubeconfig, listen, webhooks, concurrency, apply_concurrency, log, render, git, shutdown_grace, unit_timeout, leader_election".to_string(),
         "flotilla.yaml: 5 errors".to_string(),
     ];
     let lines: Vec<&str> = run.stderr.lines().collect();
@@ -305,8 +305,8 @@ webhooks:
     let expected = [
         "etc/flotilla.yaml:2:28: fleet.path: \"../outside\" must not contain '..': it would leave the repository".to_string(),
         format!("etc/flotilla.yaml:5:13: kubeconfig: no such file: {}", kubeconfig.display()),
-        "etc/flotilla.yaml:8:11: webhooks.gitlab.token_file: required field is missing".to_string(),
-        "etc/flotilla.yaml:8:13: webhooks.gitlab.secret_file: unknown field; allowed here: token_file".to_string(),
+        "etc/flotilla.yaml:8:11: webhooks.gitlab: give token_file, or repos (repository URL: secret file), or both".to_string(),
+        "etc/flotilla.yaml:8:13: webhooks.gitlab.secret_file: unknown field; allowed here: token_file, repos".to_string(),
         "etc/flotilla.yaml: 4 errors".to_string(),
     ];
     let lines: Vec<&str> = run.stderr.lines().collect();

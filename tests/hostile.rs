@@ -677,3 +677,58 @@ async fn taking_an_infra_object_through_a_narrow_round() {
     })
     .await;
 }
+
+/// Attack 4 (in part): a tenant's apps that never become ready (`wait: true` on Jobs that never
+/// complete, with the longest `timeout` a tenant may ask) no longer hold the agent's sync slots
+/// while they wait: with one slot, the other tenant's app is applied at once (the delay is
+/// printed; it must stay within one unit budget), and the waits end at the agent's
+/// `unit_timeout`, whatever the tenant asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalling_everyone_with_never_ready_apps() {
+    with_env(|env| async move {
+        let apps = ["j1", "j2", "j3"];
+        let catalog: String = std::iter::once("apps:\n".to_string())
+            .chain(apps.iter().map(|a| {
+                format!("  - {{ name: {a}, source: {{ path: {a} }}, options: {{ wait: true, timeout: 1h }} }}\n")
+            }))
+            .collect();
+        // `a-` sorts before the good tenant: its units queue first.
+        let evil = env.name("a-evil");
+        let good = env.name("good");
+        env.tenant(&evil, &[&evil], "", &catalog);
+        for a in apps {
+            env.write(
+                &format!("tenants/{evil}/{a}/job.yaml"),
+                &format!("apiVersion: batch/v1\nkind: Job\nmetadata: {{ name: {a} }}\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{ name: main, image: registry.k8s.io/pause:3.10 }}]\n"),
+            );
+        }
+        env.tenant(&good, &[&good], "", "apps:\n  - { name: web, source: { path: web } }\n");
+        env.write(
+            &format!("tenants/{good}/web/cm.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: web }\ndata: { a: \"1\" }\n",
+        );
+        let config = std::fs::read_to_string(env.dir.path().join("flotilla.yaml")).unwrap();
+        env.write("api-token", TOKEN);
+        let port = free_port();
+        env.write(
+            "flotilla.yaml",
+            &format!("{config}interval: 1h\nconcurrency: 1\nunit_timeout: 20s\nshutdown_grace: 5s\nlisten: {{ http: \"127.0.0.1:{port}\", socket: agent.sock, token_file: api-token }}\n"),
+        );
+        let started = std::time::Instant::now();
+        let mut d = Daemon::start(env.dir.path(), "flotilla.yaml", port, &[]);
+        let deadline = started + Duration::from_secs(60);
+        while env.configmap(&good, "web").await.is_none() {
+            assert!(std::time::Instant::now() < deadline, "{}", d.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let delay = started.elapsed();
+        println!("hostile: the good tenant's app applied {delay:?} after start, beside 3 never-ready apps on 1 slot (unit budget 20s)");
+        assert!(delay < Duration::from_secs(20), "{delay:?}\n{}", d.logs());
+        // The waits end at unit_timeout (20s), not at the tenant's 1h.
+        d.wait_log("not ready: the Job has not completed (waited 20s)", Duration::from_secs(60))
+            .await;
+        d.signal("TERM");
+        let _ = d.wait_exit(Duration::from_secs(30)).await;
+    })
+    .await;
+}

@@ -220,7 +220,8 @@ pub(crate) async fn connect(config: &Config) -> anyhow::Result<Arc<Engine>> {
     Ok(Arc::new(Engine {
         cluster: Arc::new(cluster),
         concurrency: config.apply_concurrency as usize,
-        units: Arc::new(tokio::sync::Semaphore::new(config.concurrency as usize)),
+        units: crate::reconcile::slots::Slots::new(config.concurrency as usize),
+        max_wait: config.unit_timeout,
     }))
 }
 

@@ -28,6 +28,7 @@ const TOP: &[&str] = &[
     "render",
     "git",
     "shutdown_grace",
+    "unit_timeout",
     "leader_election",
 ];
 
@@ -137,6 +138,10 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
         Some(n) => n.duration("shutdown_grace", report),
         None => Some(super::DEFAULT_SHUTDOWN_GRACE),
     };
+    let unit_timeout = match top.get("unit_timeout") {
+        Some(n) => n.duration("unit_timeout", report),
+        None => Some(super::DEFAULT_UNIT_TIMEOUT),
+    };
     let leader_election = match top.get("leader_election") {
         Some(n) => decode_leader_election(n, report).map(Some),
         None => Some(None),
@@ -159,6 +164,7 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
         render: render?,
         git: git?,
         shutdown_grace: shutdown_grace?,
+        unit_timeout: unit_timeout?,
         leader_election: leader_election?,
     })
 }
@@ -455,6 +461,10 @@ fn decode_webhooks(node: &Node, base: &Path, report: &mut Report) -> Option<Webh
                 }
             }
         }
+        let header = f
+            .get("header")
+            .and_then(|h| Some(h.str(&f.path("header"), report)?.to_string()));
+        f.finish(allowed, report);
         if file.is_none() && repos.is_empty() && repos_ok {
             report.error(
                 n,
@@ -463,10 +473,6 @@ fn decode_webhooks(node: &Node, base: &Path, report: &mut Report) -> Option<Webh
             );
             return None;
         }
-        let header = f
-            .get("header")
-            .and_then(|h| Some(h.str(&f.path("header"), report)?.to_string()));
-        f.finish(allowed, report);
         let file = match file {
             Some(None) => return None,
             Some(Some(f)) => Some(f),

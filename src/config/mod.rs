@@ -50,6 +50,9 @@ pub struct Config {
     pub git: GitSettings,
     /// How long a stopping daemon lets in-flight applies finish.
     pub shutdown_grace: Duration,
+    /// The longest any unit waits for its objects' health, whatever its own `timeout` says: a
+    /// tenant cannot hold the agent's attention longer.
+    pub unit_timeout: Duration,
     /// Of several replicas only the holder of this Lease applies; `None`: this agent is alone.
     pub leader_election: Option<LeaderElection>,
 }
@@ -230,6 +233,9 @@ pub const DEFAULT_APPLY_CONCURRENCY: u32 = 16;
 pub const DEFAULT_RENDER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `listen.http`.
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+/// Default `unit_timeout`.
+pub const DEFAULT_UNIT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Default `shutdown_grace`: inside Kubernetes' default 30 s termination grace period.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 /// Default `leader_election.namespace`.

@@ -281,7 +281,8 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
     let engine = Arc::new(Engine {
         cluster: cluster.clone(),
         concurrency: config.apply_concurrency as usize,
-        units: Arc::new(tokio::sync::Semaphore::new(config.concurrency as usize)),
+        units: crate::reconcile::slots::Slots::new(config.concurrency as usize),
+        max_wait: config.unit_timeout,
     });
 
     // Leader election: wait for the Lease (serving /healthz meanwhile), then keep renewing it.

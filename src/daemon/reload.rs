@@ -57,7 +57,7 @@ pub fn watch(
                     if new == running {
                         continue;
                     }
-                    let addresses = |l: &config::Listen| (l.http, l.socket.clone());
+                    let addresses = |l: &config::Listen| (l.http, l.socket.clone(), l.metrics);
                     for (what, changed) in [
                         (
                             "listen",
@@ -72,6 +72,7 @@ pub fn watch(
                             "shutdown_grace",
                             new.shutdown_grace != running.shutdown_grace,
                         ),
+                        ("unit_timeout", new.unit_timeout != running.unit_timeout),
                         ("kubeconfig", new.kubeconfig != running.kubeconfig),
                         ("state_dir", new.state_dir != running.state_dir),
                         ("log", new.log != running.log),

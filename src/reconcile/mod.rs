@@ -6,6 +6,7 @@
 
 pub mod health;
 pub mod set;
+pub mod slots;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -215,8 +216,11 @@ pub async fn pass(
             let spec = unit_spec(input.results.remove(&unit.id), &unit, mode, has_dependents);
             let revision = input.revisions.get(&unit.id).cloned();
             tasks.spawn(async move {
-                let _slot = engine.units.clone().acquire_owned().await;
-                let outcome = run_spec(&engine, spec).await;
+                let slot = engine
+                    .units
+                    .acquire(unit.id.tenant.as_deref().unwrap_or_default())
+                    .await;
+                let outcome = run_spec(&engine, spec, Some(slot)).await;
                 (
                     unit.id.clone(),
                     Entry {
@@ -345,16 +349,20 @@ async fn sync_unit(
         unit: Some(unit.id.clone()),
         name: fleet::Owner::Unit(unit.id.clone()).to_string(),
         revision: input.revisions.get(&unit.id).cloned(),
-        outcome: run_spec(engine, unit_spec(rendered, unit, mode, deps)).await,
+        outcome: run_spec(engine, unit_spec(rendered, unit, mode, deps), None).await,
     }
 }
 
 /// Syncs a unit's set and adds its refused objects to the failures; a unit without a set (its
 /// render failed) is that error.
-async fn run_spec(engine: &Engine, spec: Result<(SetSpec, Vec<String>), String>) -> Outcome {
+async fn run_spec(
+    engine: &Engine,
+    spec: Result<(SetSpec, Vec<String>), String>,
+    slot: Option<slots::Slot>,
+) -> Outcome {
     match spec {
         Ok((spec, refused)) => {
-            let mut outcome = engine.sync(&spec).await;
+            let mut outcome = engine.sync_in(&spec, slot).await;
             outcome.failed.extend(refused);
             outcome
         }

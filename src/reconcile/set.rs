@@ -90,8 +90,12 @@ pub struct Engine {
     pub cluster: Arc<Cluster>,
     /// How many applies (or deletes) of one order group run at once.
     pub concurrency: usize,
-    /// Bounds the tenant apps synced at once (`concurrency`), across all passes in flight.
-    pub units: Arc<tokio::sync::Semaphore>,
+    /// Bounds the tenant apps synced at once (`concurrency`), across all passes in flight,
+    /// handed out fairly between tenants.
+    pub units: Arc<super::slots::Slots>,
+    /// The most a unit may wait for its objects' health, whatever its `timeout` says
+    /// (`unit_timeout` of the agent config).
+    pub max_wait: Duration,
 }
 
 /// The result of one object's apply.
@@ -108,16 +112,28 @@ enum Applied {
 
 impl Engine {
     pub async fn sync(&self, spec: &SetSpec) -> Outcome {
+        self.sync_in(spec, None).await
+    }
+
+    /// [`Engine::sync`] in a sync slot, given back before the wait for health: a unit whose
+    /// objects never become ready holds no one else up while it waits.
+    pub async fn sync_in(&self, spec: &SetSpec, slot: Option<super::slots::Slot>) -> Outcome {
         let started = std::time::Instant::now();
         let mut out = Outcome::default();
-        if let Err(e) = self.sync_inner(spec, &mut out).await {
+        let mut slot = slot;
+        if let Err(e) = self.sync_inner(spec, &mut out, &mut slot).await {
             out.error = Some(e);
         }
         out.took = started.elapsed();
         out
     }
 
-    async fn sync_inner(&self, spec: &SetSpec, out: &mut Outcome) -> Result<(), String> {
+    async fn sync_inner(
+        &self,
+        spec: &SetSpec,
+        out: &mut Outcome,
+        slot: &mut Option<super::slots::Slot>,
+    ) -> Result<(), String> {
         let client = self
             .cluster
             .client(&spec.identity)
@@ -331,6 +347,7 @@ impl Engine {
             return Err(terminating_error(&out.terminating));
         }
         if spec.options.wait && spec.mode == Mode::Apply && out.failed.is_empty() {
+            drop(slot.take());
             self.wait_healthy(&client, spec, &healthy_wanted, out).await;
         }
         Ok(())
@@ -559,7 +576,7 @@ impl Engine {
         objects: &[(&Object, Resource)],
         out: &mut Outcome,
     ) {
-        let deadline = crate::deadline::from_now(spec.options.timeout);
+        let deadline = crate::deadline::from_now(spec.options.timeout.min(self.max_wait));
         let mut pending: Vec<&(&Object, Resource)> = objects.iter().collect();
         let mut delay = Duration::from_millis(100);
         loop {
@@ -593,7 +610,7 @@ impl Engine {
                 return;
             }
             if Instant::now() >= deadline {
-                let waited = humantime::format_duration(spec.options.timeout);
+                let waited = humantime::format_duration(spec.options.timeout.min(self.max_wait));
                 out.failed.extend(
                     reasons
                         .into_iter()

@@ -1,0 +1,158 @@
+//! The agent's sync slots (`concurrency`), handed out fairly between tenants: whoever waits, the
+//! next free slot goes to the next tenant in turn, not to whichever tenant queued the most units.
+//! So one tenant's many or slow units delay another tenant's unit by at most one unit's sync.
+//! A slot is held for a unit's writes only: it is given back before the unit waits for health.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+/// The pool.
+#[derive(Debug)]
+pub struct Slots {
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    free: usize,
+    /// Waiters by tenant (`""` for units of no tenant), each in arrival order.
+    queues: BTreeMap<String, VecDeque<oneshot::Sender<Slot>>>,
+    /// The tenant served last: the next free slot goes to the next tenant after it.
+    last: Option<String>,
+}
+
+/// One slot, given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    pool: Arc<Slots>,
+}
+
+impl Slots {
+    pub fn new(slots: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            state: Mutex::new(State {
+                free: slots.max(1),
+                queues: BTreeMap::new(),
+                last: None,
+            }),
+        })
+    }
+
+    /// A slot for a unit of `tenant`, when its turn comes.
+    pub async fn acquire(self: &Arc<Self>, tenant: &str) -> Slot {
+        let rx = {
+            let mut s = self.state.lock().expect("slots lock");
+            if s.free > 0 && s.queues.is_empty() {
+                s.free -= 1;
+                s.last = Some(tenant.to_string());
+                return Slot { pool: self.clone() };
+            }
+            let (tx, rx) = oneshot::channel();
+            s.queues
+                .entry(tenant.to_string())
+                .or_default()
+                .push_back(tx);
+            rx
+        };
+        match rx.await {
+            Ok(slot) => slot,
+            // The pool never drops a waiter without answering it; should it, wait again.
+            Err(_) => Box::pin(self.acquire(tenant)).await,
+        }
+    }
+
+    /// Hands a freed slot to the next waiting tenant in turn, or back to the pool.
+    fn release(self: &Arc<Self>) {
+        let mut s = self.state.lock().expect("slots lock");
+        loop {
+            // The first waiting tenant after the one served last, wrapping around.
+            let next = match &s.last {
+                Some(last) => s
+                    .queues
+                    .range::<String, _>((
+                        std::ops::Bound::Excluded(last.clone()),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .next()
+                    .or_else(|| s.queues.iter().next())
+                    .map(|(t, _)| t.clone()),
+                None => s.queues.keys().next().cloned(),
+            };
+            let Some(tenant) = next else {
+                s.free += 1;
+                return;
+            };
+            let queue = s.queues.get_mut(&tenant).expect("listed");
+            let tx = queue.pop_front().expect("queues are never left empty");
+            if queue.is_empty() {
+                s.queues.remove(&tenant);
+            }
+            s.last = Some(tenant);
+            // A waiter that gave up drops its receiver: the slot comes back here unused.
+            if let Err(slot) = tx.send(Slot { pool: self.clone() }) {
+                std::mem::forget(slot);
+                continue;
+            }
+            return;
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.pool.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_next_tenant_in_turn() {
+        let pool = Slots::new(1);
+        let first = pool.acquire("a").await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        // Tenant a queues five units before b queues one.
+        for (i, t) in ["a", "a", "a", "a", "a", "b"].into_iter().enumerate() {
+            let (pool, order) = (pool.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let _slot = pool.acquire(t).await;
+                order.lock().unwrap().push(format!("{t}{i}"));
+                tokio::task::yield_now().await;
+            }));
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        for w in waiters {
+            w.await.unwrap();
+        }
+        let order = order.lock().unwrap().clone();
+        assert_eq!(
+            order[..2],
+            ["b5", "a0"],
+            "b is served after one slot, not six: {order:?}"
+        );
+        assert_eq!(order.len(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_loses_no_slot() {
+        let pool = Slots::new(1);
+        let held = pool.acquire("a").await;
+        let gave_up = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.acquire("b").await }
+        });
+        tokio::task::yield_now().await;
+        gave_up.abort();
+        let _ = gave_up.await;
+        drop(held);
+        let again =
+            tokio::time::timeout(std::time::Duration::from_secs(1), pool.acquire("c")).await;
+        assert!(again.is_ok(), "the slot came back");
+    }
+}
