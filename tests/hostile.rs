@@ -678,11 +678,12 @@ async fn taking_an_infra_object_through_a_narrow_round() {
     .await;
 }
 
-/// Attack 4 (in part): a tenant's apps that never become ready (`wait: true` on Jobs that never
-/// complete, with the longest `timeout` a tenant may ask) no longer hold the agent's sync slots
-/// while they wait: with one slot, the other tenant's app is applied at once (the delay is
-/// printed; it must stay within one unit budget), and the waits end at the agent's
-/// `unit_timeout`, whatever the tenant asked.
+/// Attack 4: a tenant's apps that never become ready (`wait: true` on Jobs that never complete,
+/// with the longest `timeout` a tenant may ask) used to hold the agent's sync slots, and the full
+/// round, for as long as they waited. With one slot: the other tenant's app is applied at once
+/// in the first round, a push of its repository is applied while the full round still waits on
+/// the never-ready apps (both delays printed; each must stay within one unit budget), and the
+/// waits end at the agent's `unit_timeout`, whatever the tenant asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalling_everyone_with_never_ready_apps() {
     with_env(|env| async move {
@@ -702,31 +703,73 @@ async fn stalling_everyone_with_never_ready_apps() {
                 &format!("apiVersion: batch/v1\nkind: Job\nmetadata: {{ name: {a} }}\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{ name: main, image: registry.k8s.io/pause:3.10 }}]\n"),
             );
         }
-        env.tenant(&good, &[&good], "", "apps:\n  - { name: web, source: { path: web } }\n");
-        env.write(
-            &format!("tenants/{good}/web/cm.yaml"),
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: web }\ndata: { a: \"1\" }\n",
+        let repo = Repo::init(&env.dir.path().join("good-app"));
+        let cm = |v: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: web }}\ndata: {{ a: \"{v}\" }}\n");
+        repo.write("cm.yaml", &cm("1"));
+        repo.commit("one");
+        env.tenant(
+            &good,
+            &[&good],
+            "limits: { schemes: [file] }\n",
+            &format!("apps:\n  - {{ name: web, source: {{ url: \"{}\", ref: {{ branch: main }} }} }}\n", repo.url()),
         );
         let config = std::fs::read_to_string(env.dir.path().join("flotilla.yaml")).unwrap();
         env.write("api-token", TOKEN);
+        env.write("hook-secret", "s3cret\n");
         let port = free_port();
         env.write(
             "flotilla.yaml",
-            &format!("{config}interval: 1h\nconcurrency: 1\nunit_timeout: 20s\nshutdown_grace: 5s\nlisten: {{ http: \"127.0.0.1:{port}\", socket: agent.sock, token_file: api-token }}\n"),
+            &format!("{config}interval: 1h\nconcurrency: 1\nunit_timeout: 20s\nshutdown_grace: 5s\nlisten: {{ http: \"127.0.0.1:{port}\", socket: agent.sock, token_file: api-token }}\nwebhooks: {{ github: {{ secret_file: hook-secret }} }}\n"),
         );
+        let value = |v: &'static str| {
+            let env = env.clone();
+            let good = good.clone();
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                loop {
+                    if env.configmap(&good, "web").await.is_some_and(|c| c["data"]["a"] == v) {
+                        return;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "web never became {v}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
         let started = std::time::Instant::now();
         let mut d = Daemon::start(env.dir.path(), "flotilla.yaml", port, &[]);
-        let deadline = started + Duration::from_secs(60);
-        while env.configmap(&good, "web").await.is_none() {
-            assert!(std::time::Instant::now() < deadline, "{}", d.logs());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let delay = started.elapsed();
-        println!("hostile: the good tenant's app applied {delay:?} after start, beside 3 never-ready apps on 1 slot (unit budget 20s)");
-        assert!(delay < Duration::from_secs(20), "{delay:?}\n{}", d.logs());
-        // The waits end at unit_timeout (20s), not at the tenant's 1h.
+        value("1").await;
+        let first = started.elapsed();
+
+        // The first round ends when the waits time out; the agent then knows the repositories
+        // it follows. A full round is asked for, which waits on the never-ready apps again, and
+        // the good tenant's repository is pushed meanwhile.
         d.wait_log("not ready: the Job has not completed (waited 20s)", Duration::from_secs(60))
             .await;
+        d.wait_ready(Duration::from_secs(30)).await;
+        let bearer = [("Authorization", format!("Bearer {TOKEN}"))];
+        let asked = d.http("POST", "/api/v1/sync", &bearer, b"{}".to_vec()).await.unwrap();
+        assert!(asked.status < 300, "{asked:?}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let waits_before = d.logs().matches("(waited 20s)").count();
+        repo.write("cm.yaml", &cm("2"));
+        repo.commit("two");
+        let (headers, body) = crate::support::daemon::push("github", &repo.url(), "main", "s3cret");
+        let pushed = std::time::Instant::now();
+        let a = d.http("POST", "/hooks/github", &headers, body).await.unwrap();
+        assert_eq!(a.status, 202, "{a:?}");
+        value("2").await;
+        let webhook = pushed.elapsed();
+        assert_eq!(
+            d.logs().matches("(waited 20s)").count(),
+            waits_before,
+            "the push was applied while the full round still waited:\n{}",
+            d.logs()
+        );
+        println!(
+            "hostile: beside 3 never-ready apps on 1 slot (unit budget 20s): first apply {first:?} after start, webhook to applied {webhook:?}"
+        );
+        assert!(first < Duration::from_secs(20), "{first:?}\n{}", d.logs());
+        assert!(webhook < Duration::from_secs(20), "{webhook:?}\n{}", d.logs());
         d.signal("TERM");
         let _ = d.wait_exit(Duration::from_secs(30)).await;
     })

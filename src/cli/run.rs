@@ -222,6 +222,7 @@ pub(crate) async fn connect(config: &Config) -> anyhow::Result<Arc<Engine>> {
         concurrency: config.apply_concurrency as usize,
         units: crate::reconcile::slots::Slots::new(config.concurrency as usize),
         max_wait: config.unit_timeout,
+        unit_locks: Default::default(),
     }))
 }
 

@@ -283,6 +283,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
         concurrency: config.apply_concurrency as usize,
         units: crate::reconcile::slots::Slots::new(config.concurrency as usize),
         max_wait: config.unit_timeout,
+        unit_locks: Default::default(),
     });
 
     // Leader election: wait for the Lease (serving /healthz meanwhile), then keep renewing it.

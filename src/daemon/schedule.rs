@@ -5,7 +5,8 @@
 //! departed tenants), one tenant (`Tenant`: its apps and its removed apps) or some units
 //! (`Units`). Requests that arrive while a unit is queued or running merge into one pending
 //! round: a burst of pushes costs one fetch and one sync. Rounds whose scopes are disjoint run
-//! at once; a pending `All` round waits for the others to finish and holds back new ones.
+//! at once, and asked-for rounds also run beside a running `All` round (which may be waiting on
+//! slow units); a pending `All` round waits for the others to finish and holds back new ones.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher as _;
@@ -212,8 +213,15 @@ impl<W: Clone> Schedule<W> {
                 rounds.push(round);
             }
         } else {
+            // Beside a running full round, asked-for rounds start at once: the full round may be
+            // waiting on a tenant's slow units, and a push must not wait for them. Two rounds
+            // that reach one unit sync it one after the other (the engine locks each unit).
             for t in self.pending.tenants.clone() {
-                if self.running.values().any(|(_, s)| touches_tenant(s, &t)) {
+                if self
+                    .running
+                    .values()
+                    .any(|(_, s)| *s != Scope::All && touches_tenant(s, &t))
+                {
                     continue;
                 }
                 self.pending.tenants.remove(&t);
@@ -234,7 +242,7 @@ impl<W: Clone> Schedule<W> {
                 .units
                 .iter()
                 .filter(|id| {
-                    !self.busy(id)
+                    !self.busy_beside_full(id)
                         && !id
                             .tenant
                             .as_ref()
@@ -397,6 +405,13 @@ impl<W: Clone> Schedule<W> {
 
     fn busy(&self, unit: &UnitId) -> bool {
         self.running.values().any(|(_, s)| covers(s, unit))
+    }
+
+    /// Whether a round other than a full one covers `unit`.
+    fn busy_beside_full(&self, unit: &UnitId) -> bool {
+        self.running
+            .values()
+            .any(|(_, s)| *s != Scope::All && covers(s, unit))
     }
 }
 
@@ -586,6 +601,43 @@ mod tests {
             let j = jitter(Duration::from_secs(100));
             assert!(j >= Duration::from_secs(90) && j <= Duration::from_secs(110));
         }
+    }
+
+    /// Issue 14: a full round held up by a tenant's slow units does not hold up a push of
+    /// another tenant's app: the asked-for round starts beside it.
+    #[test]
+    fn an_asked_for_round_starts_beside_a_running_full_round() {
+        let now = Instant::now();
+        let mut s: Schedule<u32> = Schedule::new(Duration::from_secs(300), now);
+        let a = UnitId::app("ai", "a");
+        started(&mut s, now, &placed(&[(a.clone(), plan(300, &["r"]))]));
+        s.request(Scope::All, BTreeSet::new(), "sync", None);
+        let full = s.start(now);
+        assert_eq!(full.len(), 1);
+        s.request(
+            Scope::Units([a.clone()].into()),
+            ["r".to_string()].into(),
+            "webhook github",
+            Some(1),
+        );
+        s.request(Scope::Tenant("web".into()), BTreeSet::new(), "sync", None);
+        let beside = s.start(now);
+        let scopes: Vec<&Scope> = beside.iter().map(|r| &r.scope).collect();
+        assert_eq!(
+            scopes,
+            [
+                &Scope::Tenant("web".into()),
+                &Scope::Units([a.clone()].into())
+            ]
+        );
+        // Not twice beside each other: the unit is busy in its own round now.
+        s.request(
+            Scope::Units([a.clone()].into()),
+            BTreeSet::new(),
+            "sync",
+            None,
+        );
+        assert!(s.start(now).is_empty());
     }
 
     #[test]

@@ -216,6 +216,7 @@ pub async fn pass(
             let spec = unit_spec(input.results.remove(&unit.id), &unit, mode, has_dependents);
             let revision = input.revisions.get(&unit.id).cloned();
             tasks.spawn(async move {
+                let _unit = engine.lock_unit(&unit.id).await;
                 let slot = engine
                     .units
                     .acquire(unit.id.tenant.as_deref().unwrap_or_default())
@@ -345,6 +346,7 @@ async fn sync_unit(
     deps: bool,
 ) -> Entry {
     let rendered = input.results.remove(&unit.id);
+    let _unit = engine.lock_unit(&unit.id).await;
     Entry {
         unit: Some(unit.id.clone()),
         name: fleet::Owner::Unit(unit.id.clone()).to_string(),

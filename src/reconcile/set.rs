@@ -96,6 +96,9 @@ pub struct Engine {
     /// The most a unit may wait for its objects' health, whatever its `timeout` says
     /// (`unit_timeout` of the agent config).
     pub max_wait: Duration,
+    /// One lock per unit: two rounds that reach one unit (a push beside a full round) sync it
+    /// one after the other, never at once.
+    pub unit_locks: std::sync::Mutex<HashMap<crate::fleet::UnitId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The result of one object's apply.
@@ -111,6 +114,17 @@ enum Applied {
 }
 
 impl Engine {
+    /// Waits until no other round syncs `unit`, and holds it until the guard drops.
+    pub async fn lock_unit(&self, unit: &crate::fleet::UnitId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.unit_locks.lock().expect("unit locks");
+            // Forget the locks nobody holds or waits for, so the map follows the placement.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry(unit.clone()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
     pub async fn sync(&self, spec: &SetSpec) -> Outcome {
         self.sync_in(spec, None).await
     }

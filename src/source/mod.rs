@@ -204,11 +204,13 @@ impl Sources {
                 .await
             {
                 Err(_) => {
-                    // The Git work cannot be cancelled; until it ends (libgit2's socket timeout), it
-                    // keeps the URL's lock and its slot, so nothing else touches that mirror meanwhile.
+                    // The Git work cannot be cancelled; until it ends it keeps the URL's lock, so
+                    // nothing else touches that mirror meanwhile. The shared slot is given back
+                    // now: a host that trickles bytes holds up its own URL, not everyone's fetches.
+                    drop(slot);
                     tokio::spawn(async move {
                         let _ = task.await;
-                        drop((held, slot));
+                        drop(held);
                     });
                     let message = format!(
                         "did not finish within {}",
