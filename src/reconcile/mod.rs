@@ -216,12 +216,26 @@ pub async fn pass(
             let spec = unit_spec(input.results.remove(&unit.id), &unit, mode, has_dependents);
             let revision = input.revisions.get(&unit.id).cloned();
             tasks.spawn(async move {
-                let _unit = engine.lock_unit(&unit.id).await;
-                let slot = engine
-                    .units
-                    .acquire(unit.id.tenant.as_deref().unwrap_or_default())
-                    .await;
-                let outcome = run_spec(&engine, spec, Some(slot)).await;
+                // Both waits are bounded by one unit budget: the unit's other round ends its
+                // health wait by then, and slots come round to every tenant in turn.
+                let waited = async {
+                    let unit_lock = engine.lock_unit(&unit.id).await;
+                    let slot = engine
+                        .units
+                        .acquire(unit.id.tenant.as_deref().unwrap_or_default())
+                        .await;
+                    (unit_lock, slot)
+                };
+                let outcome = match tokio::time::timeout(engine.max_wait, waited).await {
+                    Ok((_unit_lock, slot)) => run_spec(&engine, spec, Some(slot)).await,
+                    Err(_) => Outcome {
+                        error: Some(format!(
+                            "not synced: no sync slot within {} (the agent is busy); retried later",
+                            humantime::format_duration(engine.max_wait)
+                        )),
+                        ..Default::default()
+                    },
+                };
                 (
                     unit.id.clone(),
                     Entry {
