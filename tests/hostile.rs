@@ -775,3 +775,37 @@ async fn stalling_everyone_with_never_ready_apps() {
     })
     .await;
 }
+
+/// Attack 7: a renderer that never stops printing (here `yes` standing in for kustomize, as a
+/// hostile kustomization or chart could make the real one) is stopped past 64 MiB of output and
+/// the app fails with that reason, without the agent holding the output; the other tenant
+/// converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_exhaustion_by_renderer_output() {
+    with_env(|env| async move {
+        let (good, evil) = platform(
+            &env,
+            "",
+            "apps:\n  - { name: flood, source: { path: flood } }\n",
+        );
+        env.write(
+            &format!("tenants/{evil}/flood/kustomization.yaml"),
+            "resources: []\n",
+        );
+        let config = std::fs::read_to_string(env.dir.path().join("flotilla.yaml")).unwrap();
+        env.write(
+            "flotilla.yaml",
+            &format!("{config}render: {{ kustomize: /usr/bin/yes, timeout: 60s }}\n"),
+        );
+        let run = env.flotilla(&["run", "--once"]).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        let flood = report(&run.stdout, &format!("tenant {evil}, app flood"));
+        assert!(
+            flood
+                .contains("kustomize build failed: /usr/bin/yes printed more than 64 MiB; refused"),
+            "{run:?}"
+        );
+        good_converged(&env, &good).await;
+    })
+    .await;
+}
