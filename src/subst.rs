@@ -50,6 +50,9 @@ pub const MAX_OUTPUT: usize = 8 << 20;
 /// full of unclosed `${` is substituted in linear time.
 const MAX_NAME: usize = 256;
 
+/// The most undefined variables one text reports.
+const MAX_UNDEFINED: usize = 100;
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -102,6 +105,9 @@ pub fn substitute_within<'t>(
     vars: &Vars<'_>,
     limit: usize,
 ) -> Result<Cow<'t, str>, Failure> {
+    if text.len() > limit {
+        return Err(Failure::TooLarge { line: 1, limit });
+    }
     if !text.contains("${") {
         return Ok(Cow::Borrowed(text));
     }
@@ -132,10 +138,12 @@ pub fn substitute_within<'t>(
                         return Err(Failure::TooLarge { line, limit });
                     }
                     Some(value) => out.push_str(&value),
-                    None => undefined.push(Undefined {
+                    // The first few name the problem; a file of millions would only cost memory.
+                    None if undefined.len() < MAX_UNDEFINED => undefined.push(Undefined {
                         name: name.to_string(),
                         line,
                     }),
+                    None => {}
                 }
                 rest = &after[end + 1..];
             }
@@ -289,6 +297,21 @@ mod tests {
             err.to_string(),
             "line 8: substituting variables makes the text larger than 8 MiB; refused"
         );
+    }
+
+    #[test]
+    fn undefined_variables_are_reported_up_to_a_bound() {
+        let text = "${a}".repeat(1_000_000);
+        match run_with(&text, &json!({})) {
+            Err(Failure::Undefined(list)) => assert_eq!(list.len(), MAX_UNDEFINED),
+            other => panic!("{other:?}"),
+        }
+        // Text without variables is held to the cap too.
+        let big = "x".repeat(MAX_OUTPUT + 1);
+        assert!(matches!(
+            run_with(&big, &json!({})),
+            Err(Failure::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -498,7 +498,7 @@ async fn escaping_through_kustomize() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
-        let apps = ["fine", "sibling", "linked", "generator", "remote", "base"];
+        let apps = ["fine", "sibling", "linked", "generator", "remote", "base", "textual", "short"];
         let catalog: String = std::iter::once("apps:\n".to_string())
             .chain(apps.iter().map(|a| format!("  - {{ name: {a}, source: {{ path: {a} }} }}\n")))
             .collect();
@@ -528,6 +528,9 @@ async fn escaping_through_kustomize() {
             &format!("resources: [\"http://127.0.0.1:{port}/x.yaml\"]\n"),
         );
         kustomization("base", "resources: [\"github.com/example/repo//deploy?ref=v1\"]\n");
+        // Kustomize cleans `missing/..` as text, where the system would stop at `missing`.
+        kustomization("textual", &format!("resources: [nope/../../../{good}/web]\n"));
+        kustomization("short", "resources: [\"gh:example/repo\"]\n");
 
         let run = env.flotilla(&["run", "--once"]).await;
         assert_eq!(run.code, 1, "{run:?}");
@@ -537,6 +540,8 @@ async fn escaping_through_kustomize() {
             ("generator", "generator/kustomization.yaml: configMapGenerator.files: \"/etc/passwd\" is outside the repository; refused".to_string()),
             ("remote", format!("remote/kustomization.yaml: resources: \"http://127.0.0.1:{port}/x.yaml\" is a remote reference")),
             ("base", "base/kustomization.yaml: resources: \"github.com/example/repo//deploy?ref=v1\" is a remote reference".to_string()),
+            ("textual", format!("textual/kustomization.yaml: resources: \"nope/../../../{good}/web\" is outside the repository; refused")),
+            ("short", "short/kustomization.yaml: resources: \"gh:example/repo\" is a remote reference".to_string()),
         ] {
             let block = report(&run.stdout, &format!("tenant {evil}, app {app}"));
             assert!(block.contains("FAILED") && block.contains(&said), "{app}: {said}\n{run:?}");

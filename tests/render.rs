@@ -383,8 +383,11 @@ fn a_kustomize_failure_carries_its_stderr() {
     )
     .file(
         "tenants/ai/web/kustomization.yaml",
-        "resources:\n  - missing.yaml\n",
-    );
+        "resources:\n  - broken.yaml\n",
+    )
+    // A resource that exists (missing ones are refused before kustomize runs) but that
+    // kustomize cannot read.
+    .file("tenants/ai/web/broken.yaml", "kind: [unclosed\n");
     let run = p.run(&["render"]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
@@ -393,7 +396,7 @@ fn a_kustomize_failure_carries_its_stderr() {
         "{run:?}"
     );
     assert!(
-        run.stderr.contains("missing.yaml"),
+        run.stderr.contains("broken.yaml"),
         "kustomize's own message: {run:?}"
     );
 }

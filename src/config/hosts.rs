@@ -85,6 +85,11 @@ impl fmt::Display for HostRule {
 /// Where `url` leads: `ssh://[user@]host[:port]/path`, `[user@]host:path` (scp-like, port 22),
 /// `https://`, `http://`; `None` for local and `git://` URLs, which take no credentials.
 pub fn endpoint(url: &str) -> Option<Endpoint> {
+    // A query, a fragment or a percent-escape could make the path a server sees differ from the
+    // one checked here (`/team/x?/../../other`, `/team/%2e%2e/other`): no credential goes there.
+    if url.contains(['?', '#', '%']) {
+        return None;
+    }
     if let Some((scheme, rest)) = url.split_once("://") {
         let default = match scheme {
             "ssh" => 22,
@@ -208,6 +213,13 @@ mod tests {
         ));
         assert!(allows("[::1]:2200", "ssh://git@[::1]:2200/x"));
         assert!(allows("127.0.0.1", "http://127.0.0.1:8080/x.git"));
+        for tricky in [
+            "https://git.example.com/bigdata/x.git?/../../ai/y",
+            "https://git.example.com/ai/%2e%2e/bigdata/x.git",
+            "https://git.example.com/ai/x.git#/../../bigdata",
+        ] {
+            assert_eq!(endpoint(tricky), None, "{tricky}");
+        }
     }
 
     #[test]

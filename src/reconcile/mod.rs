@@ -230,7 +230,7 @@ pub async fn pass(
                     Ok((_unit_lock, slot)) => run_spec(&engine, spec, Some(slot)).await,
                     Err(_) => Outcome {
                         error: Some(format!(
-                            "not synced: no sync slot within {} (the agent is busy); retried later",
+                            "not synced: another round's sync of this unit or a sync slot took longer than {}; retried later",
                             humantime::format_duration(engine.max_wait)
                         )),
                         ..Default::default()

@@ -417,7 +417,7 @@ impl Engine {
             let live = live.get(&o.key).cloned();
             let (client, r) = (client.clone(), r.clone());
             let (force, recreate, mode) = (spec.options.force, spec.options.recreate, spec.mode);
-            let timeout = spec.options.timeout;
+            let timeout = spec.options.timeout.min(self.max_wait);
             tasks.spawn(async move {
                 let _permit = permit;
                 let result = apply_one(

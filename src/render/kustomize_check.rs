@@ -24,8 +24,14 @@ pub fn check(root: &Path, dir: &Path, allow_remote: bool) -> Result<(), Vec<Stri
     let mut seen = BTreeSet::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        if !seen.insert(dir.clone()) || seen.len() > 1_000 {
+        if !seen.insert(dir.clone()) {
             continue;
+        }
+        if seen.len() > MAX_KUSTOMIZATIONS {
+            problems.push(format!(
+                "more than {MAX_KUSTOMIZATIONS} kustomization folders are included; refused"
+            ));
+            break;
         }
         let Some(file) = kustomization_file(&dir) else {
             continue;
@@ -62,18 +68,25 @@ pub fn check(root: &Path, dir: &Path, allow_remote: bool) -> Result<(), Vec<Stri
                 }
                 continue;
             }
-            let target = dir.join(&reference);
-            match target.canonicalize() {
-                Ok(real) if real.starts_with(root) => {
+            // Kustomize cleans a path as text before it reads it (`missing/../..` is `..`), the
+            // system resolves it component by component: both readings must stay inside the
+            // checkout, and the path must exist (anything else kustomize would try to fetch).
+            let joined = dir.join(&reference);
+            let cleaned = clean(&joined);
+            let inside = |p: &Path| p.canonicalize().map(|real| real.starts_with(root));
+            match (inside(&cleaned), inside(&joined)) {
+                (Ok(true), Ok(true) | Err(_)) => {
+                    let real = cleaned.canonicalize().expect("resolved above");
                     if real.is_dir() {
                         pending.push(real);
                     }
                 }
-                Ok(_) => problems.push(format!(
+                (Err(_), _) => problems.push(format!(
+                    "{shown}: {field}: {reference:?} is not a file or folder of the repository; refused"
+                )),
+                _ => problems.push(format!(
                     "{shown}: {field}: {reference:?} is outside the repository; refused"
                 )),
-                // Missing: kustomize itself says so, naming it.
-                Err(_) => {}
             }
         }
     }
@@ -82,6 +95,24 @@ pub fn check(root: &Path, dir: &Path, allow_remote: bool) -> Result<(), Vec<Stri
     } else {
         Err(problems)
     }
+}
+
+/// The most kustomization folders one app may include.
+const MAX_KUSTOMIZATIONS: usize = 1_000;
+
+/// `path` with `.` and `..` resolved as text, as Go's `filepath.Clean` does.
+fn clean(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Every file or folder reference in a kustomization, with the field it is in.
@@ -143,8 +174,11 @@ fn references(doc: &serde_json::Value) -> Vec<(String, String)> {
 /// A reference kustomize would fetch: a URL, or a remote base in go-getter or
 /// `host/org/repo` form.
 fn is_remote(reference: &str) -> bool {
-    let r = reference.trim();
+    let r = reference.trim().to_ascii_lowercase();
+    let r = r.as_str();
     r.contains("://")
+        || r.starts_with("gh:")
+        || r.starts_with("github.com:")
         || r.starts_with("git::")
         || r.starts_with("git@")
         || r.starts_with("github.com/")

@@ -42,7 +42,7 @@ pub fn read(root: &Path, dir: &Path, unit: &Unit) -> (Vec<Document>, Vec<String>
         match read_file(&file, &rel, &vars, budget) {
             Ok((docs, size)) => {
                 documents.extend(docs);
-                budget -= size;
+                budget = budget.saturating_sub(size);
             }
             Err(mut p) => {
                 problems.append(&mut p);
