@@ -571,7 +571,7 @@ async fn the_unauthenticated_surface() {
         let mut d = start_agent(
             &env,
             &format!(
-                "webhooks:\n  github: {{ secret_file: tenant-secret, repos: {{ \"{fleet_url}\": fleet-secret }} }}\n"
+                "webhooks:\n  github: {{ secret_file: tenant-secret, repos: {{ \"{fleet_url}\": fleet-secret }} }}\n  gitlab: {{ token_file: tenant-secret }}\n"
             ),
         )
         .await;
@@ -610,10 +610,15 @@ async fn the_unauthenticated_surface() {
 
         // A push claiming the fleet, signed with the secret a tenant holds: refused; with the
         // fleet's own: accepted (and ignored here, where the fleet is a folder).
-        for (secret, status) in [("the-secret-a-tenant-holds", 401), ("the-fleet-s-own-secret", 200)] {
-            let (headers, body) = crate::support::daemon::push("github", fleet_url, "main", secret);
-            let a = d.http("POST", "/hooks/github", &headers, body).await.unwrap();
-            assert_eq!(a.status, status, "{secret}: {a:?}");
+        for (provider, secret, status) in [
+            ("github", "the-secret-a-tenant-holds", 401),
+            // Nor through another receiver whose shared secret the tenant holds.
+            ("gitlab", "the-secret-a-tenant-holds", 401),
+            ("github", "the-fleet-s-own-secret", 200),
+        ] {
+            let (headers, body) = crate::support::daemon::push(provider, fleet_url, "main", secret);
+            let a = d.http("POST", &format!("/hooks/{provider}"), &headers, body).await.unwrap();
+            assert_eq!(a.status, status, "{provider} {secret}: {a:?}");
         }
 
         // A flood of idle connections: the agent holds a bounded number open at once.

@@ -178,14 +178,17 @@ pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
     };
     let mut prepared = prepared;
     prepared.input.prior = prior;
-    // A narrow round rendered some units only: their objects are checked against the claims of
-    // the others (a full round's own one-owner check saw them all). Then the claims are updated.
+    // Each unit's objects are checked against the claims of the units this round did not render
+    // (a narrow round) or could not render (they keep what they had); then the claims are
+    // updated.
     if let Ok(mut claims) = ctx.claims.lock() {
-        if scope != Scope::All {
-            claims.check(&mut prepared.input.results);
-        }
+        claims.check(&mut prepared.input.results);
         let placed: Vec<UnitId> = prepared.input.units.iter().map(|u| u.id.clone()).collect();
-        claims.record(&prepared.input.results, &placed);
+        claims.record(
+            &prepared.input.results,
+            &placed,
+            &prepared.input.tenants_failed,
+        );
     }
     let entries = reconcile::pass(
         ctx.engine.clone(),

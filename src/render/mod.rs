@@ -224,11 +224,19 @@ pub struct Claims {
 
 impl Claims {
     /// Records the claims of every unit rendered successfully in `results`; `placed` lists every
-    /// unit that exists now (claims of units gone from the placement are dropped). A unit whose
-    /// render failed keeps its previous claims.
-    pub fn record(&mut self, results: &BTreeMap<UnitId, Rendered>, placed: &[UnitId]) {
+    /// unit that exists now (claims of units gone from the placement are dropped, except those
+    /// of `unread` tenants, whose catalogs could not be read this time). A unit whose render
+    /// failed keeps its previous claims.
+    pub fn record(
+        &mut self,
+        results: &BTreeMap<UnitId, Rendered>,
+        placed: &[UnitId],
+        unread: &std::collections::BTreeSet<String>,
+    ) {
         let placed: std::collections::HashSet<&UnitId> = placed.iter().collect();
-        self.by_unit.retain(|id, _| placed.contains(id));
+        self.by_unit.retain(|id, _| {
+            placed.contains(id) || id.tenant.as_ref().is_some_and(|t| unread.contains(t))
+        });
         for (id, result) in results {
             if let Ok(objects) = result {
                 self.by_unit
@@ -237,12 +245,14 @@ impl Claims {
         }
     }
 
-    /// Fails each unit of `results` that renders an object another unit (not rendered in this
-    /// round) claims; the cluster's infra unit keeps its objects against any tenant.
+    /// Fails each unit of `results` that renders an object another unit claims: one not
+    /// rendered in this round, or whose render failed this time (it keeps what it had); the
+    /// cluster's infra unit keeps its objects against any tenant. Run in every round: a full
+    /// round's own one-owner check sees only the renders that worked.
     pub fn check(&self, results: &mut BTreeMap<UnitId, Rendered>) {
         let mut owner: HashMap<&ObjectKey, &UnitId> = HashMap::new();
         for (id, keys) in &self.by_unit {
-            if results.contains_key(id) {
+            if matches!(results.get(id), Some(Ok(_))) {
                 continue;
             }
             for k in keys {

@@ -274,8 +274,22 @@ async fn hook(name: &str, req: Request<Incoming>, shared: &Shared) -> Response<B
         .filter(|(url, _)| claimed.contains(&webhook::normalize_url(url)))
         .map(|(_, file)| file)
         .collect();
+    // A repository with its own secret on any receiver is never accepted on another one's
+    // shared secret.
+    let elsewhere = [
+        &hooks.github,
+        &hooks.gitlab,
+        &hooks.gitea,
+        &hooks.bitbucket,
+        &hooks.generic,
+    ]
+    .into_iter()
+    .flatten()
+    .flat_map(|r| &r.repos)
+    .any(|(url, _)| claimed.contains(&webhook::normalize_url(url)));
     let file = match (own.len(), &secret.file) {
         (1, _) => own.into_iter().next().cloned(),
+        (0, _) if elsewhere => None,
         (0, file) => file.clone(),
         _ => None,
     };
