@@ -201,6 +201,7 @@ pub(crate) fn prepare_with(
         revisions: rendered.revisions,
         problem_units,
         prior: BTreeMap::new(),
+        round: 0,
     };
     Ok(Prepared {
         input,
@@ -223,6 +224,7 @@ pub(crate) async fn connect(config: &Config) -> anyhow::Result<Arc<Engine>> {
         units: crate::reconcile::slots::Slots::new(config.concurrency as usize),
         max_wait: config.unit_timeout,
         unit_locks: Default::default(),
+        synced_by: Default::default(),
     }))
 }
 

@@ -178,6 +178,7 @@ pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
     };
     let mut prepared = prepared;
     prepared.input.prior = prior;
+    prepared.input.round = id;
     // Each unit's objects are checked against the claims of the units this round did not render
     // (a narrow round) or could not render (they keep what they had); then the claims are
     // updated.
@@ -185,6 +186,7 @@ pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
         claims.check(&mut prepared.input.results);
         let placed: Vec<UnitId> = prepared.input.units.iter().map(|u| u.id.clone()).collect();
         claims.record(
+            id,
             &prepared.input.results,
             &placed,
             &prepared.input.tenants_failed,

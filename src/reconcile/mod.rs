@@ -44,6 +44,9 @@ pub struct Input {
     pub problem_units: BTreeSet<UnitId>,
     /// The last result (converged or not) of units outside this pass, for `dependsOn`.
     pub prior: BTreeMap<UnitId, bool>,
+    /// The daemon's round number (later rounds fetched later); 0 for a command's single pass.
+    /// A unit a later round already synced is left to it: this pass's render is older.
+    pub round: u64,
 }
 
 /// Which units a pass covers.
@@ -215,6 +218,7 @@ pub async fn pass(
             // Moved, not copied: a unit's objects leave the input as its sync starts.
             let spec = unit_spec(input.results.remove(&unit.id), &unit, mode, has_dependents);
             let revision = input.revisions.get(&unit.id).cloned();
+            let round = input.round;
             tasks.spawn(async move {
                 // Both waits are bounded by one unit budget: the unit's other round ends its
                 // health wait by then, and slots come round to every tenant in turn.
@@ -227,7 +231,28 @@ pub async fn pass(
                     (unit_lock, slot)
                 };
                 let outcome = match tokio::time::timeout(engine.max_wait, waited).await {
-                    Ok((_unit_lock, slot)) => run_spec(&engine, spec, Some(slot)).await,
+                    Ok((_unit_lock, slot)) => match engine.begin_sync(&unit.id, round) {
+                        Ok(()) => run_spec(&engine, spec, Some(slot)).await,
+                        // A later round (a newer fetch) synced it meanwhile: this render is
+                        // older, and that round's result is the unit's.
+                        Err(later) => {
+                            let entry = Entry {
+                                unit: None,
+                                name: format!(
+                                    "{} (left to round {later})",
+                                    fleet::Owner::Unit(unit.id.clone())
+                                ),
+                                revision,
+                                outcome: Outcome {
+                                    notes: vec![format!(
+                                        "not synced: round {later} synced a newer render meanwhile"
+                                    )],
+                                    ..Default::default()
+                                },
+                            };
+                            return (unit.id.clone(), entry);
+                        }
+                    },
                     Err(_) => Outcome {
                         error: Some(format!(
                             "not synced: another round's sync of this unit or a sync slot took longer than {}; retried later",
@@ -361,6 +386,22 @@ async fn sync_unit(
 ) -> Entry {
     let rendered = input.results.remove(&unit.id);
     let _unit = engine.lock_unit(&unit.id).await;
+    if let Err(later) = engine.begin_sync(&unit.id, input.round) {
+        return Entry {
+            unit: None,
+            name: format!(
+                "{} (left to round {later})",
+                fleet::Owner::Unit(unit.id.clone())
+            ),
+            revision: input.revisions.get(&unit.id).cloned(),
+            outcome: Outcome {
+                notes: vec![format!(
+                    "not synced: round {later} synced a newer render meanwhile"
+                )],
+                ..Default::default()
+            },
+        };
+    }
     Entry {
         unit: Some(unit.id.clone()),
         name: fleet::Owner::Unit(unit.id.clone()).to_string(),
@@ -587,9 +628,11 @@ async fn removed_apps(
             }
         };
         for (app, parent) in found {
+            // An app a later round synced is one this pass's (older) catalog may not know yet.
             if present.contains(app.as_str())
                 || app == ONBOARDING
                 || filter.app.as_deref().is_some_and(|a| a != app)
+                || engine.synced_later(&UnitId::app(name, &app), input.round)
             {
                 continue;
             }

@@ -99,6 +99,9 @@ pub struct Engine {
     /// One lock per unit: two rounds that reach one unit (a push beside a full round) sync it
     /// one after the other, never at once.
     pub unit_locks: std::sync::Mutex<HashMap<crate::fleet::UnitId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The latest round that synced each unit: an earlier round (an older render) that reaches
+    /// it afterwards leaves it alone, and does not take its app for removed.
+    pub synced_by: std::sync::Mutex<HashMap<crate::fleet::UnitId, u64>>,
 }
 
 /// The result of one object's apply.
@@ -114,6 +117,30 @@ enum Applied {
 }
 
 impl Engine {
+    /// Marks `unit` as synced by `round`, unless a later round synced it already (its number is
+    /// returned). Round 0 (a command's single pass) always goes ahead.
+    pub fn begin_sync(&self, unit: &crate::fleet::UnitId, round: u64) -> Result<(), u64> {
+        if round == 0 {
+            return Ok(());
+        }
+        let mut by = self.synced_by.lock().expect("synced_by lock");
+        let last = by.entry(unit.clone()).or_default();
+        if *last > round {
+            return Err(*last);
+        }
+        *last = round;
+        Ok(())
+    }
+
+    /// Whether a round later than `round` synced `unit`.
+    pub fn synced_later(&self, unit: &crate::fleet::UnitId, round: u64) -> bool {
+        round != 0
+            && self
+                .synced_by
+                .lock()
+                .is_ok_and(|by| by.get(unit).is_some_and(|last| *last > round))
+    }
+
     /// Waits until no other round syncs `unit`, and holds it until the guard drops.
     pub async fn lock_unit(&self, unit: &crate::fleet::UnitId) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {

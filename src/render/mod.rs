@@ -219,7 +219,8 @@ pub fn render_all(
 /// unit takes an object that belongs to one it did not render.
 #[derive(Debug, Default)]
 pub struct Claims {
-    by_unit: HashMap<UnitId, Vec<ObjectKey>>,
+    /// Each unit's objects, and the round whose render said so.
+    by_unit: HashMap<UnitId, (u64, Vec<ObjectKey>)>,
 }
 
 impl Claims {
@@ -227,8 +228,10 @@ impl Claims {
     /// unit that exists now (claims of units gone from the placement are dropped, except those
     /// of `unread` tenants, whose catalogs could not be read this time). A unit whose render
     /// failed keeps its previous claims.
+    /// A later `round`'s render is never replaced by an earlier one's.
     pub fn record(
         &mut self,
+        round: u64,
         results: &BTreeMap<UnitId, Rendered>,
         placed: &[UnitId],
         unread: &std::collections::BTreeSet<String>,
@@ -238,9 +241,11 @@ impl Claims {
             placed.contains(id) || id.tenant.as_ref().is_some_and(|t| unread.contains(t))
         });
         for (id, result) in results {
-            if let Ok(objects) = result {
-                self.by_unit
-                    .insert(id.clone(), objects.iter().map(|o| o.key.clone()).collect());
+            if let Ok(objects) = result
+                && self.by_unit.get(id).is_none_or(|(r, _)| *r <= round)
+            {
+                let keys = objects.iter().map(|o| o.key.clone()).collect();
+                self.by_unit.insert(id.clone(), (round, keys));
             }
         }
     }
@@ -251,7 +256,7 @@ impl Claims {
     /// round's own one-owner check sees only the renders that worked.
     pub fn check(&self, results: &mut BTreeMap<UnitId, Rendered>) {
         let mut owner: HashMap<&ObjectKey, &UnitId> = HashMap::new();
-        for (id, keys) in &self.by_unit {
+        for (id, (_, keys)) in &self.by_unit {
             if matches!(results.get(id), Some(Ok(_))) {
                 continue;
             }

@@ -314,3 +314,48 @@ fn a_tenant_object_of_unknown_kind_in_a_foreign_namespace_is_refused() {
         ]
     );
 }
+
+#[test]
+fn claims_survive_a_failed_render_and_an_older_round() {
+    use super::Claims;
+    let cm = |name: &str| {
+        doc(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}}),
+            1,
+        )
+    };
+    let (a, b) = (tenant_unit("a"), tenant_unit("b"));
+    let placed = vec![a.id.clone(), b.id.clone()];
+    let unread = std::collections::BTreeSet::new();
+    let mut claims = Claims::default();
+    let mut round1 = BTreeMap::new();
+    round1.insert(a.id.clone(), finish(&a, vec![cm("owned-by-a")]));
+    claims.record(1, &round1, &placed, &unread);
+
+    // A's render fails in a full round; B renders A's object: B fails, A keeps its claim.
+    let mut round2 = BTreeMap::new();
+    round2.insert(a.id.clone(), Err(vec![]));
+    round2.insert(b.id.clone(), finish(&b, vec![cm("owned-by-a")]));
+    claims.check(&mut round2);
+    let problems = round2[&b.id].as_ref().unwrap_err();
+    assert!(
+        problems[0].to_string().ends_with(
+            "ConfigMap ai/owned-by-a is also rendered by ai/a; an object must have one owner"
+        ),
+        "{problems:?}"
+    );
+    claims.record(2, &round2, &placed, &unread);
+
+    // Round 4 moved the object to B; round 3 (an older render, finishing later) does not undo it.
+    let mut round4 = BTreeMap::new();
+    round4.insert(a.id.clone(), finish(&a, vec![]));
+    round4.insert(b.id.clone(), finish(&b, vec![cm("owned-by-a")]));
+    claims.record(4, &round4, &placed, &unread);
+    let mut round3 = BTreeMap::new();
+    round3.insert(a.id.clone(), finish(&a, vec![cm("owned-by-a")]));
+    claims.record(3, &round3, &placed, &unread);
+    let mut later = BTreeMap::new();
+    later.insert(b.id.clone(), finish(&b, vec![cm("owned-by-a")]));
+    claims.check(&mut later);
+    assert!(later[&b.id].is_ok(), "B owns it since round 4");
+}
