@@ -13,6 +13,7 @@ pub mod deadline;
 pub mod fleet;
 pub mod inventory;
 pub mod logging;
+pub mod pipeline;
 pub mod plan;
 pub mod reconcile;
 pub mod render;

@@ -282,7 +282,7 @@ fn write_table(out: &mut impl std::io::Write, r: &Report) -> std::io::Result<()>
     let fleet = r
         .fleet_revision
         .as_deref()
-        .map(|f| format!(" @ {}", super::render::short(f)))
+        .map(|f| format!(" @ {}", crate::pipeline::short(f)))
         .unwrap_or_default();
     let state = match (r.leader, r.ready) {
         (false, _) => "follower (not the leader)",
@@ -305,7 +305,7 @@ fn write_table(out: &mut impl std::io::Write, r: &Report) -> std::io::Result<()>
             u.unit.clone(),
             u.revision
                 .as_deref()
-                .map(|r| super::render::short(r).to_string())
+                .map(|r| crate::pipeline::short(r).to_string())
                 .unwrap_or_else(|| "-".into()),
             u.result.clone(),
             u.applied.to_string(),

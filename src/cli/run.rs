@@ -1,17 +1,15 @@
 //! `flotilla run --once` and `flotilla diff`: fetch, render, then one pass over the cluster that
 //! applies (or describes) every unit, and a summary per unit.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::render::{Fetcher, load, render_cluster, short};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::fleet::{Owner, Problem};
+use crate::pipeline::{Fetcher, prepare_with, short};
 use crate::reconcile::{self, Engine, Entry, Filter, Input, Mode};
-use crate::render::Tools;
 
 /// Reconciles every unit once; exit 0 only if every one converged.
 pub fn once(config: &Config) -> anyhow::Result<ExitCode> {
@@ -116,99 +114,6 @@ fn prepare(config: &Config) -> anyhow::Result<(Fetcher, Input, Vec<Problem>)> {
     let fetcher = Fetcher::new(config)?;
     let prepared = prepare_with(config, &fetcher, &|_| true)?;
     Ok((fetcher, prepared.input, prepared.problems))
-}
-
-/// One cluster's fleet, catalogs and selected renders.
-pub(crate) struct Prepared {
-    pub input: Input,
-    pub problems: Vec<Problem>,
-    pub fleet_revision: String,
-    /// Each fetched tenant repo's revision.
-    pub tenant_revisions: BTreeMap<String, String>,
-}
-
-/// Fetches (through `fetcher`) and renders the units of this agent's cluster that `select`
-/// picks; every placed unit is in the input, only the selected ones are rendered.
-pub(crate) fn prepare_with(
-    config: &Config,
-    fetcher: &Fetcher,
-    select: &dyn Fn(&crate::fleet::UnitId) -> bool,
-) -> anyhow::Result<Prepared> {
-    let loaded = load(config, fetcher, Some(&config.cluster))?;
-    let Some(cluster) = loaded.fleet.clusters.get(&config.cluster).cloned() else {
-        let problems: Vec<String> = loaded.problems.iter().map(|p| p.to_string()).collect();
-        anyhow::bail!(
-            "cluster {:?} is not in the fleet; nothing applied{}",
-            config.cluster,
-            if problems.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", problems.join("; "))
-            }
-        );
-    };
-    let rendered = render_cluster(
-        &loaded,
-        fetcher,
-        &cluster,
-        &Tools::from(&config.render),
-        select,
-    );
-    let problems: Vec<Problem> = loaded
-        .problems
-        .iter()
-        .chain(&rendered.problems)
-        .cloned()
-        .collect();
-    let mut tenants_failed: BTreeSet<String> = BTreeSet::new();
-    let mut problem_units = BTreeSet::new();
-    let mut fleet_ok = true;
-    for p in &problems {
-        match &p.owner {
-            Owner::Fleet => fleet_ok = false,
-            Owner::Tenant(t) => {
-                tenants_failed.insert(t.clone());
-            }
-            Owner::Unit(id) => {
-                problem_units.insert(id.clone());
-            }
-        }
-    }
-    for t in &rendered.tenants {
-        if !loaded.catalogs.contains_key(t) {
-            tenants_failed.insert(t.clone());
-        }
-    }
-    let tenants_ok = rendered
-        .tenants
-        .iter()
-        .filter(|t| !tenants_failed.contains(*t))
-        .cloned()
-        .collect();
-    let tenant_revisions = loaded
-        .tenants
-        .iter()
-        .map(|(t, c)| (t.clone(), c.revision.clone()))
-        .collect();
-    let input = Input {
-        fleet: loaded.fleet,
-        placed: rendered.tenants,
-        tenants_ok,
-        tenants_failed,
-        fleet_ok,
-        units: rendered.units,
-        results: rendered.results,
-        revisions: rendered.revisions,
-        problem_units,
-        prior: BTreeMap::new(),
-        round: 0,
-    };
-    Ok(Prepared {
-        input,
-        problems,
-        fleet_revision: loaded.fleet_checkout.revision,
-        tenant_revisions,
-    })
 }
 
 /// Connects and checks that the API server answers, so that an unreachable cluster is one clear

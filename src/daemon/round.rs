@@ -10,11 +10,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use super::schedule::{Plan, Round, Scope, covers};
 use super::status::Metrics;
-use crate::cli::render::{Fetcher, location_key, short};
-use crate::cli::run::prepare_with;
 use crate::config::{Config, GitRef, SourceSpec};
 use crate::fleet::{Identity, Owner, UnitId, UnitSource};
 use crate::inventory::Parent;
+use crate::pipeline::{Fetcher, location_key, prepare_with, short};
 use crate::reconcile::{self, Engine, Entry, Filter, Mode};
 use crate::server::webhook::normalize_url;
 use crate::source::Sources;
@@ -121,8 +120,7 @@ pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
                     m.fetched(repo, took, ok);
                 }
             }));
-            prepare_with(&ctx.config, &fetcher, &|u| covers(&scope, u))
-                .map_err(|e| format!("{e:#}"))
+            prepare_with(&ctx.config, &fetcher, &|u| covers(&scope, u)).map_err(|e| e.to_string())
         })
         .await
         .unwrap_or_else(|e| {
@@ -213,7 +211,7 @@ pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
     }
 }
 
-fn view_of(config: &Config, prepared: &crate::cli::run::Prepared) -> View {
+fn view_of(config: &Config, prepared: &crate::pipeline::Prepared) -> View {
     let input = &prepared.input;
     let mut plans = BTreeMap::new();
     let mut targets = vec![Target::of(&config.fleet, Scope::All)];

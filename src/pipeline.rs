@@ -1,0 +1,398 @@
+//! The pipeline the commands and the agent share: fetch the fleet, the tenants' repositories and
+//! the app repositories (each once), read the catalogs, place units on a cluster, render them, and
+//! build a pass's input. No terminal, no exit codes: `cli` prints and exits, `daemon` schedules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{Config, SourceSpec};
+use crate::fleet::{self, Catalog, Cluster, Fleet, Owner, Problem, Unit, UnitId, UnitSource};
+use crate::reconcile::Input;
+use crate::render::{self, Tools};
+use crate::source::{Checkout, Sources};
+
+/// Why the pipeline could not produce its input at all (problems of single tenants and units are
+/// not errors: they come back with the input).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command's own runtime for fetches could not start.
+    #[error("cannot start the fetch runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The fleet repository could not be fetched (transient or not, as the source says).
+    #[error("fleet: {0}")]
+    Fleet(crate::source::Error),
+    /// The agent's cluster is not in the fleet; nothing may be applied.
+    #[error("cluster {cluster:?} is not in the fleet; nothing applied{problems}")]
+    UnknownCluster { cluster: String, problems: String },
+}
+
+/// The fleet, the tenants' checkouts and catalogs, read once.
+pub struct Loaded {
+    pub fleet_checkout: Checkout,
+    pub fleet: Fleet,
+    /// Each tenant's checkout (at the folder holding its `tenant.yaml`), when it could be fetched.
+    pub tenants: BTreeMap<String, Checkout>,
+    pub catalogs: BTreeMap<String, Catalog>,
+    pub problems: Vec<Problem>,
+}
+
+/// One cluster's units rendered.
+pub struct Rendered {
+    /// The tenants that land on the cluster.
+    pub tenants: Vec<String>,
+    pub units: Vec<Unit>,
+    pub results: BTreeMap<UnitId, render::Rendered>,
+    /// The revision each unit was rendered from.
+    pub revisions: BTreeMap<UnitId, String>,
+    pub problems: Vec<Problem>,
+}
+
+/// Fetches sources on a runtime from a blocking thread: the CLI's own runtime, or the daemon's
+/// (from `spawn_blocking`).
+pub struct Fetcher {
+    /// The CLI's runtime, owned here; the daemon lends its handle instead.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    sources: Arc<Sources>,
+    /// App repos already fetched in this run, by location and ref: `validate` renders every
+    /// cluster, and an app repo used on several clusters is fetched once, not once per cluster.
+    repos: std::cell::RefCell<BTreeMap<String, Result<Checkout, String>>>,
+    /// The locations (see [`location_key`]) to fetch from their remote; any other is served from
+    /// its last good checkout when it has one. `None`: fetch everything.
+    pub fresh: Option<BTreeSet<String>>,
+    /// Told of every remote fetch: the location, how long it took, whether it worked.
+    pub observe: Option<Observer>,
+}
+
+/// A callback for fetch figures (the daemon's metrics).
+pub type Observer = Arc<dyn Fn(&str, std::time::Duration, bool) + Send + Sync>;
+
+/// The key a source is known by for webhooks and fresh fetches: its location, redacted.
+pub fn location_key(spec: &SourceSpec) -> String {
+    spec.location.to_string()
+}
+
+/// A unit's render problems, or the objects it refused.
+pub fn unit_problems(id: &UnitId, result: &render::Rendered) -> Vec<Problem> {
+    match result {
+        Ok(objects) => objects.iter().filter_map(|o| o.refusal(id)).collect(),
+        Err(list) => list.clone(),
+    }
+}
+
+impl Fetcher {
+    /// A fetcher with its own runtime, for one CLI command.
+    pub fn new(config: &Config) -> Result<Fetcher, Error> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        let handle = runtime.handle().clone();
+        Ok(Fetcher {
+            runtime: Some(runtime),
+            ..Fetcher::on(handle, Arc::new(Sources::new(config)))
+        })
+    }
+
+    /// A fetcher on a running runtime; to be used from a blocking thread.
+    pub fn on(handle: tokio::runtime::Handle, sources: Arc<Sources>) -> Fetcher {
+        Fetcher {
+            runtime: None,
+            handle,
+            sources,
+            repos: Default::default(),
+            fresh: None,
+            observe: None,
+        }
+    }
+
+    /// Runs a future to completion on the fetcher's runtime (not from inside that runtime).
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        match &self.runtime {
+            Some(rt) => rt.block_on(future),
+            None => self.handle.block_on(future),
+        }
+    }
+
+    /// The checkouts of `wanted` app repos (keyed by location and ref), each fetched at most
+    /// once per run; the new ones all at the same time.
+    fn fetch_repos(
+        &self,
+        wanted: BTreeMap<String, SourceSpec>,
+    ) -> BTreeMap<String, Result<Checkout, String>> {
+        let new: Vec<(String, SourceSpec)> = wanted
+            .iter()
+            .filter(|(k, _)| !self.repos.borrow().contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let (keys, specs): (Vec<String>, Vec<SourceSpec>) = new.into_iter().unzip();
+        let fetched = self.fetch_all(specs);
+        let mut cache = self.repos.borrow_mut();
+        for (k, r) in keys.into_iter().zip(fetched) {
+            cache.insert(k, r.map_err(|e| e.to_string()));
+        }
+        wanted
+            .keys()
+            .filter_map(|k| cache.get(k).map(|r| (k.clone(), r.clone())))
+            .collect()
+    }
+
+    /// Fetches every spec at once (or takes its last good checkout, if it is not to be fetched
+    /// fresh); the results come back in the same order.
+    fn fetch_all(&self, specs: Vec<SourceSpec>) -> Vec<Result<Checkout, crate::source::Error>> {
+        self.block_on(async {
+            let tasks: Vec<_> = specs
+                .into_iter()
+                .map(|spec| {
+                    let sources = self.sources.clone();
+                    let key = location_key(&spec);
+                    let stale = self.fresh.as_ref().is_some_and(|f| !f.contains(&key));
+                    let observe = self.observe.clone();
+                    tokio::spawn(async move {
+                        if stale && let Some(checkout) = sources.last_good(&spec) {
+                            return Ok(checkout);
+                        }
+                        let started = std::time::Instant::now();
+                        let result = sources.fetch(&spec).await;
+                        if let Some(observe) = observe {
+                            observe(&key, started.elapsed(), result.is_ok());
+                        }
+                        result
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                out.push(task.await.unwrap_or_else(|e| {
+                    Err(crate::source::Error {
+                        location: "?".into(),
+                        message: e.to_string(),
+                        transient: true,
+                    })
+                }));
+            }
+            out
+        })
+    }
+}
+
+/// Fetches the fleet, and the repos and catalogs of the tenants that land on `cluster` (of every
+/// tenant when `None`).
+pub fn load(config: &Config, fetcher: &Fetcher, cluster: Option<&str>) -> Result<Loaded, Error> {
+    let fleet_checkout = fetcher
+        .fetch_all(vec![config.fleet.clone()])
+        .pop()
+        .expect("one result per spec")
+        .map_err(Error::Fleet)?;
+    let known = |name: &str| config.credentials.get(name);
+    let (fleet, mut problems) = fleet::read_fleet(&fleet_checkout.root, &known);
+    let on_cluster = |t: &&crate::fleet::Tenant| match cluster {
+        None => true,
+        Some(name) => fleet.clusters.get(name).is_some_and(|c| t.lands_on(c)),
+    };
+    let selected: Vec<&crate::fleet::Tenant> = fleet.tenants.values().filter(on_cluster).collect();
+    let fetched = fetcher.fetch_all(selected.iter().map(|t| t.source.clone()).collect());
+    let mut tenants = BTreeMap::new();
+    let mut catalogs = BTreeMap::new();
+    for (tenant, result) in selected.into_iter().zip(fetched) {
+        let checkout = match result {
+            Ok(checkout) => checkout,
+            Err(e) => {
+                problems.push(Problem::new(
+                    Owner::Tenant(tenant.name.clone()),
+                    format!("source: {e}"),
+                ));
+                continue;
+            }
+        };
+        match fleet::read_catalog(tenant, &checkout.root, &known) {
+            Ok(catalog) => {
+                catalogs.insert(tenant.name.clone(), catalog);
+            }
+            Err(list) => {
+                problems.extend(list.into_iter().map(|p| at_revision(p, &checkout.revision)))
+            }
+        }
+        tenants.insert(tenant.name.clone(), checkout);
+    }
+    Ok(Loaded {
+        fleet_checkout,
+        fleet,
+        tenants,
+        catalogs,
+        problems,
+    })
+}
+
+/// Names the commit a tenant's problem was found at (a local folder is named by its path already).
+fn at_revision(p: Problem, revision: &str) -> Problem {
+    if revision.starts_with("sha256:") {
+        return p;
+    }
+    Problem {
+        detail: format!("{} (at {})", p.detail, short(revision)),
+        ..p
+    }
+}
+
+pub fn short(revision: &str) -> &str {
+    match revision.strip_prefix("sha256:") {
+        Some(hex) => &revision[..("sha256:".len() + hex.len().min(12))],
+        None => &revision[..revision.len().min(12)],
+    }
+}
+
+pub fn render_cluster(
+    loaded: &Loaded,
+    fetcher: &Fetcher,
+    cluster: &Cluster,
+    tools: &Tools,
+    select: &dyn Fn(&UnitId) -> bool,
+) -> Rendered {
+    let placement = fleet::place(&loaded.fleet, cluster, &loaded.catalogs);
+    let selected: Vec<Unit> = placement
+        .units
+        .iter()
+        .filter(|u| select(&u.id))
+        .cloned()
+        .collect();
+
+    // App repos: each distinct one fetched once, all at the same time. The renderer applies the
+    // app's `path`, so the repo itself is fetched.
+    let repo_key = |spec: &SourceSpec| format!("{}|{}", spec.location, spec.reference);
+    let mut wanted: BTreeMap<String, SourceSpec> = BTreeMap::new();
+    for unit in &selected {
+        if let UnitSource::Repo(spec) = &unit.source {
+            wanted.entry(repo_key(spec)).or_insert_with(|| SourceSpec {
+                path: None,
+                ..spec.clone()
+            });
+        }
+    }
+    let repos = fetcher.fetch_repos(wanted);
+
+    let checkout_of = |unit: &Unit| -> Result<Checkout, String> {
+        match &unit.source {
+            UnitSource::Fleet { .. } => Ok(loaded.fleet_checkout.clone()),
+            UnitSource::Tenant { .. } => {
+                let tenant = unit.id.tenant.as_deref().unwrap_or_default();
+                loaded
+                    .tenants
+                    .get(tenant)
+                    .cloned()
+                    .ok_or_else(|| format!("tenant {tenant}'s repository is not available"))
+            }
+            UnitSource::Repo(spec) => repos
+                .get(&repo_key(spec))
+                .cloned()
+                .unwrap_or_else(|| Err("not fetched".into())),
+        }
+    };
+    let revisions: BTreeMap<UnitId, String> = selected
+        .iter()
+        .filter_map(|u| checkout_of(u).ok().map(|c| (u.id.clone(), c.revision)))
+        .collect();
+    let root_of = |unit: &Unit| -> Result<PathBuf, String> { checkout_of(unit).map(|c| c.root) };
+    let results = render::render_all(&selected, &root_of, tools);
+    Rendered {
+        tenants: placement.tenants,
+        units: placement.units,
+        results,
+        revisions,
+        problems: placement.problems,
+    }
+}
+
+/// One cluster's fleet, catalogs and selected renders.
+pub struct Prepared {
+    pub input: Input,
+    pub problems: Vec<Problem>,
+    pub fleet_revision: String,
+    /// Each fetched tenant repo's revision.
+    pub tenant_revisions: BTreeMap<String, String>,
+}
+
+/// Fetches (through `fetcher`) and renders the units of this agent's cluster that `select`
+/// picks; every placed unit is in the input, only the selected ones are rendered.
+pub fn prepare_with(
+    config: &Config,
+    fetcher: &Fetcher,
+    select: &dyn Fn(&crate::fleet::UnitId) -> bool,
+) -> Result<Prepared, Error> {
+    let loaded = load(config, fetcher, Some(&config.cluster))?;
+    let Some(cluster) = loaded.fleet.clusters.get(&config.cluster).cloned() else {
+        let problems: Vec<String> = loaded.problems.iter().map(|p| p.to_string()).collect();
+        return Err(Error::UnknownCluster {
+            cluster: config.cluster.clone(),
+            problems: if problems.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", problems.join("; "))
+            },
+        });
+    };
+    let rendered = render_cluster(
+        &loaded,
+        fetcher,
+        &cluster,
+        &Tools::from(&config.render),
+        select,
+    );
+    let problems: Vec<Problem> = loaded
+        .problems
+        .iter()
+        .chain(&rendered.problems)
+        .cloned()
+        .collect();
+    let mut tenants_failed: BTreeSet<String> = BTreeSet::new();
+    let mut problem_units = BTreeSet::new();
+    let mut fleet_ok = true;
+    for p in &problems {
+        match &p.owner {
+            Owner::Fleet => fleet_ok = false,
+            Owner::Tenant(t) => {
+                tenants_failed.insert(t.clone());
+            }
+            Owner::Unit(id) => {
+                problem_units.insert(id.clone());
+            }
+        }
+    }
+    for t in &rendered.tenants {
+        if !loaded.catalogs.contains_key(t) {
+            tenants_failed.insert(t.clone());
+        }
+    }
+    let tenants_ok = rendered
+        .tenants
+        .iter()
+        .filter(|t| !tenants_failed.contains(*t))
+        .cloned()
+        .collect();
+    let tenant_revisions = loaded
+        .tenants
+        .iter()
+        .map(|(t, c)| (t.clone(), c.revision.clone()))
+        .collect();
+    let input = Input {
+        fleet: loaded.fleet,
+        placed: rendered.tenants,
+        tenants_ok,
+        tenants_failed,
+        fleet_ok,
+        units: rendered.units,
+        results: rendered.results,
+        revisions: rendered.revisions,
+        problem_units,
+        prior: BTreeMap::new(),
+        round: 0,
+    };
+    Ok(Prepared {
+        input,
+        problems,
+        fleet_revision: loaded.fleet_checkout.revision,
+        tenant_revisions,
+    })
+}
