@@ -4,14 +4,6 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Checks a filter (`info`, `warn,flotilla=debug`) without installing it.
-pub fn check_filter(filter: &str) -> Result<(), String> {
-    EnvFilter::builder()
-        .parse(filter)
-        .map(drop)
-        .map_err(|error| format!("{filter:?} is not a log level or filter: {error}"))
-}
-
 /// Installs the global subscriber. Called once, after the config (if any) is loaded, so the
 /// config's `log` section and the command-line flags both apply.
 pub fn init(format: LogFormat, filter: &str) {

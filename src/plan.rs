@@ -10,8 +10,7 @@ use sha2::{Digest as _, Sha256};
 use crate::inventory::{Member, Record};
 use crate::render::{Object, ObjectKey, Scope};
 
-/// The field manager of every apply flotilla makes.
-pub const FIELD_MANAGER: &str = "flotilla";
+pub use crate::cluster::FIELD_MANAGER;
 /// Annotation carrying the sha256 of the rendered object an object was applied from.
 pub const HASH_ANNOTATION: &str = "flotilla.dev/hash";
 

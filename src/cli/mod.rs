@@ -123,7 +123,7 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let Cli { global, command } = cli;
-    if let Some(Err(why)) = global.log_level.as_deref().map(logging::check_filter) {
+    if let Some(Err(why)) = global.log_level.as_deref().map(crate::config::check_filter) {
         eprintln!("error: --log-level: {why}");
         return Ok(ExitCode::from(2));
     }

@@ -20,7 +20,9 @@ use kube::{Client, Config};
 use serde_json::Value;
 
 use crate::fleet::Identity;
-use crate::plan::FIELD_MANAGER;
+
+/// The field manager of every apply flotilla makes.
+pub const FIELD_MANAGER: &str = "flotilla";
 
 /// What went wrong talking to the cluster.
 #[derive(Clone, Debug, thiserror::Error)]

@@ -523,7 +523,7 @@ fn decode_log(node: Option<&Node>, report: &mut Report) -> Option<Log> {
     }
     if let Some(n) = fields.get("level") {
         match n.str("log.level", report) {
-            Some(level) => match crate::logging::check_filter(level) {
+            Some(level) => match check_filter(level) {
                 Ok(()) => log.level = level.to_string(),
                 Err(why) => {
                     report.error(n, "log.level", why);
@@ -666,4 +666,12 @@ impl Credential {
             CredentialKind::Https
         }
     }
+}
+
+/// Checks a log filter (`info`, `warn,flotilla=debug`) without installing it.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map(drop)
+        .map_err(|error| format!("{filter:?} is not a log level or filter: {error}"))
 }
