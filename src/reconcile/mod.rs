@@ -4,9 +4,12 @@
 //!
 //! `set` syncs one set; `health` says whether a live object is ready.
 
+mod apply;
 pub mod health;
+mod removal;
 pub mod set;
 pub mod slots;
+mod wait;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -15,9 +18,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::cluster::Cluster;
-use crate::fleet::{self, Fleet, Identity, OnRemoval, Tenant, Unit, UnitId};
-use crate::inventory::{ID_LABEL, Parent};
+use crate::fleet::{self, Fleet, Identity, Tenant, Unit, UnitId};
+use crate::inventory::Parent;
 use crate::render::{self, LABEL_APP, LABEL_TENANT, Object, ObjectKey, Scope};
+use removal::{departed_tenants, removed_apps};
 pub use set::{Engine, Mode, Outcome, SetOptions, SetSpec};
 
 /// The `flotilla.dev/app` label of a tenant's onboarding set (not a valid app name).
@@ -557,235 +561,9 @@ fn made(body: serde_json::Value, scope: Scope) -> Object {
     }
 }
 
-/// A set that left Git: pruned (or described) and its parent deleted.
-fn removal(tenant: &Tenant, app: &str, parent: Parent, mode: Mode) -> SetSpec {
-    SetSpec {
-        name: format!("tenant {}, app {app} (removed)", tenant.name),
-        tenant: Some(tenant.name.clone()),
-        set: app.to_string(),
-        identity: tenant_identity(tenant),
-        parent,
-        objects: Vec::new(),
-        refused: Vec::new(),
-        options: SetOptions {
-            prune: true,
-            force: true,
-            allow_empty: true,
-            recreate: false,
-            wait: false,
-            timeout: DEFAULT_TIMEOUT,
-            keep_namespaces: true,
-            limits: None,
-        },
-        mode: if mode == Mode::Diff {
-            Mode::Diff
-        } else {
-            Mode::Remove
-        },
-    }
-}
-
-/// The inventories of a tenant's apps that are no longer rendered for this cluster, found in the
-/// tenant's namespaces through the tenant's own identity.
-/// A tenant whose onboarding failed is left for a later pass: its identity may not work yet, and
-/// its units already said why.
-async fn removed_apps(
-    engine: &Engine,
-    input: &Input,
-    filter: &Filter,
-    mode: Mode,
-    not_onboarded: &BTreeMap<String, String>,
-) -> Vec<Entry> {
-    let mut entries = Vec::new();
-    for name in &input.tenants_ok {
-        let Some(tenant) = input.fleet.tenants.get(name) else {
-            continue;
-        };
-        if !filter.tenant(name) || not_onboarded.contains_key(name) {
-            continue;
-        }
-        let present: BTreeSet<&str> = input
-            .units
-            .iter()
-            .map(|u| &u.id)
-            .chain(&input.problem_units)
-            .filter(|id| id.tenant.as_deref() == Some(name))
-            .map(|id| id.app.as_str())
-            .collect();
-        let found = match parents(engine, tenant).await {
-            Ok(found) => found,
-            Err(e) => {
-                entries.push(Entry {
-                    unit: None,
-                    name: format!("tenant {name}: removed apps"),
-                    revision: None,
-                    outcome: Outcome {
-                        error: Some(format!("listing the tenant's inventories: {e}")),
-                        ..Default::default()
-                    },
-                });
-                continue;
-            }
-        };
-        for (app, parent) in found {
-            // An app a later round synced is one this pass's (older) catalog may not know yet.
-            if present.contains(app.as_str())
-                || app == ONBOARDING
-                || filter.app.as_deref().is_some_and(|a| a != app)
-                || engine.synced_later(&UnitId::app(name, &app), input.round)
-            {
-                continue;
-            }
-            entries.push(remove_set(engine, tenant, &app, parent, tenant.prune, mode).await);
-        }
-    }
-    entries
-}
-
-/// Tenants with inventories on this cluster that no longer land on it: reported, and pruned
-/// only if the fleet says `onRemoval: prune`.
-async fn departed_tenants(engine: &Engine, input: &Input, mode: Mode) -> Vec<Entry> {
-    let found = match parents_everywhere(engine).await {
-        Ok(found) => found,
-        Err(e) => {
-            return vec![Entry {
-                unit: None,
-                name: "departed tenants".into(),
-                revision: None,
-                outcome: Outcome {
-                    error: Some(format!("listing flotilla's inventories: {e}")),
-                    ..Default::default()
-                },
-            }];
-        }
-    };
-    let mut entries = Vec::new();
-    let mut by_tenant: BTreeMap<String, Vec<(String, Parent)>> = BTreeMap::new();
-    for (tenant, app, parent) in found {
-        if !input.placed.contains(&tenant) && !input.tenants_failed.contains(&tenant) {
-            by_tenant.entry(tenant).or_default().push((app, parent));
-        }
-    }
-    for (name, sets) in by_tenant {
-        let apps: Vec<&(String, Parent)> = sets.iter().filter(|(a, _)| a != ONBOARDING).collect();
-        match input.fleet.tenants.get(&name) {
-            Some(tenant) if tenant.on_removal == OnRemoval::Prune => {
-                for (app, parent) in apps {
-                    // The tenant's own identity: a set outside its namespaces is not its own.
-                    if tenant.namespaces.contains(&parent.namespace) {
-                        entries.push(
-                            remove_set(engine, tenant, app, parent.clone(), true, mode).await,
-                        );
-                    }
-                }
-            }
-            _ if apps.is_empty() => {}
-            _ => entries.push(Entry {
-                unit: None,
-                name: format!("tenant {name}"),
-                revision: None,
-                outcome: Outcome {
-                    notes: vec![format!(
-                        "no longer lands on this cluster; the objects of its {} are kept (onRemoval: keep)",
-                        set::count(apps.len(), "app")
-                    )],
-                    ..Default::default()
-                },
-            }),
-        }
-    }
-    entries
-}
-
-async fn remove_set(
-    engine: &Engine,
-    tenant: &Tenant,
-    app: &str,
-    parent: Parent,
-    prune: bool,
-    mode: Mode,
-) -> Entry {
-    let spec = removal(tenant, app, parent, mode);
-    if !prune {
-        return Entry {
-            unit: None,
-            name: spec.name,
-            revision: None,
-            outcome: Outcome {
-                notes: vec!["no longer rendered here; its objects are kept (prune: false)".into()],
-                ..Default::default()
-            },
-        };
-    }
-    let outcome = engine.sync(&spec).await;
-    Entry {
-        unit: None,
-        name: spec.name,
-        revision: None,
-        outcome,
-    }
-}
-
 fn tenant_identity(tenant: &Tenant) -> Identity {
     Identity::ServiceAccount {
         namespace: tenant.namespaces.first().cloned().unwrap_or_default(),
         name: tenant.service_account.clone(),
     }
-}
-
-/// The app inventories of `tenant` in its namespaces: `(app, parent)`, only those whose name is
-/// the one flotilla gives that app's parent.
-async fn parents(
-    engine: &Engine,
-    tenant: &Tenant,
-) -> Result<Vec<(String, Parent)>, crate::cluster::Error> {
-    let client = engine.cluster.client(&tenant_identity(tenant))?;
-    let configmaps = engine.cluster.resolve("v1", "ConfigMap").await?;
-    let selector = format!("{LABEL_TENANT}={},{ID_LABEL}", tenant.name);
-    let mut out = Vec::new();
-    for ns in &tenant.namespaces {
-        let items = match Cluster::list_metadata(&client, &configmaps, Some(ns), &selector).await {
-            Ok(items) => items,
-            // A namespace not created yet holds nothing.
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e),
-        };
-        for item in items {
-            let Some(app) = item["metadata"]["labels"][LABEL_APP].as_str() else {
-                continue;
-            };
-            let parent = Parent::of_unit(&UnitId::app(&tenant.name, app), Some(ns));
-            if item["metadata"]["name"].as_str() == Some(parent.name.as_str()) {
-                out.push((app.to_string(), parent));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Every flotilla inventory of a tenant in the cluster, with the agent's identity:
-/// `(tenant, app, parent)`.
-async fn parents_everywhere(
-    engine: &Engine,
-) -> Result<Vec<(String, String, Parent)>, crate::cluster::Error> {
-    let client = engine.cluster.client(&Identity::Agent)?;
-    let configmaps = engine.cluster.resolve("v1", "ConfigMap").await?;
-    let selector = format!("{LABEL_TENANT},{ID_LABEL}");
-    let items = Cluster::list_metadata(&client, &configmaps, None, &selector).await?;
-    Ok(items
-        .iter()
-        .filter_map(|item| {
-            let meta = &item["metadata"];
-            let tenant = meta["labels"][LABEL_TENANT].as_str()?;
-            let app = meta["labels"][LABEL_APP].as_str()?;
-            Some((
-                tenant.to_string(),
-                app.to_string(),
-                Parent {
-                    namespace: meta["namespace"].as_str()?.to_string(),
-                    name: meta["name"].as_str()?.to_string(),
-                },
-            ))
-        })
-        .collect())
 }
