@@ -151,7 +151,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, via: Via) -> Respon
             // Metrics name every tenant, app and repository: over the main TCP listener only
             // with the API token (a scraper without one uses `listen.metrics`).
             if via == Via::Tcp
-                && let Err(why) = authorize(&req, &shared, via)
+                && let Err(why) = authorize(&req, &shared, via).await
             {
                 return error(StatusCode::UNAUTHORIZED, &why);
             }
@@ -173,7 +173,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, via: Via) -> Respon
         }
         (_, "/hooks") => error(StatusCode::NOT_FOUND, "no such receiver"),
         (m, "/api/v1/sync" | "/api/v1/status") => {
-            if let Err(why) = authorize(&req, &shared, via) {
+            if let Err(why) = authorize(&req, &shared, via).await {
                 return error(StatusCode::UNAUTHORIZED, &why);
             }
             match (m, path.as_str()) {
@@ -193,14 +193,15 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, via: Via) -> Respon
 }
 
 /// The socket needs nothing (its mode guards it); TCP needs `Authorization: Bearer <token>`.
-fn authorize(req: &Request<Incoming>, shared: &Shared, via: Via) -> Result<(), String> {
+/// The token file is read on each request (a rotated token works at once), on the blocking pool.
+async fn authorize(req: &Request<Incoming>, shared: &Shared, via: Via) -> Result<(), String> {
     if via == Via::Socket {
         return Ok(());
     }
     let Some(file) = shared.config().listen.token_file.clone() else {
         return Err("the HTTP API is off: listen.token_file is not set (use the socket)".into());
     };
-    let token = std::fs::read(&file).map_err(|e| {
+    let token = tokio::fs::read(&file).await.map_err(|e| {
         tracing::error!(file = %file.display(), error = %e, "cannot read the API token file");
         "the API token cannot be read".to_string()
     })?;
@@ -304,7 +305,7 @@ async fn hook(name: &str, req: Request<Incoming>, shared: &Shared) -> Response<B
             "no secret of this receiver is for the repository the push names",
         );
     };
-    let key = match std::fs::read(&file) {
+    let key = match tokio::fs::read(&file).await {
         Ok(key) => key,
         Err(e) => {
             tracing::error!(receiver = name, file = %file.display(), error = %e, "cannot read the webhook secret");

@@ -229,55 +229,18 @@ impl Sources {
             };
         let root = apply_path(&dir, spec)
             .map_err(|message| (error(format!("at {commit}: {message}"), false), false))?;
-        self.record(&key, &spec.reference, &commit);
+        // Records and garbage collection touch the disk: on the blocking pool, still under the
+        // URL's lock.
+        let (refs, checkouts) = (self.refs_dir(&key), self.checkouts_dir(&key));
+        let (reference, recorded) = (spec.reference.clone(), commit.clone());
+        let _ =
+            tokio::task::spawn_blocking(move || record(&refs, &checkouts, &reference, &recorded))
+                .await;
         tracing::debug!(source = %location, revision = %commit, elapsed = ?started.elapsed(), "source ready");
         Ok(Checkout {
             root,
             revision: commit,
         })
-    }
-
-    /// Remembers `commit` as the current one for (URL, ref) and removes checkouts no ref keeps.
-    fn record(&self, key: &str, reference: &GitRef, commit: &str) {
-        let refs = self.refs_dir(key);
-        let file = refs.join(ref_key(reference));
-        let previous = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|t| t.lines().next().map(str::to_string));
-        if previous.as_deref() == Some(commit) {
-            // Unchanged: the previous commit stays the previous one (and its checkout stays).
-            return;
-        }
-        let text = format!("{commit}\n{}\n", previous.unwrap_or_default());
-        if std::fs::create_dir_all(&refs).is_ok() {
-            // Written whole and renamed, so a reader never sees half a file.
-            let tmp = refs.join(format!(".{}.tmp", ref_key(reference)));
-            if std::fs::write(&tmp, text).is_ok() {
-                let _ = std::fs::rename(&tmp, &file);
-            }
-        }
-        self.collect_garbage(key);
-    }
-
-    /// Keeps the current and previous checkout of every ref of this URL; removes the rest.
-    fn collect_garbage(&self, key: &str) {
-        let mut keep = BTreeSet::new();
-        if let Ok(entries) = std::fs::read_dir(self.refs_dir(key)) {
-            for entry in entries.flatten() {
-                if let Ok(text) = std::fs::read_to_string(entry.path()) {
-                    keep.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
-                }
-            }
-        }
-        let Ok(entries) = std::fs::read_dir(self.checkouts_dir(key)) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with('.') && !keep.contains(&name) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
     }
 
     fn lock_for(&self, url: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -332,6 +295,44 @@ fn hex16(bytes: &[u8]) -> String {
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Remembers `commit` as the current one for (URL, ref) in `refs`, and removes the checkouts in
+/// `checkouts` that no ref of the URL keeps (each keeps its current and previous commit).
+fn record(refs: &Path, checkouts: &Path, reference: &GitRef, commit: &str) {
+    let file = refs.join(ref_key(reference));
+    let previous = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| t.lines().next().map(str::to_string));
+    if previous.as_deref() == Some(commit) {
+        // Unchanged: the previous commit stays the previous one (and its checkout stays).
+        return;
+    }
+    let text = format!("{commit}\n{}\n", previous.unwrap_or_default());
+    if std::fs::create_dir_all(refs).is_ok() {
+        // Written whole and renamed, so a reader never sees half a file.
+        let tmp = refs.join(format!(".{}.tmp", ref_key(reference)));
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, &file);
+        }
+    }
+    let mut keep = BTreeSet::new();
+    if let Ok(entries) = std::fs::read_dir(refs) {
+        for entry in entries.flatten() {
+            if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                keep.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
+            }
+        }
+    }
+    let Ok(entries) = std::fs::read_dir(checkouts) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && !keep.contains(&name) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// 0.5 s, 1 s, 2 s, ... capped at 30 s, each ±20% so many sources do not retry in step.
