@@ -9,10 +9,11 @@
 //! - `refs/<key>/<refkey>`: per (URL, ref), the current and the previous commit. Garbage
 //!   collection keeps exactly the checkouts these name.
 
+mod checkout;
 mod git;
 pub mod known_hosts;
 pub mod local;
-pub use git::REFUSED_LINK;
+pub use checkout::REFUSED_LINK;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -170,9 +171,9 @@ impl Sources {
             };
             let update = || -> Result<(String, PathBuf), git::Failure> {
                 let commit = git::resolve_and_fetch(&mirror, &access, &reference)?;
-                let dest = git::checkout_dir(&checkouts, commit);
+                let dest = checkout::checkout_dir(&checkouts, commit);
                 if !dest.is_dir() {
-                    git::checkout(&mirror, commit, &dest)?;
+                    checkout::checkout(&mirror, commit, &dest)?;
                 }
                 Ok((commit.to_string(), dest))
             };
