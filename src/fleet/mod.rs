@@ -6,6 +6,7 @@
 //! or a cluster. Problems are collected, never fatal to unrelated tenants: a broken tenant file or
 //! catalog takes out that tenant only, a broken app that app only.
 
+mod catalog;
 mod parse;
 mod units;
 
@@ -13,7 +14,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-pub use parse::{read_catalog, read_fleet};
+pub use catalog::read_catalog;
+pub use parse::read_fleet;
 pub use units::{Placement, place};
 
 use crate::config::SourceSpec;
