@@ -7,6 +7,7 @@
 
 mod decode;
 pub mod hosts;
+mod secrets;
 mod source;
 
 use std::collections::BTreeMap;
