@@ -290,18 +290,17 @@ impl Cluster {
         selector: &str,
     ) -> Result<Vec<Value>, Error> {
         let api = Self::api(client, resource, namespace);
-        let mut params = ListParams::default().labels(selector).limit(500);
-        let mut out = Vec::new();
-        loop {
-            let page = api.list(&params).await.map_err(Error::from_kube)?;
-            let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
-            out.extend(page.items.into_iter().map(to_value));
-            match next {
-                Some(token) => params = params.continue_token(&token),
-                None => break,
+        paged(selector, |params| {
+            let api = api.clone();
+            async move {
+                let page = api.list(&params).await?;
+                Ok((
+                    page.metadata.continue_,
+                    page.items.into_iter().map(to_value).collect(),
+                ))
             }
-        }
-        Ok(out)
+        })
+        .await
     }
 
     /// The metadata of the objects matching `selector` (a metadata-only list, paged): for lists
@@ -313,22 +312,21 @@ impl Cluster {
         selector: &str,
     ) -> Result<Vec<Value>, Error> {
         let api = Self::api(client, resource, namespace);
-        let mut params = ListParams::default().labels(selector).limit(500);
-        let mut out = Vec::new();
-        loop {
-            let page = api.list_metadata(&params).await.map_err(Error::from_kube)?;
-            let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
-            out.extend(
-                page.items
+        paged(selector, |params| {
+            let api = api.clone();
+            async move {
+                let page = api.list_metadata(&params).await?;
+                let items = page
+                    .items
                     .into_iter()
-                    .map(|o| serde_json::json!({"metadata": serde_json::to_value(&o.metadata).unwrap_or_default()})),
-            );
-            match next {
-                Some(token) => params = params.continue_token(&token),
-                None => break,
+                    .map(|o| {
+                        serde_json::json!({"metadata": serde_json::to_value(&o.metadata).unwrap_or_default()})
+                    })
+                    .collect();
+                Ok((page.metadata.continue_, items))
             }
-        }
-        Ok(out)
+        })
+        .await
     }
 
     /// Server-side apply of `body` with field manager `flotilla`; a dry run changes nothing.
@@ -406,4 +404,23 @@ fn find(list: &APIResourceList, api_version: &str, kind: &str) -> Option<Resourc
 
 fn to_value(object: DynamicObject) -> Value {
     serde_json::to_value(object).expect("a DynamicObject serializes")
+}
+
+/// Runs a list `page` by `page` (500 objects at most each) until the server gives no continue
+/// token, and returns every item.
+async fn paged<F, Fut>(selector: &str, mut page: F) -> Result<Vec<Value>, Error>
+where
+    F: FnMut(ListParams) -> Fut,
+    Fut: std::future::Future<Output = Result<(Option<String>, Vec<Value>), kube::Error>>,
+{
+    let mut params = ListParams::default().labels(selector).limit(500);
+    let mut out = Vec::new();
+    loop {
+        let (next, items) = page(params.clone()).await.map_err(Error::from_kube)?;
+        out.extend(items);
+        match next.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(out),
+        }
+    }
 }
