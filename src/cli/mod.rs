@@ -137,13 +137,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Some(config) => run::once(&config),
             None => Ok(ExitCode::from(2)),
         },
-        Command::Run { once: false } => {
-            one_malloc_arena();
-            match load_or_report(&global)? {
-                Some(config) => Ok(crate::daemon::run(config)?),
-                None => Ok(ExitCode::from(2)),
-            }
-        }
+        Command::Run { once: false } => match load_or_report(&global)? {
+            Some(config) => Ok(crate::daemon::run(config)?),
+            None => Ok(ExitCode::from(2)),
+        },
         Command::Sync {
             tenant,
             app,
@@ -218,27 +215,6 @@ fn load_or_report(global: &Global) -> anyhow::Result<Option<Config>> {
             _ => Err(error),
         },
     }
-}
-
-/// The long-running agent uses one malloc arena: glibc's default of one per thread that ever
-/// allocated keeps the memory of every round's peak resident (10,000 objects: 78 MiB against 61
-/// MiB, at the same speed). The setting is read when the process starts, so the agent re-executes
-/// itself once with `MALLOC_ARENA_MAX=1` (same PID, so systemd and signals are unaffected). An
-/// operator's own `MALLOC_ARENA_MAX` is kept.
-fn one_malloc_arena() {
-    use std::os::unix::process::CommandExt as _;
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let error = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("MALLOC_ARENA_MAX", "1")
-        .exec();
-    // Still here: the exec failed (the binary was replaced on disk); run with the default.
-    eprintln!("note: could not re-execute with MALLOC_ARENA_MAX=1 ({error}); continuing");
 }
 
 /// `flotilla <version> (commit <sha>)`; the commit comes from `FLOTILLA_COMMIT` at build time.
