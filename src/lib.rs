@@ -5,6 +5,7 @@
 // `unsafe` is denied everywhere; the one exception (libgit2's global timeouts) says why.
 #![deny(unsafe_code)]
 
+pub mod agent;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -11,8 +11,8 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, StatusCode};
 
 use super::{Global, Output};
+use crate::agent::status::{Report, SyncEvent};
 use crate::config::{self, Config};
-use crate::daemon::status::{Report, SyncEvent};
 
 /// How to reach the agent.
 #[derive(Debug, clap::Args)]

@@ -18,27 +18,26 @@ pub mod leader;
 pub mod reload;
 pub mod round;
 pub mod schedule;
-pub mod status;
 pub mod systemd;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+pub use crate::agent::{Request, Shared, Waiter, report, status, stopped};
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::fleet::{Identity, UnitId};
+use crate::fleet::Identity;
 use crate::reconcile::Engine;
 use crate::source::Sources;
 use finished::{Revisions, joined_round, publish_next_runs};
-use round::{Context, Done, Target, unit_name};
-use schedule::{Plan, Schedule, Scope};
-use status::{Metrics, Report, SyncEvent, UnitStatus};
+use round::{Context, Done};
+use schedule::{Schedule, Scope};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,124 +55,6 @@ pub enum Error {
     Cluster(#[from] crate::cluster::Error),
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
-}
-
-/// Something to reconcile, and who waits for it.
-pub struct Request {
-    pub scope: Scope,
-    /// Location keys to fetch from their remotes first.
-    pub fresh: BTreeSet<String>,
-    pub reason: String,
-    pub waiter: Option<Waiter>,
-}
-
-/// A caller of `sync --wait`: hears of each set synced for its scope, then `done`.
-#[derive(Clone)]
-pub struct Waiter {
-    tx: mpsc::UnboundedSender<SyncEvent>,
-    scope: Scope,
-    ok: Arc<AtomicBool>,
-}
-
-impl Waiter {
-    pub fn new(tx: mpsc::UnboundedSender<SyncEvent>, scope: Scope) -> Waiter {
-        Waiter {
-            tx,
-            scope,
-            ok: Arc::new(AtomicBool::new(true)),
-        }
-    }
-}
-
-/// What the servers and the scheduler share.
-pub struct Shared {
-    pub ready: AtomicBool,
-    pub leader: AtomicBool,
-    pub metrics: Arc<Mutex<Metrics>>,
-    /// Which repositories feed which scopes (webhooks).
-    pub targets: Mutex<Vec<Target>>,
-    /// Every unit placed on this cluster, with its schedule.
-    pub plans: Mutex<BTreeMap<UnitId, Plan>>,
-    /// The tenants that land on this cluster.
-    pub tenants: Mutex<BTreeSet<String>>,
-    config: Mutex<Arc<Config>>,
-    units: Mutex<BTreeMap<UnitId, UnitStatus>>,
-    next_runs: Mutex<BTreeMap<UnitId, SystemTime>>,
-    summary: Mutex<(Option<String>, Option<String>)>,
-    requests: mpsc::UnboundedSender<Request>,
-}
-
-impl Shared {
-    fn new(config: Arc<Config>, requests: mpsc::UnboundedSender<Request>) -> Shared {
-        Shared {
-            ready: AtomicBool::new(false),
-            leader: AtomicBool::new(false),
-            metrics: Default::default(),
-            targets: Mutex::new(vec![Target::of(&config.fleet, Scope::All)]),
-            plans: Default::default(),
-            tenants: Default::default(),
-            config: Mutex::new(config),
-            units: Default::default(),
-            next_runs: Default::default(),
-            summary: Default::default(),
-            requests,
-        }
-    }
-
-    /// The running config.
-    pub fn config(&self) -> Arc<Config> {
-        self.config.lock().expect("config lock").clone()
-    }
-
-    /// Queues a request for the scheduler.
-    pub fn request(&self, request: Request) {
-        let _ = self.requests.send(request);
-    }
-
-    /// The location key of a tenant's repo (its webhook target).
-    pub fn tenant_source(&self, tenant: &str) -> Option<String> {
-        let targets = self.targets.lock().ok()?;
-        targets
-            .iter()
-            .find(|t| t.scope == Scope::Tenant(tenant.to_string()))
-            .map(|t| t.key.clone())
-    }
-}
-
-/// The status document: every unit placed here, in unit order.
-pub fn report(shared: &Shared) -> Report {
-    let plans = shared.plans.lock().map(|p| p.clone()).unwrap_or_default();
-    let units = shared.units.lock().map(|u| u.clone()).unwrap_or_default();
-    let next = shared
-        .next_runs
-        .lock()
-        .map(|n| n.clone())
-        .unwrap_or_default();
-    let (fleet_revision, error) = shared.summary.lock().map(|s| s.clone()).unwrap_or_default();
-    Report {
-        cluster: shared.config().cluster.clone(),
-        ready: shared.ready.load(Ordering::SeqCst),
-        leader: shared.leader.load(Ordering::SeqCst),
-        fleet_revision,
-        error,
-        units: plans
-            .iter()
-            .map(|(id, plan)| {
-                let mut s = units.get(id).cloned().unwrap_or_else(|| UnitStatus {
-                    unit: unit_name(id),
-                    result: "pending".into(),
-                    ..Default::default()
-                });
-                if plan.suspend {
-                    s.result = "suspended".into();
-                    s.next_run = None;
-                } else {
-                    s.next_run = next.get(id).map(|t| status::timestamp(*t));
-                }
-                s
-            })
-            .collect(),
-    }
 }
 
 /// Runs the agent until it is stopped; exit 0 after a clean shutdown.
@@ -464,11 +345,6 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
     finish(&socket);
     tracing::info!("stopped");
     Ok(code)
-}
-
-/// Resolves once the stop flag is on.
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// SIGTERM or SIGINT turns the stop flag on; a second one exits at once.

@@ -9,13 +9,13 @@ use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use super::schedule::{Plan, Round, Scope, covers};
-use super::status::Metrics;
-use crate::config::{Config, GitRef, SourceSpec};
+use crate::agent::status::Metrics;
+pub use crate::agent::{Target, describe, unit_name};
+use crate::config::Config;
 use crate::fleet::{Identity, Owner, UnitId, UnitSource};
 use crate::inventory::Parent;
 use crate::pipeline::{Fetcher, location_key, prepare_with, short};
 use crate::reconcile::{self, Engine, Entry, Filter, Mode};
-use crate::server::webhook::normalize_url;
 use crate::source::Sources;
 
 /// What a round works with; replaced as a whole when the config is reloaded.
@@ -51,49 +51,6 @@ pub struct View {
     pub tenants_failed: BTreeSet<String>,
     /// Which repositories feed which scopes, for webhooks.
     pub targets: Vec<Target>,
-}
-
-/// A repository a webhook can name, and the scope a push to it reconciles.
-#[derive(Clone, Debug)]
-pub struct Target {
-    /// The normalized URL (see [`normalize_url`]).
-    pub url: String,
-    pub reference: GitRef,
-    /// The location key to fetch fresh.
-    pub key: String,
-    pub scope: Scope,
-}
-
-impl Target {
-    pub fn of(spec: &SourceSpec, scope: Scope) -> Target {
-        let raw = match &spec.location {
-            crate::config::SourceLocation::Url(u) => u.clone(),
-            crate::config::SourceLocation::Dir(d) => d.display().to_string(),
-        };
-        Target {
-            url: normalize_url(&raw),
-            reference: spec.reference.clone(),
-            key: location_key(spec),
-            scope,
-        }
-    }
-}
-
-/// `all`, `tenant ai`, or `ai/shop, infra`.
-pub fn describe(scope: &Scope) -> String {
-    match scope {
-        Scope::All => "all units".into(),
-        Scope::Tenant(t) => format!("tenant {t}"),
-        Scope::Units(units) => units.iter().map(unit_name).collect::<Vec<_>>().join(", "),
-    }
-}
-
-/// `ai/shop`, or `infra`.
-pub fn unit_name(id: &UnitId) -> String {
-    match &id.tenant {
-        Some(t) => format!("{t}/{}", id.app),
-        None => id.app.clone(),
-    }
 }
 
 /// Runs one round to the end.

@@ -12,29 +12,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher as _;
 use std::time::{Duration, Instant};
 
+pub use crate::agent::{Plan, Scope, covers};
 use crate::deadline::after;
 use crate::fleet::UnitId;
 
 /// The first retry of a failed unit comes this much later, doubling each time up to the unit's
 /// interval.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
-
-/// What a round covers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
-    All,
-    Tenant(String),
-    Units(BTreeSet<UnitId>),
-}
-
-/// How a unit is scheduled, from its placement.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan {
-    pub interval: Duration,
-    pub suspend: bool,
-    /// The sources (location keys) the unit is rendered from, fetched fresh when it is due.
-    pub sources: Vec<String>,
-}
 
 /// A round ready to start.
 #[derive(Debug)]
@@ -412,15 +396,6 @@ impl<W: Clone> Schedule<W> {
         self.running
             .values()
             .any(|(_, s)| *s != Scope::All && covers(s, unit))
-    }
-}
-
-/// Whether a round of `scope` reconciles `unit`.
-pub fn covers(scope: &Scope, unit: &UnitId) -> bool {
-    match scope {
-        Scope::All => true,
-        Scope::Tenant(t) => unit.tenant.as_deref() == Some(t.as_str()),
-        Scope::Units(units) => units.contains(unit),
     }
 }
 

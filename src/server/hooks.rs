@@ -10,9 +10,7 @@ use hyper::{Request, Response, StatusCode};
 
 use super::webhook::{self, MAX_BODY, Provider, Refusal, Verdict};
 use super::{Body, error, json, read_body};
-use crate::daemon::round::{Target, describe};
-use crate::daemon::schedule::Scope;
-use crate::daemon::{self, Shared};
+use crate::agent::{self, Scope, Shared, Target, describe};
 use crate::fleet::UnitId;
 
 pub(super) async fn hook(name: &str, req: Request<Incoming>, shared: &Shared) -> Response<Body> {
@@ -171,7 +169,7 @@ pub(super) async fn hook(name: &str, req: Request<Incoming>, shared: &Shared) ->
             let mut queued = Vec::new();
             for scope in merge(moved.iter().map(|t| t.scope.clone())) {
                 queued.push(describe(&scope));
-                shared.request(daemon::Request {
+                shared.request(agent::Request {
                     scope,
                     fresh: fresh.clone(),
                     reason: format!("webhook {name}"),

@@ -25,10 +25,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::daemon::round::describe;
-use crate::daemon::schedule::Scope;
-use crate::daemon::status::SyncEvent;
-use crate::daemon::{self, Shared, Waiter};
+use crate::agent::status::SyncEvent;
+use crate::agent::{self, Scope, Shared, Waiter, describe};
 use crate::fleet::UnitId;
 use hooks::hook;
 
@@ -64,7 +62,7 @@ pub async fn serve_tcp(
         // agent, and each is cut off by the header and body timeouts.
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot.expect("never closed"),
-            _ = crate::daemon::stopped(&mut stop) => return,
+            _ = agent::stopped(&mut stop) => return,
         };
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -74,7 +72,7 @@ pub async fn serve_tcp(
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             },
-            _ = crate::daemon::stopped(&mut stop) => return,
+            _ = agent::stopped(&mut stop) => return,
         }
     }
 }
@@ -94,7 +92,7 @@ pub async fn serve_unix(
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             },
-            _ = crate::daemon::stopped(&mut stop) => return,
+            _ = agent::stopped(&mut stop) => return,
         }
     }
 }
@@ -180,7 +178,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, via: Via) -> Respon
             match (m, path.as_str()) {
                 (Method::POST, "/api/v1/sync") => sync(req, &shared).await,
                 (Method::GET, "/api/v1/status") => {
-                    let report = daemon::report(&shared);
+                    let report = agent::report(&shared);
                     json(
                         StatusCode::OK,
                         &serde_json::to_value(report).unwrap_or_default(),
@@ -299,7 +297,7 @@ async fn sync(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         scope: describe(&scope),
     };
     if !ask.wait {
-        shared.request(daemon::Request {
+        shared.request(agent::Request {
             scope,
             fresh,
             reason: "sync".into(),
@@ -309,7 +307,7 @@ async fn sync(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(queued);
-    shared.request(daemon::Request {
+    shared.request(agent::Request {
         scope: scope.clone(),
         fresh,
         reason: "sync".into(),

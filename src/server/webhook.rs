@@ -265,38 +265,7 @@ fn read_push(provider: Provider, p: &serde_json::Value) -> (Vec<String>, Vec<Str
     (urls, references)
 }
 
-/// A repository URL reduced to what names the repository: `host/path` without scheme, user,
-/// port and `.git`, lower-cased; a local path (`file://` or absolute) stays a path. So that
-/// `git@github.com:org/app.git`, `ssh://git@github.com/org/app` and
-/// `https://github.com/org/app.git` are the same repository.
-pub fn normalize_url(url: &str) -> String {
-    let url = url.trim();
-    let trimmed = |s: &str| -> String {
-        let s = s.trim_end_matches('/');
-        s.strip_suffix(".git").unwrap_or(s).to_string()
-    };
-    if let Some(path) = url.strip_prefix("file://") {
-        return trimmed(path);
-    }
-    if url.starts_with('/') {
-        return trimmed(url);
-    }
-    let rest = match url.split_once("://") {
-        Some((_, rest)) => rest.to_string(),
-        // scp-like `user@host:path`
-        None => match url.split_once(':') {
-            Some((host, path)) => format!("{host}/{}", path.trim_start_matches('/')),
-            None => url.to_string(),
-        },
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = authority.rsplit('@').next().unwrap_or(authority);
-    let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    };
-    trimmed(&format!("{host}{path}")).to_lowercase()
-}
+pub use crate::agent::normalize_url;
 
 /// Whether a push of `pushed` (`refs/heads/x`, `refs/tags/y`, or unknown) can move what a
 /// source's ref names.
