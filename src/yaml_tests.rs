@@ -81,8 +81,9 @@ fn unknown_fields_are_reported_with_a_suggestion() {
 }
 
 #[test]
-fn edit_distance_counts_single_edits() {
-    assert_eq!(edit_distance("kitten", "sitting"), 3);
-    assert_eq!(edit_distance("", "abc"), 3);
-    assert_eq!(edit_distance("same", "same"), 0);
+fn the_closest_allowed_name_is_suggested_within_a_few_edits() {
+    let allowed = ["interval", "state_dir", "kubeconfig"];
+    assert_eq!(closest("intervl", &allowed), Some("interval"));
+    assert_eq!(closest("kubeconfg", &allowed), Some("kubeconfig"));
+    assert_eq!(closest("something", &allowed), None);
 }

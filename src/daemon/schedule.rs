@@ -9,7 +9,6 @@
 //! slow units); a pending `All` round waits for the others to finish and holds back new ones.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::BuildHasher as _;
 use std::time::{Duration, Instant};
 
 pub use crate::agent::{Plan, Scope, covers};
@@ -409,15 +408,12 @@ fn touches_tenant(scope: &Scope, tenant: &str) -> bool {
 
 /// `interval` ± 10%, so that many units (and many agents) do not poll in step.
 pub fn jitter(interval: Duration) -> Duration {
-    let r = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
-    let factor = 0.9 + 0.2 * (r % 10_000) as f64 / 10_000.0;
-    Duration::try_from_secs_f64(interval.as_secs_f64() * factor).unwrap_or(interval)
+    crate::deadline::jitter(interval, 0.1)
 }
 
 /// The wait before retry number `failures` (1, 2, ...): 5 s doubling, at most `cap`, ± 10%.
 pub fn backoff(failures: u32, cap: Duration) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1 << failures.saturating_sub(1).min(16));
-    jitter(exp.min(cap))
+    crate::deadline::backoff(BACKOFF_BASE, failures.saturating_sub(1), cap, 0.1)
 }
 
 #[cfg(test)]

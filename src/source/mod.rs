@@ -338,14 +338,12 @@ fn record(refs: &Path, checkouts: &Path, reference: &GitRef, commit: &str) {
 
 /// 0.5 s, 1 s, 2 s, ... capped at 30 s, each ±20% so many sources do not retry in step.
 fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(500)
-        .saturating_mul(1 << attempt.min(6))
-        .min(Duration::from_secs(30));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let jitter = (nanos % 400) as f64 / 1000.0 - 0.2; // -0.2 ..= 0.2
-    base.mul_f64(1.0 + jitter)
+    crate::deadline::backoff(
+        Duration::from_millis(500),
+        attempt,
+        Duration::from_secs(30),
+        0.2,
+    )
 }
 
 /// libgit2's socket timeouts are process-wide; they are set once, from the first config.
