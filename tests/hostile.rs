@@ -99,21 +99,39 @@ async fn discovery_steered_by_a_crafted_api_version() {
 
 const TOKEN: &str = "hostile-test-token";
 
-/// Starts `flotilla run` on the env's platform with an HTTP listener (API token [`TOKEN`]);
-/// returns it once ready.
-async fn start_agent(env: &Env, extra: &str) -> Daemon {
+/// Adds the agent's settings to the env's `flotilla.yaml`: an HTTP listener with the API token
+/// [`TOKEN`] (and `listen` fields from `listen`, such as `metrics: ...`), then `extra`; returns
+/// the HTTP port.
+fn agent_config(env: &Env, listen: &str, extra: &str) -> u16 {
     let port = free_port();
     let base = std::fs::read_to_string(env.dir.path().join("flotilla.yaml")).unwrap();
     env.write("api-token", TOKEN);
     env.write(
         "flotilla.yaml",
         &format!(
-            "{base}interval: 1h\nshutdown_grace: 5s\nlisten: {{ http: \"127.0.0.1:{port}\", socket: agent.sock, token_file: api-token }}\n{extra}"
+            "{base}interval: 1h\nshutdown_grace: 5s\nlisten: {{ http: \"127.0.0.1:{port}\", socket: agent.sock, token_file: api-token{listen} }}\n{extra}"
         ),
     );
+    port
+}
+
+/// Starts `flotilla run` with [`agent_config`]'s settings; returns it once ready.
+async fn start_agent(env: &Env, extra: &str) -> Daemon {
+    let port = agent_config(env, "", extra);
     let d = Daemon::start(env.dir.path(), "flotilla.yaml", port, &[]);
     d.wait_ready(Duration::from_secs(60)).await;
     d
+}
+
+/// Points tenant `name`'s fleet file at a Git repository (`source` is the `source:` mapping's
+/// inside, such as `url: "file://..."`), with `extra` fleet fields.
+fn repo_tenant(env: &Env, name: &str, source: &str, extra: &str) {
+    env.write(
+        &format!("fleet/tenants/{name}.yaml"),
+        &format!(
+            "name: {name}\nnamespaces: [{name}]\nsource: {{ {source} }}\nclusters: [{{ name: dev }}]\n{extra}"
+        ),
+    );
 }
 
 /// Attack 1: an interval that overflows the clock (`300000000000y`, which humantime accepts)
@@ -169,17 +187,6 @@ fn unit<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value 
         .unwrap_or_else(|| panic!("no unit {name} in {status:#}"))
 }
 
-/// The peak resident memory of a process so far, in MiB (Linux `VmHWM`).
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status");
-    kib / 1024.0
-}
-
 /// Attack 3: values of almost 1 MiB substituted half a million times, a file of unclosed `${`,
 /// and values over the cap. Each app fails with its reason, the agent's peak memory stays far from
 /// what the expansion would take (printed; at most 256 MiB), and the other tenant converges.
@@ -229,7 +236,7 @@ async fn memory_bomb_through_substitution() {
             "{}",
             d.logs()
         );
-        let peak = peak_rss_mib(d.pid());
+        let peak = d.peak_rss_mib();
         println!("hostile: peak RSS of the agent during the substitution bombs: {peak:.1} MiB");
         assert!(peak < 256.0, "peak RSS {peak:.1} MiB");
     })
@@ -262,13 +269,7 @@ async fn one_bad_symlink_takes_only_its_app_down() {
         )
         .unwrap();
         repo.commit("an app with a link out");
-        env.write(
-            &format!("fleet/tenants/{evil}.yaml"),
-            &format!(
-                "name: {evil}\nnamespaces: [{evil}]\nsource: {{ url: \"{}\" }}\nclusters: [{{ name: dev }}]\n",
-                repo.url()
-            ),
-        );
+        repo_tenant(&env, &evil, &format!("url: \"{}\"", repo.url()), "");
         let run = env.flotilla(&["run", "--once"]).await;
         assert_eq!(run.code, 1, "{run:?}");
         let escape = report(&run.stdout, &format!("tenant {evil}, app escape"));
@@ -327,26 +328,22 @@ async fn disk_exhaustion_by_checkout() {
         let big = bomb_repo(&env.dir.path().join("big"), 600, 1 << 20);
         let many = bomb_repo(&env.dir.path().join("many"), 100_001, 1);
         for (t, repo) in [(&wide, &big), (&deep, &many)] {
-            env.write(
-                &format!("fleet/tenants/{t}.yaml"),
-                &format!(
-                    "name: {t}\nnamespaces: [{t}]\nsource: {{ url: \"{}\" }}\nclusters: [{{ name: dev }}]\n",
-                    repo.url()
-                ),
-            );
+            repo_tenant(&env, t, &format!("url: \"{}\"", repo.url()), "");
         }
         let d = start_agent(&env, "").await;
         good_converged(&env, &good).await;
         let logs = d.logs();
         assert!(
-            logs.contains(&format!("tenant {wide}: source: ")) && logs.contains("the tree's files add up to more than 512 MiB; refused"),
+            logs.contains(&format!("tenant {wide}: source: "))
+                && logs.contains("the tree's files add up to more than 512 MiB; refused"),
             "{logs}"
         );
         assert!(
-            logs.contains(&format!("tenant {deep}: source: ")) && logs.contains("the tree has more than 100000 files and folders; refused"),
+            logs.contains(&format!("tenant {deep}: source: "))
+                && logs.contains("the tree has more than 100000 files and folders; refused"),
             "{logs}"
         );
-        let peak = peak_rss_mib(d.pid());
+        let peak = d.peak_rss_mib();
         println!("hostile: peak RSS of the agent during the checkout bombs: {peak:.1} MiB");
         assert!(peak < 256.0, "peak RSS {peak:.1} MiB");
         // Nothing half-written is left in the state directory.
@@ -398,7 +395,7 @@ async fn memory_exhaustion_by_labelled_configmaps() {
             assert!(std::time::Instant::now() < deadline, "{}", d.logs());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let peak = peak_rss_mib(d.pid());
+        let peak = d.peak_rss_mib();
         println!(
             "hostile: peak RSS of the agent beside 54 MB of labelled ConfigMaps: {peak:.1} MiB"
         );
@@ -456,12 +453,11 @@ async fn reading_other_teams_repos_through_a_shared_credential() {
             "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: web }\ndata: { a: \"1\" }\n",
         );
         env.tenant(&evil, &[&evil], "", "apps: []\n");
-        env.write(
-            &format!("fleet/tenants/{evil}.yaml"),
-            &format!(
-                "name: {evil}\nnamespaces: [{evil}]\nsource: {{ url: \"{}\", credentials: team }}\nclusters: [{{ name: dev }}]\nlimits: {{ credentials: [shared], schemes: [http] }}\n",
-                server.url(&format!("{evil}/tenant"))
-            ),
+        repo_tenant(
+            &env,
+            &evil,
+            &format!("url: \"{}\", credentials: team", server.url(&format!("{evil}/tenant"))),
+            "limits: { credentials: [shared], schemes: [http] }\n",
         );
         let before = server.authorized_requests();
         let run = env.flotilla(&["run", "--once"]).await;
@@ -568,24 +564,16 @@ async fn the_unauthenticated_surface() {
         env.write("fleet-secret", "the-fleet-s-own-secret\n");
         let fleet_url = "https://git.example.com/platform/fleet.git";
         let metrics_port = free_port();
-        let mut d = start_agent(
+        let port = agent_config(
             &env,
+            &format!(", metrics: \"127.0.0.1:{metrics_port}\""),
             &format!(
                 "webhooks:\n  github: {{ secret_file: tenant-secret, repos: {{ \"{fleet_url}\": fleet-secret }} }}\n  gitlab: {{ token_file: tenant-secret }}\n"
             ),
-        )
-        .await;
-        good_converged(&env, &good).await;
-        // start_agent set `listen`; add the metrics listener by restarting with it.
-        d.signal("TERM");
-        assert_eq!(d.wait_exit(Duration::from_secs(30)).await, Some(0), "{}", d.logs());
-        let config = std::fs::read_to_string(env.dir.path().join("flotilla.yaml")).unwrap();
-        env.write(
-            "flotilla.yaml",
-            &config.replace("token_file: api-token }", &format!("token_file: api-token, metrics: \"127.0.0.1:{metrics_port}\" }}")),
         );
-        let d = Daemon::start(env.dir.path(), "flotilla.yaml", d.port, &[]);
+        let d = Daemon::start(env.dir.path(), "flotilla.yaml", port, &[]);
         d.wait_ready(Duration::from_secs(60)).await;
+        good_converged(&env, &good).await;
 
         // Metrics: the token on the main listener; without it only on the metrics listener.
         use crate::support::daemon::http;
@@ -723,13 +711,11 @@ async fn stalling_everyone_with_never_ready_apps() {
             "limits: { schemes: [file] }\n",
             &format!("apps:\n  - {{ name: web, source: {{ url: \"{}\", ref: {{ branch: main }} }} }}\n", repo.url()),
         );
-        let config = std::fs::read_to_string(env.dir.path().join("flotilla.yaml")).unwrap();
-        env.write("api-token", TOKEN);
         env.write("hook-secret", "s3cret\n");
-        let port = free_port();
-        env.write(
-            "flotilla.yaml",
-            &format!("{config}interval: 1h\nconcurrency: 1\nunit_timeout: 20s\nshutdown_grace: 5s\nlisten: {{ http: \"127.0.0.1:{port}\", socket: agent.sock, token_file: api-token }}\nwebhooks: {{ github: {{ secret_file: hook-secret }} }}\n"),
+        let port = agent_config(
+            &env,
+            "",
+            "concurrency: 1\nunit_timeout: 20s\nwebhooks: { github: { secret_file: hook-secret } }\n",
         );
         let value = |v: &'static str| {
             let env = env.clone();

@@ -239,23 +239,7 @@ pub async fn pass(
                         Ok(()) => run_spec(&engine, spec, Some(slot)).await,
                         // A later round (a newer fetch) synced it meanwhile: this render is
                         // older, and that round's result is the unit's.
-                        Err(later) => {
-                            let entry = Entry {
-                                unit: None,
-                                name: format!(
-                                    "{} (left to round {later})",
-                                    fleet::Owner::Unit(unit.id.clone())
-                                ),
-                                revision,
-                                outcome: Outcome {
-                                    notes: vec![format!(
-                                        "not synced: round {later} synced a newer render meanwhile"
-                                    )],
-                                    ..Default::default()
-                                },
-                            };
-                            return (unit.id.clone(), entry);
-                        }
+                        Err(later) => return (unit.id.clone(), left_to(&unit, later, revision)),
                     },
                     Err(_) => Outcome {
                         error: Some(format!(
@@ -391,26 +375,32 @@ async fn sync_unit(
     let rendered = input.results.remove(&unit.id);
     let _unit = engine.lock_unit(&unit.id).await;
     if let Err(later) = engine.begin_sync(&unit.id, input.round) {
-        return Entry {
-            unit: None,
-            name: format!(
-                "{} (left to round {later})",
-                fleet::Owner::Unit(unit.id.clone())
-            ),
-            revision: input.revisions.get(&unit.id).cloned(),
-            outcome: Outcome {
-                notes: vec![format!(
-                    "not synced: round {later} synced a newer render meanwhile"
-                )],
-                ..Default::default()
-            },
-        };
+        return left_to(unit, later, input.revisions.get(&unit.id).cloned());
     }
     Entry {
         unit: Some(unit.id.clone()),
         name: fleet::Owner::Unit(unit.id.clone()).to_string(),
         revision: input.revisions.get(&unit.id).cloned(),
         outcome: run_spec(engine, unit_spec(rendered, unit, mode, deps), None).await,
+    }
+}
+
+/// A unit this pass leaves to round `later`, which synced a newer render of it meanwhile. No
+/// `unit` on the entry: that round's result is the unit's, and this one must not overwrite it.
+fn left_to(unit: &Unit, later: u64, revision: Option<String>) -> Entry {
+    Entry {
+        unit: None,
+        name: format!(
+            "{} (left to round {later})",
+            fleet::Owner::Unit(unit.id.clone())
+        ),
+        revision,
+        outcome: Outcome {
+            notes: vec![format!(
+                "not synced: round {later} synced a newer render meanwhile"
+            )],
+            ..Default::default()
+        },
     }
 }
 

@@ -131,12 +131,15 @@ impl Engine {
 
     /// Waits until no other round syncs `unit`, and holds it until the guard drops.
     pub async fn lock_unit(&self, unit: &crate::fleet::UnitId) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self.unit_locks.lock().expect("unit locks");
-            // Forget the locks nobody holds or waits for, so the map follows the placement.
-            locks.retain(|_, l| Arc::strong_count(l) > 1);
-            locks.entry(unit.clone()).or_default().clone()
-        };
+        // One entry per unit ever synced, like `synced_by`: a few bytes each, never swept (a
+        // sweep on every sync would cost a pass over all units per unit).
+        let lock = self
+            .unit_locks
+            .lock()
+            .expect("unit locks")
+            .entry(unit.clone())
+            .or_default()
+            .clone();
         lock.lock_owned().await
     }
 

@@ -73,15 +73,16 @@ pub fn check(root: &Path, dir: &Path, allow_remote: bool) -> Result<(), Vec<Stri
             // checkout, and the path must exist (anything else kustomize would try to fetch).
             let joined = dir.join(&reference);
             let cleaned = clean(&joined);
-            let inside = |p: &Path| p.canonicalize().map(|real| real.starts_with(root));
-            match (inside(&cleaned), inside(&joined)) {
-                (Ok(true), Ok(true) | Err(_)) => {
-                    let real = cleaned.canonicalize().expect("resolved above");
+            let system_inside = joined
+                .canonicalize()
+                .map_or(true, |real| real.starts_with(root));
+            match cleaned.canonicalize() {
+                Ok(real) if real.starts_with(root) && system_inside => {
                     if real.is_dir() {
                         pending.push(real);
                     }
                 }
-                (Err(_), _) => problems.push(format!(
+                Err(_) => problems.push(format!(
                     "{shown}: {field}: {reference:?} is not a file or folder of the repository; refused"
                 )),
                 _ => problems.push(format!(

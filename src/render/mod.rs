@@ -63,16 +63,15 @@ pub fn render_unit(unit: &Unit, root: &Path, tools: &Tools) -> Result<Vec<Object
             "{shown}: no such folder in the repository"
         )]));
     }
-    let refused = refused_links(&root, &dir);
-    if !refused.is_empty() {
-        return Err(fail(
-            refused
-                .into_iter()
-                .map(|rel| format!("the symlink {rel} points outside the repository; refused"))
-                .collect(),
-        ));
+    let kind = detect(&dir);
+    // A plain folder's walk reports such links itself; a tool's folder is walked for them here.
+    if kind != Kind::Plain {
+        let refused = refused_links(&root, &dir);
+        if !refused.is_empty() {
+            return Err(fail(refused.iter().map(|rel| refused_link(rel)).collect()));
+        }
     }
-    let (documents, unreadable) = match detect(&dir) {
+    let (documents, unreadable) = match kind {
         Kind::Plain => plain::read(&root, &dir, unit),
         Kind::Kustomize => {
             // A tenant's kustomization reaches only its own checkout, and the network only
@@ -115,12 +114,7 @@ fn refused_links(root: &Path, dir: &Path) -> Vec<String> {
             let path = entry.path();
             match entry.file_type() {
                 Ok(t) if t.is_dir() && entry.file_name() != ".git" => pending.push(path),
-                Ok(t)
-                    if t.is_symlink()
-                        && std::fs::read_link(&path).is_ok_and(|target| {
-                            target == Path::new(crate::source::REFUSED_LINK)
-                        }) =>
-                {
+                Ok(t) if t.is_symlink() && is_refused_link(&path) => {
                     found.push(
                         path.strip_prefix(root)
                             .unwrap_or(&path)
@@ -134,6 +128,16 @@ fn refused_links(root: &Path, dir: &Path) -> Vec<String> {
     }
     found.sort();
     found
+}
+
+/// The problem of a symlink the checkout wrote as a link to nowhere (`rel` below the checkout).
+pub(crate) fn refused_link(rel: &str) -> String {
+    format!("the symlink {rel} points outside the repository; refused")
+}
+
+/// Whether `path` is a symlink the checkout wrote as a link to nowhere.
+pub(crate) fn is_refused_link(path: &Path) -> bool {
+    std::fs::read_link(path).is_ok_and(|target| target == Path::new(crate::source::REFUSED_LINK))
 }
 
 /// Which renderer a folder needs.

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::inside;
 use super::objects::Document;
+use super::{inside, is_refused_link, refused_link};
 use crate::fleet::Unit;
 use crate::subst::{Failure, Vars, substitute_within};
 use crate::yaml::Node;
@@ -168,6 +168,10 @@ fn collect(
             continue;
         }
         let path = entry.path();
+        if is_refused_link(&path) {
+            problems.push(refused_link(&rel(&path)));
+            continue;
+        }
         // Follow symlinks only while they stay inside the checkout.
         let real = match inside(root, &path) {
             Ok(real) => real,

@@ -135,6 +135,17 @@ impl Daemon {
         }
     }
 
+    /// The agent's peak resident memory so far, in MiB (Linux `VmHWM`).
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status");
+        kib / 1024.0
+    }
+
     /// The metrics page (with the token, if the agent has one).
     pub async fn metrics(&self) -> String {
         let auth: Vec<(&str, String)> = self

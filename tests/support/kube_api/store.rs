@@ -737,43 +737,23 @@ impl Store {
             .as_array()
             .is_some_and(|f| !f.is_empty());
         let namespace_like = res.group.is_empty() && res.plural == "namespaces";
-        if finalizers && namespace_like && !w.dry_run {
-            // A namespace held by finalizers stays Terminating (refusing new content) after the
-            // namespace controller has deleted what was in it, until they are removed.
-            let mut new = old.clone();
-            if !old["metadata"]["deletionTimestamp"].is_string() {
-                new["metadata"]["deletionTimestamp"] = json!(now());
-                new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-                new["status"]["phase"] = json!("Terminating");
-                self.rv += 1;
-                new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-                self.objects.insert(key.clone(), new.clone());
-                self.events.push(Event {
-                    rv: self.rv,
-                    key: key.clone(),
-                    old: Some(old),
-                    new: Some(new.clone()),
-                });
-                self.remove_contents(&key.name);
-            }
-            return Ok(Self::present(res, &new));
-        }
-        if finalizers && !namespace_like {
+        // Held by finalizers: marked for deletion and kept until they are removed. A namespace
+        // also turns Terminating (refusing new content) once the namespace controller has
+        // deleted what was in it.
+        if finalizers && !(namespace_like && w.dry_run) {
             if w.dry_run || old["metadata"]["deletionTimestamp"].is_string() {
                 return Ok(Self::present(res, &old));
             }
             let mut new = old.clone();
             new["metadata"]["deletionTimestamp"] = json!(now());
             new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-            self.rv += 1;
-            new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-            self.objects.insert(key.clone(), new.clone());
-            self.events.push(Event {
-                rv: self.rv,
-                key,
-                old: Some(old),
-                new: Some(new.clone()),
-            });
+            if namespace_like {
+                new["status"]["phase"] = json!("Terminating");
+            }
+            let new = self.replace(key.clone(), old, new);
+            if namespace_like {
+                self.remove_contents(&key.name);
+            }
             return Ok(Self::present(res, &new));
         }
         // A namespace, and a Foreground deletion, answer with the object being deleted, as the
@@ -841,6 +821,21 @@ impl Store {
         if res.group == "rbac.authorization.k8s.io" && res.plural == "clusterroles" {
             self.aggregate();
         }
+    }
+
+    /// Stores `new` in place of `old` at `key` with the next resourceVersion, recording the
+    /// change for watches; returns what was stored.
+    fn replace(&mut self, key: Key, old: Value, mut new: Value) -> Value {
+        self.rv += 1;
+        new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.objects.insert(key.clone(), new.clone());
+        self.events.push(Event {
+            rv: self.rv,
+            key,
+            old: Some(old),
+            new: Some(new.clone()),
+        });
+        new
     }
 
     /// What the namespace controller deletes: everything in namespace `ns`.
@@ -1086,15 +1081,7 @@ impl Store {
                 if role["rules"] != json!(rules) {
                     let mut new = role.clone();
                     new["rules"] = json!(rules);
-                    self.rv += 1;
-                    new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-                    self.objects.insert(key.clone(), new.clone());
-                    self.events.push(Event {
-                        rv: self.rv,
-                        key: key.clone(),
-                        old: Some(role.clone()),
-                        new: Some(new),
-                    });
+                    self.replace(key.clone(), role.clone(), new);
                     changed = true;
                 }
             }
