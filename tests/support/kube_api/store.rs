@@ -671,15 +671,7 @@ impl Store {
             self.remove(res, key, old.cloned().expect("an old object"));
             return Ok(Self::present(res, &new));
         }
-        self.rv += 1;
-        new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        self.objects.insert(key.clone(), new.clone());
-        self.events.push(Event {
-            rv: self.rv,
-            key,
-            old: old.cloned(),
-            new: Some(new.clone()),
-        });
+        let new = self.replace(key, old.cloned(), new);
         self.after_write(res, old.is_none(), &new);
         Ok(Self::present(res, &new))
     }
@@ -750,7 +742,7 @@ impl Store {
             if namespace_like {
                 new["status"]["phase"] = json!("Terminating");
             }
-            let new = self.replace(key.clone(), old, new);
+            let new = self.replace(key.clone(), Some(old), new);
             if namespace_like {
                 self.remove_contents(&key.name);
             }
@@ -823,16 +815,16 @@ impl Store {
         }
     }
 
-    /// Stores `new` in place of `old` at `key` with the next resourceVersion, recording the
-    /// change for watches; returns what was stored.
-    fn replace(&mut self, key: Key, old: Value, mut new: Value) -> Value {
+    /// Stores `new` at `key` (in place of `old`, if there was one) with the next resourceVersion,
+    /// recording the change for watches; returns what was stored.
+    fn replace(&mut self, key: Key, old: Option<Value>, mut new: Value) -> Value {
         self.rv += 1;
         new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         self.objects.insert(key.clone(), new.clone());
         self.events.push(Event {
             rv: self.rv,
             key,
-            old: Some(old),
+            old,
             new: Some(new.clone()),
         });
         new
@@ -1081,7 +1073,7 @@ impl Store {
                 if role["rules"] != json!(rules) {
                     let mut new = role.clone();
                     new["rules"] = json!(rules);
-                    self.replace(key.clone(), role.clone(), new);
+                    self.replace(key.clone(), Some(role.clone()), new);
                     changed = true;
                 }
             }
