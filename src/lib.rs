@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod deadline;
+pub mod failure;
 pub mod fleet;
 pub mod inventory;
 pub mod logging;

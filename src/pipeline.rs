@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{Config, SourceSpec};
+use crate::failure::Failure;
 use crate::fleet::{self, Catalog, Cluster, Fleet, Owner, Problem, Unit, UnitId, UnitSource};
 use crate::reconcile::Input;
 use crate::render::{self, Tools};
@@ -25,6 +26,19 @@ pub enum Error {
     /// The agent's cluster is not in the fleet; nothing may be applied.
     #[error("cluster {cluster:?} is not in the fleet; nothing applied{problems}")]
     UnknownCluster { cluster: String, problems: String },
+}
+
+impl Error {
+    /// Whether a retry soon could help: a fleet fetch that failed for a transient reason, or a
+    /// runtime that did not start; a cluster missing from the fleet waits for the fleet to change.
+    pub fn kind(&self) -> crate::failure::Kind {
+        use crate::failure::Kind;
+        match self {
+            Error::Runtime(_) => Kind::Transient,
+            Error::Fleet(e) => e.kind,
+            Error::UnknownCluster { .. } => Kind::Permanent,
+        }
+    }
 }
 
 /// The fleet, the tenants' checkouts and catalogs, read once.
@@ -57,7 +71,7 @@ pub struct Fetcher {
     sources: Arc<Sources>,
     /// App repos already fetched in this run, by location and ref: `validate` renders every
     /// cluster, and an app repo used on several clusters is fetched once, not once per cluster.
-    repos: std::cell::RefCell<BTreeMap<String, Result<Checkout, String>>>,
+    repos: std::cell::RefCell<BTreeMap<String, Result<Checkout, Failure>>>,
     /// The locations (see [`location_key`]) to fetch from their remote; any other is served from
     /// its last good checkout when it has one. `None`: fetch everything.
     pub fresh: Option<BTreeSet<String>>,
@@ -121,7 +135,7 @@ impl Fetcher {
     fn fetch_repos(
         &self,
         wanted: BTreeMap<String, SourceSpec>,
-    ) -> BTreeMap<String, Result<Checkout, String>> {
+    ) -> BTreeMap<String, Result<Checkout, Failure>> {
         let new: Vec<(String, SourceSpec)> = wanted
             .iter()
             .filter(|(k, _)| !self.repos.borrow().contains_key(*k))
@@ -131,7 +145,7 @@ impl Fetcher {
         let fetched = self.fetch_all(specs);
         let mut cache = self.repos.borrow_mut();
         for (k, r) in keys.into_iter().zip(fetched) {
-            cache.insert(k, r.map_err(|e| e.to_string()));
+            cache.insert(k, r.map_err(|e| Failure::new(e.kind, e.to_string())));
         }
         wanted
             .keys()
@@ -169,7 +183,7 @@ impl Fetcher {
                     Err(crate::source::Error {
                         location: "?".into(),
                         message: e.to_string(),
-                        transient: true,
+                        kind: crate::failure::Kind::Transient,
                     })
                 }));
             }
@@ -200,9 +214,10 @@ pub fn load(config: &Config, fetcher: &Fetcher, cluster: Option<&str>) -> Result
         let checkout = match result {
             Ok(checkout) => checkout,
             Err(e) => {
-                problems.push(Problem::new(
+                problems.push(Problem::of_kind(
                     Owner::Tenant(tenant.name.clone()),
                     format!("source: {e}"),
+                    e.kind,
                 ));
                 continue;
             }
@@ -273,28 +288,27 @@ pub fn render_cluster(
     }
     let repos = fetcher.fetch_repos(wanted);
 
-    let checkout_of = |unit: &Unit| -> Result<Checkout, String> {
+    let checkout_of = |unit: &Unit| -> Result<Checkout, Failure> {
         match &unit.source {
             UnitSource::Fleet { .. } => Ok(loaded.fleet_checkout.clone()),
             UnitSource::Tenant { .. } => {
                 let tenant = unit.id.tenant.as_deref().unwrap_or_default();
-                loaded
-                    .tenants
-                    .get(tenant)
-                    .cloned()
-                    .ok_or_else(|| format!("tenant {tenant}'s repository is not available"))
+                loaded.tenants.get(tenant).cloned().ok_or_else(|| {
+                    // Its fetch failed: the tenant's problem says how, and of what kind.
+                    Failure::transient(format!("tenant {tenant}'s repository is not available"))
+                })
             }
             UnitSource::Repo(spec) => repos
                 .get(&repo_key(spec))
                 .cloned()
-                .unwrap_or_else(|| Err("not fetched".into())),
+                .unwrap_or_else(|| Err(Failure::transient("not fetched"))),
         }
     };
     let revisions: BTreeMap<UnitId, String> = selected
         .iter()
         .filter_map(|u| checkout_of(u).ok().map(|c| (u.id.clone(), c.revision)))
         .collect();
-    let root_of = |unit: &Unit| -> Result<PathBuf, String> { checkout_of(unit).map(|c| c.root) };
+    let root_of = |unit: &Unit| -> Result<PathBuf, Failure> { checkout_of(unit).map(|c| c.root) };
     let results = render::render_all(&selected, &root_of, tools);
     Rendered {
         tenants: placement.tenants,

@@ -244,78 +244,16 @@ pub fn mask_secrets(before: &mut Value, after: &mut Value) {
     }
 }
 
-/// A unified diff of two texts, with `context` lines around each change, or "" when equal.
+/// A unified diff of two texts, with 3 lines of context around each change, or "" when equal.
 pub fn unified_diff(old: &str, new: &str, old_name: &str, new_name: &str) -> String {
-    let a: Vec<&str> = old.lines().collect();
-    let b: Vec<&str> = new.lines().collect();
-    if a == b {
+    if old == new {
         return String::new();
     }
-    // Longest common subsequence table, from the ends; objects are small.
-    let (n, m) = (a.len(), b.len());
-    let mut lcs = vec![0u32; (n + 1) * (m + 1)];
-    let at = |i: usize, j: usize| i * (m + 1) + j;
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            lcs[at(i, j)] = if a[i] == b[j] {
-                lcs[at(i + 1, j + 1)] + 1
-            } else {
-                lcs[at(i + 1, j)].max(lcs[at(i, j + 1)])
-            };
-        }
-    }
-    // The edit script: (' ' | '-' | '+', line, old index, new index).
-    let mut script: Vec<(char, &str, usize, usize)> = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    while i < n || j < m {
-        if i < n && j < m && a[i] == b[j] {
-            script.push((' ', a[i], i, j));
-            i += 1;
-            j += 1;
-        } else if j < m && (i == n || lcs[at(i, j + 1)] > lcs[at(i + 1, j)]) {
-            script.push(('+', b[j], i, j));
-            j += 1;
-        } else {
-            script.push(('-', a[i], i, j));
-            i += 1;
-        }
-    }
-    const CONTEXT: usize = 3;
-    let mut out = format!("--- {old_name}\n+++ {new_name}\n");
-    let changed: Vec<usize> = (0..script.len()).filter(|&k| script[k].0 != ' ').collect();
-    let mut k = 0;
-    while k < changed.len() {
-        let start = changed[k].saturating_sub(CONTEXT);
-        let mut end = changed[k];
-        while k < changed.len() && changed[k] <= end + 2 * CONTEXT + 1 {
-            end = changed[k];
-            k += 1;
-        }
-        let end = (end + CONTEXT + 1).min(script.len());
-        let hunk = &script[start..end];
-        let old_len = hunk.iter().filter(|s| s.0 != '+').count();
-        let new_len = hunk.iter().filter(|s| s.0 != '-').count();
-        let (old_start, new_start) = (hunk[0].2 + 1, hunk[0].3 + 1);
-        out.push_str(&format!(
-            "@@ -{},{old_len} +{},{new_len} @@\n",
-            if old_len == 0 {
-                old_start - 1
-            } else {
-                old_start
-            },
-            if new_len == 0 {
-                new_start - 1
-            } else {
-                new_start
-            }
-        ));
-        for (tag, line, _, _) in hunk {
-            out.push(*tag);
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(old_name, new_name)
+        .to_string()
 }
 
 #[cfg(test)]
@@ -513,7 +451,8 @@ mod tests {
         assert_eq!(unified_diff(old, old, "a", "b"), "");
         assert_eq!(
             unified_diff("", "x\n", "a", "b"),
-            "--- a\n+++ b\n@@ -0,0 +1,1 @@\n+x\n"
+            // GNU diff's short form for a one-line range, as `similar` writes it.
+            "--- a\n+++ b\n@@ -0,0 +1 @@\n+x\n"
         );
     }
 }

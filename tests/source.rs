@@ -194,7 +194,7 @@ async fn tags_and_semver_ranges_pick_the_right_commit() {
             .starts_with("no tag matches the semver range \"^3\" (tags: "),
         "{e}"
     );
-    assert!(!e.transient);
+    assert_eq!(e.kind, flotilla::failure::Kind::Permanent);
     let e = fetch(GitRef::Tag("v9".into())).await.unwrap_err();
     assert_eq!(e.message, "tag v9 does not exist on the remote");
 }
@@ -383,7 +383,7 @@ async fn an_unreachable_host_fails_within_the_timeout() {
     let closed = format!("git://127.0.0.1:{}/fleet", free_port());
     let start = Instant::now();
     let e = s.fetch(&spec(&closed, branch("main"))).await.unwrap_err();
-    assert!(e.transient, "{e}");
+    assert_eq!(e.kind, flotilla::failure::Kind::Transient, "{e}");
     assert!(
         start.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -395,7 +395,7 @@ async fn an_unreachable_host_fails_within_the_timeout() {
     let url = format!("git://{}/fleet", silent.local_addr().unwrap());
     let start = Instant::now();
     let e = s.fetch(&spec(&url, branch("main"))).await.unwrap_err();
-    assert!(e.transient, "{e}");
+    assert_eq!(e.kind, flotilla::failure::Kind::Transient, "{e}");
     assert!(
         start.elapsed() < Duration::from_secs(9),
         "took {:?}: {e}",
@@ -414,7 +414,7 @@ async fn transient_failures_are_retried() {
     let closed = format!("git://127.0.0.1:{}/fleet", free_port());
     let start = Instant::now();
     let e = s.fetch(&spec(&closed, branch("main"))).await.unwrap_err();
-    assert!(e.transient);
+    assert_eq!(e.kind, flotilla::failure::Kind::Transient);
     // Two backoffs (about 0.5 s and 1 s, ±20%) before giving up.
     assert!(
         start.elapsed() >= Duration::from_millis(1100),
@@ -494,7 +494,7 @@ async fn ssh_with_host_key_verification() {
             other_key.private.display()
         )
     );
-    assert!(!e.transient);
+    assert_eq!(e.kind, flotilla::failure::Kind::Permanent);
 
     let known = dir.path().join("unknown_hosts");
     let e = s.fetch(&with("unknown")).await.unwrap_err();

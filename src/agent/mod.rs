@@ -1,12 +1,13 @@
 //! What the agent's scheduler and its servers share, and the types that cross between them: the
-//! state the servers read (readiness, leadership, status, metrics, webhook targets) and the
-//! requests they send. `daemon` writes it, `server` reads it; neither imports the other.
+//! snapshot the servers read (readiness, leadership, status, webhook targets), published through
+//! a `watch` channel; the requests they send; the metrics. `daemon` publishes, `server` reads;
+//! neither imports the other.
 
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
@@ -110,96 +111,160 @@ impl Waiter {
             ok: Arc::new(AtomicBool::new(true)),
         }
     }
-}
 
-/// What the servers and the scheduler share.
-pub struct Shared {
-    pub ready: AtomicBool,
-    pub leader: AtomicBool,
-    pub metrics: Arc<Mutex<Metrics>>,
-    /// Which repositories feed which scopes (webhooks).
-    pub targets: Mutex<Vec<Target>>,
-    /// Every unit placed on this cluster, with its schedule.
-    pub plans: Mutex<BTreeMap<UnitId, Plan>>,
-    /// The tenants that land on this cluster.
-    pub tenants: Mutex<BTreeSet<String>>,
-    pub(crate) config: Mutex<Arc<Config>>,
-    pub(crate) units: Mutex<BTreeMap<UnitId, UnitStatus>>,
-    pub(crate) next_runs: Mutex<BTreeMap<UnitId, SystemTime>>,
-    pub(crate) summary: Mutex<(Option<String>, Option<String>)>,
-    requests: mpsc::UnboundedSender<Request>,
-}
-
-impl Shared {
-    pub fn new(config: Arc<Config>, requests: mpsc::UnboundedSender<Request>) -> Shared {
-        Shared {
-            ready: AtomicBool::new(false),
-            leader: AtomicBool::new(false),
-            metrics: Default::default(),
-            targets: Mutex::new(vec![Target::of(&config.fleet, Scope::All)]),
-            plans: Default::default(),
-            tenants: Default::default(),
-            config: Mutex::new(config),
-            units: Default::default(),
-            next_runs: Default::default(),
-            summary: Default::default(),
-            requests,
+    /// Tells the caller of one event; a failure makes its final answer a failure.
+    pub fn tell(&self, event: SyncEvent) {
+        let failed = match &event {
+            SyncEvent::Set { converged, .. } => !converged,
+            SyncEvent::Error { .. } => true,
+            _ => false,
+        };
+        if failed {
+            self.ok.store(false, Ordering::SeqCst);
         }
+        let _ = self.tx.send(event);
     }
 
+    /// Everything asked for has run: the final answer.
+    pub fn done(&self) {
+        let _ = self.tx.send(SyncEvent::Done {
+            ok: self.ok.load(Ordering::SeqCst),
+        });
+    }
+}
+
+/// What the finished rounds left, as the servers show it.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    /// Once the first full round has synced the fleet.
+    pub ready: bool,
+    /// Every unit placed on this cluster, with its schedule.
+    pub plans: BTreeMap<UnitId, Plan>,
+    /// The tenants that land on this cluster.
+    pub tenants: BTreeSet<String>,
+    /// Which repositories feed which scopes (webhooks).
+    pub targets: Vec<Target>,
+    /// Each unit's last run.
+    pub units: BTreeMap<UnitId, UnitStatus>,
+    /// The fleet revision of the last full round, and its error if it failed as a whole.
+    pub fleet_revision: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The agent's state as the servers read it, published whole by the scheduler through a
+/// `watch` channel: a reader takes the latest snapshot and holds no lock.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
     /// The running config.
-    pub fn config(&self) -> Arc<Config> {
-        self.config.lock().expect("config lock").clone()
+    pub config: Arc<Config>,
+    /// Whether this replica holds the Lease (always, without leader election).
+    pub leader: bool,
+    pub status: Status,
+    /// When each unit runs next.
+    pub next_runs: BTreeMap<UnitId, SystemTime>,
+}
+
+/// The servers' handle on the agent: the latest snapshot, the request channel and the metrics.
+/// The servers never see the scheduler's own state.
+#[derive(Clone)]
+pub struct Handle {
+    state: watch::Receiver<Arc<Snapshot>>,
+    requests: mpsc::UnboundedSender<Request>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The scheduler's side of the snapshot.
+pub struct Publisher {
+    state: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Handle {
+    /// A handle, and the publisher of its snapshots, for an agent running `config`.
+    pub fn new(
+        config: Arc<Config>,
+        requests: mpsc::UnboundedSender<Request>,
+        metrics: Arc<Metrics>,
+    ) -> (Handle, Publisher) {
+        let status = Status {
+            targets: vec![Target::of(&config.fleet, Scope::All)],
+            ..Default::default()
+        };
+        let (tx, rx) = watch::channel(Arc::new(Snapshot {
+            config,
+            leader: false,
+            status,
+            next_runs: BTreeMap::new(),
+        }));
+        (
+            Handle {
+                state: rx,
+                requests,
+                metrics,
+            },
+            Publisher { state: tx },
+        )
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.borrow().clone()
     }
 
     /// Queues a request for the scheduler.
     pub fn request(&self, request: Request) {
         let _ = self.requests.send(request);
     }
+}
 
+impl Publisher {
+    /// Changes the snapshot in place (copying it only if a reader still holds the last one).
+    pub fn update(&self, change: impl FnOnce(&mut Snapshot)) {
+        self.state.send_modify(|s| change(Arc::make_mut(s)));
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.borrow().clone()
+    }
+}
+
+impl Snapshot {
     /// The location key of a tenant's repo (its webhook target).
     pub fn tenant_source(&self, tenant: &str) -> Option<String> {
-        let targets = self.targets.lock().ok()?;
-        targets
+        self.status
+            .targets
             .iter()
             .find(|t| t.scope == Scope::Tenant(tenant.to_string()))
             .map(|t| t.key.clone())
     }
-}
 
-/// The status document: every unit placed here, in unit order.
-pub fn report(shared: &Shared) -> Report {
-    let plans = shared.plans.lock().map(|p| p.clone()).unwrap_or_default();
-    let units = shared.units.lock().map(|u| u.clone()).unwrap_or_default();
-    let next = shared
-        .next_runs
-        .lock()
-        .map(|n| n.clone())
-        .unwrap_or_default();
-    let (fleet_revision, error) = shared.summary.lock().map(|s| s.clone()).unwrap_or_default();
-    Report {
-        cluster: shared.config().cluster.clone(),
-        ready: shared.ready.load(Ordering::SeqCst),
-        leader: shared.leader.load(Ordering::SeqCst),
-        fleet_revision,
-        error,
-        units: plans
-            .iter()
-            .map(|(id, plan)| {
-                let mut s = units.get(id).cloned().unwrap_or_else(|| UnitStatus {
-                    unit: unit_name(id),
-                    result: "pending".into(),
-                    ..Default::default()
-                });
-                if plan.suspend {
-                    s.result = "suspended".into();
-                    s.next_run = None;
-                } else {
-                    s.next_run = next.get(id).map(|t| status::timestamp(*t));
-                }
-                s
-            })
-            .collect(),
+    /// The status document: every unit placed here, in unit order.
+    pub fn report(&self) -> Report {
+        let status = &self.status;
+        Report {
+            cluster: self.config.cluster.clone(),
+            ready: status.ready,
+            leader: self.leader,
+            fleet_revision: status.fleet_revision.clone(),
+            error: status.error.clone(),
+            units: status
+                .plans
+                .iter()
+                .map(|(id, plan)| {
+                    let mut s = status.units.get(id).cloned().unwrap_or_else(|| UnitStatus {
+                        unit: unit_name(id),
+                        result: "pending".into(),
+                        ..Default::default()
+                    });
+                    if plan.suspend {
+                        s.result = "suspended".into();
+                        s.next_run = None;
+                    } else {
+                        s.next_run = self.next_runs.get(id).map(|t| status::timestamp(*t));
+                    }
+                    s
+                })
+                .collect(),
+        }
     }
 }
 

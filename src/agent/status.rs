@@ -1,11 +1,18 @@
 //! What the daemon tells: each unit's status (the API's `/api/v1/status`, `flotilla status`)
 //! and the Prometheus metrics (`/metrics`), both kept in memory and replaced as rounds finish.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
+
+use crate::failure::Kind;
 
 /// One unit as `flotilla status` shows it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -57,6 +64,10 @@ pub enum SyncEvent {
         failed: Vec<String>,
         notes: Vec<String>,
         error: Option<String>,
+        /// When not converged: `transient` (retried soon, with backoff) or `permanent` (retried
+        /// at the unit's interval or on a change).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<crate::failure::Kind>,
     },
     /// A round failed as a whole (no fetch, no API server).
     Error { message: String },
@@ -69,216 +80,222 @@ pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-const DURATION_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+const DURATION_BUCKETS: [f64; 11] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
-#[derive(Clone, Debug, Default)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+/// A label value (`prometheus-client` escapes it as the text format requires).
+type Value = String;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Unit {
+    unit: Value,
 }
 
-impl Histogram {
-    fn observe(&mut self, v: f64) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; DURATION_BUCKETS.len()];
-        }
-        for (i, b) in DURATION_BUCKETS.iter().enumerate() {
-            if v <= *b {
-                self.counts[i] += 1;
-            }
-        }
-        self.sum += v;
-        self.count += 1;
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnitResult {
+    unit: Value,
+    result: Value,
 }
 
-/// The daemon's metrics, rendered in the Prometheus text format.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnitKind {
+    unit: Value,
+    kind: Value,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Repo {
+    repo: Value,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Webhook {
+    provider: Value,
+    result: Value,
+}
+
+type Durations = Family<Unit, Histogram, fn() -> Histogram>;
+type RepoDurations = Family<Repo, Histogram, fn() -> Histogram>;
+
+fn durations() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// The daemon's metrics: a `prometheus-client` registry, shared by the scheduler (which counts)
+/// and the servers (which render it); every family is safe to update from any task.
+#[derive(Debug)]
 pub struct Metrics {
-    reconcile: BTreeMap<(String, &'static str), u64>,
-    reconcile_duration: BTreeMap<String, Histogram>,
-    objects: BTreeMap<(String, &'static str), u64>,
-    last_success: BTreeMap<String, f64>,
-    fetch_duration: BTreeMap<String, Histogram>,
-    fetch_failures: BTreeMap<String, u64>,
-    webhooks: BTreeMap<(String, String), u64>,
-    ready: bool,
+    registry: Registry,
+    reconcile: Family<UnitResult, Counter>,
+    errors: Family<UnitKind, Counter>,
+    reconcile_duration: Durations,
+    objects: [Family<Unit, Counter>; 3],
+    last_success: Family<Unit, Gauge<f64, AtomicU64>>,
+    fetch_duration: RepoDurations,
+    fetch_failures: Family<Repo, Counter>,
+    webhooks: Family<Webhook, Counter>,
+    ready: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::default();
+        let ready = Gauge::default();
+        registry.register(
+            "flotilla_ready",
+            "1 once the fleet was fetched and synced",
+            ready.clone(),
+        );
+        let reconcile = Family::default();
+        registry.register(
+            "flotilla_reconcile",
+            "Unit runs by result",
+            reconcile.clone(),
+        );
+        let errors = Family::default();
+        registry.register(
+            "flotilla_reconcile_errors",
+            "Unit runs that failed, by kind: transient (retried with backoff) or permanent (retried at the interval or on a change)",
+            errors.clone(),
+        );
+        let reconcile_duration: Durations = Family::new_with_constructor(durations);
+        registry.register(
+            "flotilla_reconcile_duration_seconds",
+            "How long a unit's run took",
+            reconcile_duration.clone(),
+        );
+        let objects: [Family<Unit, Counter>; 3] = Default::default();
+        for (action, help, family) in [
+            (
+                "applied",
+                "Objects applied (created or changed)",
+                &objects[0],
+            ),
+            ("pruned", "Objects pruned", &objects[1]),
+            (
+                "failed",
+                "Objects that failed to apply or prune",
+                &objects[2],
+            ),
+        ] {
+            registry.register(format!("flotilla_objects_{action}"), help, family.clone());
+        }
+        let last_success = Family::default();
+        registry.register(
+            "flotilla_last_successful_sync_timestamp_seconds",
+            "When a unit last converged (Unix time)",
+            last_success.clone(),
+        );
+        let fetch_duration: RepoDurations = Family::new_with_constructor(durations);
+        registry.register(
+            "flotilla_fetch_duration_seconds",
+            "How long a fetch from a repository took",
+            fetch_duration.clone(),
+        );
+        let fetch_failures = Family::default();
+        registry.register(
+            "flotilla_fetch_failures",
+            "Fetches that failed, by repository",
+            fetch_failures.clone(),
+        );
+        let webhooks = Family::default();
+        registry.register(
+            "flotilla_webhook_requests",
+            "Webhook requests by provider and result",
+            webhooks.clone(),
+        );
+        Metrics {
+            registry,
+            reconcile,
+            errors,
+            reconcile_duration,
+            objects,
+            last_success,
+            fetch_duration,
+            fetch_failures,
+            webhooks,
+            ready,
+        }
+    }
 }
 
 impl Metrics {
-    /// A unit's run: its result, duration and object counts.
-    pub fn reconciled(&mut self, unit: &str, ok: bool, took: Duration, counts: [usize; 3]) {
-        let result = if ok { "success" } else { "failure" };
-        *self.reconcile.entry((unit.into(), result)).or_default() += 1;
-        self.reconcile_duration
-            .entry(unit.into())
-            .or_default()
-            .observe(took.as_secs_f64());
-        for (action, n) in ["applied", "pruned", "failed"].into_iter().zip(counts) {
-            *self.objects.entry((unit.into(), action)).or_default() += n as u64;
+    /// A unit's run: its result (`None`: converged, else the kind of its failure), duration and
+    /// object counts (applied, pruned, failed).
+    pub fn reconciled(&self, unit: &str, result: Option<Kind>, took: Duration, counts: [usize; 3]) {
+        let name = unit.to_string();
+        let outcome = if result.is_none() {
+            "success"
+        } else {
+            "failure"
+        };
+        self.reconcile
+            .get_or_create(&UnitResult {
+                unit: name.clone(),
+                result: outcome.into(),
+            })
+            .inc();
+        if let Some(kind) = result {
+            self.errors
+                .get_or_create(&UnitKind {
+                    unit: name.clone(),
+                    kind: kind.as_str().into(),
+                })
+                .inc();
         }
-        if ok {
+        let unit = Unit { unit: name };
+        self.reconcile_duration
+            .get_or_create(&unit)
+            .observe(took.as_secs_f64());
+        for (family, n) in self.objects.iter().zip(counts) {
+            family.get_or_create(&unit).inc_by(n as u64);
+        }
+        if result.is_none() {
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default();
-            self.last_success.insert(unit.into(), now.as_secs_f64());
+            self.last_success
+                .get_or_create(&unit)
+                .set(now.as_secs_f64());
         }
     }
 
-    pub fn fetched(&mut self, repo: &str, took: Duration, ok: bool) {
+    pub fn fetched(&self, repo: &str, took: Duration, ok: bool) {
+        let repo = Repo {
+            repo: repo.to_string(),
+        };
         self.fetch_duration
-            .entry(repo.into())
-            .or_default()
+            .get_or_create(&repo)
             .observe(took.as_secs_f64());
-        let failures = self.fetch_failures.entry(repo.into()).or_default();
+        let failures = self.fetch_failures.get_or_create(&repo);
         if !ok {
-            *failures += 1;
+            failures.inc();
         }
     }
 
-    pub fn webhook(&mut self, provider: &str, result: &str) {
-        *self
-            .webhooks
-            .entry((provider.into(), result.into()))
-            .or_default() += 1;
+    pub fn webhook(&self, provider: &str, result: &str) {
+        self.webhooks
+            .get_or_create(&Webhook {
+                provider: provider.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
     }
 
-    pub fn set_ready(&mut self, ready: bool) {
-        self.ready = ready;
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
+    /// The OpenMetrics text exposition (which Prometheus reads as well as its own format).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        head(
-            &mut out,
-            "flotilla_ready",
-            "gauge",
-            "1 once the fleet was fetched and synced.",
-        );
-        let _ = writeln!(out, "flotilla_ready {}", u8::from(self.ready));
-        head(
-            &mut out,
-            "flotilla_reconcile_total",
-            "counter",
-            "Unit runs by result.",
-        );
-        for ((unit, result), n) in &self.reconcile {
-            let _ = writeln!(
-                out,
-                "flotilla_reconcile_total{{unit=\"{}\",result=\"{result}\"}} {n}",
-                esc(unit)
-            );
-        }
-        head(
-            &mut out,
-            "flotilla_reconcile_duration_seconds",
-            "histogram",
-            "How long a unit's run took.",
-        );
-        for (unit, h) in &self.reconcile_duration {
-            histogram(
-                &mut out,
-                "flotilla_reconcile_duration_seconds",
-                "unit",
-                unit,
-                h,
-            );
-        }
-        for (action, help) in [
-            ("applied", "Objects applied (created or changed)."),
-            ("pruned", "Objects pruned."),
-            ("failed", "Objects that failed to apply or prune."),
-        ] {
-            let name = format!("flotilla_objects_{action}_total");
-            head(&mut out, &name, "counter", help);
-            for ((unit, a), n) in &self.objects {
-                if *a == action {
-                    let _ = writeln!(out, "{name}{{unit=\"{}\"}} {n}", esc(unit));
-                }
-            }
-        }
-        head(
-            &mut out,
-            "flotilla_last_successful_sync_timestamp_seconds",
-            "gauge",
-            "When a unit last converged (Unix time).",
-        );
-        for (unit, t) in &self.last_success {
-            let _ = writeln!(
-                out,
-                "flotilla_last_successful_sync_timestamp_seconds{{unit=\"{}\"}} {t:.3}",
-                esc(unit)
-            );
-        }
-        head(
-            &mut out,
-            "flotilla_fetch_duration_seconds",
-            "histogram",
-            "How long a fetch from a repository took.",
-        );
-        for (repo, h) in &self.fetch_duration {
-            histogram(&mut out, "flotilla_fetch_duration_seconds", "repo", repo, h);
-        }
-        head(
-            &mut out,
-            "flotilla_fetch_failures_total",
-            "counter",
-            "Fetches that failed, by repository.",
-        );
-        for (repo, n) in &self.fetch_failures {
-            let _ = writeln!(
-                out,
-                "flotilla_fetch_failures_total{{repo=\"{}\"}} {n}",
-                esc(repo)
-            );
-        }
-        head(
-            &mut out,
-            "flotilla_webhook_requests_total",
-            "counter",
-            "Webhook requests by provider and result.",
-        );
-        for ((provider, result), n) in &self.webhooks {
-            let _ = writeln!(
-                out,
-                "flotilla_webhook_requests_total{{provider=\"{}\",result=\"{}\"}} {n}",
-                esc(provider),
-                esc(result)
-            );
-        }
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
 
-fn histogram(out: &mut String, name: &str, label: &str, value: &str, h: &Histogram) {
-    let v = esc(value);
-    for (i, b) in DURATION_BUCKETS.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{label}=\"{v}\",le=\"{b}\"}} {}",
-            h.counts.get(i).copied().unwrap_or(0)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "{name}_bucket{{{label}=\"{v}\",le=\"+Inf\"}} {}",
-        h.count
-    );
-    let _ = writeln!(out, "{name}_sum{{{label}=\"{v}\"}} {}", h.sum);
-    let _ = writeln!(out, "{name}_count{{{label}=\"{v}\"}} {}", h.count);
-}
-
-/// A label value escaped as the text format requires.
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+/// The content type of [`Metrics::render`]'s text.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
@@ -286,9 +303,14 @@ mod tests {
 
     #[test]
     fn metrics_render_counters_histograms_and_escaped_labels() {
-        let mut m = Metrics::default();
-        m.reconciled("ai/shop", true, Duration::from_millis(300), [2, 1, 0]);
-        m.reconciled("ai/shop", false, Duration::from_secs(2), [0, 0, 1]);
+        let m = Metrics::default();
+        m.reconciled("ai/shop", None, Duration::from_millis(300), [2, 1, 0]);
+        m.reconciled(
+            "ai/shop",
+            Some(Kind::Permanent),
+            Duration::from_secs(2),
+            [0, 0, 1],
+        );
         m.fetched(
             "ssh://git@host/\"odd\".git",
             Duration::from_millis(20),
@@ -299,13 +321,15 @@ mod tests {
         for line in [
             "flotilla_reconcile_total{unit=\"ai/shop\",result=\"success\"} 1",
             "flotilla_reconcile_total{unit=\"ai/shop\",result=\"failure\"} 1",
-            "flotilla_reconcile_duration_seconds_bucket{unit=\"ai/shop\",le=\"0.5\"} 1",
-            "flotilla_reconcile_duration_seconds_bucket{unit=\"ai/shop\",le=\"+Inf\"} 2",
+            // prometheus-client writes `le` first.
+            "flotilla_reconcile_duration_seconds_bucket{le=\"0.5\",unit=\"ai/shop\"} 1",
+            "flotilla_reconcile_duration_seconds_bucket{le=\"+Inf\",unit=\"ai/shop\"} 2",
             "flotilla_reconcile_duration_seconds_count{unit=\"ai/shop\"} 2",
             "flotilla_objects_applied_total{unit=\"ai/shop\"} 2",
             "flotilla_objects_failed_total{unit=\"ai/shop\"} 1",
             "flotilla_fetch_failures_total{repo=\"ssh://git@host/\\\"odd\\\".git\"} 1",
             "flotilla_webhook_requests_total{provider=\"github\",result=\"accepted\"} 1",
+            "flotilla_reconcile_errors_total{unit=\"ai/shop\",kind=\"permanent\"} 1",
             "# TYPE flotilla_reconcile_duration_seconds histogram",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");

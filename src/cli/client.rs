@@ -13,6 +13,7 @@ use hyper::{Method, Request, StatusCode};
 use super::{Global, Output};
 use crate::agent::status::{Report, SyncEvent};
 use crate::config::{self, Config};
+use crate::failure::{Failure, Kind};
 
 /// How to reach the agent.
 #[derive(Debug, clap::Args)]
@@ -228,19 +229,23 @@ fn print_event(out: &mut impl std::io::Write, event: &SyncEvent) -> anyhow::Resu
             failed,
             notes,
             error,
+            kind,
         } => {
+            let kind = kind.unwrap_or(Kind::Permanent);
+            let failure = |m: &String| Failure::new(kind, m.clone());
             // The same lines `run --once` prints for a set.
             let entry = crate::reconcile::Entry {
                 name: name.clone(),
                 unit: None,
+                tenant: None,
                 revision: revision.clone(),
                 outcome: crate::reconcile::Outcome {
                     applied: applied.clone(),
                     unchanged: *unchanged,
                     pruned: pruned.clone(),
-                    failed: failed.clone(),
+                    failed: failed.iter().map(failure).collect(),
                     notes: notes.clone(),
-                    error: error.clone(),
+                    error: error.as_ref().map(failure),
                     ..Default::default()
                 },
             };

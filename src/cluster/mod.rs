@@ -5,7 +5,7 @@
 //! Objects travel as JSON values: flotilla applies whatever kinds Git holds.
 //!
 //! Errors: [`Error::Api`] is the API server's answer, with its reason and message; a 5xx, a 429
-//! and [`Error::Transport`] are transient; the rest are not.
+//! and [`Error::Transport`] are transient, and [`Error::kind`] says so of each.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,6 +19,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::Value;
 
+use crate::failure::Kind;
 use crate::fleet::Identity;
 
 /// The field manager of every apply flotilla makes.
@@ -116,12 +117,17 @@ impl Error {
         self.code() == Some(404)
     }
 
-    /// Worth retrying: the server was unreachable, overloaded or failing.
-    pub fn is_transient(&self) -> bool {
+    /// Whether waiting could help (the error policy of [`crate::failure`]): the server was
+    /// unreachable, overloaded or failing (a 5xx, a 429), the object changed under the write
+    /// (409), something it needs is not there yet (a 404: a namespace, a Role; a kind whose CRD
+    /// another unit installs), or its namespace is being deleted. Other refusals (400, 401,
+    /// 403, 422, ...) and a kubeconfig that cannot be used wait for a change.
+    pub fn kind(&self) -> Kind {
         match self {
-            Error::Transport(_) => true,
-            Error::Api(f) => f.code == 429 || f.code >= 500,
-            _ => false,
+            Error::Transport(_) | Error::UnknownKind { .. } => Kind::Transient,
+            Error::Api(f) if matches!(f.code, 404 | 409 | 429) || f.code >= 500 => Kind::Transient,
+            Error::Api(_) if self.namespace_terminating() => Kind::Transient,
+            Error::Api(_) | Error::Config(_) => Kind::Permanent,
         }
     }
 

@@ -125,3 +125,45 @@ impl Elector {
         self.duration * 2 / 3
     }
 }
+/// Keeps renewing the Lease every period; a Lease taken by another replica, or not renewed
+/// within the renew deadline, is reported on `lost` and ends the task. A renewal that hangs never
+/// outlives the deadline: past it, another replica may already hold the Lease.
+pub fn spawn_renewer(
+    elector: std::sync::Arc<tokio::sync::Mutex<Elector>>,
+    lost: tokio::sync::mpsc::UnboundedSender<String>,
+) -> tokio::task::JoinHandle<()> {
+    use tracing::Instrument as _;
+    let task = async move {
+        let mut last_ok = Instant::now();
+        loop {
+            let (period, deadline) = {
+                let e = elector.lock().await;
+                (e.period(), e.deadline())
+            };
+            tokio::time::sleep(period).await;
+            let left = deadline.saturating_sub(last_ok.elapsed());
+            let result =
+                tokio::time::timeout(left, async { elector.lock().await.try_acquire().await })
+                    .await;
+            match result {
+                Ok(Ok(true)) => last_ok = Instant::now(),
+                Ok(Ok(false)) => {
+                    let _ = lost.send("another replica holds the Lease".into());
+                    return;
+                }
+                Ok(Err(error)) if last_ok.elapsed() < deadline => {
+                    tracing::warn!(%error, "Lease renewal failed; retrying")
+                }
+                Ok(Err(error)) => {
+                    let _ = lost.send(format!("the Lease could not be renewed: {error}"));
+                    return;
+                }
+                Err(_) => {
+                    let _ = lost.send("the Lease could not be renewed in time".into());
+                    return;
+                }
+            }
+        }
+    };
+    tokio::spawn(task.instrument(tracing::info_span!("lease")))
+}

@@ -13,6 +13,7 @@
 //! Shutdown order: stop flag → no new rounds → running rounds finish (within `shutdown_grace`)
 //! → `STOPPING=1` → the Lease is released → servers stop → exit.
 
+mod book;
 mod finished;
 pub mod leader;
 pub mod reload;
@@ -20,22 +21,23 @@ pub mod round;
 pub mod schedule;
 pub mod systemd;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-pub use crate::agent::{Request, Shared, Waiter, report, status, stopped};
+use crate::agent::status::Metrics;
+pub use crate::agent::{Handle, Request, Waiter, status, stopped};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::fleet::Identity;
 use crate::reconcile::Engine;
 use crate::source::Sources;
-use finished::{Revisions, joined_round, publish_next_runs};
+use book::Book;
+use finished::{TaskRounds, joined_round, publish_next_runs};
 use round::{Context, Done};
 use schedule::{Schedule, Scope};
 
@@ -70,7 +72,8 @@ pub fn run(config: Config) -> Result<ExitCode, Error> {
 async fn main(config: Config) -> Result<ExitCode, Error> {
     let config = Arc::new(config);
     let (requests, mut incoming) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared::new(config.clone(), requests));
+    let metrics = Arc::new(Metrics::default());
+    let (handle, publisher) = Handle::new(config.clone(), requests, metrics.clone());
     let (stop_tx, mut stop) = watch::channel(false);
     signals(stop_tx.clone());
 
@@ -89,7 +92,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
         tracing::info!(address = %bound, "listening for HTTP");
         tokio::spawn(crate::server::serve_tcp(
             listener,
-            shared.clone(),
+            handle.clone(),
             stop.clone(),
             false,
         ));
@@ -105,7 +108,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
         tracing::info!(address = %addr, "serving metrics");
         tokio::spawn(crate::server::serve_tcp(
             listener,
-            shared.clone(),
+            handle.clone(),
             stop.clone(),
             true,
         ));
@@ -116,7 +119,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
             tracing::info!(socket = %path.display(), "listening on the operator socket");
             tokio::spawn(crate::server::serve_unix(
                 listener,
-                shared.clone(),
+                handle.clone(),
                 stop.clone(),
             ));
             Some(path.clone())
@@ -136,18 +139,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
     let heartbeat = Arc::new(Mutex::new(Instant::now()));
     let watchdog = systemd::watchdog_interval();
     if let Some(every) = watchdog {
-        let heartbeat = heartbeat.clone();
-        tokio::spawn(async move {
-            loop {
-                let age = heartbeat.lock().map(|h| h.elapsed()).unwrap_or_default();
-                if age < every * 2 {
-                    systemd::notify("WATCHDOG=1");
-                } else {
-                    tracing::error!(stalled_for = ?age, "the scheduler is not responding; no watchdog ping");
-                }
-                tokio::time::sleep(every).await;
-            }
-        });
+        systemd::spawn_watchdog(every, heartbeat.clone());
     }
     let beat = {
         let heartbeat = heartbeat.clone();
@@ -198,59 +190,26 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
             }
         }
         tracing::info!(identity = %e.identity, "elected leader");
-        elector = Some(Arc::new(tokio::sync::Mutex::new(e)));
-        let renewer = elector.clone().expect("just set");
-        renewing = Some(tokio::spawn(async move {
-            let mut last_ok = Instant::now();
-            loop {
-                let (period, deadline) = {
-                    let e = renewer.lock().await;
-                    (e.period(), e.deadline())
-                };
-                tokio::time::sleep(period).await;
-                // A call that hangs must not outlive the renew deadline: past it, another
-                // replica may already hold the Lease.
-                let left = deadline.saturating_sub(last_ok.elapsed());
-                let result =
-                    tokio::time::timeout(left, async { renewer.lock().await.try_acquire().await })
-                        .await;
-                match result {
-                    Ok(Ok(true)) => last_ok = Instant::now(),
-                    Ok(Ok(false)) => {
-                        let _ = lost_tx.send("another replica holds the Lease".into());
-                        return;
-                    }
-                    Ok(Err(error)) if last_ok.elapsed() < deadline => {
-                        tracing::warn!(%error, "Lease renewal failed; retrying")
-                    }
-                    Ok(Err(error)) => {
-                        let _ = lost_tx.send(format!("the Lease could not be renewed: {error}"));
-                        return;
-                    }
-                    Err(_) => {
-                        let _ = lost_tx.send("the Lease could not be renewed in time".into());
-                        return;
-                    }
-                }
-            }
-        }));
+        let e = Arc::new(tokio::sync::Mutex::new(e));
+        renewing = Some(leader::spawn_renewer(e.clone(), lost_tx));
+        elector = Some(e);
     }
-    shared.leader.store(true, Ordering::SeqCst);
+    publisher.update(|s| s.leader = true);
 
     let mut ctx = Arc::new(Context {
         config: config.clone(),
         sources: Arc::new(Sources::new(&config)),
         engine: engine.clone(),
-        metrics: shared.metrics.clone(),
+        metrics: metrics.clone(),
         claims: Default::default(),
     });
     let mut schedule: Schedule<Waiter> = Schedule::new(config.interval, Instant::now());
     let mut rounds: tokio::task::JoinSet<Done> = tokio::task::JoinSet::new();
-    let mut known = Revisions::default();
+    let mut book = Book::default();
+    let out = (&publisher, &*metrics);
     let mut code = ExitCode::SUCCESS;
     systemd::notify("STATUS=first sync");
-    // Round task ids → round ids, so that a round whose task panicked is failed, not lost.
-    let mut task_rounds: BTreeMap<tokio::task::Id, u64> = BTreeMap::new();
+    let mut task_rounds = TaskRounds::new();
     loop {
         beat();
         if *stop.borrow() {
@@ -259,25 +218,25 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
         let now = Instant::now();
         schedule.due(now);
         for round in schedule.start(now) {
-            let id = round.id;
-            let handle = rounds.spawn(round::run(ctx.clone(), round));
-            task_rounds.insert(handle.id(), id);
+            let (id, scope) = (round.id, round.scope.clone());
+            let task = rounds.spawn(round::run(ctx.clone(), round));
+            task_rounds.insert(task.id(), (id, scope));
         }
-        publish_next_runs(&shared, &schedule);
+        publish_next_runs(&publisher, &schedule);
         let wake = schedule.next_wake().min(Instant::now() + tick);
         tokio::select! {
             biased;
             _ = stopped(&mut stop) => break,
             Some(why) = lost.recv() => {
                 tracing::error!(reason = %why, "lost leadership; cancelling running syncs so that only the new leader applies");
-                shared.leader.store(false, Ordering::SeqCst);
+                publisher.update(|s| s.leader = false);
                 rounds.abort_all();
                 code = ExitCode::from(1);
                 let _ = stop_tx.send(true);
                 break;
             }
             Some(joined) = rounds.join_next_with_id(), if !rounds.is_empty() => {
-                joined_round(&shared, &mut schedule, &mut known, &mut task_rounds, joined);
+                joined_round(out, &mut schedule, &mut book, &mut task_rounds, joined);
             }
             Some(r) = incoming.recv() => schedule.request(r.scope, r.fresh, &r.reason, r.waiter),
             _ = tokio::time::sleep_until(wake.into()) => {}
@@ -291,10 +250,10 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
                     config: new.clone(),
                     sources,
                     engine: engine.clone(),
-                    metrics: shared.metrics.clone(),
+                    metrics: metrics.clone(),
                     claims: ctx.claims.clone(),
                 });
-                *shared.config.lock().expect("config lock") = new.clone();
+                publisher.update(|s| s.config = new.clone());
                 schedule.set_interval(new.interval, Instant::now());
                 schedule.request(Scope::All, BTreeSet::new(), "config reloaded", None);
             }
@@ -302,7 +261,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
     }
 
     // Shutdown: no new rounds; the running ones finish within the grace period.
-    shared.ready.store(false, Ordering::SeqCst);
+    publisher.update(|s| s.status.ready = false);
     systemd::notify("STOPPING=1");
     let grace = config.shutdown_grace;
     if !rounds.is_empty() {
@@ -313,15 +272,15 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
     loop {
         tokio::select! {
             biased;
-            Some(why) = lost.recv(), if shared.leader.load(Ordering::SeqCst) => {
+            Some(why) = lost.recv(), if publisher.snapshot().leader => {
                 tracing::error!(reason = %why, "lost leadership while stopping; cancelling running syncs");
-                shared.leader.store(false, Ordering::SeqCst);
+                publisher.update(|s| s.leader = false);
                 rounds.abort_all();
                 code = ExitCode::from(1);
             }
             joined = rounds.join_next_with_id() => match joined {
                 None => break,
-                Some(joined) => joined_round(&shared, &mut schedule, &mut known, &mut task_rounds, joined),
+                Some(joined) => joined_round(out, &mut schedule, &mut book, &mut task_rounds, joined),
             },
             _ = &mut deadline => {
                 tracing::error!(rounds = rounds.len(), "the grace period is over; cancelling the syncs still running");
@@ -337,7 +296,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
         let _ = r.await;
     }
     if let Some(e) = elector
-        && shared.leader.load(Ordering::SeqCst)
+        && publisher.snapshot().leader
     {
         let e = e.lock().await;
         let _ = tokio::time::timeout(e.period(), e.release()).await;

@@ -5,6 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+use crate::failure::Failure;
+use crate::fleet::Problem;
+
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
@@ -23,7 +26,7 @@ pub struct Context {
     pub config: Arc<Config>,
     pub sources: Arc<Sources>,
     pub engine: Arc<Engine>,
-    pub metrics: Arc<Mutex<Metrics>>,
+    pub metrics: Arc<Metrics>,
     /// Which unit owns which object, from every round's renders; kept across reloads.
     pub claims: Arc<Mutex<crate::render::Claims>>,
 }
@@ -35,7 +38,7 @@ pub struct Done {
     pub reasons: BTreeSet<String>,
     pub entries: Vec<Entry>,
     /// The round failed as a whole: nothing was synced.
-    pub error: Option<String>,
+    pub error: Option<Failure>,
     pub view: Option<View>,
 }
 
@@ -46,7 +49,7 @@ pub struct View {
     /// Every placed unit's schedule.
     pub plans: BTreeMap<UnitId, Plan>,
     /// Problems of the fleet (`None`) or of a tenant, by owner.
-    pub problems: BTreeMap<Option<String>, Vec<String>>,
+    pub problems: BTreeMap<Option<String>, Vec<Problem>>,
     /// Tenants whose repo or catalog could not be read: their units are kept, not dropped.
     pub tenants_failed: BTreeSet<String>,
     /// Which repositories feed which scopes, for webhooks.
@@ -73,23 +76,22 @@ pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
             fetcher.fresh = fresh;
             let metrics = ctx.metrics.clone();
             fetcher.observe = Some(Arc::new(move |repo, took, ok| {
-                if let Ok(mut m) = metrics.lock() {
-                    m.fetched(repo, took, ok);
-                }
+                metrics.fetched(repo, took, ok);
             }));
-            prepare_with(&ctx.config, &fetcher, &|u| covers(&scope, u)).map_err(|e| e.to_string())
+            prepare_with(&ctx.config, &fetcher, &|u| covers(&scope, u))
+                .map_err(|e| Failure::new(e.kind(), e.to_string()))
         })
         .await
         .unwrap_or_else(|e| {
-            Err(format!(
+            Err(Failure::transient(format!(
                 "internal error: the fetch and render task failed: {e}"
-            ))
+            )))
         })
     };
     let prepared = match prepared {
         Ok(p) => p,
         Err(error) => {
-            tracing::error!(parent: &span, %error, "round failed; nothing applied or pruned");
+            tracing::error!(parent: &span, %error, kind = %error.kind, "round failed; nothing applied or pruned");
             return Done {
                 id,
                 scope,
@@ -103,11 +105,14 @@ pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
     let view = view_of(&ctx.config, &prepared);
     // An API server that does not answer fails the round as a whole, not each unit on its own.
     if let Err(e) = ctx.engine.cluster.resolve("v1", "ConfigMap").await {
-        let error = format!(
-            "API server {}: {e}; nothing applied",
-            ctx.engine.cluster.url()
+        let error = Failure::new(
+            e.kind(),
+            format!(
+                "API server {}: {e}; nothing applied",
+                ctx.engine.cluster.url()
+            ),
         );
-        tracing::error!(parent: &span, %error, "round failed");
+        tracing::error!(parent: &span, %error, kind = %error.kind, "round failed");
         return Done {
             id,
             scope,
@@ -206,17 +211,14 @@ fn view_of(config: &Config, prepared: &crate::pipeline::Prepared) -> View {
             },
         );
     }
-    let mut problems: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
+    let mut problems: BTreeMap<Option<String>, Vec<Problem>> = BTreeMap::new();
     for p in &prepared.problems {
         // Problems found before any set exists (the fleet's, a tenant's, an app that could not
         // be placed): logged here, since no set carries them.
         tracing::warn!(problem = %p, "fleet or catalog problem");
         match &p.owner {
-            Owner::Fleet => problems.entry(None).or_default().push(p.to_string()),
-            Owner::Tenant(t) => problems
-                .entry(Some(t.clone()))
-                .or_default()
-                .push(p.to_string()),
+            Owner::Fleet => problems.entry(None).or_default().push(p.clone()),
+            Owner::Tenant(t) => problems.entry(Some(t.clone())).or_default().push(p.clone()),
             Owner::Unit(_) => {}
         }
     }
@@ -270,9 +272,7 @@ async fn post_events(engine: &Engine, input: &reconcile::Input, entries: &[Entry
         let Some(id) = &e.unit else { continue };
         let o = &e.outcome;
         let (kind, reason, message) = if !o.converged() {
-            let mut lines: Vec<String> = o.error.iter().cloned().collect();
-            lines.extend(o.failed.iter().cloned());
-            ("Warning", "SyncFailed", lines.join("; "))
+            ("Warning", "SyncFailed", o.failure_lines().join("; "))
         } else if !o.applied.is_empty() || !o.pruned.is_empty() {
             (
                 "Normal",

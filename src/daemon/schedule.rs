@@ -13,11 +13,8 @@ use std::time::{Duration, Instant};
 
 pub use crate::agent::{Plan, Scope, covers};
 use crate::deadline::after;
+use crate::failure::{self, Kind};
 use crate::fleet::UnitId;
-
-/// The first retry of a failed unit comes this much later, doubling each time up to the unit's
-/// interval.
-pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
 
 /// A round ready to start.
 #[derive(Debug)]
@@ -279,15 +276,16 @@ impl<W: Clone> Schedule<W> {
         self.running.len()
     }
 
-    /// Records a finished round: each unit's result (`true`: converged) sets its next run (its
-    /// interval, or a backoff after a failure); `placed`, when the round read the placement,
+    /// Records a finished round: each unit's result (`None`: converged, else the kind of its
+    /// failure) sets its next run by the error policy ([`failure::next_run`]: its interval, or
+    /// a backoff after a transient failure); `placed`, when the round read the placement,
     /// replaces the known units in its scope. Returns the waiters the round covered (in part),
     /// each with whether it is now satisfied.
     pub fn finish(
         &mut self,
         id: u64,
         now: Instant,
-        results: &[(UnitId, bool)],
+        results: &[(UnitId, Option<Kind>)],
         placed: Option<&BTreeMap<UnitId, Plan>>,
     ) -> Vec<(W, bool)> {
         let Some((started, scope)) = self.running.remove(&id) else {
@@ -296,15 +294,13 @@ impl<W: Clone> Schedule<W> {
         if let Some(placed) = placed {
             self.learn(&scope, placed, now);
         }
-        for (u, ok) in results {
+        for (u, result) in results {
             if let Some(t) = self.units.get_mut(u) {
-                if *ok {
-                    t.failures = 0;
-                    t.next = after(now, jitter(t.plan.interval));
-                } else {
-                    t.failures += 1;
-                    t.next = after(now, backoff(t.failures, t.plan.interval));
-                }
+                t.failures = match result {
+                    None => 0,
+                    Some(_) => t.failures.saturating_add(1),
+                };
+                t.next = after(now, failure::next_run(*result, t.failures, t.plan.interval));
             }
         }
         if scope == Scope::All {
@@ -353,22 +349,22 @@ impl<W: Clone> Schedule<W> {
         }
     }
 
-    /// A round that failed as a whole (no fetch, no API server): its units are retried with
-    /// backoff, and a full round after a backoff too.
-    pub fn failed_whole(&mut self, id: u64, now: Instant) -> Vec<(W, bool)> {
+    /// A round that failed as a whole (no fetch, no API server): its units, and a full round,
+    /// are retried as the failure's kind says (with backoff if transient).
+    pub fn failed_whole(&mut self, id: u64, now: Instant, kind: Kind) -> Vec<(W, bool)> {
         let scope = self.running.get(&id).map(|(_, s)| s.clone());
-        let units: Vec<(UnitId, bool)> = self
+        let units: Vec<(UnitId, Option<Kind>)> = self
             .units
             .keys()
             .filter(|u| scope.as_ref().is_some_and(|s| covers(s, u)))
-            .map(|u| (u.clone(), false))
+            .map(|u| (u.clone(), Some(kind)))
             .collect();
         let whole = scope == Some(Scope::All);
         let failures = self.all_failures + 1;
         let waiters = self.finish(id, now, &units, None);
         if whole {
             self.all_failures = failures;
-            self.next_all = after(now, backoff(failures, self.interval));
+            self.next_all = after(now, failure::next_run(Some(kind), failures, self.interval));
         }
         waiters
     }
@@ -409,11 +405,6 @@ fn touches_tenant(scope: &Scope, tenant: &str) -> bool {
 /// `interval` ± 10%, so that many units (and many agents) do not poll in step.
 pub fn jitter(interval: Duration) -> Duration {
     crate::deadline::jitter(interval, 0.1)
-}
-
-/// The wait before retry number `failures` (1, 2, ...): 5 s doubling, at most `cap`, ± 10%.
-pub fn backoff(failures: u32, cap: Duration) -> Duration {
-    crate::deadline::backoff(BACKOFF_BASE, failures.saturating_sub(1), cap, 0.1)
 }
 
 #[cfg(test)]

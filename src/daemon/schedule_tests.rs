@@ -59,12 +59,12 @@ fn a_burst_of_triggers_coalesces_into_one_round() {
         Some(100),
     );
     assert!(s.start(now).is_empty(), "the unit is busy");
-    let told = done(s.finish(rounds[0].id, now, &[(a.clone(), true)], None));
+    let told = done(s.finish(rounds[0].id, now, &[(a.clone(), None)], None));
     assert_eq!(told, (0..20).collect::<Vec<_>>());
     let again = s.start(now);
     assert_eq!(again.len(), 1);
     assert_eq!(
-        done(s.finish(again[0].id, now, &[(a, true)], None)),
+        done(s.finish(again[0].id, now, &[(a, None)], None)),
         vec![99, 100]
     );
     assert!(s.idle());
@@ -96,7 +96,7 @@ fn due_units_by_interval_failures_back_off_and_suspended_units_wait() {
     assert_eq!(rounds[0].scope, Scope::Units([a.clone()].into()));
     assert_eq!(rounds[0].fresh, Some(["ra".to_string()].into()));
     let t = now + Duration::from_secs(70);
-    s.finish(rounds[0].id, t, &[(a.clone(), false)], None);
+    s.finish(rounds[0].id, t, &[(a.clone(), Some(Kind::Transient))], None);
     let retry = s.next_wake();
     assert!(retry >= t + Duration::from_millis(4500) && retry <= t + Duration::from_millis(5500));
     // Repeated failures double the wait, capped at the interval.
@@ -108,7 +108,7 @@ fn due_units_by_interval_failures_back_off_and_suspended_units_wait() {
             None,
         );
         let r = s.start(now);
-        s.finish(r[0].id, t, &[(a.clone(), false)], None);
+        s.finish(r[0].id, t, &[(a.clone(), Some(Kind::Transient))], None);
     }
     let wait = s.next_wake() - t;
     assert!(wait <= Duration::from_secs(66), "{wait:?}");
@@ -133,7 +133,7 @@ fn a_periodic_full_round_leaves_units_alone_until_their_own_interval() {
     assert_eq!(rounds.len(), 1);
     assert_eq!(rounds[0].scope, Scope::All);
     assert_eq!(rounds[0].skip, [hourly.clone()].into());
-    s.finish(rounds[0].id, now, &[(often, false)], None);
+    s.finish(rounds[0].id, now, &[(often, Some(Kind::Transient))], None);
     // A sync asked for by someone skips nothing; the failure is remembered for dependsOn.
     s.request(Scope::All, BTreeSet::new(), "sync", None);
     let asked = s.start(now);
@@ -216,7 +216,7 @@ fn a_full_round_waits_for_running_rounds_and_holds_back_new_ones() {
         None,
     );
     assert!(s.start(now).is_empty());
-    assert!(done(s.finish(first[0].id, now, &[(a, true)], None)).is_empty());
+    assert!(done(s.finish(first[0].id, now, &[(a, None)], None)).is_empty());
     let full = s.start(now);
     assert_eq!(full[0].scope, Scope::All);
     assert_eq!(full[0].fresh, None);
@@ -258,11 +258,11 @@ fn tenant_and_unit_rounds_run_side_by_side_when_disjoint() {
     );
     // The sync of both units hears of b's round, and is satisfied by a's.
     assert_eq!(
-        s.finish(rounds[1].id, now, &[(b, true)], None),
+        s.finish(rounds[1].id, now, &[(b, None)], None),
         vec![(2, false)]
     );
     assert_eq!(
-        done(s.finish(rounds[0].id, now, &[(a, true)], None)),
+        done(s.finish(rounds[0].id, now, &[(a, None)], None)),
         vec![1, 2]
     );
 }

@@ -41,3 +41,23 @@ pub fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     (usec > 0).then(|| Duration::from_micros(usec) / 2)
 }
+/// The watchdog: pings systemd every `every`, but only while the scheduler shows signs of life
+/// (its `heartbeat` is younger than two periods): a stuck loop gets the agent restarted.
+pub fn spawn_watchdog(
+    every: Duration,
+    heartbeat: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
+) {
+    use tracing::Instrument as _;
+    let task = async move {
+        loop {
+            let age = heartbeat.lock().map(|h| h.elapsed()).unwrap_or_default();
+            if age < every * 2 {
+                notify("WATCHDOG=1");
+            } else {
+                tracing::error!(stalled_for = ?age, "the scheduler is not responding; no watchdog ping");
+            }
+            tokio::time::sleep(every).await;
+        }
+    };
+    tokio::spawn(task.instrument(tracing::info_span!("watchdog")));
+}

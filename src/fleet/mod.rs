@@ -255,6 +255,8 @@ pub struct Problem {
     pub owner: Owner,
     /// `file:line:col: field: message`, or a message with the object it is about.
     pub detail: String,
+    /// Permanent, but for a source that could not be fetched for a transient reason.
+    pub kind: crate::failure::Kind,
 }
 
 /// Whose a problem is: it decides what fails (the fleet, one tenant, one unit).
@@ -341,10 +343,16 @@ impl fmt::Display for Owner {
 // === impl Problem ===
 
 impl Problem {
+    /// A permanent problem: it stays until the fleet, the catalog or the app changes.
     pub fn new(owner: Owner, detail: impl Into<String>) -> Problem {
+        Problem::of_kind(owner, detail, crate::failure::Kind::Permanent)
+    }
+
+    pub fn of_kind(owner: Owner, detail: impl Into<String>, kind: crate::failure::Kind) -> Problem {
         Problem {
             owner,
             detail: detail.into(),
+            kind,
         }
     }
 }

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::set::Mode;
 use crate::cluster::{Cluster, Resource};
+use crate::failure::Failure;
 use crate::plan::{self, Decision};
 
 /// The result of one object's apply.
@@ -17,7 +18,7 @@ pub(super) enum Applied {
     Changed(String, &'static str),
     /// Diff mode: it would change; the diff.
     Diff(String),
-    Failed(String),
+    Failed(Failure),
     /// Refused because its namespace is being deleted.
     Terminating,
 }
@@ -59,10 +60,10 @@ pub(super) async fn apply_one(
                 return match (&live, e.is_not_found()) {
                     // A new object whose namespace is not there yet (onboarding comes first).
                     (None, true) => Applied::Diff(diff_text(&Value::Null, body)),
-                    _ => Applied::Failed(e.to_string()),
+                    _ => Applied::Failed(e.into()),
                 };
             }
-            Err(e) if e.immutable_fields().is_none() => return Applied::Failed(e.to_string()),
+            Err(e) if e.immutable_fields().is_none() => return Applied::Failed(e.into()),
             Err(_) => {} // the apply below meets it again and handles it
         }
     }
@@ -88,10 +89,11 @@ pub(super) async fn apply_one(
                     .and_then(|l| l["metadata"]["uid"].as_str())
                     .map(str::to_string);
                 if let Err(e) = Cluster::delete(client, r, ns, name, uid.as_deref()).await {
-                    return Applied::Failed(format!(
-                        "recreating (immutable {}): {e}",
-                        fields.join(", ")
-                    ));
+                    let immutable = fields.join(", ");
+                    return Applied::Failed(
+                        Failure::from(e)
+                            .context(format_args!("recreating (immutable {immutable})")),
+                    );
                 }
                 let deadline = crate::deadline::from_now(timeout);
                 loop {
@@ -101,16 +103,16 @@ pub(super) async fn apply_one(
                             tokio::time::sleep(Duration::from_millis(200)).await
                         }
                         Ok(Some(_)) => {
-                            return Applied::Failed(
-                                "recreating: the old object is still being deleted".into(),
-                            );
+                            return Applied::Failed(Failure::transient(
+                                "recreating: the old object is still being deleted",
+                            ));
                         }
-                        Err(e) => return Applied::Failed(format!("recreating: {e}")),
+                        Err(e) => return Applied::Failed(Failure::from(e).context("recreating")),
                     }
                 }
                 match Cluster::apply(client, r, body, force, false).await {
                     Ok(applied) => Applied::Changed(plan::fingerprint(&applied), "recreated"),
-                    Err(e) => Applied::Failed(format!("recreating: {e}")),
+                    Err(e) => Applied::Failed(Failure::from(e).context("recreating")),
                 }
             }
             Some(fields) => {
@@ -119,11 +121,11 @@ pub(super) async fn apply_one(
                 } else {
                     format!(" ({})", fields.join(", "))
                 };
-                Applied::Failed(format!(
+                Applied::Failed(Failure::permanent(format!(
                     "{e}; the change touches an immutable field{named}: set options.recreate: true on the app to delete and recreate the object"
-                ))
+                )))
             }
-            None => Applied::Failed(e.to_string()),
+            None => Applied::Failed(e.into()),
         },
     }
 }

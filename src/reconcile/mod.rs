@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::cluster::Cluster;
+use crate::failure::{Failure, Kind};
 use crate::fleet::{self, Fleet, Identity, Tenant, Unit, UnitId};
 use crate::inventory::Parent;
 use crate::render::{self, LABEL_APP, LABEL_TENANT, Object, ObjectKey, Scope};
@@ -73,6 +74,8 @@ pub struct Entry {
     pub name: String,
     /// The unit, for a unit's set (not for onboarding, removals and departures).
     pub unit: Option<UnitId>,
+    /// The tenant the set is of (a unit's, an onboarding's, a removal's): who hears of it.
+    pub tenant: Option<String>,
     pub revision: Option<String>,
     pub outcome: Outcome,
 }
@@ -115,7 +118,7 @@ pub async fn pass(
     // Onboarding first: namespaces, ServiceAccount, RoleBindings (infra may put quotas or
     // policies into the tenants' namespaces).
     // Tenants whose onboarding failed, with what their units are told.
-    let mut not_onboarded: BTreeMap<String, String> = BTreeMap::new();
+    let mut not_onboarded: BTreeMap<String, Failure> = BTreeMap::new();
     for name in &input.placed {
         let Some(tenant) = input.fleet.tenants.get(name) else {
             continue;
@@ -141,10 +144,12 @@ pub async fn pass(
                     set::terminating_error(&outcome.terminating)
                 )
             };
-            not_onboarded.insert(name.clone(), why);
+            let kind = outcome.failure_kind().unwrap_or(Kind::Transient);
+            not_onboarded.insert(name.clone(), Failure::new(kind, why));
         }
         entries.push(Entry {
             unit: None,
+            tenant: Some(name.clone()),
             name: spec.name,
             revision: None,
             outcome,
@@ -188,12 +193,18 @@ pub async fn pass(
                 unit.depends_on
                     .iter()
                     .find(|d| done.get(&UnitId::app(&tenant, d)) == Some(&false))
-                    .map(|d| format!("not applied: it depends on {d}, which did not converge"))
+                    // Transient: the dependency's own retries may make it converge.
+                    .map(|d| {
+                        Failure::transient(format!(
+                            "not applied: it depends on {d}, which did not converge"
+                        ))
+                    })
             };
             if unit.options.suspend {
                 done.insert(unit.id.clone(), true);
                 entries.push(Entry {
                     unit: Some(unit.id.clone()),
+                    tenant: unit.id.tenant.clone(),
                     name: fleet::Owner::Unit(unit.id.clone()).to_string(),
                     revision: input.revisions.get(&unit.id).cloned(),
                     outcome: Outcome {
@@ -206,6 +217,7 @@ pub async fn pass(
             if let Some(why) = blocked {
                 let entry = Entry {
                     unit: Some(unit.id.clone()),
+                    tenant: unit.id.tenant.clone(),
                     name: fleet::Owner::Unit(unit.id.clone()).to_string(),
                     revision: input.revisions.get(&unit.id).cloned(),
                     outcome: Outcome {
@@ -242,10 +254,10 @@ pub async fn pass(
                         Err(later) => return (unit.id.clone(), left_to(&unit, later, revision)),
                     },
                     Err(_) => Outcome {
-                        error: Some(format!(
+                        error: Some(Failure::transient(format!(
                             "not synced: another round's sync of this unit or a sync slot took longer than {}; retried later",
                             humantime::format_duration(engine.max_wait)
-                        )),
+                        ))),
                         ..Default::default()
                     },
                 };
@@ -253,6 +265,7 @@ pub async fn pass(
                     unit.id.clone(),
                     Entry {
                         unit: Some(unit.id.clone()),
+                        tenant: unit.id.tenant.clone(),
                         name: fleet::Owner::Unit(unit.id.clone()).to_string(),
                         revision,
                         outcome,
@@ -270,10 +283,13 @@ pub async fn pass(
                 // Never silently missing from the report (and so from the exit code).
                 Err(e) => level_entries.push(Entry {
                     unit: None,
+                    tenant: None,
                     name: "a tenant app".into(),
                     revision: None,
                     outcome: Outcome {
-                        error: Some(format!("internal error: its sync did not finish: {e}")),
+                        error: Some(Failure::transient(format!(
+                            "internal error: its sync did not finish: {e}"
+                        ))),
                         ..Default::default()
                     },
                 }),
@@ -295,16 +311,9 @@ pub async fn pass(
 
 /// Waits (up to 10 s) until the tenant's new RoleBindings take effect: a real API server's
 /// authorizer learns of them from its cache a moment after they are written.
-async fn await_access(engine: &Engine, tenant: &Tenant) -> Result<(), String> {
-    let client = engine
-        .cluster
-        .client(&tenant_identity(tenant))
-        .map_err(|e| e.to_string())?;
-    let configmaps = engine
-        .cluster
-        .resolve("v1", "ConfigMap")
-        .await
-        .map_err(|e| e.to_string())?;
+async fn await_access(engine: &Engine, tenant: &Tenant) -> Result<(), Failure> {
+    let client = engine.cluster.client(&tenant_identity(tenant))?;
+    let configmaps = engine.cluster.resolve("v1", "ConfigMap").await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     for ns in &tenant.namespaces {
         loop {
@@ -314,10 +323,11 @@ async fn await_access(engine: &Engine, tenant: &Tenant) -> Result<(), String> {
                 Err(e) if e.code() == Some(403) && std::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(200)).await
                 }
+                // Transient: the authorizer may learn of the bindings later still.
                 Err(e) => {
-                    return Err(format!(
+                    return Err(Failure::transient(format!(
                         "the tenant's ServiceAccount cannot work in namespace {ns} after onboarding: {e}"
-                    ));
+                    )));
                 }
             }
         }
@@ -379,6 +389,7 @@ async fn sync_unit(
     }
     Entry {
         unit: Some(unit.id.clone()),
+        tenant: unit.id.tenant.clone(),
         name: fleet::Owner::Unit(unit.id.clone()).to_string(),
         revision: input.revisions.get(&unit.id).cloned(),
         outcome: run_spec(engine, unit_spec(rendered, unit, mode, deps), None).await,
@@ -390,6 +401,7 @@ async fn sync_unit(
 fn left_to(unit: &Unit, later: u64, revision: Option<String>) -> Entry {
     Entry {
         unit: None,
+        tenant: unit.id.tenant.clone(),
         name: format!(
             "{} (left to round {later})",
             fleet::Owner::Unit(unit.id.clone())
@@ -408,7 +420,7 @@ fn left_to(unit: &Unit, later: u64, revision: Option<String>) -> Entry {
 /// render failed) is that error.
 async fn run_spec(
     engine: &Engine,
-    spec: Result<(SetSpec, Vec<String>), String>,
+    spec: Result<(SetSpec, Vec<Failure>), Failure>,
     slot: Option<slots::Slot>,
 ) -> Outcome {
     match spec {
@@ -431,24 +443,29 @@ fn unit_spec(
     unit: &Unit,
     mode: Mode,
     has_dependents: bool,
-) -> Result<(SetSpec, Vec<String>), String> {
+) -> Result<(SetSpec, Vec<Failure>), Failure> {
     let objects = match rendered {
         Some(Ok(objects)) => objects,
+        // Permanent, unless a source could not be fetched for a transient reason.
         Some(Err(problems)) => {
             let lines: Vec<String> = problems.iter().map(|p| p.detail.clone()).collect();
-            return Err(format!(
-                "render failed, nothing applied or pruned:\n  {}",
-                lines.join("\n  ")
+            let kind = Kind::worst(problems.iter().map(|p| p.kind)).unwrap_or(Kind::Permanent);
+            return Err(Failure::new(
+                kind,
+                format!(
+                    "render failed, nothing applied or pruned:\n  {}",
+                    lines.join("\n  ")
+                ),
             ));
         }
-        None => return Err("not rendered".into()),
+        None => return Err(Failure::transient("not rendered")),
     };
     let (refused, ok): (Vec<Object>, Vec<Object>) =
         objects.into_iter().partition(|o| o.refused.is_some());
     let failures = refused
         .iter()
         .filter_map(|o| o.refusal(&unit.id))
-        .map(|p| p.detail)
+        .map(|p| Failure::new(p.kind, p.detail))
         .collect();
     let spec = SetSpec {
         name: fleet::Owner::Unit(unit.id.clone()).to_string(),

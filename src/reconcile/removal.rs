@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::set::{self, Engine, Mode, Outcome, SetOptions, SetSpec};
 use super::{DEFAULT_TIMEOUT, Entry, Filter, Input, ONBOARDING, tenant_identity};
 use crate::cluster::Cluster;
+use crate::failure::Failure;
 use crate::fleet::{Identity, OnRemoval, Tenant, UnitId};
 use crate::inventory::{ID_LABEL, Parent};
 use crate::render::{LABEL_APP, LABEL_TENANT};
@@ -47,7 +48,7 @@ pub(super) async fn removed_apps(
     input: &Input,
     filter: &Filter,
     mode: Mode,
-    not_onboarded: &BTreeMap<String, String>,
+    not_onboarded: &BTreeMap<String, Failure>,
 ) -> Vec<Entry> {
     let mut entries = Vec::new();
     for name in &input.tenants_ok {
@@ -70,10 +71,11 @@ pub(super) async fn removed_apps(
             Err(e) => {
                 entries.push(Entry {
                     unit: None,
+                    tenant: Some(name.clone()),
                     name: format!("tenant {name}: removed apps"),
                     revision: None,
                     outcome: Outcome {
-                        error: Some(format!("listing the tenant's inventories: {e}")),
+                        error: Some(Failure::from(e).context("listing the tenant's inventories")),
                         ..Default::default()
                     },
                 });
@@ -103,10 +105,11 @@ pub(super) async fn departed_tenants(engine: &Engine, input: &Input, mode: Mode)
         Err(e) => {
             return vec![Entry {
                 unit: None,
+                tenant: None,
                 name: "departed tenants".into(),
                 revision: None,
                 outcome: Outcome {
-                    error: Some(format!("listing flotilla's inventories: {e}")),
+                    error: Some(Failure::from(e).context("listing flotilla's inventories")),
                     ..Default::default()
                 },
             }];
@@ -135,6 +138,7 @@ pub(super) async fn departed_tenants(engine: &Engine, input: &Input, mode: Mode)
             _ if apps.is_empty() => {}
             _ => entries.push(Entry {
                 unit: None,
+                tenant: Some(name.clone()),
                 name: format!("tenant {name}"),
                 revision: None,
                 outcome: Outcome {
@@ -162,6 +166,7 @@ async fn remove_set(
     if !prune {
         return Entry {
             unit: None,
+            tenant: Some(tenant.name.clone()),
             name: spec.name,
             revision: None,
             outcome: Outcome {
@@ -173,6 +178,7 @@ async fn remove_set(
     let outcome = engine.sync(&spec).await;
     Entry {
         unit: None,
+        tenant: Some(tenant.name.clone()),
         name: spec.name,
         revision: None,
         outcome,

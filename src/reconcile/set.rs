@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 
 use super::apply::{Applied, apply_one};
 use crate::cluster::{Cluster, Error, Resource};
+use crate::failure::{Failure, Kind};
 use crate::fleet::{Identity, Limits};
 use crate::inventory::{Member, PART_OF_LABEL, Parent, Record};
 use crate::plan::{self, Decision};
@@ -62,13 +63,13 @@ pub struct Outcome {
     pub applied: Vec<String>,
     pub unchanged: usize,
     pub pruned: Vec<String>,
-    /// Objects that failed, each `object: cause`.
-    pub failed: Vec<String>,
+    /// Objects that failed, each `object: cause`, with its kind.
+    pub failed: Vec<Failure>,
     /// Notes that are not failures (objects left in place, and why).
     pub notes: Vec<String>,
     /// A failure of the set as a whole (its inventory, an empty render, a namespace being
-    /// deleted).
-    pub error: Option<String>,
+    /// deleted, a render that failed).
+    pub error: Option<Failure>,
     /// Namespaces found being deleted: nothing more of the set was sent into them.
     pub terminating: BTreeSet<String>,
     /// Diff mode: the text to print.
@@ -82,6 +83,20 @@ pub struct Outcome {
 impl Outcome {
     pub fn converged(&self) -> bool {
         self.error.is_none() && self.failed.is_empty()
+    }
+
+    /// `None` when converged; else whether a retry soon could help (see [`crate::failure`]).
+    pub fn failure_kind(&self) -> Option<Kind> {
+        Kind::worst(self.error.iter().chain(&self.failed).map(|f| f.kind))
+    }
+
+    /// The set's error and its objects' failures, as lines to show.
+    pub fn failure_lines(&self) -> Vec<String> {
+        self.error
+            .iter()
+            .chain(&self.failed)
+            .map(ToString::to_string)
+            .collect()
     }
 }
 
@@ -165,23 +180,20 @@ impl Engine {
         spec: &SetSpec,
         out: &mut Outcome,
         slot: &mut Option<super::slots::Slot>,
-    ) -> Result<(), String> {
-        let client = self
-            .cluster
-            .client(&spec.identity)
-            .map_err(|e| e.to_string())?;
-        let configmaps = self
-            .cluster
-            .resolve("v1", "ConfigMap")
-            .await
-            .map_err(|e| e.to_string())?;
+    ) -> Result<(), Failure> {
+        let client = self.cluster.client(&spec.identity)?;
+        let configmaps = self.cluster.resolve("v1", "ConfigMap").await?;
         let parent = &spec.parent;
         let id = parent.id();
         let stored = Cluster::get(&client, &configmaps, Some(&parent.namespace), &parent.name)
             .await
-            .map_err(|e| format!("reading the inventory {parent}: {e}"))?;
+            .map_err(|e| {
+                Failure::from(e).context(format_args!("reading the inventory {parent}"))
+            })?;
         let old = match &stored {
-            Some(live) => parent.read(live).map_err(|e| e.to_string())?,
+            Some(live) => parent
+                .read(live)
+                .map_err(|e| Failure::permanent(e.to_string()))?,
             None => Record::default(),
         };
 
@@ -191,10 +203,10 @@ impl Engine {
             && spec.mode != Mode::Remove
             && !spec.options.allow_empty
         {
-            return Err(format!(
+            return Err(Failure::permanent(format!(
                 "rendered no objects; refusing to prune the {} it applied before (set options.allowEmpty: true to allow it)",
                 count(old.members.len(), "object")
-            ));
+            )));
         }
 
         // Widen the inventory to old ∪ new before anything is applied, so that a crash in the
@@ -217,9 +229,9 @@ impl Engine {
                 .map_err(|e| {
                     if e.namespace_terminating() {
                         out.terminating.insert(parent.namespace.clone());
-                        terminating_error(&out.terminating)
+                        Failure::transient(terminating_error(&out.terminating))
                     } else {
-                        format!("writing the inventory {parent}: {e}")
+                        Failure::from(e).context(format_args!("writing the inventory {parent}"))
                     }
                 })?;
             written = union;
@@ -249,7 +261,7 @@ impl Engine {
                 match self.resolve_checked(o, spec).await {
                     Ok(r) => resolved.push((o, r)),
                     Err(why) => {
-                        out.failed.push(format!("{}: {why}", o.key));
+                        out.failed.push(why.context(&o.key));
                         keep_old(&old, &mut record, o);
                     }
                 }
@@ -318,7 +330,7 @@ impl Engine {
                         keep_old(&old, &mut record, o);
                     }
                     Applied::Failed(why) => {
-                        out.failed.push(format!("{}: {why}", o.key));
+                        out.failed.push(why.context(&o.key));
                         keep_old(&old, &mut record, o);
                     }
                     Applied::Terminating => {
@@ -356,7 +368,9 @@ impl Engine {
         if spec.mode == Mode::Apply && record != written {
             self.write_parent(&client, &configmaps, spec, &record)
                 .await
-                .map_err(|e| format!("writing the inventory {parent}: {e}"))?;
+                .map_err(|e| {
+                    Failure::from(e).context(format_args!("writing the inventory {parent}"))
+                })?;
         }
         if spec.mode == Mode::Remove && record.members.is_empty() && stored.is_some() {
             let uid = stored.as_ref().and_then(|s| s["metadata"]["uid"].as_str());
@@ -368,15 +382,19 @@ impl Engine {
                 uid,
             )
             .await
-            .map_err(|e| format!("deleting the inventory {parent}: {e}"))?;
+            .map_err(|e| {
+                Failure::from(e).context(format_args!("deleting the inventory {parent}"))
+            })?;
         } else if spec.mode == Mode::Remove && stored.is_some() {
             self.write_parent(&client, &configmaps, spec, &record)
                 .await
-                .map_err(|e| format!("writing the inventory {parent}: {e}"))?;
+                .map_err(|e| {
+                    Failure::from(e).context(format_args!("writing the inventory {parent}"))
+                })?;
         }
 
         if !out.terminating.is_empty() {
-            return Err(terminating_error(&out.terminating));
+            return Err(Failure::transient(terminating_error(&out.terminating)));
         }
         if spec.options.wait && spec.mode == Mode::Apply && out.failed.is_empty() {
             drop(slot.take());
@@ -386,22 +404,20 @@ impl Engine {
     }
 
     /// The kind as the cluster serves it, with the tenant's limits checked against its real scope.
-    async fn resolve_checked(&self, o: &Object, spec: &SetSpec) -> Result<Resource, String> {
-        let r = self
-            .cluster
-            .resolve(&o.api_version, &o.key.kind)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn resolve_checked(&self, o: &Object, spec: &SetSpec) -> Result<Resource, Failure> {
+        let r = self.cluster.resolve(&o.api_version, &o.key.kind).await?;
         if let (false, Some(limits)) = (r.namespaced, &spec.options.limits)
             && !limits.allows_cluster_kind(&o.key.group, &o.key.kind)
         {
-            return Err(format!(
+            return Err(Failure::permanent(format!(
                 "{} is cluster-scoped in this cluster and not in the tenant's limits.clusterScopedKinds; refused",
                 o.key.kind
-            ));
+            )));
         }
         if r.namespaced && o.key.namespace.is_none() {
-            return Err("namespaced in this cluster, but names no namespace".into());
+            return Err(Failure::permanent(
+                "namespaced in this cluster, but names no namespace",
+            ));
         }
         Ok(r)
     }
@@ -449,7 +465,9 @@ impl Engine {
         let mut results: Vec<Applied> = (0..group.len())
             .map(|i| {
                 if spawned.contains(&i) {
-                    Applied::Failed("internal error: the apply did not finish (see the log)".into())
+                    Applied::Failed(Failure::transient(
+                        "internal error: the apply did not finish (see the log)",
+                    ))
                 } else {
                     Applied::Unchanged
                 }
@@ -485,7 +503,8 @@ impl Engine {
                 // The kind is gone from the cluster (its CRD was deleted): so is the object.
                 Err(Error::UnknownKind { .. }) => continue,
                 Err(e) => {
-                    out.failed.push(format!("{key}: not pruned: {e}"));
+                    out.failed
+                        .push(Failure::from(e).context(format_args!("{key}: not pruned")));
                     record.members.insert(key, member);
                     continue;
                 }
@@ -495,7 +514,8 @@ impl Engine {
                 Ok(Some(live)) => live,
                 Ok(None) => continue,
                 Err(e) => {
-                    out.failed.push(format!("{key}: not pruned: {e}"));
+                    out.failed
+                        .push(Failure::from(e).context(format_args!("{key}: not pruned")));
                     record.members.insert(key, member);
                     continue;
                 }
@@ -515,7 +535,8 @@ impl Engine {
             match Cluster::delete(client, &r, ns, &key.name, uid).await {
                 Ok(()) => out.pruned.push(key.to_string()),
                 Err(e) => {
-                    out.failed.push(format!("{key}: not pruned: {e}"));
+                    out.failed
+                        .push(Failure::from(e).context(format_args!("{key}: not pruned")));
                     record.members.insert(key, member);
                 }
             }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::health::{self, Health};
 use super::set::{Engine, Outcome, SetSpec};
 use crate::cluster::{Cluster, Resource};
+use crate::failure::Failure;
 use crate::render::Object;
 
 impl Engine {
@@ -30,10 +31,10 @@ impl Engine {
                     Ok(Some(live)) if health::of(&live) == Health::Ready => {
                         // Discovery lags Established a little on a real API server.
                         if !self.served(&live, deadline).await {
-                            out.failed.push(format!(
+                            out.failed.push(Failure::transient(format!(
                                 "{}: Established, but its kind is not served by discovery after 60s",
                                 o.key
-                            ));
+                            )));
                         }
                         break;
                     }
@@ -41,12 +42,14 @@ impl Engine {
                         tokio::time::sleep(Duration::from_millis(200)).await
                     }
                     Ok(_) => {
-                        out.failed
-                            .push(format!("{}: not Established after 60s", o.key));
+                        out.failed.push(Failure::transient(format!(
+                            "{}: not Established after 60s",
+                            o.key
+                        )));
                         break;
                     }
                     Err(e) => {
-                        out.failed.push(format!("{}: {e}", o.key));
+                        out.failed.push(Failure::from(e).context(&o.key));
                         break;
                     }
                 }
@@ -101,8 +104,10 @@ impl Engine {
                             reasons.push(format!("{}: not ready: {why}", o.key));
                             still.push(entry);
                         }
+                        // The object itself gave up (a Job out of retries): until it changes.
                         Health::Failed(why) => {
-                            out.failed.push(format!("{}: {why}", o.key));
+                            out.failed
+                                .push(Failure::permanent(format!("{}: {why}", o.key)));
                         }
                     },
                     Ok(None) => {
@@ -123,7 +128,7 @@ impl Engine {
                 out.failed.extend(
                     reasons
                         .into_iter()
-                        .map(|r| format!("{r} (waited {waited})")),
+                        .map(|r| Failure::transient(format!("{r} (waited {waited})"))),
                 );
                 return;
             }

@@ -18,6 +18,7 @@ pub use objects::{Object, ObjectKey, hash};
 pub use scope::{Scope, Scopes};
 pub use tools::Tools;
 
+use crate::failure::Failure;
 use crate::fleet::{Owner, Problem, Unit, UnitId, UnitSource};
 
 /// Label naming the tenant that owns an object.
@@ -171,7 +172,7 @@ pub type Rendered = Result<Vec<Object>, Vec<Problem>>;
 /// checkout a unit's source lives in.
 pub fn render_all(
     units: &[Unit],
-    root_of: &(dyn Fn(&Unit) -> Result<PathBuf, String> + Sync),
+    root_of: &(dyn Fn(&Unit) -> Result<PathBuf, Failure> + Sync),
     tools: &Tools,
 ) -> BTreeMap<UnitId, Rendered> {
     let next = AtomicUsize::new(0);
@@ -196,9 +197,10 @@ pub fn render_all(
                             .to_string(),
                     )])
                 }),
-                Err(why) => Err(vec![Problem::new(
+                Err(why) => Err(vec![Problem::of_kind(
                     Owner::Unit(unit.id.clone()),
                     format!("source: {why}"),
+                    why.kind,
                 )]),
             };
             done.push((unit.id.clone(), result));

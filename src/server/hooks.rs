@@ -3,26 +3,23 @@
 //! rounds of the units that follow that repository.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::Response;
 
 use super::webhook::{self, MAX_BODY, Provider, Refusal, Verdict};
-use super::{Body, error, json, read_body};
-use crate::agent::{self, Scope, Shared, Target, describe};
+use super::{error, json, read_body};
+use crate::agent::{self, Handle, Scope, Target, describe};
 use crate::fleet::UnitId;
 
-pub(super) async fn hook(name: &str, req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+pub(super) async fn hook(name: &str, req: Request, agent: &Handle) -> Response {
     let Some(provider) = Provider::from_name(name) else {
         return error(StatusCode::NOT_FOUND, &format!("no receiver {name:?}"));
     };
-    let count = |result: &str| {
-        if let Ok(mut m) = shared.metrics.lock() {
-            m.webhook(provider.name(), result);
-        }
-    };
-    let config = shared.config();
+    let count = |result: &str| agent.metrics.webhook(provider.name(), result);
+    let snapshot = agent.snapshot();
+    let config = &snapshot.config;
     let hooks = &config.webhooks;
     let Some(secret) = (match provider {
         Provider::Github => &hooks.github,
@@ -127,7 +124,7 @@ pub(super) async fn hook(name: &str, req: Request<Incoming>, shared: &Shared) ->
             json(StatusCode::OK, &serde_json::json!({"ignored": why}))
         }
         Ok(Verdict::Push { urls, references }) => {
-            if !shared.leader.load(Ordering::SeqCst) {
+            if !snapshot.leader {
                 count("not_leader");
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -135,16 +132,15 @@ pub(super) async fn hook(name: &str, req: Request<Incoming>, shared: &Shared) ->
                 );
             }
             let wanted: BTreeSet<String> = urls.iter().map(|u| webhook::normalize_url(u)).collect();
-            let targets: Vec<Target> = shared
+            let targets: Vec<&Target> = snapshot
+                .status
                 .targets
-                .lock()
-                .map(|t| t.clone())
-                .unwrap_or_default()
-                .into_iter()
+                .iter()
                 .filter(|t| wanted.contains(&t.url))
                 .collect();
             let moved: Vec<&Target> = targets
                 .iter()
+                .copied()
                 .filter(|t| webhook::any_ref_matches(&t.reference, &references))
                 .collect();
             if moved.is_empty() {
@@ -169,7 +165,7 @@ pub(super) async fn hook(name: &str, req: Request<Incoming>, shared: &Shared) ->
             let mut queued = Vec::new();
             for scope in merge(moved.iter().map(|t| t.scope.clone())) {
                 queued.push(describe(&scope));
-                shared.request(agent::Request {
+                agent.request(agent::Request {
                     scope,
                     fresh: fresh.clone(),
                     reason: format!("webhook {name}"),

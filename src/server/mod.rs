@@ -15,25 +15,28 @@ use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::Listener;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Frame, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Frame;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
+use tower::Service as _;
 
-use crate::agent::status::SyncEvent;
-use crate::agent::{self, Scope, Shared, Waiter, describe};
+use crate::agent::status::{METRICS_CONTENT_TYPE, SyncEvent};
+use crate::agent::{self, Handle, Scope, Waiter, describe};
 use crate::fleet::UnitId;
-use hooks::hook;
 
 /// The largest API request body.
 const MAX_API_BODY: usize = 64 * 1024;
-
-pub(super) type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// Where a request came in: the socket is trusted by its file mode, TCP needs the token, the
 /// metrics listener serves metrics and health only.
@@ -44,169 +47,179 @@ enum Via {
     Metrics,
 }
 
+/// What every handler gets: the agent's handle, and which listener the request came in on.
+#[derive(Clone)]
+struct Api {
+    agent: Handle,
+    via: Via,
+}
+
 /// The most connections one TCP listener serves at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 128;
+
+/// How long a client may take to send a request's headers (and, in `read_body`, its body).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves HTTP on `listener` until `stop` turns true (`metrics_only`: the `listen.metrics`
 /// listener).
 pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    agent: Handle,
+    stop: watch::Receiver<bool>,
     metrics_only: bool,
 ) {
     let via = if metrics_only { Via::Metrics } else { Via::Tcp };
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        // A connection slot before accepting: a flood of idle connections cannot exhaust the
-        // agent, and each is cut off by the header and body timeouts.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
-            _ = agent::stopped(&mut stop) => return,
-        };
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => connection(stream, shared.clone(), via, Some(slot)),
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            },
-            _ = agent::stopped(&mut stop) => return,
-        }
-    }
+    serve(
+        listener,
+        router(Api { agent, via }),
+        stop,
+        Some(MAX_CONNECTIONS),
+    )
+    .await
 }
 
 /// Serves the operator API on the unix socket until `stop` turns true.
 pub async fn serve_unix(
     listener: tokio::net::UnixListener,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    agent: Handle,
+    stop: watch::Receiver<bool>,
 ) {
+    let api = Api {
+        agent,
+        via: Via::Socket,
+    };
+    serve(listener, router(api), stop, None).await
+}
+
+/// The routes of a listener.
+fn router(api: Api) -> Router {
+    let health = Router::new()
+        .route("/healthz", get(|| async { text(StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    let routes = if api.via == Via::Metrics {
+        health.fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "this listener serves metrics and health only",
+            )
+        })
+    } else {
+        health
+            .route("/hooks/{name}", post(hook))
+            .route("/api/v1/sync", post(sync))
+            .route("/api/v1/status", get(status))
+            .fallback(|| async { error(StatusCode::NOT_FOUND, "not found") })
+    };
+    routes
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        })
+        .with_state(api)
+}
+
+/// Accepts connections until `stop` turns true, at most `limit` open at once, each served by
+/// hyper with a deadline for its headers. Our own loop rather than `axum::serve`, which has
+/// neither: a flood of idle connections must not exhaust the agent.
+async fn serve<L: Listener>(
+    mut listener: L,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    limit: Option<usize>,
+) {
+    let slots = limit.map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => connection(stream, shared.clone(), Via::Socket, None),
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed on the operator socket");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
+        // A connection slot before accepting: more connections wait in the kernel's backlog.
+        let slot = match &slots {
+            Some(slots) => tokio::select! {
+                slot = slots.clone().acquire_owned() => Some(slot.expect("never closed")),
+                _ = agent::stopped(&mut stop) => return,
             },
+            None => None,
+        };
+        let (io, _) = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = agent::stopped(&mut stop) => return,
-        }
-    }
-}
-
-fn connection<S>(
-    stream: S,
-    shared: Arc<Shared>,
-    via: Via,
-    slot: Option<tokio::sync::OwnedSemaphorePermit>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    tokio::spawn(async move {
-        let _slot = slot;
-        let service = hyper::service::service_fn(move |req| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(handle(req, shared, via).await) }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let mut app = app.clone();
+                    async move { app.call(req.map(axum::body::Body::new)).await }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .await;
         });
-        // Slow clients are cut off: headers within 10 s (bodies: see `read_body`).
-        let _ = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(std::time::Duration::from_secs(10))
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-            .await;
-    });
+    }
 }
 
-async fn handle(req: Request<Incoming>, shared: Arc<Shared>, via: Via) -> Response<Body> {
-    let path = req.uri().path().to_string();
-    let method = req.method().clone();
-    if via == Via::Metrics && !matches!(path.as_str(), "/metrics" | "/healthz" | "/readyz") {
-        return error(
-            StatusCode::NOT_FOUND,
-            "this listener serves metrics and health only",
-        );
+async fn readyz(State(api): State<Api>) -> Response {
+    let snapshot = api.agent.snapshot();
+    if snapshot.status.ready {
+        text(StatusCode::OK, "ready\n")
+    } else if !snapshot.leader {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: waiting to be elected leader\n",
+        )
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the fleet has not been fetched and synced yet\n",
+        )
     }
-    match (method, path.as_str()) {
-        (Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (Method::GET, "/readyz") => {
-            if shared.ready.load(Ordering::SeqCst) {
-                text(StatusCode::OK, "ready\n")
-            } else if !shared.leader.load(Ordering::SeqCst) {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: waiting to be elected leader\n",
-                )
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: the fleet has not been fetched and synced yet\n",
-                )
-            }
-        }
-        (Method::GET, "/metrics") => {
-            // Metrics name every tenant, app and repository: over the main TCP listener only
-            // with the API token (a scraper without one uses `listen.metrics`).
-            if via == Via::Tcp
-                && let Err(why) = authorize(&req, &shared, via).await
-            {
-                return error(StatusCode::UNAUTHORIZED, &why);
-            }
-            let body = shared
-                .metrics
-                .lock()
-                .map(|m| m.render())
-                .unwrap_or_default();
-            let mut r = text(StatusCode::OK, &body);
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8".parse().unwrap(),
-            );
-            r
-        }
-        (Method::POST, p) if p.starts_with("/hooks/") => {
-            let name = p.trim_start_matches("/hooks/").to_string();
-            hook(&name, req, &shared).await
-        }
-        (_, "/hooks") => error(StatusCode::NOT_FOUND, "no such receiver"),
-        (m, "/api/v1/sync" | "/api/v1/status") => {
-            if let Err(why) = authorize(&req, &shared, via).await {
-                return error(StatusCode::UNAUTHORIZED, &why);
-            }
-            match (m, path.as_str()) {
-                (Method::POST, "/api/v1/sync") => sync(req, &shared).await,
-                (Method::GET, "/api/v1/status") => {
-                    let report = agent::report(&shared);
-                    json(
-                        StatusCode::OK,
-                        &serde_json::to_value(report).unwrap_or_default(),
-                    )
-                }
-                _ => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
-            }
-        }
-        _ => error(StatusCode::NOT_FOUND, "not found"),
+}
+
+/// Metrics name every tenant, app and repository: over the main TCP listener only with the API
+/// token (a scraper without one uses `listen.metrics`).
+async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if api.via == Via::Tcp
+        && let Err(why) = authorize(&headers, &api).await
+    {
+        return error(StatusCode::UNAUTHORIZED, &why);
     }
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        api.agent.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn hook(State(api): State<Api>, Path(name): Path<String>, req: Request) -> Response {
+    hooks::hook(&name, req, &api.agent).await
+}
+
+async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if let Err(why) = authorize(&headers, &api).await {
+        return error(StatusCode::UNAUTHORIZED, &why);
+    }
+    let report = api.agent.snapshot().report();
+    json(
+        StatusCode::OK,
+        &serde_json::to_value(report).unwrap_or_default(),
+    )
 }
 
 /// The socket needs nothing (its mode guards it); TCP needs `Authorization: Bearer <token>`.
 /// The token file is read on each request (a rotated token works at once), on the blocking pool.
-async fn authorize(req: &Request<Incoming>, shared: &Shared, via: Via) -> Result<(), String> {
-    if via == Via::Socket {
+async fn authorize(headers: &HeaderMap, api: &Api) -> Result<(), String> {
+    if api.via == Via::Socket {
         return Ok(());
     }
-    let Some(file) = shared.config().listen.token_file.clone() else {
+    let Some(file) = api.agent.snapshot().config.listen.token_file.clone() else {
         return Err("the HTTP API is off: listen.token_file is not set (use the socket)".into());
     };
     let token = tokio::fs::read(&file).await.map_err(|e| {
         tracing::error!(file = %file.display(), error = %e, "cannot read the API token file");
         "the API token cannot be read".to_string()
     })?;
-    let given = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
+    let given = headers
+        .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or("a bearer token is required")?;
@@ -226,7 +239,10 @@ struct SyncBody {
     wait: bool,
 }
 
-async fn sync(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+async fn sync(State(api): State<Api>, req: Request) -> Response {
+    if let Err(why) = authorize(req.headers(), &api).await {
+        return error(StatusCode::UNAUTHORIZED, &why);
+    }
     let body = match read_body(req, MAX_API_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -243,14 +259,14 @@ async fn sync(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad sync request: {e}")),
         }
     };
-    if !shared.leader.load(Ordering::SeqCst) {
+    let snapshot = api.agent.snapshot();
+    if !snapshot.leader {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "this replica is not the leader",
         );
     }
-    let plans = shared.plans.lock().map(|p| p.clone()).unwrap_or_default();
-    let tenants = shared.tenants.lock().map(|t| t.clone()).unwrap_or_default();
+    let (plans, tenants) = (&snapshot.status.plans, &snapshot.status.tenants);
     let (scope, fresh) = match (&ask.tenant, &ask.app) {
         (None, None) => (Scope::All, BTreeSet::new()),
         (None, Some(app)) => {
@@ -275,7 +291,7 @@ async fn sync(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
                 .iter()
                 .filter(|(id, _)| id.tenant.as_deref() == Some(t.as_str()))
                 .flat_map(|(_, p)| p.sources.iter().cloned())
-                .chain(shared.tenant_source(t))
+                .chain(snapshot.tenant_source(t))
                 .collect();
             (Scope::Tenant(t.clone()), fresh)
         }
@@ -297,7 +313,7 @@ async fn sync(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         scope: describe(&scope),
     };
     if !ask.wait {
-        shared.request(agent::Request {
+        api.agent.request(agent::Request {
             scope,
             fresh,
             reason: "sync".into(),
@@ -307,27 +323,27 @@ async fn sync(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(queued);
-    shared.request(agent::Request {
+    api.agent.request(agent::Request {
         scope: scope.clone(),
         fresh,
         reason: "sync".into(),
         waiter: Some(Waiter::new(tx, scope)),
     });
-    let mut response = Response::new(BodyExt::boxed(Lines { rx }));
-    *response.status_mut() = StatusCode::OK;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        "application/x-ndjson".parse().unwrap(),
-    );
-    response
+    (
+        [(header::CONTENT_TYPE, NDJSON)],
+        axum::body::Body::new(Lines { rx }),
+    )
+        .into_response()
 }
+
+const NDJSON: &str = "application/x-ndjson";
 
 /// A streamed body: one JSON line per event, until the sender is dropped.
 struct Lines {
     rx: mpsc::UnboundedReceiver<SyncEvent>,
 }
 
-impl hyper::body::Body for Lines {
+impl http_body::Body for Lines {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -347,8 +363,8 @@ impl hyper::body::Body for Lines {
     }
 }
 
-/// Reads a body of at most `max` bytes; a larger one is a 413.
-pub(super) async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Response<Body>> {
+/// Reads a body of at most `max` bytes within 10 s; a larger one is a 413.
+pub(super) async fn read_body(req: Request, max: usize) -> Result<Bytes, Response> {
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -357,14 +373,14 @@ pub(super) async fn read_body(req: Request<Incoming>, max: usize) -> Result<Byte
     };
     let declared = req
         .headers()
-        .get(hyper::header::CONTENT_LENGTH)
+        .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
     let read = Limited::new(req.into_body(), max).collect();
-    let Ok(read) = tokio::time::timeout(std::time::Duration::from_secs(10), read).await else {
+    let Ok(read) = tokio::time::timeout(HEADER_TIMEOUT, read).await else {
         return Err(error(
             StatusCode::REQUEST_TIMEOUT,
             "the body did not arrive within 10 s",
@@ -385,43 +401,38 @@ pub(super) async fn read_body(req: Request<Incoming>, max: usize) -> Result<Byte
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        "text/plain; charset=utf-8".parse().unwrap(),
-    );
-    r
+fn text(status: StatusCode, body: &'static str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
-pub(super) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(super) fn json(status: StatusCode, value: &serde_json::Value) -> Response {
     let mut body = serde_json::to_vec(value).unwrap_or_default();
     body.push(b'\n');
-    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        "application/json".parse().unwrap(),
-    );
-    r
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
-fn ndjson(status: StatusCode, events: &[SyncEvent]) -> Response<Body> {
+fn ndjson(status: StatusCode, events: &[SyncEvent]) -> Response {
     let mut body = Vec::new();
     for e in events {
         body.extend(serde_json::to_vec(e).unwrap_or_default());
         body.push(b'\n');
     }
-    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        "application/x-ndjson".parse().unwrap(),
-    );
-    r
+    (status, [(header::CONTENT_TYPE, NDJSON)], body).into_response()
 }
 
-pub(super) fn error(status: StatusCode, message: &str) -> Response<Body> {
+pub(super) fn error(status: StatusCode, message: &str) -> Response {
     json(status, &serde_json::json!({ "error": message }))
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Credential, GitRef, GitSettings, SourceLocation, SourceSpec, redact};
+use crate::failure::Kind;
 
 /// A tree ready to read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,7 +42,7 @@ pub struct Error {
     pub message: String,
     /// Network trouble and timeouts are transient (retried with backoff); a missing ref, a
     /// refused key or host key, or a bad path are permanent until the source or config changes.
-    pub transient: bool,
+    pub kind: Kind,
 }
 
 /// Fetches and checks out sources for one agent.
@@ -123,7 +124,7 @@ impl Sources {
         let fail = |message: String| Error {
             location: location.clone(),
             message,
-            transient: false,
+            kind: Kind::Permanent,
         };
         if !dir.is_dir() {
             return Err(fail("no such directory".into()));
@@ -195,10 +196,10 @@ impl Sources {
         // The blocking work aborts transfers at the deadline itself; this bounds the rest (a
         // server that accepts and never answers) so the caller is never stuck.
         let mut task = tokio::task::spawn_blocking(job);
-        let error = |message: String, transient: bool| Error {
+        let error = |message: String, kind: Kind| Error {
             location: location.clone(),
             message,
-            transient,
+            kind,
         };
         let (commit, dir) =
             match tokio::time::timeout(timeout.saturating_add(Duration::from_secs(5)), &mut task)
@@ -217,19 +218,28 @@ impl Sources {
                         "did not finish within {}",
                         humantime::format_duration(timeout)
                     );
-                    return Err((error(message, true), false));
+                    return Err((error(message, Kind::Transient), false));
                 }
                 Ok(Err(e)) => {
-                    return Err((error(format!("the fetch task failed: {e}"), true), true));
+                    return Err((
+                        error(format!("the fetch task failed: {e}"), Kind::Transient),
+                        true,
+                    ));
                 }
-                Ok(Ok(Err(git::Failure::Transient(m)))) => return Err((error(m, true), true)),
+                Ok(Ok(Err(git::Failure::Transient(m)))) => {
+                    return Err((error(m, Kind::Transient), true));
+                }
                 Ok(Ok(Err(git::Failure::Permanent(m) | git::Failure::Local(m)))) => {
-                    return Err((error(m, false), false));
+                    return Err((error(m, Kind::Permanent), false));
                 }
                 Ok(Ok(Ok(done))) => done,
             };
-        let root = apply_path(&dir, spec)
-            .map_err(|message| (error(format!("at {commit}: {message}"), false), false))?;
+        let root = apply_path(&dir, spec).map_err(|message| {
+            (
+                error(format!("at {commit}: {message}"), Kind::Permanent),
+                false,
+            )
+        })?;
         // Records and garbage collection touch the disk: on the blocking pool, still under the
         // URL's lock.
         let (refs, checkouts) = (self.refs_dir(&key), self.checkouts_dir(&key));
