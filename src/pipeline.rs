@@ -164,7 +164,7 @@ impl Fetcher {
                     let key = location_key(&spec);
                     let stale = self.fresh.as_ref().is_some_and(|f| !f.contains(&key));
                     let observe = self.observe.clone();
-                    tokio::spawn(async move {
+                    let fetch = async move {
                         if stale && let Some(checkout) = sources.last_good(&spec) {
                             return Ok(checkout);
                         }
@@ -174,7 +174,8 @@ impl Fetcher {
                             observe(&key, started.elapsed(), result.is_ok());
                         }
                         result
-                    })
+                    };
+                    tokio::spawn(tracing::Instrument::in_current_span(fetch))
                 })
                 .collect();
             let mut out = Vec::with_capacity(tasks.len());

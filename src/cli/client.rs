@@ -137,9 +137,9 @@ where
 {
     let (sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
         let _ = conn.await;
-    });
+    }));
     Ok(sender)
 }
 

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument as _;
 
 use crate::agent::status::Metrics;
 pub use crate::agent::{Handle, Request, Waiter, status, stopped};
@@ -90,12 +91,10 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
             .map(|a| a.to_string())
             .unwrap_or_default();
         tracing::info!(address = %bound, "listening for HTTP");
-        tokio::spawn(crate::server::serve_tcp(
-            listener,
-            handle.clone(),
-            stop.clone(),
-            false,
-        ));
+        tokio::spawn(
+            crate::server::serve_tcp(listener, handle.clone(), stop.clone(), false)
+                .instrument(tracing::info_span!("http", listener = "listen.http")),
+        );
     }
     if let Some(addr) = config.listen.metrics {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -106,22 +105,19 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
                 source,
             })?;
         tracing::info!(address = %addr, "serving metrics");
-        tokio::spawn(crate::server::serve_tcp(
-            listener,
-            handle.clone(),
-            stop.clone(),
-            true,
-        ));
+        tokio::spawn(
+            crate::server::serve_tcp(listener, handle.clone(), stop.clone(), true)
+                .instrument(tracing::info_span!("http", listener = "listen.metrics")),
+        );
     }
     let socket = match &config.listen.socket {
         Some(path) => {
             let listener = bind_socket(path)?;
             tracing::info!(socket = %path.display(), "listening on the operator socket");
-            tokio::spawn(crate::server::serve_unix(
-                listener,
-                handle.clone(),
-                stop.clone(),
-            ));
+            tokio::spawn(
+                crate::server::serve_unix(listener, handle.clone(), stop.clone())
+                    .instrument(tracing::info_span!("http", listener = "listen.socket")),
+            );
             Some(path.clone())
         }
         None => None,
@@ -316,7 +312,7 @@ fn signals(stop: watch::Sender<bool>) {
         tracing::warn!("cannot install signal handlers");
         return;
     };
-    tokio::spawn(async move {
+    let signals = async move {
         let mut seen = 0;
         loop {
             let name = tokio::select! {
@@ -335,7 +331,8 @@ fn signals(stop: watch::Sender<bool>) {
                 std::process::exit(130);
             }
         }
-    });
+    };
+    tokio::spawn(signals.instrument(tracing::info_span!("signals")));
 }
 
 /// Binds the operator socket with mode 0660: a stale socket file is replaced, a live one (another

@@ -36,7 +36,7 @@ pub fn watch(
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
     let mut last = std::fs::read(&file).ok();
     let running = current.clone();
-    tokio::spawn(async move {
+    let watch = async move {
         let mut running = running;
         while events.recv().await.is_some() {
             // Settle: take every event of the next moment together.
@@ -109,6 +109,10 @@ pub fn watch(
                 }
             }
         }
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(
+        watch,
+        tracing::info_span!("config watcher"),
+    ));
     Ok(watcher)
 }

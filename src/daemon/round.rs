@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+use tracing::Instrument as _;
+
 use crate::failure::Failure;
 use crate::fleet::Problem;
 
@@ -56,8 +58,14 @@ pub struct View {
     pub targets: Vec<Target>,
 }
 
-/// Runs one round to the end.
+/// Runs one round to the end, in its span (`round{id, scope}`): the logs of its fetches,
+/// renders and units carry it.
 pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
+    let span = tracing::info_span!("round", id = round.id, scope = %describe(&round.scope));
+    run_in(ctx, round, span.clone()).instrument(span).await
+}
+
+async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
     let Round {
         id,
         scope,
@@ -66,12 +74,12 @@ pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
         skip,
         prior,
     } = round;
-    let span = tracing::info_span!("round", id, scope = %describe(&scope));
     tracing::info!(parent: &span, reasons = ?reasons, "round starts");
     let handle = tokio::runtime::Handle::current();
     let prepared = {
-        let (ctx, scope) = (ctx.clone(), scope.clone());
+        let (ctx, scope, span) = (ctx.clone(), scope.clone(), span.clone());
         tokio::task::spawn_blocking(move || {
+            let _round = span.enter();
             let mut fetcher = Fetcher::on(handle, ctx.sources.clone());
             fetcher.fresh = fresh;
             let metrics = ctx.metrics.clone();

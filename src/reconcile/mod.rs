@@ -6,6 +6,7 @@
 
 mod apply;
 pub mod health;
+mod prune;
 mod removal;
 pub mod set;
 pub mod slots;
@@ -235,7 +236,8 @@ pub async fn pass(
             let spec = unit_spec(input.results.remove(&unit.id), &unit, mode, has_dependents);
             let revision = input.revisions.get(&unit.id).cloned();
             let round = input.round;
-            tasks.spawn(async move {
+            let span = tracing::info_span!("unit", unit = %fleet::Owner::Unit(unit.id.clone()));
+            let sync = async move {
                 // Both waits are bounded by one unit budget: the unit's other round ends its
                 // health wait by then, and slots come round to every tenant in turn.
                 let waited = async {
@@ -271,7 +273,8 @@ pub async fn pass(
                         outcome,
                     },
                 )
-            });
+            };
+            tasks.spawn(tracing::Instrument::instrument(sync, span));
         }
         let mut level_entries = Vec::new();
         while let Some(joined) = tasks.join_next().await {

@@ -452,14 +452,14 @@ impl Engine {
             let (client, r) = (client.clone(), r.clone());
             let (force, recreate, mode) = (spec.options.force, spec.options.recreate, spec.mode);
             let timeout = spec.options.timeout.min(self.max_wait);
-            tasks.spawn(async move {
+            tasks.spawn(tracing::Instrument::in_current_span(async move {
                 let _permit = permit;
                 let result = apply_one(
                     &client, &r, &body, live, decision, force, recreate, mode, timeout,
                 )
                 .await;
                 (i, result)
-            });
+            }));
         }
         // A task that never reports (a panic, a bug) fails its object; it is never "unchanged".
         let mut results: Vec<Applied> = (0..group.len())
@@ -480,67 +480,6 @@ impl Engine {
             }
         }
         results
-    }
-
-    async fn prune(
-        &self,
-        client: &Client,
-        spec: &SetSpec,
-        id: &str,
-        candidates: Vec<(ObjectKey, Member)>,
-        record: &mut Record,
-        out: &mut Outcome,
-    ) {
-        for (key, member) in candidates {
-            if spec.options.keep_namespaces && key.group.is_empty() && key.kind == "Namespace" {
-                out.notes.push(format!(
-                    "{key}: no longer wanted; namespaces are never deleted"
-                ));
-                continue;
-            }
-            let r = match self.cluster.resolve(&member.api_version, &key.kind).await {
-                Ok(r) => r,
-                // The kind is gone from the cluster (its CRD was deleted): so is the object.
-                Err(Error::UnknownKind { .. }) => continue,
-                Err(e) => {
-                    out.failed
-                        .push(Failure::from(e).context(format_args!("{key}: not pruned")));
-                    record.members.insert(key, member);
-                    continue;
-                }
-            };
-            let ns = key.namespace.as_deref().filter(|_| r.namespaced);
-            let live = match Cluster::get(client, &r, ns, &key.name).await {
-                Ok(Some(live)) => live,
-                Ok(None) => continue,
-                Err(e) => {
-                    out.failed
-                        .push(Failure::from(e).context(format_args!("{key}: not pruned")));
-                    record.members.insert(key, member);
-                    continue;
-                }
-            };
-            if live["metadata"]["labels"][PART_OF_LABEL].as_str() != Some(id) {
-                out.notes.push(format!(
-                    "{key}: no longer carries this set's {PART_OF_LABEL} label; forgotten, not deleted"
-                ));
-                continue;
-            }
-            if spec.mode == Mode::Diff {
-                out.changes += 1;
-                out.diff.push_str(&format!("would prune {key}\n"));
-                continue;
-            }
-            let uid = live["metadata"]["uid"].as_str();
-            match Cluster::delete(client, &r, ns, &key.name, uid).await {
-                Ok(()) => out.pruned.push(key.to_string()),
-                Err(e) => {
-                    out.failed
-                        .push(Failure::from(e).context(format_args!("{key}: not pruned")));
-                    record.members.insert(key, member);
-                }
-            }
-        }
     }
 
     async fn write_parent(

@@ -142,7 +142,7 @@ async fn serve<L: Listener>(
             _ = agent::stopped(&mut stop) => return,
         };
         let app = app.clone();
-        tokio::spawn(async move {
+        let connection = async move {
             let _slot = slot;
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -154,7 +154,8 @@ async fn serve<L: Listener>(
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(io), service)
                 .await;
-        });
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(connection));
     }
 }
 

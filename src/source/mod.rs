@@ -210,10 +210,11 @@ impl Sources {
                     // nothing else touches that mirror meanwhile. The shared slot is given back
                     // now: a host that trickles bytes holds up its own URL, not everyone's fetches.
                     drop(slot);
-                    tokio::spawn(async move {
+                    let release = async move {
                         let _ = task.await;
                         drop(held);
-                    });
+                    };
+                    tokio::spawn(tracing::Instrument::in_current_span(release));
                     let message = format!(
                         "did not finish within {}",
                         humantime::format_duration(timeout)
