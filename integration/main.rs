@@ -4,6 +4,10 @@
 //!
 //! Run: `FLOTILLA_IT_KUBECONFIG=$HOME/.kube/config cargo test --test integration -- --nocapture`
 
+// Test helpers block on purpose (they wait for files, processes and servers on their own
+// threads); the product's rule against blocking sleeps (clippy.toml) is for `src/`.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

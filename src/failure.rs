@@ -88,12 +88,6 @@ impl fmt::Display for Failure {
     }
 }
 
-impl From<crate::cluster::Error> for Failure {
-    fn from(e: crate::cluster::Error) -> Failure {
-        Failure::new(e.kind(), e.to_string())
-    }
-}
-
 // === the policy ===
 
 /// When a unit (or a full round) runs next after a result: `None` is success. Success and a
@@ -152,62 +146,6 @@ mod tests {
         assert_eq!(
             Kind::worst([Kind::Permanent, Kind::Transient, Kind::Permanent]),
             Some(Kind::Transient)
-        );
-    }
-
-    #[test]
-    fn api_errors_are_sorted_by_what_waiting_can_change() {
-        use crate::cluster::{ApiFailure, Cause, Error};
-        let api = |code: u16, cause: &str| {
-            Error::Api(ApiFailure {
-                code,
-                reason: String::new(),
-                message: "m".into(),
-                causes: (!cause.is_empty())
-                    .then(|| Cause {
-                        reason: cause.into(),
-                        field: String::new(),
-                        message: String::new(),
-                    })
-                    .into_iter()
-                    .collect(),
-            })
-        };
-        for transient in [
-            api(500, ""),
-            api(503, ""),
-            api(429, ""),
-            api(409, ""),
-            api(404, ""),
-            api(403, "NamespaceTerminating"),
-            Error::Transport("reset".into()),
-            Error::UnknownKind {
-                api_version: "x/v1".into(),
-                kind: "K".into(),
-            },
-        ] {
-            assert_eq!(
-                Failure::from(transient.clone()).kind,
-                Kind::Transient,
-                "{transient:?}"
-            );
-        }
-        for permanent in [
-            api(400, ""),
-            api(401, ""),
-            api(403, ""),
-            api(422, ""),
-            api(413, ""),
-        ] {
-            assert_eq!(
-                Failure::from(permanent.clone()).kind,
-                Kind::Permanent,
-                "{permanent:?}"
-            );
-        }
-        assert_eq!(
-            Failure::from(Error::Config("no such file".into())).kind,
-            Kind::Permanent
         );
     }
 }

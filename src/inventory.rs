@@ -15,47 +15,47 @@ use crate::fleet::UnitId;
 use crate::render::{LABEL_APP, LABEL_TENANT, ObjectKey};
 
 /// Label on the parent: the ApplySet's id.
-pub const ID_LABEL: &str = "applyset.kubernetes.io/id";
+pub(crate) const ID_LABEL: &str = "applyset.kubernetes.io/id";
 /// Label on each member: the id of the ApplySet it belongs to.
-pub const PART_OF_LABEL: &str = "applyset.kubernetes.io/part-of";
+pub(crate) const PART_OF_LABEL: &str = "applyset.kubernetes.io/part-of";
 /// Annotation on the parent: the tool that manages the set, `flotilla/<version>`.
-pub const TOOLING_ANNOTATION: &str = "applyset.kubernetes.io/tooling";
+pub(crate) const TOOLING_ANNOTATION: &str = "applyset.kubernetes.io/tooling";
 /// Annotation on the parent: the group-kinds of its members.
-pub const GROUP_KINDS_ANNOTATION: &str = "applyset.kubernetes.io/contains-group-kinds";
+pub(crate) const GROUP_KINDS_ANNOTATION: &str = "applyset.kubernetes.io/contains-group-kinds";
 /// Annotation on the parent: the namespaces of its members besides the parent's own.
-pub const NAMESPACES_ANNOTATION: &str = "applyset.kubernetes.io/additional-namespaces";
+pub(crate) const NAMESPACES_ANNOTATION: &str = "applyset.kubernetes.io/additional-namespaces";
 /// The parent's data key that holds flotilla's member list.
-pub const MEMBERS_KEY: &str = "members";
+pub(crate) const MEMBERS_KEY: &str = "members";
 /// The namespace of the parents of the agent's own sets (the infra unit, tenant onboarding).
-pub const AGENT_NAMESPACE: &str = "kube-system";
+pub(crate) const AGENT_NAMESPACE: &str = "kube-system";
 
 /// Where a set's parent lives: a ConfigMap.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Parent {
+pub(crate) struct Parent {
     pub namespace: String,
     pub name: String,
 }
 
 /// One member as flotilla applied it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
+pub(crate) struct Member {
     pub api_version: String,
     /// The sha256 of the rendered object it was applied from.
     pub hash: String,
     /// The fingerprint of flotilla's managed fields right after the apply (see
-    /// [`crate::plan::fingerprint`]); empty when not known (not applied yet, or it failed).
+    /// `plan::fingerprint`); empty when not known (not applied yet, or it failed).
     pub fields: String,
 }
 
 /// The members of a set, by object.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Record {
+pub(crate) struct Record {
     pub members: BTreeMap<ObjectKey, Member>,
 }
 
 /// Why a ConfigMap cannot be used as a parent.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("inventory {parent}: {why}; flotilla will not use or prune it")]
     Foreign { parent: Parent, why: String },
     #[error("inventory {parent}: line {line} of data.members is malformed")]
@@ -70,7 +70,7 @@ impl fmt::Display for Parent {
 
 impl Parent {
     /// The parent of a tenant app's set (in the app's namespace), or of the cluster's infra.
-    pub fn of_unit(unit: &UnitId, namespace: Option<&str>) -> Parent {
+    pub(crate) fn of_unit(unit: &UnitId, namespace: Option<&str>) -> Parent {
         match (&unit.tenant, namespace) {
             (Some(_), Some(ns)) => Parent {
                 namespace: ns.to_string(),
@@ -84,19 +84,24 @@ impl Parent {
     }
 
     /// The parent of a tenant's onboarding set (its namespaces, ServiceAccount, RoleBindings).
-    pub fn of_onboarding(tenant: &str) -> Parent {
+    pub(crate) fn of_onboarding(tenant: &str) -> Parent {
         Parent {
             namespace: AGENT_NAMESPACE.to_string(),
             name: format!("flotilla-tenant-{tenant}"),
         }
     }
 
-    pub fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         applyset_id(&self.name, &self.namespace, "ConfigMap", "")
     }
 
     /// The parent object for `record`, to be server-side applied.
-    pub fn body(&self, record: &Record, tenant: Option<&str>, set: &str) -> serde_json::Value {
+    pub(crate) fn body(
+        &self,
+        record: &Record,
+        tenant: Option<&str>,
+        set: &str,
+    ) -> serde_json::Value {
         let mut labels = serde_json::Map::new();
         labels.insert(ID_LABEL.into(), self.id().into());
         if let Some(t) = tenant {
@@ -140,7 +145,7 @@ impl Parent {
 
     /// The record a live parent holds, after checking that it is flotilla's and that its id is
     /// its own (an id copied from another set is how a set is hijacked).
-    pub fn read(&self, live: &serde_json::Value) -> Result<Record, Error> {
+    pub(crate) fn read(&self, live: &serde_json::Value) -> Result<Record, Error> {
         let foreign = |why: String| Error::Foreign {
             parent: self.clone(),
             why,
@@ -171,7 +176,7 @@ impl Parent {
 
 impl Record {
     /// One line per member: `apiVersion kind namespace|- name hash fields|-`.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         for (k, m) in &self.members {
             let field = |s: &str| {
@@ -195,7 +200,7 @@ impl Record {
     }
 
     /// The inverse of [`Record::encode`]; a bad line gives its number.
-    pub fn decode(text: &str) -> Result<Record, usize> {
+    pub(crate) fn decode(text: &str) -> Result<Record, usize> {
         let mut members = BTreeMap::new();
         for (i, line) in text
             .lines()
@@ -238,7 +243,7 @@ impl Record {
 /// The id of the ApplySet whose parent is `kind.group` `name` in `namespace` (empty for a
 /// cluster-scoped parent, empty group for core): `applyset-` + unpadded base64url of
 /// sha256(`<name>.<namespace>.<kind>.<group>`) + `-v1`.
-pub fn applyset_id(name: &str, namespace: &str, kind: &str, group: &str) -> String {
+pub(crate) fn applyset_id(name: &str, namespace: &str, kind: &str, group: &str) -> String {
     let digest = Sha256::digest(format!("{name}.{namespace}.{kind}.{group}"));
     format!(
         "applyset-{}-v1",
@@ -248,7 +253,7 @@ pub fn applyset_id(name: &str, namespace: &str, kind: &str, group: &str) -> Stri
 
 /// The `contains-group-kinds` value for members of these `(group, kind)`s: `Kind` for the core
 /// group, `Kind.group` otherwise, sorted and comma-separated without duplicates.
-pub fn group_kinds<'a>(members: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+pub(crate) fn group_kinds<'a>(members: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut out: Vec<String> = members
         .into_iter()
         .map(|(group, kind)| {
@@ -265,7 +270,7 @@ pub fn group_kinds<'a>(members: impl IntoIterator<Item = (&'a str, &'a str)>) ->
 }
 
 /// The tooling annotation's value for this build.
-pub fn tooling() -> String {
+pub(crate) fn tooling() -> String {
     format!("flotilla/{}", env!("CARGO_PKG_VERSION"))
 }
 

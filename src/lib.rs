@@ -4,23 +4,27 @@
 
 // `unsafe` is denied everywhere; the one exception (libgit2's global timeouts) says why.
 #![deny(unsafe_code)]
+// Only what the tests and benchmarks use is public; the rest is `pub(crate)`, so that dead code
+// is reported. The project's clippy rules are in `clippy.toml`.
+#![deny(unreachable_pub)]
+#![deny(clippy::await_holding_lock)]
 
-pub mod agent;
+pub(crate) mod agent;
 pub mod cli;
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod config;
-pub mod daemon;
-pub mod deadline;
+pub(crate) mod daemon;
+pub(crate) mod deadline;
 pub mod failure;
 pub mod fleet;
-pub mod inventory;
-pub mod logging;
-pub mod pipeline;
-pub mod plan;
-pub mod reconcile;
+pub(crate) mod inventory;
+pub(crate) mod logging;
+pub(crate) mod pipeline;
+pub(crate) mod plan;
+pub(crate) mod reconcile;
 pub mod render;
-pub mod semver_range;
-pub mod server;
+pub(crate) mod semver_range;
+pub(crate) mod server;
 pub mod source;
-pub mod subst;
+pub(crate) mod subst;
 pub mod yaml;

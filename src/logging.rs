@@ -6,7 +6,7 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber. Called once, after the config (if any) is loaded, so the
 /// config's `log` section and the command-line flags both apply.
-pub fn init(format: LogFormat, filter: &str) {
+pub(crate) fn init(format: LogFormat, filter: &str) {
     let filter = EnvFilter::builder()
         .parse(filter)
         .unwrap_or_else(|_| EnvFilter::new("info"));

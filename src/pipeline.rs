@@ -16,7 +16,7 @@ use crate::source::{Checkout, Sources};
 /// Why the pipeline could not produce its input at all (problems of single tenants and units are
 /// not errors: they come back with the input).
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// The command's own runtime for fetches could not start.
     #[error("cannot start the fetch runtime: {0}")]
     Runtime(std::io::Error),
@@ -31,7 +31,7 @@ pub enum Error {
 impl Error {
     /// Whether a retry soon could help: a fleet fetch that failed for a transient reason, or a
     /// runtime that did not start; a cluster missing from the fleet waits for the fleet to change.
-    pub fn kind(&self) -> crate::failure::Kind {
+    pub(crate) fn kind(&self) -> crate::failure::Kind {
         use crate::failure::Kind;
         match self {
             Error::Runtime(_) => Kind::Transient,
@@ -42,7 +42,7 @@ impl Error {
 }
 
 /// The fleet, the tenants' checkouts and catalogs, read once.
-pub struct Loaded {
+pub(crate) struct Loaded {
     pub fleet_checkout: Checkout,
     pub fleet: Fleet,
     /// Each tenant's checkout (at the folder holding its `tenant.yaml`), when it could be fetched.
@@ -52,7 +52,7 @@ pub struct Loaded {
 }
 
 /// One cluster's units rendered.
-pub struct Rendered {
+pub(crate) struct Rendered {
     /// The tenants that land on the cluster.
     pub tenants: Vec<String>,
     pub units: Vec<Unit>,
@@ -64,7 +64,7 @@ pub struct Rendered {
 
 /// Fetches sources on a runtime from a blocking thread: the CLI's own runtime, or the daemon's
 /// (from `spawn_blocking`).
-pub struct Fetcher {
+pub(crate) struct Fetcher {
     /// The CLI's runtime, owned here; the daemon lends its handle instead.
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
@@ -80,15 +80,15 @@ pub struct Fetcher {
 }
 
 /// A callback for fetch figures (the daemon's metrics).
-pub type Observer = Arc<dyn Fn(&str, std::time::Duration, bool) + Send + Sync>;
+pub(crate) type Observer = Arc<dyn Fn(&str, std::time::Duration, bool) + Send + Sync>;
 
 /// The key a source is known by for webhooks and fresh fetches: its location, redacted.
-pub fn location_key(spec: &SourceSpec) -> String {
+pub(crate) fn location_key(spec: &SourceSpec) -> String {
     spec.location.to_string()
 }
 
 /// A unit's render problems, or the objects it refused.
-pub fn unit_problems(id: &UnitId, result: &render::Rendered) -> Vec<Problem> {
+pub(crate) fn unit_problems(id: &UnitId, result: &render::Rendered) -> Vec<Problem> {
     match result {
         Ok(objects) => objects.iter().filter_map(|o| o.refusal(id)).collect(),
         Err(list) => list.clone(),
@@ -97,7 +97,7 @@ pub fn unit_problems(id: &UnitId, result: &render::Rendered) -> Vec<Problem> {
 
 impl Fetcher {
     /// A fetcher with its own runtime, for one CLI command.
-    pub fn new(config: &Config) -> Result<Fetcher, Error> {
+    pub(crate) fn new(config: &Config) -> Result<Fetcher, Error> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -111,7 +111,7 @@ impl Fetcher {
     }
 
     /// A fetcher on a running runtime; to be used from a blocking thread.
-    pub fn on(handle: tokio::runtime::Handle, sources: Arc<Sources>) -> Fetcher {
+    pub(crate) fn on(handle: tokio::runtime::Handle, sources: Arc<Sources>) -> Fetcher {
         Fetcher {
             runtime: None,
             handle,
@@ -123,7 +123,7 @@ impl Fetcher {
     }
 
     /// Runs a future to completion on the fetcher's runtime (not from inside that runtime).
-    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+    pub(crate) fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
         match &self.runtime {
             Some(rt) => rt.block_on(future),
             None => self.handle.block_on(future),
@@ -195,7 +195,11 @@ impl Fetcher {
 
 /// Fetches the fleet, and the repos and catalogs of the tenants that land on `cluster` (of every
 /// tenant when `None`).
-pub fn load(config: &Config, fetcher: &Fetcher, cluster: Option<&str>) -> Result<Loaded, Error> {
+pub(crate) fn load(
+    config: &Config,
+    fetcher: &Fetcher,
+    cluster: Option<&str>,
+) -> Result<Loaded, Error> {
     let fleet_checkout = fetcher
         .fetch_all(vec![config.fleet.clone()])
         .pop()
@@ -253,14 +257,14 @@ fn at_revision(p: Problem, revision: &str) -> Problem {
     }
 }
 
-pub fn short(revision: &str) -> &str {
+pub(crate) fn short(revision: &str) -> &str {
     match revision.strip_prefix("sha256:") {
         Some(hex) => &revision[..("sha256:".len() + hex.len().min(12))],
         None => &revision[..revision.len().min(12)],
     }
 }
 
-pub fn render_cluster(
+pub(crate) fn render_cluster(
     loaded: &Loaded,
     fetcher: &Fetcher,
     cluster: &Cluster,
@@ -321,7 +325,7 @@ pub fn render_cluster(
 }
 
 /// One cluster's fleet, catalogs and selected renders.
-pub struct Prepared {
+pub(crate) struct Prepared {
     pub input: Input,
     pub problems: Vec<Problem>,
     pub fleet_revision: String,
@@ -331,7 +335,7 @@ pub struct Prepared {
 
 /// Fetches (through `fetcher`) and renders the units of this agent's cluster that `select`
 /// picks; every placed unit is in the input, only the selected ones are rendered.
-pub fn prepare_with(
+pub(crate) fn prepare_with(
     config: &Config,
     fetcher: &Fetcher,
     select: &dyn Fn(&crate::fleet::UnitId) -> bool,

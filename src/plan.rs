@@ -10,13 +10,13 @@ use sha2::{Digest as _, Sha256};
 use crate::inventory::{Member, Record};
 use crate::render::{Object, ObjectKey, Scope};
 
-pub use crate::cluster::FIELD_MANAGER;
+pub(crate) use crate::cluster::FIELD_MANAGER;
 /// Annotation carrying the sha256 of the rendered object an object was applied from.
-pub const HASH_ANNOTATION: &str = "flotilla.dev/hash";
+pub(crate) const HASH_ANNOTATION: &str = "flotilla.dev/hash";
 
 /// What to do with one desired object.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Same rendered form, and nobody touched flotilla's fields since it applied them: send nothing.
     Unchanged,
     /// Send it: it is new, or Git changed it.
@@ -35,7 +35,7 @@ pub enum Decision {
 /// caller that may not `bind` against the rules of its role, and refuses it as not found while the
 /// role does not exist yet. Applies of one group run concurrently, so the role must be in an
 /// earlier group, not merely earlier in the list.
-pub fn rank(key: &ObjectKey, scope: Scope) -> u8 {
+pub(crate) fn rank(key: &ObjectKey, scope: Scope) -> u8 {
     match (key.group.as_str(), key.kind.as_str()) {
         ("apiextensions.k8s.io", "CustomResourceDefinition") => 0,
         ("", "Namespace") => 1,
@@ -69,7 +69,7 @@ pub fn rank(key: &ObjectKey, scope: Scope) -> u8 {
 /// resource in `metadata.managedFields`), or "" when it owns none. Another writer that changes or
 /// removes one of those fields takes it out of flotilla's set, which changes the fingerprint;
 /// status writes and fields flotilla never set do not.
-pub fn fingerprint(live: &Value) -> String {
+pub(crate) fn fingerprint(live: &Value) -> String {
     let mut hasher = Sha256::new();
     let mut any = false;
     for entry in live["metadata"]["managedFields"]
@@ -96,7 +96,7 @@ pub fn fingerprint(live: &Value) -> String {
 }
 
 /// The managers other than flotilla that wrote the main resource, for messages.
-pub fn other_managers(live: &Value) -> Vec<String> {
+pub(crate) fn other_managers(live: &Value) -> Vec<String> {
     let mut out: BTreeSet<String> = BTreeSet::new();
     for entry in live["metadata"]["managedFields"]
         .as_array()
@@ -114,7 +114,11 @@ pub fn other_managers(live: &Value) -> Vec<String> {
 
 /// What to do with `desired`, given the live object carrying this set's label (if any) and what
 /// the inventory recorded for it.
-pub fn decide(desired: &Object, live: Option<&Value>, recorded: Option<&Member>) -> Decision {
+pub(crate) fn decide(
+    desired: &Object,
+    live: Option<&Value>,
+    recorded: Option<&Member>,
+) -> Decision {
     let Some(live) = live else {
         return Decision::Apply("new");
     };
@@ -137,7 +141,7 @@ pub fn decide(desired: &Object, live: Option<&Value>, recorded: Option<&Member>)
 
 /// The body flotilla sends for `object`: the rendered object plus this set's part-of label and the
 /// hash annotation.
-pub fn applied_body(object: &Object, set_id: &str) -> Value {
+pub(crate) fn applied_body(object: &Object, set_id: &str) -> Value {
     let mut body = object.body.clone();
     let meta = &mut body["metadata"];
     if !meta["labels"].is_object() {
@@ -153,7 +157,7 @@ pub fn applied_body(object: &Object, set_id: &str) -> Value {
 
 /// The members of `old` that are neither desired nor kept for another reason, in prune order
 /// (the reverse of apply order).
-pub fn prune_candidates(
+pub(crate) fn prune_candidates(
     old: &Record,
     desired: &BTreeSet<&ObjectKey>,
     keep: &BTreeSet<&ObjectKey>,
@@ -181,7 +185,7 @@ pub fn prune_candidates(
 
 /// An object without what the server maintains (managedFields, resourceVersion, uid, timestamps,
 /// generation, status), for comparison and diffs.
-pub fn normalize(object: &Value) -> Value {
+pub(crate) fn normalize(object: &Value) -> Value {
     let mut out = object.clone();
     if let Some(map) = out.as_object_mut() {
         map.remove("status");
@@ -209,13 +213,13 @@ pub fn normalize(object: &Value) -> Value {
 }
 
 /// Whether the dry-run result differs from live in anything but server noise.
-pub fn drifted(live: &Value, dry_run: &Value) -> bool {
+pub(crate) fn drifted(live: &Value, dry_run: &Value) -> bool {
     normalize(live) != normalize(dry_run)
 }
 
 /// Replaces the values of a Secret's `data` and `stringData` in both versions by a mask that tells
 /// only whether each value changed.
-pub fn mask_secrets(before: &mut Value, after: &mut Value) {
+pub(crate) fn mask_secrets(before: &mut Value, after: &mut Value) {
     let is_secret = |v: &Value| v["kind"] == "Secret" && v["apiVersion"] == "v1";
     if !is_secret(before) && !is_secret(after) {
         return;
@@ -245,7 +249,7 @@ pub fn mask_secrets(before: &mut Value, after: &mut Value) {
 }
 
 /// A unified diff of two texts, with 3 lines of context around each change, or "" when equal.
-pub fn unified_diff(old: &str, new: &str, old_name: &str, new_name: &str) -> String {
+pub(crate) fn unified_diff(old: &str, new: &str, old_name: &str, new_name: &str) -> String {
     if old == new {
         return String::new();
     }

@@ -107,7 +107,7 @@ impl fmt::Display for Range {
 }
 
 /// A tag or chart version as a version: `1.2.3`, `v1.2.3`, `1.2.3-rc.1+build`.
-pub fn parse_version(text: &str) -> Option<Version> {
+pub(crate) fn parse_version(text: &str) -> Option<Version> {
     let t = text.strip_prefix(['v', 'V']).unwrap_or(text);
     Version::parse(t).ok()
 }

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// The variables of one unit.
-pub struct Vars<'a> {
+pub(crate) struct Vars<'a> {
     /// `cluster.name`, `cluster.labels.env`, `tenant.name`, `app.name`, `app.namespace`, `vars.x`.
     pub flat: &'a BTreeMap<String, String>,
     /// Looked up by `values.<dotted path>`.
@@ -18,7 +18,7 @@ pub struct Vars<'a> {
 
 /// A variable used but not defined, and the 1-based line it is on.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Undefined {
+pub(crate) struct Undefined {
     pub name: String,
     pub line: u32,
 }
@@ -35,7 +35,7 @@ impl std::fmt::Display for Undefined {
 
 /// Why a text could not be substituted.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// Every variable used but not defined.
     Undefined(Vec<Undefined>),
     /// The result would be larger than `limit` bytes; `line` is where it got there.
@@ -44,7 +44,7 @@ pub enum Failure {
 
 /// The largest text one substitution may produce (the size of the largest manifest file): a file
 /// that says `${values.big}` a million times fails instead of filling the agent's memory.
-pub const MAX_OUTPUT: usize = 8 << 20;
+pub(crate) const MAX_OUTPUT: usize = 8 << 20;
 
 /// The longest variable name looked for after `${`: the search for its `}` stops there, so text
 /// full of unclosed `${` is substituted in linear time.
@@ -71,7 +71,7 @@ impl std::fmt::Display for Failure {
 
 impl Vars<'_> {
     /// The text a variable stands for.
-    pub fn lookup(&self, name: &str) -> Option<String> {
+    pub(crate) fn lookup(&self, name: &str) -> Option<String> {
         if let Some(path) = name.strip_prefix("values.") {
             let mut v = self.values;
             for key in path.split('.') {
@@ -94,13 +94,13 @@ impl Vars<'_> {
 
 /// Substitutes every variable in `text`, or lists every undefined one; in time linear in the
 /// text and the result, which may not exceed [`MAX_OUTPUT`].
-pub fn substitute<'t>(text: &'t str, vars: &Vars<'_>) -> Result<Cow<'t, str>, Failure> {
+pub(crate) fn substitute<'t>(text: &'t str, vars: &Vars<'_>) -> Result<Cow<'t, str>, Failure> {
     substitute_within(text, vars, MAX_OUTPUT)
 }
 
 /// [`substitute`] with another cap on the result: a tool's whole output may be larger than one
 /// file.
-pub fn substitute_within<'t>(
+pub(crate) fn substitute_within<'t>(
     text: &'t str,
     vars: &Vars<'_>,
     limit: usize,
@@ -172,7 +172,7 @@ fn is_name(s: &str) -> bool {
 }
 
 /// Merges `over` into `base`: mappings merge key by key, lists and scalars replace.
-pub fn deep_merge(base: &mut serde_json::Value, over: &serde_json::Value) {
+pub(crate) fn deep_merge(base: &mut serde_json::Value, over: &serde_json::Value) {
     match (base, over) {
         (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
             for (k, v) in o {

@@ -1,6 +1,10 @@
 //! flotilla's hermetic test suite: one binary, one module per area. Tests drive the real
 //! `flotilla` binary (`support::Flotilla`) and build their inputs in temporary folders.
 
+// Test helpers block on purpose (they wait for files, processes and servers on their own
+// threads); the product's rule against blocking sleeps (clippy.toml) is for `src/`.
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 /// Tests that each run one shared scenario of `support::<module>` against a fresh test API

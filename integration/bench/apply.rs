@@ -15,6 +15,9 @@
 //!
 //! Run: `FLOTILLA_IT_KUBECONFIG=~/.kube/config cargo bench --bench apply`
 
+// Benchmarks block on purpose; the rule against blocking sleeps (clippy.toml) is for `src/`.
+#![allow(clippy::disallowed_methods)]
+
 #[path = "../../tests/support/kube_api/mod.rs"]
 #[allow(unused)]
 mod kube_api;

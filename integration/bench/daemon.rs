@@ -12,6 +12,9 @@
 //!
 //! Run: `cargo bench --bench daemon`
 
+// Benchmarks block on purpose; the rule against blocking sleeps (clippy.toml) is for `src/`.
+#![allow(clippy::disallowed_methods)]
+
 #[path = "../../tests/support/kube_api/mod.rs"]
 #[allow(unused)]
 mod kube_api;

@@ -7,6 +7,9 @@
 //!
 //! Run: `cargo bench --bench render`
 
+// Benchmarks block on purpose; the rule against blocking sleeps (clippy.toml) is for `src/`.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;

@@ -6,6 +6,9 @@
 //!
 //! Run: `cargo bench --bench sources`
 
+// Benchmarks block on purpose; the rule against blocking sleeps (clippy.toml) is for `src/`.
+#![allow(clippy::disallowed_methods)]
+
 #[path = "../../tests/support/git.rs"]
 #[allow(dead_code)]
 mod git;

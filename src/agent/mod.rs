@@ -3,7 +3,7 @@
 //! a `watch` channel; the requests they send; the metrics. `daemon` publishes, `server` reads;
 //! neither imports the other.
 
-pub mod status;
+pub(crate) mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use status::{Metrics, Report, SyncEvent, UnitStatus};
 
 /// What a round covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     All,
     Tenant(String),
     Units(BTreeSet<UnitId>),
@@ -27,7 +27,7 @@ pub enum Scope {
 
 /// How a unit is scheduled, from its placement.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub interval: Duration,
     pub suspend: bool,
     /// The sources (location keys) the unit is rendered from, fetched fresh when it is due.
@@ -35,7 +35,7 @@ pub struct Plan {
 }
 
 /// Whether a round of `scope` reconciles `unit`.
-pub fn covers(scope: &Scope, unit: &UnitId) -> bool {
+pub(crate) fn covers(scope: &Scope, unit: &UnitId) -> bool {
     match scope {
         Scope::All => true,
         Scope::Tenant(t) => unit.tenant.as_deref() == Some(t.as_str()),
@@ -45,7 +45,7 @@ pub fn covers(scope: &Scope, unit: &UnitId) -> bool {
 
 /// A repository a webhook can name, and the scope a push to it reconciles.
 #[derive(Clone, Debug)]
-pub struct Target {
+pub(crate) struct Target {
     /// The normalized URL (see [`normalize_url`]).
     pub url: String,
     pub reference: GitRef,
@@ -55,7 +55,7 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn of(spec: &SourceSpec, scope: Scope) -> Target {
+    pub(crate) fn of(spec: &SourceSpec, scope: Scope) -> Target {
         let raw = match &spec.location {
             crate::config::SourceLocation::Url(u) => u.clone(),
             crate::config::SourceLocation::Dir(d) => d.display().to_string(),
@@ -70,7 +70,7 @@ impl Target {
 }
 
 /// `all`, `tenant ai`, or `ai/shop, infra`.
-pub fn describe(scope: &Scope) -> String {
+pub(crate) fn describe(scope: &Scope) -> String {
     match scope {
         Scope::All => "all units".into(),
         Scope::Tenant(t) => format!("tenant {t}"),
@@ -79,7 +79,7 @@ pub fn describe(scope: &Scope) -> String {
 }
 
 /// `ai/shop`, or `infra`.
-pub fn unit_name(id: &UnitId) -> String {
+pub(crate) fn unit_name(id: &UnitId) -> String {
     match &id.tenant {
         Some(t) => format!("{t}/{}", id.app),
         None => id.app.clone(),
@@ -87,7 +87,7 @@ pub fn unit_name(id: &UnitId) -> String {
 }
 
 /// Something to reconcile, and who waits for it.
-pub struct Request {
+pub(crate) struct Request {
     pub scope: Scope,
     /// Location keys to fetch from their remotes first.
     pub fresh: BTreeSet<String>,
@@ -97,14 +97,14 @@ pub struct Request {
 
 /// A caller of `sync --wait`: hears of each set synced for its scope, then `done`.
 #[derive(Clone)]
-pub struct Waiter {
+pub(crate) struct Waiter {
     pub(crate) tx: mpsc::UnboundedSender<SyncEvent>,
     pub(crate) scope: Scope,
     pub(crate) ok: Arc<AtomicBool>,
 }
 
 impl Waiter {
-    pub fn new(tx: mpsc::UnboundedSender<SyncEvent>, scope: Scope) -> Waiter {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<SyncEvent>, scope: Scope) -> Waiter {
         Waiter {
             tx,
             scope,
@@ -113,7 +113,7 @@ impl Waiter {
     }
 
     /// Tells the caller of one event; a failure makes its final answer a failure.
-    pub fn tell(&self, event: SyncEvent) {
+    pub(crate) fn tell(&self, event: SyncEvent) {
         let failed = match &event {
             SyncEvent::Set { converged, .. } => !converged,
             SyncEvent::Error { .. } => true,
@@ -126,7 +126,7 @@ impl Waiter {
     }
 
     /// Everything asked for has run: the final answer.
-    pub fn done(&self) {
+    pub(crate) fn done(&self) {
         let _ = self.tx.send(SyncEvent::Done {
             ok: self.ok.load(Ordering::SeqCst),
         });
@@ -135,7 +135,7 @@ impl Waiter {
 
 /// What the finished rounds left, as the servers show it.
 #[derive(Clone, Debug, Default)]
-pub struct Status {
+pub(crate) struct Status {
     /// Once the first full round has synced the fleet.
     pub ready: bool,
     /// Every unit placed on this cluster, with its schedule.
@@ -154,7 +154,7 @@ pub struct Status {
 /// The agent's state as the servers read it, published whole by the scheduler through a
 /// `watch` channel: a reader takes the latest snapshot and holds no lock.
 #[derive(Clone, Debug)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// The running config.
     pub config: Arc<Config>,
     /// Whether this replica holds the Lease (always, without leader election).
@@ -167,20 +167,20 @@ pub struct Snapshot {
 /// The servers' handle on the agent: the latest snapshot, the request channel and the metrics.
 /// The servers never see the scheduler's own state.
 #[derive(Clone)]
-pub struct Handle {
+pub(crate) struct Handle {
     state: watch::Receiver<Arc<Snapshot>>,
     requests: mpsc::UnboundedSender<Request>,
     pub metrics: Arc<Metrics>,
 }
 
 /// The scheduler's side of the snapshot.
-pub struct Publisher {
+pub(crate) struct Publisher {
     state: watch::Sender<Arc<Snapshot>>,
 }
 
 impl Handle {
     /// A handle, and the publisher of its snapshots, for an agent running `config`.
-    pub fn new(
+    pub(crate) fn new(
         config: Arc<Config>,
         requests: mpsc::UnboundedSender<Request>,
         metrics: Arc<Metrics>,
@@ -206,30 +206,30 @@ impl Handle {
     }
 
     /// The latest snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.state.borrow().clone()
     }
 
     /// Queues a request for the scheduler.
-    pub fn request(&self, request: Request) {
+    pub(crate) fn request(&self, request: Request) {
         let _ = self.requests.send(request);
     }
 }
 
 impl Publisher {
     /// Changes the snapshot in place (copying it only if a reader still holds the last one).
-    pub fn update(&self, change: impl FnOnce(&mut Snapshot)) {
+    pub(crate) fn update(&self, change: impl FnOnce(&mut Snapshot)) {
         self.state.send_modify(|s| change(Arc::make_mut(s)));
     }
 
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.state.borrow().clone()
     }
 }
 
 impl Snapshot {
     /// The location key of a tenant's repo (its webhook target).
-    pub fn tenant_source(&self, tenant: &str) -> Option<String> {
+    pub(crate) fn tenant_source(&self, tenant: &str) -> Option<String> {
         self.status
             .targets
             .iter()
@@ -238,7 +238,7 @@ impl Snapshot {
     }
 
     /// The status document: every unit placed here, in unit order.
-    pub fn report(&self) -> Report {
+    pub(crate) fn report(&self) -> Report {
         let status = &self.status;
         Report {
             cluster: self.config.cluster.clone(),
@@ -269,7 +269,7 @@ impl Snapshot {
 }
 
 /// Resolves once the stop flag is on.
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
@@ -277,7 +277,7 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// port and `.git`, lower-cased; a local path (`file://` or absolute) stays a path. So that
 /// `git@github.com:org/app.git`, `ssh://git@github.com/org/app` and
 /// `https://github.com/org/app.git` are the same repository.
-pub fn normalize_url(url: &str) -> String {
+pub(crate) fn normalize_url(url: &str) -> String {
     let url = url.trim();
     let trimmed = |s: &str| -> String {
         let s = s.trim_end_matches('/');

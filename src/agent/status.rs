@@ -16,7 +16,7 @@ use crate::failure::Kind;
 
 /// One unit as `flotilla status` shows it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct UnitStatus {
+pub(crate) struct UnitStatus {
     /// `ai/jupyter`, or `infra`.
     pub unit: String,
     pub revision: Option<String>,
@@ -35,7 +35,7 @@ pub struct UnitStatus {
 
 /// The whole status document.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub cluster: String,
     pub ready: bool,
     /// Whether this replica holds the Lease (always, without leader election).
@@ -49,7 +49,7 @@ pub struct Report {
 /// A line of `POST /api/v1/sync`'s answer (newline-delimited JSON).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
-pub enum SyncEvent {
+pub(crate) enum SyncEvent {
     /// The request is queued: what it covers.
     Queued { scope: String },
     /// A set was synced (a unit, an onboarding, a removal).
@@ -76,7 +76,7 @@ pub enum SyncEvent {
 }
 
 /// RFC 3339 in UTC, to the second.
-pub fn timestamp(t: SystemTime) -> String {
+pub(crate) fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -123,7 +123,7 @@ fn durations() -> Histogram {
 /// The daemon's metrics: a `prometheus-client` registry, shared by the scheduler (which counts)
 /// and the servers (which render it); every family is safe to update from any task.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     reconcile: Family<UnitResult, Counter>,
     errors: Family<UnitKind, Counter>,
@@ -221,7 +221,13 @@ impl Default for Metrics {
 impl Metrics {
     /// A unit's run: its result (`None`: converged, else the kind of its failure), duration and
     /// object counts (applied, pruned, failed).
-    pub fn reconciled(&self, unit: &str, result: Option<Kind>, took: Duration, counts: [usize; 3]) {
+    pub(crate) fn reconciled(
+        &self,
+        unit: &str,
+        result: Option<Kind>,
+        took: Duration,
+        counts: [usize; 3],
+    ) {
         let name = unit.to_string();
         let outcome = if result.is_none() {
             "success"
@@ -259,7 +265,7 @@ impl Metrics {
         }
     }
 
-    pub fn fetched(&self, repo: &str, took: Duration, ok: bool) {
+    pub(crate) fn fetched(&self, repo: &str, took: Duration, ok: bool) {
         let repo = Repo {
             repo: repo.to_string(),
         };
@@ -272,7 +278,7 @@ impl Metrics {
         }
     }
 
-    pub fn webhook(&self, provider: &str, result: &str) {
+    pub(crate) fn webhook(&self, provider: &str, result: &str) {
         self.webhooks
             .get_or_create(&Webhook {
                 provider: provider.to_string(),
@@ -281,12 +287,12 @@ impl Metrics {
             .inc();
     }
 
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
     }
 
     /// The OpenMetrics text exposition (which Prometheus reads as well as its own format).
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -295,7 +301,8 @@ impl Metrics {
 }
 
 /// The content type of [`Metrics::render`]'s text.
-pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const METRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[cfg(test)]
 mod tests {

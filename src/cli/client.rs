@@ -167,7 +167,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Asks the agent to sync; with `wait`, prints each set as it is synced and exits 1 if any
 /// failed.
-pub fn sync(
+pub(super) fn sync(
     global: &Global,
     remote: &Remote,
     tenant: Option<String>,
@@ -262,7 +262,7 @@ fn print_event(out: &mut impl std::io::Write, event: &SyncEvent) -> anyhow::Resu
 }
 
 /// Prints each unit's status, as a table or as JSON.
-pub fn status(global: &Global, remote: &Remote, output: Output) -> anyhow::Result<ExitCode> {
+pub(super) fn status(global: &Global, remote: &Remote, output: Output) -> anyhow::Result<ExitCode> {
     let endpoint = Endpoint::of(global, remote)?;
     let report: Report = runtime()?.block_on(async {
         let response = endpoint.send(Method::GET, "/api/v1/status", None).await?;

@@ -12,13 +12,13 @@ use crate::pipeline::{Fetcher, load, render_cluster, short, unit_problems};
 use crate::render::{Object, Tools};
 
 /// Which units to print.
-pub struct Filter {
+pub(crate) struct Filter {
     pub cluster: Option<String>,
     pub tenant: Option<String>,
     pub app: Option<String>,
 }
 
-pub fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
+pub(crate) fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
     let cluster_name = filter
         .cluster
         .clone()
@@ -131,7 +131,7 @@ pub(crate) fn unknown_tenant(name: &str, fleet: &Fleet, problems: &[Problem]) ->
 }
 
 /// Checks the fleet and every tenant catalog, and renders every cluster of the fleet.
-pub fn validate(config: &Config, config_file: &Path) -> anyhow::Result<ExitCode> {
+pub(crate) fn validate(config: &Config, config_file: &Path) -> anyhow::Result<ExitCode> {
     let fetcher = Fetcher::new(config)?;
     let loaded = load(config, &fetcher, None)?;
     let tools = Tools::from(&config.render);

@@ -12,7 +12,7 @@ use crate::pipeline::{Fetcher, prepare_with, short};
 use crate::reconcile::{self, Engine, Entry, Filter, Input, Mode};
 
 /// Reconciles every unit once; exit 0 only if every one converged.
-pub fn once(config: &Config) -> anyhow::Result<ExitCode> {
+pub(crate) fn once(config: &Config) -> anyhow::Result<ExitCode> {
     let (fetcher, mut input, problems) = prepare(config)?;
     let entries = fetcher.block_on(async {
         let engine = connect(config).await?;
@@ -45,7 +45,7 @@ pub fn once(config: &Config) -> anyhow::Result<ExitCode> {
 }
 
 /// Prints what a sync would change; exit 1 if anything would (or could not be compared).
-pub fn diff(config: &Config, filter: Filter) -> anyhow::Result<ExitCode> {
+pub(crate) fn diff(config: &Config, filter: Filter) -> anyhow::Result<ExitCode> {
     let (fetcher, mut input, problems) = prepare(config)?;
     if let Some(t) = &filter.tenant
         && !input.fleet.tenants.contains_key(t)

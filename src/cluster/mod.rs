@@ -19,11 +19,11 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::Value;
 
-use crate::failure::Kind;
+use crate::failure::{Failure, Kind};
 use crate::fleet::Identity;
 
 /// The field manager of every apply flotilla makes.
-pub const FIELD_MANAGER: &str = "flotilla";
+pub(crate) const FIELD_MANAGER: &str = "flotilla";
 
 /// What went wrong talking to the cluster.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -63,13 +63,13 @@ pub struct Cause {
 
 /// A kind as the cluster serves it.
 #[derive(Clone, Debug)]
-pub struct Resource {
+pub(crate) struct Resource {
     pub api: ApiResource,
     pub namespaced: bool,
 }
 
 /// The connection to one cluster.
-pub struct Cluster {
+pub(crate) struct Cluster {
     admin: Client,
     config: Config,
     /// APIResourceLists by group-version (`v1`, `apps/v1`); refetched when a kind is missing.
@@ -79,6 +79,12 @@ pub struct Cluster {
 }
 
 // === impl Error ===
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::new(e.kind(), e.to_string())
+    }
+}
 
 impl Error {
     fn from_kube(error: kube::Error) -> Error {
@@ -165,7 +171,7 @@ impl Error {
 impl Cluster {
     /// Connects with `kubeconfig`, or with kube's usual inference ($KUBECONFIG, ~/.kube/config,
     /// the in-cluster account) when `None`. Nothing is sent until the first call.
-    pub async fn connect(kubeconfig: Option<&Path>) -> Result<Cluster, Error> {
+    pub(crate) async fn connect(kubeconfig: Option<&Path>) -> Result<Cluster, Error> {
         let config = match kubeconfig {
             Some(path) => {
                 let file = Kubeconfig::read_from(path)
@@ -188,13 +194,13 @@ impl Cluster {
     }
 
     /// The API server's URL, for messages.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         self.config.cluster_url.to_string()
     }
 
     /// The client a set's calls go through: the agent's own, or one impersonating the tenant's
     /// ServiceAccount, built on first use and reused after.
-    pub fn client(&self, identity: &Identity) -> Result<Client, Error> {
+    pub(crate) fn client(&self, identity: &Identity) -> Result<Client, Error> {
         let Identity::ServiceAccount { namespace, name } = identity else {
             return Ok(self.admin.clone());
         };
@@ -213,7 +219,7 @@ impl Cluster {
 
     /// How the cluster serves `kind` of `api_version`. A kind missing from the cached list is
     /// looked up again (a CRD may have just been applied).
-    pub async fn resolve(&self, api_version: &str, kind: &str) -> Result<Resource, Error> {
+    pub(crate) async fn resolve(&self, api_version: &str, kind: &str) -> Result<Resource, Error> {
         // The version goes into a discovery URL made with the agent's identity; it may come
         // from an inventory a tenant can edit, so only the API's own syntax is looked up.
         let syntax = |s: &str| {
@@ -275,7 +281,7 @@ impl Cluster {
     }
 
     /// The object, or `None` if it does not exist.
-    pub async fn get(
+    pub(crate) async fn get(
         client: &Client,
         resource: &Resource,
         namespace: Option<&str>,
@@ -289,7 +295,7 @@ impl Cluster {
 
     /// Every object of `resource` in `namespace` (every namespace if `None`) matching `selector`,
     /// page by page.
-    pub async fn list(
+    pub(crate) async fn list(
         client: &Client,
         resource: &Resource,
         namespace: Option<&str>,
@@ -311,7 +317,7 @@ impl Cluster {
 
     /// The metadata of the objects matching `selector` (a metadata-only list, paged): for lists
     /// whose objects' bodies are not needed, so a tenant's large labelled objects cost nothing.
-    pub async fn list_metadata(
+    pub(crate) async fn list_metadata(
         client: &Client,
         resource: &Resource,
         namespace: Option<&str>,
@@ -336,7 +342,7 @@ impl Cluster {
     }
 
     /// Server-side apply of `body` with field manager `flotilla`; a dry run changes nothing.
-    pub async fn apply(
+    pub(crate) async fn apply(
         client: &Client,
         resource: &Resource,
         body: &Value,
@@ -361,7 +367,7 @@ impl Cluster {
 
     /// Deletes the object in the background (its dependents follow), only if it is still the
     /// object with `uid`. Already gone is not an error.
-    pub async fn delete(
+    pub(crate) async fn delete(
         client: &Client,
         resource: &Resource,
         namespace: Option<&str>,
@@ -428,5 +434,65 @@ where
             Some(token) => params = params.continue_token(&token),
             None => return Ok(out),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_errors_are_sorted_by_what_waiting_can_change() {
+        let api = |code: u16, cause: &str| {
+            Error::Api(ApiFailure {
+                code,
+                reason: String::new(),
+                message: "m".into(),
+                causes: (!cause.is_empty())
+                    .then(|| Cause {
+                        reason: cause.into(),
+                        field: String::new(),
+                        message: String::new(),
+                    })
+                    .into_iter()
+                    .collect(),
+            })
+        };
+        for transient in [
+            api(500, ""),
+            api(503, ""),
+            api(429, ""),
+            api(409, ""),
+            api(404, ""),
+            api(403, "NamespaceTerminating"),
+            Error::Transport("reset".into()),
+            Error::UnknownKind {
+                api_version: "x/v1".into(),
+                kind: "K".into(),
+            },
+        ] {
+            assert_eq!(
+                Failure::from(transient.clone()).kind,
+                Kind::Transient,
+                "{transient:?}"
+            );
+        }
+        for permanent in [
+            api(400, ""),
+            api(401, ""),
+            api(403, ""),
+            api(422, ""),
+            api(413, ""),
+        ] {
+            assert_eq!(
+                Failure::from(permanent.clone()).kind,
+                Kind::Permanent,
+                "{permanent:?}"
+            );
+        }
+        assert_eq!(
+            Failure::from(Error::Config("no such file".into())).kind,
+            Kind::Permanent
+        );
     }
 }

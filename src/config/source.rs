@@ -369,7 +369,7 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Resolves `.` and `..` lexically, so `/srv/fleet/tenants/../../teams/ai` reads `/srv/teams/ai`.
-pub fn normalize(path: &Path) -> PathBuf {
+pub(super) fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {

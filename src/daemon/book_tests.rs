@@ -67,7 +67,6 @@ fn done(id: u64, scope: Scope, entries: Vec<Entry>, view: Option<View>) -> Done 
     Done {
         id,
         scope,
-        reasons: BTreeSet::new(),
         entries,
         error: None,
         view,

@@ -40,7 +40,6 @@ pub(super) fn joined_round(
             Done {
                 id,
                 scope,
-                reasons: Default::default(),
                 entries: Vec::new(),
                 error: Some(Failure::transient(format!(
                     "internal error: the round {why}"

@@ -12,7 +12,7 @@ use kube::api::{Api, PostParams};
 
 use crate::config::LeaderElection;
 
-pub struct Elector {
+pub(crate) struct Elector {
     api: Api<Lease>,
     name: String,
     /// This replica's holder identity.
@@ -23,7 +23,7 @@ pub struct Elector {
 }
 
 impl Elector {
-    pub fn new(client: kube::Client, config: &LeaderElection, identity: String) -> Elector {
+    pub(crate) fn new(client: kube::Client, config: &LeaderElection, identity: String) -> Elector {
         Elector {
             api: Api::namespaced(client, &config.namespace),
             name: config.name.clone(),
@@ -34,7 +34,7 @@ impl Elector {
     }
 
     /// One attempt to take or renew the Lease: whether this replica holds it afterwards.
-    pub async fn try_acquire(&mut self) -> Result<bool, kube::Error> {
+    pub(crate) async fn try_acquire(&mut self) -> Result<bool, kube::Error> {
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let seconds = self.duration.as_secs().max(1) as i32;
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
@@ -95,7 +95,7 @@ impl Elector {
     }
 
     /// Gives the Lease up (on shutdown), so that another replica takes over at once.
-    pub async fn release(&self) {
+    pub(crate) async fn release(&self) {
         let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
             return;
         };
@@ -116,19 +116,19 @@ impl Elector {
     }
 
     /// How often the holder renews, and a follower retries.
-    pub fn period(&self) -> Duration {
+    pub(crate) fn period(&self) -> Duration {
         self.duration / 3
     }
 
     /// How long the holder may fail to renew before it stops applying.
-    pub fn deadline(&self) -> Duration {
+    pub(crate) fn deadline(&self) -> Duration {
         self.duration * 2 / 3
     }
 }
 /// Keeps renewing the Lease every period; a Lease taken by another replica, or not renewed
 /// within the renew deadline, is reported on `lost` and ends the task. A renewal that hangs never
 /// outlives the deadline: past it, another replica may already hold the Lease.
-pub fn spawn_renewer(
+pub(crate) fn spawn_renewer(
     elector: std::sync::Arc<tokio::sync::Mutex<Elector>>,
     lost: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> tokio::task::JoinHandle<()> {

@@ -15,11 +15,11 @@
 
 mod book;
 mod finished;
-pub mod leader;
-pub mod reload;
-pub mod round;
-pub mod schedule;
-pub mod systemd;
+pub(crate) mod leader;
+pub(crate) mod reload;
+pub(crate) mod round;
+pub(crate) mod schedule;
+pub(crate) mod systemd;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
 use crate::agent::status::Metrics;
-pub use crate::agent::{Handle, Request, Waiter, status, stopped};
+pub(crate) use crate::agent::{Handle, Waiter, stopped};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::fleet::Identity;
@@ -44,7 +44,7 @@ use schedule::{Schedule, Scope};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("cannot listen on {what} {address}: {source}")]
     Listen {
         what: &'static str,
@@ -61,7 +61,7 @@ pub enum Error {
 }
 
 /// Runs the agent until it is stopped; exit 0 after a clean shutdown.
-pub fn run(config: Config) -> Result<ExitCode, Error> {
+pub(crate) fn run(config: Config) -> Result<ExitCode, Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -328,6 +328,8 @@ fn signals(stop: watch::Sender<bool>) {
                 let _ = stop.send(true);
             } else {
                 tracing::warn!(signal = name, "second signal: exiting now");
+                // Asked for: the operator wants out now, without the shutdown order.
+                #[allow(clippy::disallowed_methods)]
                 std::process::exit(130);
             }
         }

@@ -17,7 +17,7 @@ const SETTLE: Duration = Duration::from_millis(300);
 
 /// Watches `file`; each valid new config is sent on `tx`. The watcher lives as long as the
 /// returned value.
-pub fn watch(
+pub(crate) fn watch(
     file: &Path,
     current: &Config,
     tx: mpsc::UnboundedSender<Arc<Config>>,

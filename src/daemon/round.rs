@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use super::schedule::{Plan, Round, Scope, covers};
 use crate::agent::status::Metrics;
-pub use crate::agent::{Target, describe, unit_name};
+pub(crate) use crate::agent::{Target, describe, unit_name};
 use crate::config::Config;
 use crate::fleet::{Identity, Owner, UnitId, UnitSource};
 use crate::inventory::Parent;
@@ -24,7 +24,7 @@ use crate::reconcile::{self, Engine, Entry, Filter, Mode};
 use crate::source::Sources;
 
 /// What a round works with; replaced as a whole when the config is reloaded.
-pub struct Context {
+pub(crate) struct Context {
     pub config: Arc<Config>,
     pub sources: Arc<Sources>,
     pub engine: Arc<Engine>,
@@ -34,10 +34,9 @@ pub struct Context {
 }
 
 /// A finished round.
-pub struct Done {
+pub(crate) struct Done {
     pub id: u64,
     pub scope: Scope,
-    pub reasons: BTreeSet<String>,
     pub entries: Vec<Entry>,
     /// The round failed as a whole: nothing was synced.
     pub error: Option<Failure>,
@@ -45,7 +44,7 @@ pub struct Done {
 }
 
 /// What a round learnt of the fleet.
-pub struct View {
+pub(crate) struct View {
     pub fleet_revision: String,
     pub tenant_revisions: BTreeMap<String, String>,
     /// Every placed unit's schedule.
@@ -60,7 +59,7 @@ pub struct View {
 
 /// Runs one round to the end, in its span (`round{id, scope}`): the logs of its fetches,
 /// renders and units carry it.
-pub async fn run(ctx: Arc<Context>, round: Round) -> Done {
+pub(crate) async fn run(ctx: Arc<Context>, round: Round) -> Done {
     let span = tracing::info_span!("round", id = round.id, scope = %describe(&round.scope));
     run_in(ctx, round, span.clone()).instrument(span).await
 }
@@ -103,7 +102,6 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
             return Done {
                 id,
                 scope,
-                reasons,
                 entries: Vec::new(),
                 error: Some(error),
                 view: None,
@@ -124,7 +122,6 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
         return Done {
             id,
             scope,
-            reasons,
             entries: Vec::new(),
             error: Some(error),
             view: Some(view),
@@ -174,7 +171,6 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
     Done {
         id,
         scope,
-        reasons,
         entries,
         error: None,
         view: Some(view),
@@ -353,7 +349,7 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// This replica's name: `$POD_NAME`, else the host name.
-pub fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::env::var("POD_NAME")
         .ok()
         .filter(|n| !n.is_empty())

@@ -11,14 +11,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-pub use crate::agent::{Plan, Scope, covers};
+pub(crate) use crate::agent::{Plan, Scope, covers};
 use crate::deadline::after;
 use crate::failure::{self, Kind};
 use crate::fleet::UnitId;
 
 /// A round ready to start.
 #[derive(Debug)]
-pub struct Round {
+pub(crate) struct Round {
     pub id: u64,
     pub scope: Scope,
     /// Location keys to fetch from their remotes; `None`: every source.
@@ -56,7 +56,7 @@ struct Pending {
     reasons: BTreeSet<String>,
 }
 
-pub struct Schedule<W> {
+pub(crate) struct Schedule<W> {
     interval: Duration,
     units: BTreeMap<UnitId, Timing>,
     next_all: Instant,
@@ -70,7 +70,7 @@ pub struct Schedule<W> {
 
 impl<W: Clone> Schedule<W> {
     /// A schedule whose first round (`All`) is due now.
-    pub fn new(interval: Duration, now: Instant) -> Schedule<W> {
+    pub(crate) fn new(interval: Duration, now: Instant) -> Schedule<W> {
         Schedule {
             interval,
             units: BTreeMap::new(),
@@ -84,14 +84,14 @@ impl<W: Clone> Schedule<W> {
     }
 
     /// A new config's interval; the next full round comes at most that far away.
-    pub fn set_interval(&mut self, interval: Duration, now: Instant) {
+    pub(crate) fn set_interval(&mut self, interval: Duration, now: Instant) {
         self.interval = interval;
         self.next_all = self.next_all.min(after(now, jitter(interval)));
     }
 
     /// Asks for a round of `scope` (fetching `fresh` first); `waiter` is handed back by
     /// [`Schedule::finish`] once rounds started after this request have covered the scope.
-    pub fn request(
+    pub(crate) fn request(
         &mut self,
         scope: Scope,
         fresh: BTreeSet<String>,
@@ -124,7 +124,7 @@ impl<W: Clone> Schedule<W> {
 
     /// Queues whatever is due at `now`: the full round, and units whose interval (or backoff)
     /// has passed, with their sources to fetch.
-    pub fn due(&mut self, now: Instant) {
+    pub(crate) fn due(&mut self, now: Instant) {
         // Each due time, once taken, moves a whole interval on (the round's end sets the real
         // next run), so that nothing is due again while it is queued or running.
         if now >= self.next_all {
@@ -152,7 +152,7 @@ impl<W: Clone> Schedule<W> {
     }
 
     /// When something next falls due.
-    pub fn next_wake(&self) -> Instant {
+    pub(crate) fn next_wake(&self) -> Instant {
         self.units
             .values()
             .filter(|t| !t.plan.suspend)
@@ -161,7 +161,7 @@ impl<W: Clone> Schedule<W> {
     }
 
     /// The rounds that may start now; they count as running until [`Schedule::finish`].
-    pub fn start(&mut self, now: Instant) -> Vec<Round> {
+    pub(crate) fn start(&mut self, now: Instant) -> Vec<Round> {
         let mut rounds = Vec::new();
         let reasons = |p: &Pending| p.reasons.clone();
         if self.pending.all {
@@ -265,15 +265,12 @@ impl<W: Clone> Schedule<W> {
     }
 
     /// Whether a round is queued or running.
-    pub fn idle(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> bool {
         self.running.is_empty()
             && !self.pending.all
             && self.pending.tenants.is_empty()
             && self.pending.units.is_empty()
-    }
-
-    pub fn running(&self) -> usize {
-        self.running.len()
     }
 
     /// Records a finished round: each unit's result (`None`: converged, else the kind of its
@@ -281,7 +278,7 @@ impl<W: Clone> Schedule<W> {
     /// a backoff after a transient failure); `placed`, when the round read the placement,
     /// replaces the known units in its scope. Returns the waiters the round covered (in part),
     /// each with whether it is now satisfied.
-    pub fn finish(
+    pub(crate) fn finish(
         &mut self,
         id: u64,
         now: Instant,
@@ -336,7 +333,7 @@ impl<W: Clone> Schedule<W> {
     }
 
     /// The units of `scope` are now those `placed` (new ones are due an interval from now).
-    pub fn learn(&mut self, scope: &Scope, placed: &BTreeMap<UnitId, Plan>, now: Instant) {
+    pub(crate) fn learn(&mut self, scope: &Scope, placed: &BTreeMap<UnitId, Plan>, now: Instant) {
         self.units
             .retain(|u, _| !covers(scope, u) || placed.contains_key(u));
         for (u, plan) in placed.iter().filter(|(u, _)| covers(scope, u)) {
@@ -351,7 +348,7 @@ impl<W: Clone> Schedule<W> {
 
     /// A round that failed as a whole (no fetch, no API server): its units, and a full round,
     /// are retried as the failure's kind says (with backoff if transient).
-    pub fn failed_whole(&mut self, id: u64, now: Instant, kind: Kind) -> Vec<(W, bool)> {
+    pub(crate) fn failed_whole(&mut self, id: u64, now: Instant, kind: Kind) -> Vec<(W, bool)> {
         let scope = self.running.get(&id).map(|(_, s)| s.clone());
         let units: Vec<(UnitId, Option<Kind>)> = self
             .units
@@ -370,12 +367,12 @@ impl<W: Clone> Schedule<W> {
     }
 
     /// Every unit known, with its next run.
-    pub fn next_runs(&self) -> impl Iterator<Item = (&UnitId, Instant)> {
+    pub(crate) fn next_runs(&self) -> impl Iterator<Item = (&UnitId, Instant)> {
         self.units.iter().map(|(u, t)| (u, t.next))
     }
 
     /// Every known unit's plan.
-    pub fn plans(&self) -> BTreeMap<UnitId, Plan> {
+    pub(crate) fn plans(&self) -> BTreeMap<UnitId, Plan> {
         self.units
             .iter()
             .map(|(u, t)| (u.clone(), t.plan.clone()))
@@ -403,7 +400,7 @@ fn touches_tenant(scope: &Scope, tenant: &str) -> bool {
 }
 
 /// `interval` ± 10%, so that many units (and many agents) do not poll in step.
-pub fn jitter(interval: Duration) -> Duration {
+pub(crate) fn jitter(interval: Duration) -> Duration {
     crate::deadline::jitter(interval, 0.1)
 }
 

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 /// Sends one notification (`READY=1`, `STATUS=syncing`); false if there is no socket or it failed.
-pub fn notify(state: &str) -> bool {
+pub(crate) fn notify(state: &str) -> bool {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return false;
     };
@@ -32,7 +32,7 @@ pub fn notify(state: &str) -> bool {
 }
 
 /// How often to send `WATCHDOG=1`: half of `$WATCHDOG_USEC`, if it is set for this process.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     if let Some(pid) = std::env::var("WATCHDOG_PID").ok().filter(|p| !p.is_empty())
         && pid.parse::<u32>().ok() != Some(std::process::id())
     {
@@ -43,7 +43,7 @@ pub fn watchdog_interval() -> Option<Duration> {
 }
 /// The watchdog: pings systemd every `every`, but only while the scheduler shows signs of life
 /// (its `heartbeat` is younger than two periods): a stuck loop gets the agent restarted.
-pub fn spawn_watchdog(
+pub(crate) fn spawn_watchdog(
     every: Duration,
     heartbeat: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
 ) {

@@ -9,9 +9,9 @@ use crate::config::{Credential, check_name, decode_source};
 use crate::yaml::{Diagnostics, Fields, Node, Report, Value, join};
 
 /// The default `serviceAccount` of a tenant.
-pub const DEFAULT_SERVICE_ACCOUNT: &str = "flotilla-tenant";
+pub(super) const DEFAULT_SERVICE_ACCOUNT: &str = "flotilla-tenant";
 /// The default `role` of a tenant.
-pub const DEFAULT_ROLE: &str = "admin";
+pub(super) const DEFAULT_ROLE: &str = "admin";
 
 pub(super) type Known<'a> = &'a dyn Fn(&str) -> Option<&'a Credential>;
 

@@ -103,7 +103,7 @@ fn cluster_vars(cluster: &Cluster) -> BTreeMap<String, String> {
 }
 
 /// The most an app's values (its own merged with its clusters' entries) may weigh, as JSON.
-pub const MAX_VALUES_BYTES: usize = 1 << 20;
+pub(super) const MAX_VALUES_BYTES: usize = 1 << 20;
 
 fn tenant_units(cluster: &Cluster, tenant: &Tenant, catalog: &Catalog, placement: &mut Placement) {
     let mut units = Vec::new();

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Health {
+pub(crate) enum Health {
     Ready,
     /// Not yet; why.
     Progressing(String),
@@ -13,7 +13,7 @@ pub enum Health {
 }
 
 /// The health of `live`; objects without a notion of health are ready once they exist.
-pub fn of(live: &Value) -> Health {
+pub(crate) fn of(live: &Value) -> Health {
     let kind = live["kind"].as_str().unwrap_or_default();
     let group = live["apiVersion"]
         .as_str()

@@ -5,11 +5,11 @@
 //! `set` syncs one set; `health` says whether a live object is ready.
 
 mod apply;
-pub mod health;
+pub(crate) mod health;
 mod prune;
 mod removal;
-pub mod set;
-pub mod slots;
+pub(crate) mod set;
+pub(crate) mod slots;
 mod wait;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,15 +24,15 @@ use crate::fleet::{self, Fleet, Identity, Tenant, Unit, UnitId};
 use crate::inventory::Parent;
 use crate::render::{self, LABEL_APP, LABEL_TENANT, Object, ObjectKey, Scope};
 use removal::{departed_tenants, removed_apps};
-pub use set::{Engine, Mode, Outcome, SetOptions, SetSpec};
+pub(crate) use set::{Engine, Mode, Outcome, SetOptions, SetSpec};
 
 /// The `flotilla.dev/app` label of a tenant's onboarding set (not a valid app name).
-pub const ONBOARDING: &str = "flotilla.onboarding";
+pub(crate) const ONBOARDING: &str = "flotilla.onboarding";
 /// How long `wait` waits when the app gives no `timeout`.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What the fleet and the renders say about one cluster.
-pub struct Input {
+pub(crate) struct Input {
     pub fleet: Fleet,
     /// Tenants that land on this cluster.
     pub placed: Vec<String>,
@@ -57,7 +57,7 @@ pub struct Input {
 
 /// Which units a pass covers.
 #[derive(Clone, Debug, Default)]
-pub struct Filter {
+pub(crate) struct Filter {
     pub tenant: Option<String>,
     pub app: Option<String>,
     /// Only these units (the daemon's rounds): no removed apps or departed tenants are looked
@@ -70,7 +70,7 @@ pub struct Filter {
 
 /// What happened to one set.
 #[derive(Debug)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// `tenant ai, app jupyter`, `tenant ai: onboarding`, `cluster infra`.
     pub name: String,
     /// The unit, for a unit's set (not for onboarding, removals and departures).
@@ -108,7 +108,7 @@ impl Filter {
 
 /// Runs one pass: applies (or, in diff mode, describes) every selected set.
 /// Each selected unit's rendered objects are moved out of `input.results` as it is synced.
-pub async fn pass(
+pub(crate) async fn pass(
     engine: Arc<Engine>,
     input: &mut Input,
     filter: &Filter,
@@ -496,7 +496,7 @@ fn unit_spec(
 /// A tenant's namespaces, its ServiceAccount in the first, and a RoleBinding of its role to the
 /// ServiceAccount in each namespace; applied with the agent's identity. Namespaces are never
 /// pruned.
-pub fn onboarding(tenant: &Tenant, mode: Mode) -> SetSpec {
+pub(crate) fn onboarding(tenant: &Tenant, mode: Mode) -> SetSpec {
     let labels = json!({ LABEL_TENANT: tenant.name, LABEL_APP: ONBOARDING });
     let home = tenant.namespaces.first().cloned().unwrap_or_default();
     let mut objects = Vec::new();

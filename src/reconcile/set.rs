@@ -18,7 +18,7 @@ use crate::plan::{self, Decision};
 use crate::render::{Object, ObjectKey};
 
 /// What a set is and how it is synced.
-pub struct SetSpec {
+pub(crate) struct SetSpec {
     /// For messages: `tenant ai, app jupyter`.
     pub name: String,
     pub tenant: Option<String>,
@@ -35,7 +35,7 @@ pub struct SetSpec {
 }
 
 #[derive(Clone, Debug)]
-pub struct SetOptions {
+pub(crate) struct SetOptions {
     pub prune: bool,
     pub force: bool,
     pub allow_empty: bool,
@@ -49,7 +49,7 @@ pub struct SetOptions {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Apply,
     /// Change nothing; describe what a sync would do.
     Diff,
@@ -59,7 +59,7 @@ pub enum Mode {
 
 /// What syncing a set did (or, in diff mode, would do).
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub applied: Vec<String>,
     pub unchanged: usize,
     pub pruned: Vec<String>,
@@ -81,17 +81,17 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn converged(&self) -> bool {
+    pub(crate) fn converged(&self) -> bool {
         self.error.is_none() && self.failed.is_empty()
     }
 
     /// `None` when converged; else whether a retry soon could help (see [`crate::failure`]).
-    pub fn failure_kind(&self) -> Option<Kind> {
+    pub(crate) fn failure_kind(&self) -> Option<Kind> {
         Kind::worst(self.error.iter().chain(&self.failed).map(|f| f.kind))
     }
 
     /// The set's error and its objects' failures, as lines to show.
-    pub fn failure_lines(&self) -> Vec<String> {
+    pub(crate) fn failure_lines(&self) -> Vec<String> {
         self.error
             .iter()
             .chain(&self.failed)
@@ -101,7 +101,7 @@ impl Outcome {
 }
 
 /// Applies sets against one cluster.
-pub struct Engine {
+pub(crate) struct Engine {
     pub cluster: Arc<Cluster>,
     /// How many applies (or deletes) of one order group run at once.
     pub concurrency: usize,
@@ -122,7 +122,7 @@ pub struct Engine {
 impl Engine {
     /// Marks `unit` as synced by `round`, unless a later round synced it already (its number is
     /// returned). Round 0 (a command's single pass) always goes ahead.
-    pub fn begin_sync(&self, unit: &crate::fleet::UnitId, round: u64) -> Result<(), u64> {
+    pub(crate) fn begin_sync(&self, unit: &crate::fleet::UnitId, round: u64) -> Result<(), u64> {
         if round == 0 {
             return Ok(());
         }
@@ -136,7 +136,7 @@ impl Engine {
     }
 
     /// Whether a round later than `round` synced `unit`.
-    pub fn synced_later(&self, unit: &crate::fleet::UnitId, round: u64) -> bool {
+    pub(crate) fn synced_later(&self, unit: &crate::fleet::UnitId, round: u64) -> bool {
         round != 0
             && self
                 .synced_by
@@ -145,7 +145,10 @@ impl Engine {
     }
 
     /// Waits until no other round syncs `unit`, and holds it until the guard drops.
-    pub async fn lock_unit(&self, unit: &crate::fleet::UnitId) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn lock_unit(
+        &self,
+        unit: &crate::fleet::UnitId,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
         // One entry per unit ever synced, like `synced_by`: a few bytes each, never swept (a
         // sweep on every sync would cost a pass over all units per unit).
         let lock = self
@@ -158,13 +161,17 @@ impl Engine {
         lock.lock_owned().await
     }
 
-    pub async fn sync(&self, spec: &SetSpec) -> Outcome {
+    pub(crate) async fn sync(&self, spec: &SetSpec) -> Outcome {
         self.sync_in(spec, None).await
     }
 
     /// [`Engine::sync`] in a sync slot, given back before the wait for health: a unit whose
     /// objects never become ready holds no one else up while it waits.
-    pub async fn sync_in(&self, spec: &SetSpec, slot: Option<super::slots::Slot>) -> Outcome {
+    pub(crate) async fn sync_in(
+        &self,
+        spec: &SetSpec,
+        slot: Option<super::slots::Slot>,
+    ) -> Outcome {
         let started = std::time::Instant::now();
         let mut out = Outcome::default();
         let mut slot = slot;
@@ -507,7 +514,7 @@ fn in_terminating(o: &Object, terminating: &BTreeSet<String>) -> bool {
 }
 
 /// The set's error when namespaces it applies into are being deleted: said once, not per object.
-pub fn terminating_error(namespaces: &BTreeSet<String>) -> String {
+pub(crate) fn terminating_error(namespaces: &BTreeSet<String>) -> String {
     let list: Vec<&str> = namespaces.iter().map(String::as_str).collect();
     let (noun, is, it, it_is) = if list.len() == 1 {
         ("namespace", "is", "it", "it is")
@@ -541,7 +548,7 @@ fn key_of(item: &Value, kind: &str, group: &str) -> ObjectKey {
     }
 }
 
-pub fn count(n: usize, what: &str) -> String {
+pub(crate) fn count(n: usize, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
     } else {

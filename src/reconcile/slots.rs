@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 /// The pool.
 #[derive(Debug)]
-pub struct Slots {
+pub(crate) struct Slots {
     state: Mutex<State>,
 }
 
@@ -25,12 +25,12 @@ struct State {
 
 /// One slot, given back when dropped.
 #[derive(Debug)]
-pub struct Slot {
+pub(crate) struct Slot {
     pool: Arc<Slots>,
 }
 
 impl Slots {
-    pub fn new(slots: usize) -> Arc<Slots> {
+    pub(crate) fn new(slots: usize) -> Arc<Slots> {
         Arc::new(Slots {
             state: Mutex::new(State {
                 free: slots.max(1),
@@ -41,7 +41,7 @@ impl Slots {
     }
 
     /// A slot for a unit of `tenant`, when its turn comes.
-    pub async fn acquire(self: &Arc<Self>, tenant: &str) -> Slot {
+    pub(crate) async fn acquire(self: &Arc<Self>, tenant: &str) -> Slot {
         let rx = {
             let mut s = self.state.lock().expect("slots lock");
             if s.free > 0 && s.queues.is_empty() {

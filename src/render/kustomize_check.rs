@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::yaml::Node;
 
 /// The kustomization file of a folder, if it has one.
-pub fn kustomization_file(dir: &Path) -> Option<PathBuf> {
+pub(super) fn kustomization_file(dir: &Path) -> Option<PathBuf> {
     ["kustomization.yaml", "kustomization.yml", "Kustomization"]
         .iter()
         .map(|f| dir.join(f))
@@ -19,7 +19,7 @@ pub fn kustomization_file(dir: &Path) -> Option<PathBuf> {
 
 /// Checks the kustomization in `dir` and everything it includes; `root` is the checkout (canonical).
 /// Each problem names the kustomization file (relative to `root`), the field and the reference.
-pub fn check(root: &Path, dir: &Path, allow_remote: bool) -> Result<(), Vec<String>> {
+pub(super) fn check(root: &Path, dir: &Path, allow_remote: bool) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     let mut seen = BTreeSet::new();
     let mut pending = vec![dir.to_path_buf()];

@@ -13,7 +13,7 @@ use crate::fleet::{Owner, Problem, Unit};
 
 /// One YAML document as a renderer produced it, with where it came from.
 #[derive(Clone, Debug)]
-pub struct Document {
+pub(super) struct Document {
     pub body: serde_json::Value,
     /// The file, relative to the repository root, or `<path> (kustomize output)`; shared by the
     /// documents of one file.
@@ -119,7 +119,7 @@ fn dns_label(s: &str) -> bool {
 }
 
 /// Turns a unit's documents into objects, or every problem found in them.
-pub fn finish(unit: &Unit, documents: Vec<Document>) -> Result<Vec<Object>, Vec<Problem>> {
+pub(super) fn finish(unit: &Unit, documents: Vec<Document>) -> Result<Vec<Object>, Vec<Problem>> {
     let owner = Owner::Unit(unit.id.clone());
     let mut problems = Vec::new();
     let mut fail = |d: &Document, what: &str, message: String| {

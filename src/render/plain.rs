@@ -12,7 +12,7 @@ use crate::yaml::Node;
 /// Reads the documents of the folder `dir` of the checkout at `root` (canonical), and the problems
 /// of every file that could not be read: the good files' documents are still returned, so their
 /// own problems can be reported in the same run.
-pub fn read(root: &Path, dir: &Path, unit: &Unit) -> (Vec<Document>, Vec<String>) {
+pub(super) fn read(root: &Path, dir: &Path, unit: &Unit) -> (Vec<Document>, Vec<String>) {
     let mut files = Vec::new();
     let mut problems = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -58,7 +58,7 @@ pub fn read(root: &Path, dir: &Path, unit: &Unit) -> (Vec<Document>, Vec<String>
 
 /// Substitutes (the result at most `limit` bytes) and parses one file of manifests (also used for
 /// kustomize and Helm output).
-pub fn parse_manifests(
+pub(super) fn parse_manifests(
     text: &str,
     shown: &str,
     vars: Option<&Vars<'_>>,
@@ -89,11 +89,11 @@ pub fn parse_manifests(
 
 /// The largest manifest file rendered: far beyond any real one, small enough that one file
 /// cannot exhaust the agent's memory.
-pub const MAX_MANIFEST_BYTES: u64 = 8 << 20;
+pub(super) const MAX_MANIFEST_BYTES: u64 = 8 << 20;
 /// The most manifest files one app's folder may hold.
-pub const MAX_FILES: usize = 5_000;
+pub(super) const MAX_FILES: usize = 5_000;
 /// What one app's manifest files may add up to, substituted: 64 MiB.
-pub const MAX_UNIT_BYTES: usize = 64 << 20;
+pub(super) const MAX_UNIT_BYTES: usize = 64 << 20;
 
 /// One file's documents and its size once substituted, which may not exceed `budget` (what is
 /// left of the unit's [`MAX_UNIT_BYTES`]).

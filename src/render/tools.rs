@@ -13,7 +13,7 @@ use crate::subst::Vars;
 
 /// The most a kustomize build or a Helm render may print: far beyond any real one, small enough
 /// that a hostile kustomization or chart cannot exhaust the agent's memory.
-pub const MAX_OUTPUT: usize = 64 << 20;
+pub(super) const MAX_OUTPUT: usize = 64 << 20;
 /// The most of a tool's stderr kept for its error message.
 const MAX_STDERR: u64 = 64 << 10;
 
@@ -182,7 +182,9 @@ fn run(program: &Path, args: &[&std::ffi::OsStr], timeout: Duration) -> Result<V
                     humantime::format_duration(timeout)
                 ));
             }
+            // A render runs on its own thread (render_all), never on an async worker.
             Ok(None) => {
+                #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(20));
             }

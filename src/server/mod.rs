@@ -9,7 +9,7 @@
 //! `wait` streams its progress as newline-delimited JSON until it is done).
 
 mod hooks;
-pub mod webhook;
+pub(crate) mod webhook;
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
@@ -62,7 +62,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves HTTP on `listener` until `stop` turns true (`metrics_only`: the `listen.metrics`
 /// listener).
-pub async fn serve_tcp(
+pub(crate) async fn serve_tcp(
     listener: tokio::net::TcpListener,
     agent: Handle,
     stop: watch::Receiver<bool>,
@@ -79,7 +79,7 @@ pub async fn serve_tcp(
 }
 
 /// Serves the operator API on the unix socket until `stop` turns true.
-pub async fn serve_unix(
+pub(crate) async fn serve_unix(
     listener: tokio::net::UnixListener,
     agent: Handle,
     stop: watch::Receiver<bool>,

@@ -8,12 +8,12 @@ use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
 /// The largest body read; a larger one is refused (413) before it is verified.
-pub const MAX_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
 /// The generic receiver's signature header when the config names none.
-pub const GENERIC_HEADER: &str = "X-Signature";
+pub(crate) const GENERIC_HEADER: &str = "X-Signature";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Provider {
+pub(crate) enum Provider {
     Github,
     Gitlab,
     Gitea,
@@ -23,7 +23,7 @@ pub enum Provider {
 
 /// What an authentic request asks for.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// A push: every URL the payload gives for the repository, and the refs it moved
     /// (`refs/heads/main`, `refs/tags/v1`; none: not said, any ref may have moved).
     Push {
@@ -36,7 +36,7 @@ pub enum Verdict {
 
 /// Why a request is refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// 401: no signature or token, or a wrong one.
     #[error("{0}")]
     Unauthorized(String),
@@ -46,7 +46,7 @@ pub enum Refusal {
 }
 
 impl Provider {
-    pub const ALL: [Provider; 5] = [
+    pub(crate) const ALL: [Provider; 5] = [
         Provider::Github,
         Provider::Gitlab,
         Provider::Gitea,
@@ -55,11 +55,11 @@ impl Provider {
     ];
 
     /// `github` from `/hooks/github`.
-    pub fn from_name(name: &str) -> Option<Provider> {
+    pub(crate) fn from_name(name: &str) -> Option<Provider> {
         Provider::ALL.into_iter().find(|p| p.name() == name)
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Provider::Github => "github",
             Provider::Gitlab => "gitlab",
@@ -71,7 +71,7 @@ impl Provider {
 }
 
 /// The header that carries a provider's signature or token.
-pub fn auth_header(provider: Provider, generic_header: Option<&str>) -> String {
+pub(crate) fn auth_header(provider: Provider, generic_header: Option<&str>) -> String {
     match provider {
         Provider::Github => "X-Hub-Signature-256".into(),
         Provider::Gitea => "X-Gitea-Signature".into(),
@@ -83,7 +83,7 @@ pub fn auth_header(provider: Provider, generic_header: Option<&str>) -> String {
 
 /// The repository URLs a push body names, read before it is authenticated, only to choose which
 /// secret must have signed it; empty when the body is not a push payload.
-pub fn claimed_urls(provider: Provider, body: &[u8]) -> Vec<String> {
+pub(crate) fn claimed_urls(provider: Provider, body: &[u8]) -> Vec<String> {
     serde_json::from_slice::<serde_json::Value>(body)
         .map(|p| read_push(provider, &p).0)
         .unwrap_or_default()
@@ -94,7 +94,7 @@ pub fn claimed_urls(provider: Provider, body: &[u8]) -> Vec<String> {
 /// `header` looks a request header up by name (case-insensitively); `secret` is the content of
 /// the configured secret file (surrounding whitespace ignored); `generic_header` names the
 /// generic receiver's signature header.
-pub fn check(
+pub(crate) fn check(
     provider: Provider,
     header: &dyn Fn(&str) -> Option<String>,
     body: &[u8],
@@ -190,7 +190,7 @@ fn verify_hmac(
 }
 
 /// Compares two secrets in constant time (their digests, so their lengths do not leak either).
-pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     let (x, y) = (Sha256::digest(a), Sha256::digest(b));
     x.iter()
         .zip(y.iter())
@@ -265,16 +265,16 @@ fn read_push(provider: Provider, p: &serde_json::Value) -> (Vec<String>, Vec<Str
     (urls, references)
 }
 
-pub use crate::agent::normalize_url;
+pub(crate) use crate::agent::normalize_url;
 
 /// Whether a push of `pushed` (`refs/heads/x`, `refs/tags/y`, or unknown) can move what a
 /// source's ref names.
-pub fn any_ref_matches(reference: &crate::config::GitRef, pushed: &[String]) -> bool {
+pub(crate) fn any_ref_matches(reference: &crate::config::GitRef, pushed: &[String]) -> bool {
     pushed.is_empty() || pushed.iter().any(|p| ref_matches(reference, Some(p)))
 }
 
 /// One pushed ref against a source's ref.
-pub fn ref_matches(reference: &crate::config::GitRef, pushed: Option<&str>) -> bool {
+pub(crate) fn ref_matches(reference: &crate::config::GitRef, pushed: Option<&str>) -> bool {
     use crate::config::GitRef;
     let Some(pushed) = pushed else { return true };
     let branch = pushed.strip_prefix("refs/heads/");

@@ -12,7 +12,7 @@ use super::git::Failure;
 /// Writes the tree of `commit` to `dest` (which must not exist) through a temporary folder beside
 /// it and one rename, so a crash never leaves half a tree. Symlinks that point outside the tree
 /// and entries with unsafe names are refused.
-pub fn checkout(mirror: &Path, commit: Oid, dest: &Path) -> Result<(), Failure> {
+pub(super) fn checkout(mirror: &Path, commit: Oid, dest: &Path) -> Result<(), Failure> {
     let repo =
         Repository::open_bare(mirror).map_err(|e| Failure::Local(e.message().to_string()))?;
     let odb = repo.odb().ok();
@@ -197,13 +197,13 @@ pub fn checkout(mirror: &Path, commit: Oid, dest: &Path) -> Result<(), Failure> 
 pub const REFUSED_LINK: &str = ".flotilla-refused-symlink";
 
 /// The most files and folders a checkout may hold.
-pub const MAX_CHECKOUT_ENTRIES: usize = 100_000;
+pub(super) const MAX_CHECKOUT_ENTRIES: usize = 100_000;
 /// The most a checkout's files may add up to: 512 MiB.
-pub const MAX_CHECKOUT_BYTES: u64 = 512 << 20;
+pub(super) const MAX_CHECKOUT_BYTES: u64 = 512 << 20;
 
 /// The largest file a checkout may hold: a repository is configuration, and one huge file must
 /// not exhaust the agent's memory or disk.
-pub const MAX_FILE_BYTES: usize = 64 << 20;
+pub(super) const MAX_FILE_BYTES: usize = 64 << 20;
 
 /// Whether a symlink at `rel` (inside the tree) with `target` resolves outside the tree.
 fn escapes(rel: &Path, target: &Path) -> bool {
@@ -231,7 +231,7 @@ fn escapes(rel: &Path, target: &Path) -> bool {
 }
 
 /// Where a checkout of `commit` lives below `dir`.
-pub fn checkout_dir(dir: &Path, commit: Oid) -> PathBuf {
+pub(super) fn checkout_dir(dir: &Path, commit: Oid) -> PathBuf {
     dir.join(commit.to_string())
 }
 

@@ -16,7 +16,7 @@ use crate::config::{Credential, GitRef};
 
 /// How an operation failed; the message never holds a secret.
 #[derive(Debug)]
-pub enum Failure {
+pub(super) enum Failure {
     /// The network or the server: worth a retry.
     Transient(String),
     /// Will fail again until something changes (a ref, a key, a setting).
@@ -26,7 +26,7 @@ pub enum Failure {
 }
 
 /// Everything an operation needs to reach the remote.
-pub struct Access<'a> {
+pub(super) struct Access<'a> {
     pub url: &'a str,
     pub credential: Option<&'a Credential>,
     /// Past this instant a transfer is aborted.
@@ -46,7 +46,7 @@ struct Target {
 /// Brings the mirror at `mirror` up to date for `reference` and returns the commit it names:
 /// a commit pin already present costs nothing; otherwise one ref listing, and a fetch only when
 /// the wanted commit is not in the mirror yet.
-pub fn resolve_and_fetch(
+pub(super) fn resolve_and_fetch(
     mirror: &Path,
     access: &Access<'_>,
     reference: &GitRef,
@@ -389,7 +389,7 @@ fn read_secret(file: &Path) -> Result<String, String> {
 }
 
 /// The SSH host and port of an `ssh://` or scp-like URL.
-pub fn ssh_host_port(url: &str) -> Option<(String, u16)> {
+pub(super) fn ssh_host_port(url: &str) -> Option<(String, u16)> {
     if let Some(rest) = url.strip_prefix("ssh://") {
         let authority = rest.split('/').next()?;
         let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
