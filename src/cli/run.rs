@@ -141,7 +141,11 @@ pub(crate) fn write_entry(out: &mut impl std::io::Write, e: &Entry) -> std::io::
         .as_deref()
         .map(|r| format!(" @ {}", short(r)))
         .unwrap_or_default();
-    let state = if o.converged() { "converged" } else { "FAILED" };
+    // A failure says whether the agent retries it soon (transient) or waits for a change.
+    let state = match o.failure_kind() {
+        None => "converged".to_string(),
+        Some(kind) => format!("FAILED ({kind})"),
+    };
     let mut counts = vec![
         format!("{} applied", o.applied.len()),
         format!("{} unchanged", o.unchanged),
