@@ -8,6 +8,7 @@ env_scenarios!(
     daemon_scenarios:
     webhooks_sync_exactly_the_units_of_the_pushed_repo,
     sync_status_and_the_api,
+    failures_are_retried_by_their_kind,
     config_reload_good_and_bad,
     sigterm_during_an_apply,
     leader_election_hands_over,

@@ -389,6 +389,51 @@ pub async fn sync_status_and_the_api(env: Arc<Env>) {
     }
 }
 
+/// The error policy: a permanent failure (an object outside the tenant's namespaces) is
+/// reported and waits for the interval, while a transient one (a unit whose dependency did not
+/// converge) is retried within seconds; the kind is on the metrics and in `sync --wait`.
+pub async fn failures_are_retried_by_their_kind(env: Arc<Env>) {
+    let t = env.name("policy");
+    env.tenant(
+        &t,
+        &[&t],
+        "",
+        "apps:\n  - { name: bad, enabled: true, source: { path: bad } }\n  - { name: later, enabled: true, source: { path: later }, dependsOn: [bad] }\n",
+    );
+    env.write(
+        &format!("tenants/{t}/bad/cm.yaml"),
+        &serde_json::to_string(&json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "bad", "namespace": "kube-system"}, "data": {"v": "1"}}))
+        .unwrap(),
+    );
+    env.write(&format!("tenants/{t}/later/cm.yaml"), &cm("later", "1"));
+    let d = start(&env, "", &[]);
+    d.wait_ready(Duration::from_secs(60)).await;
+    let errors = |app: &str, kind: &str| {
+        format!("flotilla_reconcile_errors_total{{unit=\"{t}/{app}\",kind=\"{kind}\"}}")
+    };
+    // The first round failed both; `later` is retried about 5 s after it, `bad` not before the
+    // interval (an hour).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let (bad, later) = (
+        d.metric(&errors("bad", "permanent")).await,
+        d.metric(&errors("later", "transient")).await,
+    );
+    assert_eq!(bad, 1.0, "{}", d.metrics().await);
+    assert!(
+        later >= 2.0,
+        "later ran {later} times\n{}",
+        d.metrics().await
+    );
+    // An operator's sync runs it at once, and says which kind of failure it is.
+    let run = env
+        .flotilla(&["sync", "--tenant", &t, "--app", "bad", "--wait"])
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("FAILED (permanent)"), "{run:?}");
+    assert_eq!(d.metric(&errors("bad", "permanent")).await, 2.0);
+}
+
 /// A changed config is swapped in without a restart; an invalid one is refused with its
 /// errors logged and the running config kept.
 pub async fn config_reload_good_and_bad(env: Arc<Env>) {
