@@ -406,6 +406,7 @@ pub(crate) fn prepare_with(
         revisions: rendered.revisions,
         problem_units,
         prior: BTreeMap::new(),
+        stuck: BTreeSet::new(),
         round: 0,
     };
     Ok(Prepared {

@@ -250,7 +250,7 @@ pub(crate) fn mask_secrets(before: &mut Value, after: &mut Value) {
 
 /// A unified diff of two texts, with 3 lines of context around each change, or "" when equal.
 pub(crate) fn unified_diff(old: &str, new: &str, old_name: &str, new_name: &str) -> String {
-    if old == new {
+    if old.lines().eq(new.lines()) {
         return String::new();
     }
     similar::TextDiff::from_lines(old, new)

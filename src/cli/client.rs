@@ -231,8 +231,8 @@ fn print_event(out: &mut impl std::io::Write, event: &SyncEvent) -> anyhow::Resu
             error,
             kind,
         } => {
-            let kind = kind.unwrap_or(Kind::Permanent);
-            let failure = |m: &String| Failure::new(kind, m.clone());
+            // The kind only labels the state line (`None` from an agent that did not send it).
+            let failure = |m: &String| Failure::new(kind.unwrap_or(Kind::Permanent), m.clone());
             // The same lines `run --once` prints for a set.
             let entry = crate::reconcile::Entry {
                 name: name.clone(),
@@ -249,7 +249,7 @@ fn print_event(out: &mut impl std::io::Write, event: &SyncEvent) -> anyhow::Resu
                     ..Default::default()
                 },
             };
-            super::run::write_entry(out, &entry)?;
+            super::run::write_entry_of_kind(out, &entry, *kind)?;
         }
         SyncEvent::Error { message } => writeln!(out, "error: {message}")?,
         SyncEvent::Done { ok } => {

@@ -135,6 +135,15 @@ pub(crate) async fn connect(config: &Config) -> anyhow::Result<Arc<Engine>> {
 
 /// `name @ revision: state: counts`, then one line per change, failure and note.
 pub(crate) fn write_entry(out: &mut impl std::io::Write, e: &Entry) -> std::io::Result<()> {
+    write_entry_of_kind(out, e, e.outcome.failure_kind())
+}
+
+/// [`write_entry`], the kind of its failure given (`None`: not known, from an older agent).
+pub(crate) fn write_entry_of_kind(
+    out: &mut impl std::io::Write,
+    e: &Entry,
+    kind: Option<crate::failure::Kind>,
+) -> std::io::Result<()> {
     let o = &e.outcome;
     let revision = e
         .revision
@@ -142,9 +151,10 @@ pub(crate) fn write_entry(out: &mut impl std::io::Write, e: &Entry) -> std::io::
         .map(|r| format!(" @ {}", short(r)))
         .unwrap_or_default();
     // A failure says whether the agent retries it soon (transient) or waits for a change.
-    let state = match o.failure_kind() {
-        None => "converged".to_string(),
-        Some(kind) => format!("FAILED ({kind})"),
+    let state = match (o.converged(), kind) {
+        (true, _) => "converged".to_string(),
+        (false, Some(kind)) => format!("FAILED ({kind})"),
+        (false, None) => "FAILED".to_string(),
     };
     let mut counts = vec![
         format!("{} applied", o.applied.len()),

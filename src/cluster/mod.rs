@@ -40,6 +40,9 @@ pub enum Error {
     /// Discovery does not know the kind.
     #[error("the cluster has no kind {kind} in {api_version} (is its CRD installed?)")]
     UnknownKind { api_version: String, kind: String },
+    /// Not an apiVersion at all (`group/version` or `version` in lower case): no retry helps.
+    #[error("{0:?} is not a valid apiVersion")]
+    InvalidApiVersion(String),
 }
 
 /// An error status from the API server.
@@ -124,16 +127,27 @@ impl Error {
     }
 
     /// Whether waiting could help (the error policy of [`crate::failure`]): the server was
-    /// unreachable, overloaded or failing (a 5xx, a 429), the object changed under the write
-    /// (409), something it needs is not there yet (a 404: a namespace, a Role; a kind whose CRD
-    /// another unit installs), or its namespace is being deleted. Other refusals (400, 401,
-    /// 403, 422, ...) and a kubeconfig that cannot be used wait for a change.
+    /// unreachable, overloaded or failing (a 5xx, a 429, a 408), a list's continue token expired
+    /// (410), the object changed under a precondition (a 409 that is not a field-manager
+    /// conflict), something it needs is not there yet (a 404: a namespace, a Role; a kind whose
+    /// CRD another unit installs), or its namespace is being deleted. Other refusals (400, 401,
+    /// 403, 422, a server-side apply conflict with another manager without `force`, ...), a
+    /// malformed apiVersion and a kubeconfig that cannot be used wait for a change.
     pub fn kind(&self) -> Kind {
         match self {
             Error::Transport(_) | Error::UnknownKind { .. } => Kind::Transient,
-            Error::Api(f) if matches!(f.code, 404 | 409 | 429) || f.code >= 500 => Kind::Transient,
+            Error::Api(f) if f.code == 409 => {
+                if f.causes.iter().any(|c| c.reason == "FieldManagerConflict") {
+                    Kind::Permanent
+                } else {
+                    Kind::Transient
+                }
+            }
+            Error::Api(f) if matches!(f.code, 404 | 408 | 410 | 429) || f.code >= 500 => {
+                Kind::Transient
+            }
             Error::Api(_) if self.namespace_terminating() => Kind::Transient,
-            Error::Api(_) | Error::Config(_) => Kind::Permanent,
+            Error::Api(_) | Error::Config(_) | Error::InvalidApiVersion(_) => Kind::Permanent,
         }
     }
 
@@ -232,10 +246,7 @@ impl Cluster {
             None => syntax(api_version),
         };
         if !well_formed {
-            return Err(Error::UnknownKind {
-                api_version: api_version.into(),
-                kind: kind.into(),
-            });
+            return Err(Error::InvalidApiVersion(api_version.into()));
         }
         let cached = self
             .discovery
@@ -464,6 +475,8 @@ mod tests {
             api(429, ""),
             api(409, ""),
             api(404, ""),
+            api(408, ""),
+            api(410, ""),
             api(403, "NamespaceTerminating"),
             Error::Transport("reset".into()),
             Error::UnknownKind {
@@ -483,6 +496,8 @@ mod tests {
             api(403, ""),
             api(422, ""),
             api(413, ""),
+            api(409, "FieldManagerConflict"),
+            Error::InvalidApiVersion("Apps/V1".into()),
         ] {
             assert_eq!(
                 Failure::from(permanent.clone()).kind,

@@ -19,6 +19,8 @@ use crate::reconcile::Entry;
 #[derive(Default)]
 pub(super) struct Book {
     pub(super) status: Status,
+    /// The agent is stopping: a round finishing now does not make it ready (again).
+    pub(super) stopping: bool,
     /// The last revisions seen of the fleet and of each tenant's repo: a narrow round that sees
     /// a newer one asks for the wider round.
     fleet: Option<String>,
@@ -187,6 +189,7 @@ fn synced<W: Caller>(
     let told = schedule.finish(done.id, now, &results, Some(&placed));
 
     // The placement.
+    let stopping = book.stopping;
     let status = &mut book.status;
     status.plans = schedule.plans();
     status.targets = view.targets.clone();
@@ -221,7 +224,7 @@ fn synced<W: Caller>(
         notices.push(fail_unit(status, id, why, stamp));
     }
     if done.scope == Scope::All {
-        if !status.ready {
+        if !status.ready && !stopping {
             status.ready = true;
             notices.push(Notice::Ready);
         }

@@ -338,3 +338,26 @@ fn the_units_of_a_tenant_that_could_not_be_read_are_kept_and_failed_with_its_pro
         "transient"
     );
 }
+
+#[test]
+fn a_round_finishing_while_the_agent_stops_does_not_make_it_ready_again() {
+    let now = Instant::now();
+    let a = UnitId::app("ai", "a");
+    let mut s: Schedule<Caller> = Schedule::new(HOUR, now);
+    let mut book = Book {
+        stopping: true,
+        ..Default::default()
+    };
+    s.due(now);
+    let first = s.start(now);
+    let d = done(
+        first[0].id,
+        Scope::All,
+        vec![entry(&a, None)],
+        Some(view("f1", &[&a])),
+    );
+    let notices = record(&mut book, &mut s, &d, now, "t0");
+    assert!(!notices.contains(&Notice::Ready), "{notices:?}");
+    assert!(!book.status.ready);
+    assert_eq!(book.status.units[&a].result, "converged");
+}

@@ -6,17 +6,18 @@ use std::time::{Instant, SystemTime};
 
 use super::book::{self, Book, Notice};
 use super::round::Done;
-use super::schedule::{Schedule, Scope};
+use super::schedule::Schedule;
 use super::{Waiter, systemd};
 use crate::agent::Publisher;
-use crate::agent::status::{self, Metrics};
-use crate::failure::Failure;
+use crate::agent::status::{self, Metrics, SyncEvent};
+use crate::failure::Kind;
 
 /// Round task ids → the round each runs, so that a round whose task panicked is failed, not lost.
-pub(super) type TaskRounds = BTreeMap<tokio::task::Id, (u64, Scope)>;
+pub(super) type TaskRounds = BTreeMap<tokio::task::Id, u64>;
 
-/// A round task ended: its result recorded, or, if it panicked or was cancelled, its round
-/// failed as a whole so that its units are not left busy forever.
+/// A round task ended: its result recorded, or, if it panicked or was cancelled, its units
+/// retried (not left busy forever) and its callers told; its units' status is left as it was
+/// (a lost Lease or the end of the grace period cancels rounds, which says nothing of them).
 pub(super) fn joined_round(
     out: (&Publisher, &Metrics),
     schedule: &mut Schedule<Waiter>,
@@ -24,31 +25,32 @@ pub(super) fn joined_round(
     task_rounds: &mut TaskRounds,
     joined: Result<(tokio::task::Id, Done), tokio::task::JoinError>,
 ) {
-    let done = match joined {
+    match joined {
         Ok((task, done)) => {
             task_rounds.remove(&task);
-            done
+            finished(out, schedule, book, &done);
         }
         Err(e) => {
-            let (id, scope) = task_rounds.remove(&e.id()).unwrap_or((0, Scope::All));
+            let Some(id) = task_rounds.remove(&e.id()) else {
+                return;
+            };
             let why = if e.is_cancelled() {
                 "cancelled"
             } else {
                 "panicked"
             };
             tracing::error!(round = id, error = %e, "a round {why}");
-            Done {
-                id,
-                scope,
-                entries: Vec::new(),
-                error: Some(Failure::transient(format!(
-                    "internal error: the round {why}"
-                ))),
-                view: None,
+            let message = format!("internal error: the round {why}");
+            for (w, satisfied) in schedule.failed_whole(id, Instant::now(), Kind::Transient) {
+                w.tell(SyncEvent::Error {
+                    message: message.clone(),
+                });
+                if satisfied {
+                    w.done();
+                }
             }
         }
-    };
-    finished(out, schedule, book, &done);
+    }
 }
 
 /// Records a finished round and tells whom it concerns.
@@ -79,7 +81,9 @@ pub(super) fn finished(
             }
         }
     }
-    publisher.update(|s| s.status = book.status.clone());
+    // Copied before the snapshot's lock is taken.
+    let status = book.status.clone();
+    publisher.update(|s| s.status = status);
 }
 
 /// Publishes when each unit runs next.

@@ -214,9 +214,9 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
         let now = Instant::now();
         schedule.due(now);
         for round in schedule.start(now) {
-            let (id, scope) = (round.id, round.scope.clone());
+            let id = round.id;
             let task = rounds.spawn(round::run(ctx.clone(), round));
-            task_rounds.insert(task.id(), (id, scope));
+            task_rounds.insert(task.id(), id);
         }
         publish_next_runs(&publisher, &schedule);
         let wake = schedule.next_wake().min(Instant::now() + tick);
@@ -257,6 +257,9 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
     }
 
     // Shutdown: no new rounds; the running ones finish within the grace period.
+    // Not ready any more, also in the status rounds finishing now publish.
+    book.stopping = true;
+    book.status.ready = false;
     publisher.update(|s| s.status.ready = false);
     systemd::notify("STOPPING=1");
     let grace = config.shutdown_grace;

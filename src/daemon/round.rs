@@ -72,6 +72,7 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
         reasons,
         skip,
         prior,
+        stuck,
     } = round;
     tracing::info!(parent: &span, reasons = ?reasons, "round starts");
     let handle = tokio::runtime::Handle::current();
@@ -143,6 +144,7 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
     };
     let mut prepared = prepared;
     prepared.input.prior = prior;
+    prepared.input.stuck = stuck;
     prepared.input.round = id;
     // Each unit's objects are checked against the claims of the units this round did not render
     // (a narrow round) or could not render (they keep what they had); then the claims are

@@ -30,12 +30,20 @@ pub(crate) struct Round {
     pub skip: BTreeSet<UnitId>,
     /// Whether each known unit converged last time (`dependsOn` across rounds).
     pub prior: BTreeMap<UnitId, bool>,
+    /// Known units whose last failure was permanent: their dependents wait for a change too.
+    pub stuck: BTreeSet<UnitId>,
 }
 
 struct Timing {
     plan: Plan,
     next: Instant,
+    /// Failures in a row, of either kind.
     failures: u32,
+    /// Transient failures in a row: the backoff's exponent (a permanent failure or a success
+    /// starts it again).
+    transient: u32,
+    /// The kind of the last failure, `None` after a success.
+    last: Option<Kind>,
 }
 
 struct Waiting<W> {
@@ -188,6 +196,7 @@ impl<W: Clone> Schedule<W> {
                     reasons,
                     skip,
                     prior: BTreeMap::new(),
+                    stuck: BTreeSet::new(),
                 };
                 self.pending = Pending::default();
                 rounds.push(round);
@@ -215,6 +224,7 @@ impl<W: Clone> Schedule<W> {
                     reasons: reasons(&self.pending),
                     skip: BTreeSet::new(),
                     prior: BTreeMap::new(),
+                    stuck: BTreeSet::new(),
                 });
             }
             let ready: BTreeSet<UnitId> = self
@@ -240,6 +250,7 @@ impl<W: Clone> Schedule<W> {
                     reasons: reasons(&self.pending),
                     skip: BTreeSet::new(),
                     prior: BTreeMap::new(),
+                    stuck: BTreeSet::new(),
                 });
             }
             if !rounds.is_empty()
@@ -255,6 +266,12 @@ impl<W: Clone> Schedule<W> {
                 .units
                 .iter()
                 .map(|(u, t)| (u.clone(), t.failures == 0))
+                .collect();
+            round.stuck = self
+                .units
+                .iter()
+                .filter(|(_, t)| t.last == Some(Kind::Permanent))
+                .map(|(u, _)| u.clone())
                 .collect();
             self.seq += 1;
             round.id = self.seq;
@@ -297,7 +314,15 @@ impl<W: Clone> Schedule<W> {
                     None => 0,
                     Some(_) => t.failures.saturating_add(1),
                 };
-                t.next = after(now, failure::next_run(*result, t.failures, t.plan.interval));
+                t.transient = match result {
+                    Some(Kind::Transient) => t.transient.saturating_add(1),
+                    _ => 0,
+                };
+                t.last = *result;
+                t.next = after(
+                    now,
+                    failure::next_run(*result, t.transient, t.plan.interval),
+                );
             }
         }
         if scope == Scope::All {
@@ -341,6 +366,8 @@ impl<W: Clone> Schedule<W> {
                 plan: plan.clone(),
                 next: after(now, jitter(plan.interval)),
                 failures: 0,
+                transient: 0,
+                last: None,
             });
             timing.plan = plan.clone();
         }

@@ -266,3 +266,37 @@ fn tenant_and_unit_rounds_run_side_by_side_when_disjoint() {
         vec![1, 2]
     );
 }
+
+#[test]
+fn a_permanent_failure_waits_the_interval_and_restarts_the_backoff() {
+    let now = Instant::now();
+    let mut s: Schedule<u32> = Schedule::new(Duration::from_secs(3600), now);
+    let a = UnitId::app("ai", "a");
+    started(&mut s, now, &placed(&[(a.clone(), plan(3600, &["ra"]))]));
+    let run = |s: &mut Schedule<u32>, result: Option<Kind>| {
+        s.request(Scope::Units([a.clone()].into()), BTreeSet::new(), "t", None);
+        let r = s.start(now);
+        s.finish(r[0].id, now, &[(a.clone(), result)], None);
+        s.next_wake() - now
+    };
+    // Transient failures back off: 5 s, 10 s, 20 s.
+    for secs in [5, 10, 20] {
+        let wait = run(&mut s, Some(Kind::Transient));
+        let centre = Duration::from_secs(secs);
+        assert!(
+            wait >= centre.mul_f64(0.89) && wait <= centre.mul_f64(1.11),
+            "{wait:?}"
+        );
+    }
+    // A permanent one waits the interval, and its unit is stuck for its dependents.
+    let wait = run(&mut s, Some(Kind::Permanent));
+    assert!(wait >= Duration::from_secs(3200), "{wait:?}");
+    s.request(Scope::All, BTreeSet::new(), "t", None);
+    let r = s.start(now);
+    assert_eq!(r[0].stuck, [a.clone()].into());
+    assert_eq!(r[0].prior.get(&a), Some(&false));
+    s.finish(r[0].id, now, &[], None);
+    // The next transient failure starts the backoff again at 5 s.
+    let wait = run(&mut s, Some(Kind::Transient));
+    assert!(wait <= Duration::from_millis(5500), "{wait:?}");
+}

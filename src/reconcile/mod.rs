@@ -50,6 +50,9 @@ pub(crate) struct Input {
     pub problem_units: BTreeSet<UnitId>,
     /// The last result (converged or not) of units outside this pass, for `dependsOn`.
     pub prior: BTreeMap<UnitId, bool>,
+    /// Units whose last failure was permanent: a unit held back by one of them waits for a
+    /// change too, instead of being retried within seconds.
+    pub stuck: BTreeSet<UnitId>,
     /// The daemon's round number (later rounds fetched later); 0 for a command's single pass.
     /// A unit a later round already synced is left to it: this pass's render is older.
     pub round: u64,
@@ -159,6 +162,20 @@ pub(crate) async fn pass(
 
     // The cluster's infra, with the agent's identity.
     let mut done: BTreeMap<UnitId, bool> = input.prior.clone();
+    // Units whose last failure was permanent (before this pass, or in it).
+    let mut stuck: BTreeSet<UnitId> = input.stuck.clone();
+    fn note(
+        (done, stuck): (&mut BTreeMap<UnitId, bool>, &mut BTreeSet<UnitId>),
+        id: &UnitId,
+        outcome: &Outcome,
+    ) {
+        done.insert(id.clone(), outcome.converged());
+        if outcome.failure_kind() == Some(Kind::Permanent) {
+            stuck.insert(id.clone());
+        } else {
+            stuck.remove(id);
+        }
+    }
     let infra: Vec<Unit> = input
         .units
         .iter()
@@ -167,7 +184,7 @@ pub(crate) async fn pass(
         .collect();
     for unit in &infra {
         let entry = sync_unit(&engine, input, unit, mode, false).await;
-        done.insert(unit.id.clone(), entry.outcome.converged());
+        note((&mut done, &mut stuck), &unit.id, &entry.outcome);
         entries.push(entry);
     }
 
@@ -193,12 +210,23 @@ pub(crate) async fn pass(
             } else {
                 unit.depends_on
                     .iter()
-                    .find(|d| done.get(&UnitId::app(&tenant, d)) == Some(&false))
-                    // Transient: the dependency's own retries may make it converge.
+                    .map(|d| UnitId::app(&tenant, d))
+                    .find(|d| done.get(d) == Some(&false))
+                    // Of the dependency's kind: a transient failure may pass on its own retry,
+                    // a permanent one waits for a change, and so does this unit.
                     .map(|d| {
-                        Failure::transient(format!(
-                            "not applied: it depends on {d}, which did not converge"
-                        ))
+                        let kind = if stuck.contains(&d) {
+                            Kind::Permanent
+                        } else {
+                            Kind::Transient
+                        };
+                        Failure::new(
+                            kind,
+                            format!(
+                                "not applied: it depends on {}, which did not converge",
+                                d.app
+                            ),
+                        )
                     })
             };
             if unit.options.suspend {
@@ -226,7 +254,7 @@ pub(crate) async fn pass(
                         ..Default::default()
                     },
                 };
-                done.insert(unit.id.clone(), false);
+                note((&mut done, &mut stuck), &unit.id, &entry.outcome);
                 entries.push(entry);
                 continue;
             }
@@ -280,7 +308,7 @@ pub(crate) async fn pass(
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok((id, entry)) => {
-                    done.insert(id, entry.outcome.converged());
+                    note((&mut done, &mut stuck), &id, &entry.outcome);
                     level_entries.push(entry);
                 }
                 // Never silently missing from the report (and so from the exit code).

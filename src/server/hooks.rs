@@ -124,6 +124,9 @@ pub(super) async fn hook(name: &str, req: Request, agent: &Handle) -> Response {
             json(StatusCode::OK, &serde_json::json!({"ignored": why}))
         }
         Ok(Verdict::Push { urls, references }) => {
+            // Read again: the body and the secret took their time, and leadership or the
+            // targets may have changed meanwhile.
+            let snapshot = agent.snapshot();
             if !snapshot.leader {
                 count("not_leader");
                 return error(

@@ -19,10 +19,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::any;
 use axum::serve::Listener;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -91,12 +91,14 @@ pub(crate) async fn serve_unix(
     serve(listener, router(api), stop, None).await
 }
 
-/// The routes of a listener.
+/// The routes of a listener. Each route takes every method and checks its own: a wrong method
+/// on a public path is a 404 (as for an unknown path), and on the API only after the token was
+/// checked (a 401 says nothing of which methods exist).
 fn router(api: Api) -> Router {
     let health = Router::new()
-        .route("/healthz", get(|| async { text(StatusCode::OK, "ok\n") }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/healthz", any(healthz))
+        .route("/readyz", any(readyz))
+        .route("/metrics", any(metrics));
     let routes = if api.via == Via::Metrics {
         health.fallback(|| async {
             error(
@@ -106,16 +108,27 @@ fn router(api: Api) -> Router {
         })
     } else {
         health
-            .route("/hooks/{name}", post(hook))
-            .route("/api/v1/sync", post(sync))
-            .route("/api/v1/status", get(status))
-            .fallback(|| async { error(StatusCode::NOT_FOUND, "not found") })
+            .route("/hooks/{*name}", any(hook))
+            .route(
+                "/hooks",
+                any(|| async { error(StatusCode::NOT_FOUND, "no such receiver") }),
+            )
+            .route("/api/v1/sync", any(sync))
+            .route("/api/v1/status", any(status))
+            .fallback(|| async { not_found() })
     };
-    routes
-        .method_not_allowed_fallback(|| async {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        })
-        .with_state(api)
+    routes.with_state(api)
+}
+
+fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not found")
+}
+
+async fn healthz(method: Method) -> Response {
+    if method != Method::GET {
+        return not_found();
+    }
+    text(StatusCode::OK, "ok\n")
 }
 
 /// Accepts connections until `stop` turns true, at most `limit` open at once, each served by
@@ -159,7 +172,10 @@ async fn serve<L: Listener>(
     }
 }
 
-async fn readyz(State(api): State<Api>) -> Response {
+async fn readyz(State(api): State<Api>, method: Method) -> Response {
+    if method != Method::GET {
+        return not_found();
+    }
     let snapshot = api.agent.snapshot();
     if snapshot.status.ready {
         text(StatusCode::OK, "ready\n")
@@ -178,7 +194,10 @@ async fn readyz(State(api): State<Api>) -> Response {
 
 /// Metrics name every tenant, app and repository: over the main TCP listener only with the API
 /// token (a scraper without one uses `listen.metrics`).
-async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
+async fn metrics(State(api): State<Api>, method: Method, headers: HeaderMap) -> Response {
+    if method != Method::GET {
+        return not_found();
+    }
     if api.via == Via::Tcp
         && let Err(why) = authorize(&headers, &api).await
     {
@@ -191,13 +210,21 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-async fn hook(State(api): State<Api>, Path(name): Path<String>, req: Request) -> Response {
+/// The receiver's name as sent (not percent-decoded).
+async fn hook(State(api): State<Api>, req: Request) -> Response {
+    if req.method() != Method::POST {
+        return not_found();
+    }
+    let name = req.uri().path().trim_start_matches("/hooks/").to_string();
     hooks::hook(&name, req, &api.agent).await
 }
 
-async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
+async fn status(State(api): State<Api>, method: Method, headers: HeaderMap) -> Response {
     if let Err(why) = authorize(&headers, &api).await {
         return error(StatusCode::UNAUTHORIZED, &why);
+    }
+    if method != Method::GET {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
     let report = api.agent.snapshot().report();
     json(
@@ -243,6 +270,9 @@ struct SyncBody {
 async fn sync(State(api): State<Api>, req: Request) -> Response {
     if let Err(why) = authorize(req.headers(), &api).await {
         return error(StatusCode::UNAUTHORIZED, &why);
+    }
+    if req.method() != Method::POST {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
     let body = match read_body(req, MAX_API_BODY).await {
         Ok(b) => b,
