@@ -76,9 +76,12 @@ impl Parent {
                 namespace: ns.to_string(),
                 name: format!("flotilla-{}", unit.app),
             },
+            // An infra unit: `flotilla-infra`, or `flotilla-infra-configs` for `infra/configs`
+            // (a ConfigMap's name has no `/`; an infra layer's name has no `-` prefix issue, and
+            // `infra-x` is not a layer name, so two units never share a parent).
             _ => Parent {
                 namespace: AGENT_NAMESPACE.to_string(),
-                name: format!("flotilla-{}", unit.app),
+                name: format!("flotilla-{}", unit.app.replace('/', "-")),
             },
         }
     }

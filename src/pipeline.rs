@@ -407,6 +407,7 @@ pub(crate) fn prepare_with(
         problem_units,
         prior: BTreeMap::new(),
         stuck: BTreeSet::new(),
+        namespace_defaults: cluster.tenant_defaults.clone(),
         round: 0,
     };
     Ok(Prepared {

@@ -18,6 +18,8 @@ env_scenarios!(
     a_terminating_namespace_is_reported_once_per_unit_and_retried,
     a_failed_render_prunes_nothing_and_other_apps_go_on,
     diff_shows_what_a_sync_would_change,
+    infra_layers_apply_in_order_and_hold_tenant_apps_back,
+    the_platform_shapes_tenant_namespaces,
 );
 
 /// `wait: true` on an app whose Job never completes (the test server runs no Job controller):

@@ -12,7 +12,8 @@ fn the_shipped_example_validates() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
         run.stdout
-            .contains(": 2 clusters, 3 tenants; 18 units rendered)"),
+            // Two infra layers per cluster (controllers, configs) and 16 tenant apps.
+            .contains(": 2 clusters, 3 tenants; 20 units rendered)"),
         "{run:?}"
     );
     assert!(run.stderr.is_empty(), "{run:?}");

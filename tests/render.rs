@@ -604,3 +604,94 @@ fn an_oversized_manifest_file_is_refused() {
         "tenant ai, app web: web/big.yaml: 9 MiB is over the 8 MiB a manifest file may have"
     );
 }
+
+/// Infra in layers: folders under `clusters/<name>/infra/` are units of their own (a folder of
+/// manifests stays one unit `infra`); an `infra:` list in `cluster.yaml` names shared folders
+/// and their order; a broken list or tenant setting is reported with file, line and field.
+#[test]
+fn infra_layers_come_from_folders_or_the_cluster_file() {
+    let cm = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: {name}, namespace: kube-system }}\n"
+        )
+    };
+    let p = Platform::new();
+    p.file("fleet/clusters/dev/infra/controllers/a.yaml", &cm("a"))
+        .file("fleet/clusters/dev/infra/configs/b.yaml", &cm("b"))
+        .file("fleet/clusters/prod/infra/c.yaml", &cm("c"))
+        .file("fleet/clusters/prod/infra/nested/d.yaml", &cm("d"));
+    let dev = p.run(&["render"]);
+    assert_eq!(dev.code, 0, "{dev:?}");
+    assert!(
+        dev.stdout
+            .contains("# Source: infra/configs clusters/dev/infra/configs/b.yaml"),
+        "{dev:?}"
+    );
+    assert!(
+        dev.stdout
+            .contains("# Source: infra/controllers clusters/dev/infra/controllers/a.yaml"),
+        "{dev:?}"
+    );
+    let objects = documents(&dev.stdout);
+    assert_eq!(
+        objects[0]["metadata"]["labels"]["flotilla.dev/app"],
+        "infra.configs"
+    );
+    let prod = p.run(&["render", "--cluster", "prod"]);
+    assert_eq!(prod.code, 0, "{prod:?}");
+    assert!(
+        prod.stdout
+            .contains("# Source: infra clusters/prod/infra/c.yaml"),
+        "{prod:?}"
+    );
+    assert!(
+        prod.stdout
+            .contains("# Source: infra clusters/prod/infra/nested/d.yaml"),
+        "{prod:?}"
+    );
+
+    // A list in cluster.yaml: a shared folder first, then the cluster's own after it.
+    p.file("fleet/infra/base/shared.yaml", &cm("shared")).file(
+        "fleet/clusters/dev/cluster.yaml",
+        "name: dev\nlabels: { env: dev }\ninfra:\n  - { name: base, path: infra/base }\n  - { name: own, path: clusters/dev/infra/configs, dependsOn: [base], wait: true }\n",
+    );
+    let dev = p.run(&["render"]);
+    assert_eq!(dev.code, 0, "{dev:?}");
+    let base = dev
+        .stdout
+        .find("# Source: infra/base infra/base/shared.yaml")
+        .expect("base");
+    let own = dev
+        .stdout
+        .find("# Source: infra/own clusters/dev/infra/configs/b.yaml")
+        .expect("own");
+    assert!(base < own, "{dev:?}");
+    assert!(
+        !dev.stdout.contains("controllers/a.yaml"),
+        "only what the list names: {dev:?}"
+    );
+
+    // Mistakes, each named.
+    p.file(
+        "fleet/clusters/dev/cluster.yaml",
+        "name: dev\ninfra:\n  - { name: base, path: ../outside }\n  - { name: own, path: x, dependsOn: [nothing] }\ntenantDefaults: { namespaceLabels: [a] }\n",
+    )
+    .tenant("ai", "[ai, { name: ai-jobs, labels: { zone: b } }]", "apps: []\n")
+    .file(
+        "fleet/tenants/ai.yaml",
+        "name: ai\nnamespaces: [ai]\nsource: { dir: ../../tenants/ai }\nclusters: [{ labels: {} }]\ndependsOn: [configs]\nresourceQuota: 5\n",
+    );
+    let run = p.run(&["validate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    for problem in [
+        "clusters/dev/cluster.yaml:3:",
+        "infra[0].path",
+        "tenantDefaults.namespaceLabels",
+        "tenants/ai.yaml:5:",
+        "dependsOn: \"configs\" is not an infra unit's name",
+        "tenants/ai.yaml:6:",
+        "resourceQuota: expected a mapping",
+    ] {
+        assert!(run.stderr.contains(problem), "{problem}: {run:?}");
+    }
+}

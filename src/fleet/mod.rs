@@ -7,6 +7,7 @@
 //! catalog takes out that tenant only, a broken app that app only.
 
 mod catalog;
+pub(crate) mod layers;
 mod parse;
 mod units;
 
@@ -33,14 +34,46 @@ pub struct Fleet {
     pub tenants: BTreeMap<String, Tenant>,
 }
 
-/// `clusters/<name>/cluster.yaml`, plus whether `clusters/<name>/infra/` exists.
+/// `clusters/<name>/cluster.yaml`, plus the cluster's infra units.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Cluster {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub vars: BTreeMap<String, String>,
-    /// `clusters/<name>/infra`, relative to the fleet root, when the folder exists.
-    pub infra: Option<String>,
+    /// The infra units, in order: the `infra:` list of `cluster.yaml`; else each folder under
+    /// `clusters/<name>/infra/` when it holds folders only; else that folder as one unit `infra`.
+    pub infra: Vec<InfraUnit>,
+    /// What the platform writes into every tenant's namespaces on this cluster
+    /// (`tenantDefaults`); a tenant's own settings win.
+    pub tenant_defaults: NamespacePolicy,
+}
+
+/// One infra unit of a cluster: applied with the agent's identity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InfraUnit {
+    /// The unit's name: `infra` (the whole folder) or `infra/<name>`.
+    pub name: String,
+    /// Its folder, relative to the fleet root (a folder shared by several clusters is fine).
+    pub path: String,
+    /// Infra units (by their full name, `infra/<name>`) that must converge first.
+    pub depends_on: Vec<String>,
+    /// Wait for its objects' health before it counts as converged (always, when something
+    /// depends on it).
+    pub wait: bool,
+    pub timeout: Option<Duration>,
+}
+
+/// What the platform writes into a tenant's namespaces at onboarding, with the agent's
+/// identity: labels and annotations on the Namespace (Pod Security levels, network-policy
+/// selectors, cost centres), and a ResourceQuota and a LimitRange (`flotilla-tenant`) in it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NamespacePolicy {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// The `spec` of the ResourceQuota.
+    pub resource_quota: Option<serde_json::Value>,
+    /// The `spec` of the LimitRange.
+    pub limit_range: Option<serde_json::Value>,
 }
 
 /// Where something lands: `{ name: prod }` or `{ labels: { env: prod } }` (all labels must match).
@@ -78,6 +111,12 @@ pub struct Tenant {
     pub remote_bases: bool,
     /// What happens to the tenant's objects when it leaves this cluster.
     pub on_removal: OnRemoval,
+    /// For all its namespaces, over the cluster's `tenantDefaults`.
+    pub namespace_policy: NamespacePolicy,
+    /// Per namespace, over the tenant's: labels and annotations of a `namespaces` entry.
+    pub namespace_overrides: BTreeMap<String, NamespacePolicy>,
+    /// Infra units (`infra/<name>`, or `infra`) every app of the tenant waits for.
+    pub depends_on: Vec<String>,
     /// The file it came from, relative to the fleet root.
     pub file: String,
 }
@@ -178,8 +217,11 @@ pub struct Unit {
     /// Variables for `${...}` substitution, flattened (`cluster.name`, `vars.domain`, ...);
     /// `values.*` are looked up in `values`.
     pub vars: BTreeMap<String, String>,
-    /// Units of the same tenant that must converge first.
+    /// Units that must converge first: apps of the same tenant, or for an infra unit other
+    /// infra units (`infra/<name>`).
     pub depends_on: Vec<String>,
+    /// Infra units a tenant app waits for (`infra/<name>`): its tenant's and its own.
+    pub after_infra: Vec<String>,
     pub options: UnitOptions,
     /// What a tenant unit may touch; `None` for the infra unit.
     pub limits: Option<Limits>,
@@ -293,6 +335,16 @@ impl Limits {
 // === impl Tenant ===
 
 impl Tenant {
+    /// What the platform writes into namespace `ns` of this tenant on a cluster whose
+    /// `tenantDefaults` are `defaults`.
+    pub fn policy_of(&self, ns: &str, defaults: &NamespacePolicy) -> NamespacePolicy {
+        let mut policy = defaults.with(&self.namespace_policy);
+        if let Some(over) = self.namespace_overrides.get(ns) {
+            policy = policy.with(over);
+        }
+        policy
+    }
+
     pub fn lands_on(&self, cluster: &Cluster) -> bool {
         self.clusters.iter().any(|m| m.matches(cluster))
     }
@@ -302,9 +354,19 @@ impl Tenant {
 
 impl UnitId {
     pub fn infra() -> UnitId {
+        UnitId::infra_named(layers::INFRA)
+    }
+    /// The value of the `flotilla.dev/app` label of the unit's objects: the app's name, or for
+    /// an infra layer `infra.controllers` (a label value has no `/`; an app name has no `.`).
+    pub fn label(&self) -> String {
+        self.app.replace('/', ".")
+    }
+
+    /// An infra unit by its name (`infra`, `infra/controllers`).
+    pub fn infra_named(name: &str) -> UnitId {
         UnitId {
             tenant: None,
-            app: "infra".to_string(),
+            app: name.to_string(),
         }
     }
     pub fn app(tenant: &str, app: &str) -> UnitId {
@@ -337,6 +399,25 @@ impl fmt::Display for Owner {
             }) => write!(f, "tenant {t}, app {app}"),
             Owner::Unit(UnitId { tenant: None, app }) => write!(f, "cluster {app}"),
         }
+    }
+}
+
+// === impl NamespacePolicy ===
+
+impl NamespacePolicy {
+    /// `self` with `over` on top: labels and annotations key by key, a quota or limit range
+    /// replaced whole.
+    pub fn with(&self, over: &NamespacePolicy) -> NamespacePolicy {
+        let mut out = self.clone();
+        out.labels.extend(over.labels.clone());
+        out.annotations.extend(over.annotations.clone());
+        if over.resource_quota.is_some() {
+            out.resource_quota = over.resource_quota.clone();
+        }
+        if over.limit_range.is_some() {
+            out.limit_range = over.limit_range.clone();
+        }
+        out
     }
 }
 

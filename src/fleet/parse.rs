@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{Cluster, Fleet, Matcher, OnRemoval, Owner, Problem, Tenant};
+use super::{
+    Cluster, Fleet, InfraUnit, Matcher, NamespacePolicy, OnRemoval, Owner, Problem, Tenant, layers,
+};
 use crate::config::{Credential, check_name, decode_source};
 use crate::yaml::{Diagnostics, Fields, Node, Report, Value, join};
 
@@ -32,9 +34,9 @@ pub fn read_fleet(root: &Path, known_credentials: Known<'_>) -> (Fleet, Vec<Prob
             {
                 let rel = format!("clusters/{dir_name}/cluster.yaml");
                 match read_yaml(root, &rel).and_then(|doc| decode_cluster(&doc, &rel, &dir_name)) {
-                    Ok(mut cluster) => {
-                        let infra = format!("clusters/{dir_name}/infra");
-                        cluster.infra = root.join(&infra).is_dir().then_some(infra);
+                    Ok((mut cluster, listed)) => {
+                        cluster.infra =
+                            listed.unwrap_or_else(|| layers::infra_from_folder(root, &dir_name));
                         fleet.clusters.insert(cluster.name.clone(), cluster);
                     }
                     Err(d) => d.iter().for_each(|d| fail(d.to_string())),
@@ -115,7 +117,12 @@ pub(super) fn finish<T>(report: Report, value: Option<T>) -> Result<T, Diagnosti
     }
 }
 
-fn decode_cluster(doc: &Node, rel: &str, dir_name: &str) -> Result<Cluster, Diagnostics> {
+/// A cluster file, with its `infra:` list if it has one.
+fn decode_cluster(
+    doc: &Node,
+    rel: &str,
+    dir_name: &str,
+) -> Result<(Cluster, Option<Vec<InfraUnit>>), Diagnostics> {
     let mut report = Report::new(rel);
     let cluster = (|| {
         let mut f = Fields::new(doc, "", &mut report)?;
@@ -136,13 +143,30 @@ fn decode_cluster(doc: &Node, rel: &str, dir_name: &str) -> Result<Cluster, Diag
         let vars = f
             .get("vars")
             .map_or(Some(BTreeMap::new()), |n| n.string_map("vars", &mut report));
-        f.finish(&["name", "labels", "vars"], &mut report);
-        Some(Cluster {
-            name: name?,
-            labels: labels?,
-            vars: vars?,
-            infra: None,
-        })
+        let infra = optional(f.get("infra"), |n| layers::decode_infra(n, &mut report));
+        let defaults = match f.get("tenantDefaults") {
+            None => Some(NamespacePolicy::default()),
+            Some(n) => (|| {
+                let mut d = Fields::new(n, "tenantDefaults", &mut report)?;
+                let policy = layers::decode_policy(&mut d, "tenantDefaults", &mut report);
+                d.finish(&layers::POLICY_FIELDS, &mut report);
+                policy
+            })(),
+        };
+        f.finish(
+            &["name", "labels", "vars", "infra", "tenantDefaults"],
+            &mut report,
+        );
+        Some((
+            Cluster {
+                name: name?,
+                labels: labels?,
+                vars: vars?,
+                infra: Vec::new(),
+                tenant_defaults: defaults?,
+            },
+            infra?,
+        ))
     })();
     finish(report, cluster)
 }
@@ -180,18 +204,6 @@ fn decode_matchers(node: &Node, path: &str, report: &mut Report) -> Option<Vec<M
     out.into_iter().collect()
 }
 
-fn name_list(node: &Node, path: &str, report: &mut Report) -> Option<Vec<String>> {
-    let names = node.strings(path, report)?;
-    let mut ok = true;
-    for name in &names {
-        if let Err(why) = check_name(name) {
-            report.error(node, path, why);
-            ok = false;
-        }
-    }
-    ok.then_some(names)
-}
-
 fn decode_tenant(
     doc: &Node,
     rel: &str,
@@ -202,6 +214,11 @@ fn decode_tenant(
     const ALLOWED: &[&str] = &[
         "name",
         "namespaces",
+        "namespaceLabels",
+        "namespaceAnnotations",
+        "resourceQuota",
+        "limitRange",
+        "dependsOn",
         "serviceAccount",
         "role",
         "source",
@@ -232,13 +249,17 @@ fn decode_tenant(
             Some(name.to_string())
         });
         let namespaces = f.require("namespaces", doc, r).and_then(|n| {
-            let list = name_list(n, "namespaces", r)?;
+            let (list, overrides) = layers::decode_namespaces(n, r)?;
             if list.is_empty() {
                 r.error(n, "namespaces", "a tenant needs at least one namespace");
                 return None;
             }
-            Some(list)
+            Some((list, overrides))
         });
+        let policy = layers::decode_policy(&mut f, "", r);
+        let depends_on = f
+            .get("dependsOn")
+            .map_or(Some(Vec::new()), |n| layers::infra_names(n, "dependsOn", r));
         let service_account = match f.get("serviceAccount") {
             Some(n) => n.str("serviceAccount", r).and_then(|s| {
                 check_name(s)
@@ -328,9 +349,13 @@ fn decode_tenant(
             None => Some(OnRemoval::Keep),
         };
         f.finish(ALLOWED, r);
+        let (namespaces, namespace_overrides) = namespaces?;
         Some(Tenant {
             name: name?,
-            namespaces: namespaces?,
+            namespaces,
+            namespace_overrides,
+            namespace_policy: policy?,
+            depends_on: depends_on?,
             service_account: service_account?,
             role: role?,
             source: source?,

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    AppSource, Catalog, Cluster, Fleet, Identity, Limits, Owner, Problem, Tenant, Unit, UnitId,
-    UnitOptions, UnitSource,
+    AppSource, Catalog, Cluster, Fleet, Identity, InfraUnit, Limits, Owner, Problem, Tenant, Unit,
+    UnitId, UnitOptions, UnitSource, layers,
 };
 use crate::config::check_subpath;
 use crate::subst::{Vars, deep_merge, substitute};
@@ -24,8 +24,8 @@ pub struct Placement {
 /// without one yields no units (its read error is the caller's to report).
 pub fn place(fleet: &Fleet, cluster: &Cluster, catalogs: &BTreeMap<String, Catalog>) -> Placement {
     let mut placement = Placement::default();
-    if let Some(path) = &cluster.infra {
-        placement.units.push(infra_unit(cluster, path));
+    for infra in &cluster.infra {
+        placement.units.push(infra_unit(cluster, infra));
     }
     let placed: Vec<&Tenant> = fleet
         .tenants
@@ -65,10 +65,13 @@ pub fn place(fleet: &Fleet, cluster: &Cluster, catalogs: &BTreeMap<String, Catal
             tenant_units(cluster, tenant, catalog, &mut placement);
         }
     }
+    // Infra units in dependsOn order, and tenant apps after the infra units they name.
+    let held = layers::check_layers(cluster, &placement.units, &mut placement.problems);
+    placement.units.retain(|u| !held.contains(&u.id));
     placement
 }
 
-fn infra_unit(cluster: &Cluster, path: &str) -> Unit {
+fn infra_unit(cluster: &Cluster, infra: &InfraUnit) -> Unit {
     let mut vars = cluster_vars(cluster);
     vars.extend(
         cluster
@@ -77,16 +80,21 @@ fn infra_unit(cluster: &Cluster, path: &str) -> Unit {
             .map(|(k, v)| (format!("vars.{k}"), v.clone())),
     );
     Unit {
-        id: UnitId::infra(),
+        id: UnitId::infra_named(&infra.name),
         identity: Identity::Agent,
         namespace: None,
         source: UnitSource::Fleet {
-            path: path.to_string(),
+            path: infra.path.clone(),
         },
         values: serde_json::Value::Object(Default::default()),
         vars,
-        depends_on: Vec::new(),
-        options: UnitOptions::default(),
+        depends_on: infra.depends_on.clone(),
+        after_infra: Vec::new(),
+        options: UnitOptions {
+            wait: infra.wait,
+            timeout: infra.timeout,
+            ..UnitOptions::default()
+        },
         limits: None,
     }
 }
@@ -202,7 +210,22 @@ fn tenant_units(cluster: &Cluster, tenant: &Tenant, catalog: &Catalog, placement
             source,
             values,
             vars,
-            depends_on: app.depends_on.clone(),
+            // Apps of the tenant; infra units (`infra/...`) are waited for apart, as are the
+            // tenant's own.
+            depends_on: app
+                .depends_on
+                .iter()
+                .filter(|d| !layers::is_infra_name(d))
+                .cloned()
+                .collect(),
+            after_infra: tenant
+                .depends_on
+                .iter()
+                .chain(app.depends_on.iter().filter(|d| layers::is_infra_name(d)))
+                .cloned()
+                .collect::<BTreeSet<String>>()
+                .into_iter()
+                .collect(),
             options: UnitOptions {
                 prune: app.options.prune.unwrap_or(tenant.prune),
                 force: app.options.force,

@@ -1,7 +1,7 @@
 //! Tests of `units.rs`.
 use super::*;
 use crate::config::{GitRef, SourceLocation, SourceSpec};
-use crate::fleet::{App, AppOptions, ClusterEntry, Matcher, OnRemoval, Override};
+use crate::fleet::{App, AppOptions, ClusterEntry, Matcher, NamespacePolicy, OnRemoval, Override};
 use serde_json::json;
 
 fn cluster(name: &str, env: &str) -> Cluster {
@@ -9,7 +9,8 @@ fn cluster(name: &str, env: &str) -> Cluster {
         name: name.into(),
         labels: BTreeMap::from([("env".into(), env.into())]),
         vars: BTreeMap::from([("domain".into(), format!("{name}.example.com"))]),
-        infra: None,
+        infra: Vec::new(),
+        tenant_defaults: Default::default(),
     }
 }
 
@@ -35,6 +36,9 @@ fn tenant(name: &str, namespaces: &[&str], clusters: Vec<Matcher>) -> Tenant {
         schemes: vec![],
         remote_bases: false,
         on_removal: OnRemoval::Keep,
+        namespace_policy: Default::default(),
+        namespace_overrides: Default::default(),
+        depends_on: vec![],
         file: format!("tenants/{name}.yaml"),
     }
 }
@@ -265,4 +269,138 @@ fn two_tenants_claiming_one_namespace_are_both_held_back() {
         placed.problems[0].to_string(),
         "tenant ai: namespace shared on cluster prod is claimed by tenants ai, data"
     );
+}
+
+fn layer(name: &str, deps: &[&str]) -> InfraUnit {
+    InfraUnit {
+        name: format!("infra/{name}"),
+        path: format!("infra/{name}"),
+        depends_on: deps.iter().map(|d| format!("infra/{d}")).collect(),
+        wait: false,
+        timeout: None,
+    }
+}
+
+#[test]
+fn infra_layers_are_units_and_tenant_apps_wait_for_the_ones_they_name() {
+    let mut prod = cluster("prod", "prod");
+    prod.infra = vec![
+        layer("controllers", &[]),
+        layer("configs", &["controllers"]),
+    ];
+    let mut ai = tenant("ai", &["ai"], vec![Matcher::Name("prod".into())]);
+    ai.depends_on = vec!["infra/controllers".into()];
+    let catalogs = BTreeMap::from([(
+        "ai".into(),
+        Catalog {
+            apps: vec![
+                app("web", true, &["infra/configs", "db"]),
+                app("db", true, &[]),
+            ],
+            clusters: vec![],
+        },
+    )]);
+    let p = place(&fleet_of(vec![ai]), &prod, &catalogs);
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    assert_eq!(
+        ids(&p),
+        vec!["infra/controllers", "infra/configs", "ai/web", "ai/db"]
+    );
+    let unit = |id: &str| p.units.iter().find(|u| u.id.to_string() == id).unwrap();
+    assert_eq!(unit("infra/configs").depends_on, vec!["infra/controllers"]);
+    assert_eq!(unit("infra/configs").identity, Identity::Agent);
+    // The app's own infra entries and its tenant's; its app dependencies stay apart.
+    assert_eq!(unit("ai/web").depends_on, vec!["db"]);
+    assert_eq!(
+        unit("ai/web").after_infra,
+        vec!["infra/configs", "infra/controllers"]
+    );
+    assert_eq!(unit("ai/db").after_infra, vec!["infra/controllers"]);
+    assert_eq!(
+        UnitId::infra_named("infra/configs").label(),
+        "infra.configs"
+    );
+}
+
+#[test]
+fn an_unknown_or_cyclic_infra_dependency_holds_back_exactly_its_dependents() {
+    let mut prod = cluster("prod", "prod");
+    prod.infra = vec![
+        layer("a", &["b"]),
+        layer("b", &["a"]),
+        layer("c", &["ghost"]),
+        layer("d", &[]),
+    ];
+    let ai = tenant("ai", &["ai"], vec![Matcher::Name("prod".into())]);
+    let catalogs = BTreeMap::from([(
+        "ai".into(),
+        Catalog {
+            apps: vec![
+                app("after-a", true, &["infra/a"]),
+                app("after-d", true, &["infra/d"]),
+                app("after-nothing", true, &["infra/missing"]),
+            ],
+            clusters: vec![],
+        },
+    )]);
+    let p = place(&fleet_of(vec![ai]), &prod, &catalogs);
+    assert_eq!(ids(&p), vec!["infra/d", "ai/after-d"]);
+    let problem = |id: &str| {
+        p.problems
+            .iter()
+            .filter(|q| matches!(&q.owner, Owner::Unit(u) if u.to_string() == id))
+            .map(|q| q.detail.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    assert!(problem("infra/a").contains("cycle"), "{:?}", p.problems);
+    assert!(
+        problem("infra/c").contains("\"infra/ghost\", which is not an infra unit of cluster prod"),
+        "{:?}",
+        p.problems
+    );
+    assert!(
+        problem("ai/after-a").contains("\"infra/a\", which is held back"),
+        "{:?}",
+        p.problems
+    );
+    assert!(
+        problem("ai/after-nothing").contains("not an infra unit"),
+        "{:?}",
+        p.problems
+    );
+}
+
+#[test]
+fn namespace_policies_merge_cluster_tenant_and_namespace() {
+    let defaults = NamespacePolicy {
+        labels: BTreeMap::from([
+            ("tier".into(), "shared".into()),
+            ("zone".into(), "a".into()),
+        ]),
+        limit_range: Some(json!({"limits": []})),
+        ..Default::default()
+    };
+    let mut t = tenant("ai", &["ai", "ai-jobs"], vec![]);
+    t.namespace_policy = NamespacePolicy {
+        labels: BTreeMap::from([("zone".into(), "b".into())]),
+        resource_quota: Some(json!({"hard": {"pods": "10"}})),
+        ..Default::default()
+    };
+    t.namespace_overrides.insert(
+        "ai-jobs".into(),
+        NamespacePolicy {
+            labels: BTreeMap::from([("zone".into(), "c".into())]),
+            resource_quota: Some(json!({"hard": {"pods": "50"}})),
+            ..Default::default()
+        },
+    );
+    let ai = t.policy_of("ai", &defaults);
+    assert_eq!(ai.labels["tier"], "shared");
+    assert_eq!(ai.labels["zone"], "b");
+    assert_eq!(ai.resource_quota, Some(json!({"hard": {"pods": "10"}})));
+    assert_eq!(ai.limit_range, Some(json!({"limits": []})));
+    let jobs = t.policy_of("ai-jobs", &defaults);
+    assert_eq!(jobs.labels["zone"], "c");
+    assert_eq!(jobs.resource_quota, Some(json!({"hard": {"pods": "50"}})));
 }

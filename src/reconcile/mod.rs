@@ -6,6 +6,7 @@
 
 mod apply;
 pub(crate) mod health;
+mod order;
 mod prune;
 mod removal;
 pub(crate) mod set;
@@ -53,6 +54,9 @@ pub(crate) struct Input {
     /// Units whose last failure was permanent: a unit held back by one of them waits for a
     /// change too, instead of being retried within seconds.
     pub stuck: BTreeSet<UnitId>,
+    /// What the platform writes into every tenant's namespaces on this cluster
+    /// (`tenantDefaults` of its `cluster.yaml`).
+    pub namespace_defaults: fleet::NamespacePolicy,
     /// The daemon's round number (later rounds fetched later); 0 for a command's single pass.
     /// A unit a later round already synced is left to it: this pass's render is older.
     pub round: u64,
@@ -130,7 +134,7 @@ pub(crate) async fn pass(
         if !filter.onboards(name) || (filter.app.is_some() && mode == Mode::Diff) {
             continue;
         }
-        let spec = onboarding(tenant, mode);
+        let spec = onboarding(tenant, &input.namespace_defaults, mode);
         let mut outcome = engine.sync(&spec).await;
         if mode == Mode::Apply
             && outcome.converged()
@@ -176,16 +180,32 @@ pub(crate) async fn pass(
             stuck.remove(id);
         }
     }
+    // What something waits for waits for health in turn.
+    let waited = order::waited_for(&input.units);
     let infra: Vec<Unit> = input
         .units
         .iter()
         .filter(|u| u.id.tenant.is_none() && filter.unit(&u.id))
         .cloned()
         .collect();
-    for unit in &infra {
-        let entry = sync_unit(&engine, input, unit, mode, false).await;
-        note((&mut done, &mut stuck), &unit.id, &entry.outcome);
-        entries.push(entry);
+    for level in order::levels(&infra.iter().collect::<Vec<_>>()) {
+        for unit in level {
+            let entry = match order::held_back(unit, &done, &stuck) {
+                Some(why) => Entry {
+                    unit: Some(unit.id.clone()),
+                    tenant: None,
+                    name: fleet::Owner::Unit(unit.id.clone()).to_string(),
+                    revision: input.revisions.get(&unit.id).cloned(),
+                    outcome: Outcome {
+                        error: Some(why),
+                        ..Default::default()
+                    },
+                },
+                None => sync_unit(&engine, input, unit, mode, waited.contains(&unit.id)).await,
+            };
+            note((&mut done, &mut stuck), &unit.id, &entry.outcome);
+            entries.push(entry);
+        }
     }
 
     // Tenant apps, a dependency level at a time.
@@ -194,40 +214,13 @@ pub(crate) async fn pass(
         .iter()
         .filter(|u| u.id.tenant.is_some() && filter.unit(&u.id))
         .collect();
-    let needed: BTreeSet<(String, String)> = apps
-        .iter()
-        .flat_map(|u| {
-            let t = u.id.tenant.clone().unwrap_or_default();
-            u.depends_on.iter().map(move |d| (t.clone(), d.clone()))
-        })
-        .collect();
-    for level in levels(&apps) {
+    for level in order::levels(&apps) {
         let mut tasks = tokio::task::JoinSet::new();
         for unit in level {
             let tenant = unit.id.tenant.clone().unwrap_or_default();
-            let blocked = if let Some(why) = not_onboarded.get(&tenant) {
-                Some(why.clone())
-            } else {
-                unit.depends_on
-                    .iter()
-                    .map(|d| UnitId::app(&tenant, d))
-                    .find(|d| done.get(d) == Some(&false))
-                    // Of the dependency's kind: a transient failure may pass on its own retry,
-                    // a permanent one waits for a change, and so does this unit.
-                    .map(|d| {
-                        let kind = if stuck.contains(&d) {
-                            Kind::Permanent
-                        } else {
-                            Kind::Transient
-                        };
-                        Failure::new(
-                            kind,
-                            format!(
-                                "not applied: it depends on {}, which did not converge",
-                                d.app
-                            ),
-                        )
-                    })
+            let blocked = match not_onboarded.get(&tenant) {
+                Some(why) => Some(why.clone()),
+                None => order::held_back(unit, &done, &stuck),
             };
             if unit.options.suspend {
                 done.insert(unit.id.clone(), true);
@@ -258,7 +251,7 @@ pub(crate) async fn pass(
                 entries.push(entry);
                 continue;
             }
-            let has_dependents = needed.contains(&(tenant, unit.id.app.clone()));
+            let has_dependents = waited.contains(&unit.id);
             let (engine, unit) = (engine.clone(), unit.clone());
             // Moved, not copied: a unit's objects leave the input as its sync starts.
             let spec = unit_spec(input.results.remove(&unit.id), &unit, mode, has_dependents);
@@ -335,6 +328,7 @@ pub(crate) async fn pass(
     }
     entries.extend(removed_apps(&engine, input, filter, mode, &not_onboarded).await);
     if filter.tenant.is_none() && input.fleet_ok {
+        entries.extend(removal::removed_infra(&engine, input, mode).await);
         entries.extend(departed_tenants(&engine, input, mode).await);
     }
     entries
@@ -364,46 +358,6 @@ async fn await_access(engine: &Engine, tenant: &Tenant) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-/// Groups units so that each comes after the units it depends on (the fleet refuses cycles).
-fn levels<'a>(units: &[&'a Unit]) -> Vec<Vec<&'a Unit>> {
-    let mut level: BTreeMap<&UnitId, usize> = BTreeMap::new();
-    let by_id: BTreeMap<(Option<&str>, &str), &Unit> = units
-        .iter()
-        .map(|u| ((u.id.tenant.as_deref(), u.id.app.as_str()), *u))
-        .collect();
-    fn depth<'a>(
-        u: &'a Unit,
-        by_id: &BTreeMap<(Option<&str>, &str), &'a Unit>,
-        level: &mut BTreeMap<&'a UnitId, usize>,
-        guard: usize,
-    ) -> usize {
-        if let Some(l) = level.get(&u.id) {
-            return *l;
-        }
-        let l = if guard > 64 {
-            0
-        } else {
-            u.depends_on
-                .iter()
-                .filter_map(|d| by_id.get(&(u.id.tenant.as_deref(), d.as_str())))
-                .map(|d| depth(d, by_id, level, guard + 1) + 1)
-                .max()
-                .unwrap_or(0)
-        };
-        level.insert(&u.id, l);
-        l
-    }
-    let mut out: Vec<Vec<&Unit>> = Vec::new();
-    for u in units {
-        let l = depth(u, &by_id, &mut level, 0);
-        if out.len() <= l {
-            out.resize_with(l + 1, Vec::new);
-        }
-        out[l].push(u);
-    }
-    out
 }
 
 async fn sync_unit(
@@ -501,7 +455,7 @@ fn unit_spec(
     let spec = SetSpec {
         name: fleet::Owner::Unit(unit.id.clone()).to_string(),
         tenant: unit.id.tenant.clone(),
-        set: unit.id.app.clone(),
+        set: unit.id.label(),
         identity: unit.identity.clone(),
         parent: Parent::of_unit(&unit.id, unit.namespace.as_deref()),
         objects: ok,
@@ -524,16 +478,44 @@ fn unit_spec(
 /// A tenant's namespaces, its ServiceAccount in the first, and a RoleBinding of its role to the
 /// ServiceAccount in each namespace; applied with the agent's identity. Namespaces are never
 /// pruned.
-pub(crate) fn onboarding(tenant: &Tenant, mode: Mode) -> SetSpec {
+pub(crate) fn onboarding(
+    tenant: &Tenant,
+    defaults: &fleet::NamespacePolicy,
+    mode: Mode,
+) -> SetSpec {
     let labels = json!({ LABEL_TENANT: tenant.name, LABEL_APP: ONBOARDING });
     let home = tenant.namespaces.first().cloned().unwrap_or_default();
     let mut objects = Vec::new();
     for ns in &tenant.namespaces {
+        // The platform's labels and annotations (flotilla's own labels win), and its quota and
+        // limit range: the tenant's role may not write any of them, and a change made with
+        // kubectl is drift, reverted like any other.
+        let policy = tenant.policy_of(ns, defaults);
+        let mut ns_labels = json!(policy.labels);
+        for (k, v) in labels.as_object().into_iter().flatten() {
+            ns_labels[k] = v.clone();
+        }
+        let mut metadata = json!({"name": ns, "labels": ns_labels});
+        if !policy.annotations.is_empty() {
+            metadata["annotations"] = json!(policy.annotations);
+        }
         objects.push(made(
-            json!({"apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": ns, "labels": labels}}),
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}),
             Scope::Cluster,
         ));
+        for (kind, spec) in [
+            ("ResourceQuota", &policy.resource_quota),
+            ("LimitRange", &policy.limit_range),
+        ] {
+            if let Some(spec) = spec {
+                objects.push(made(
+                    json!({"apiVersion": "v1", "kind": kind,
+                        "metadata": {"name": "flotilla-tenant", "namespace": ns, "labels": labels},
+                        "spec": spec}),
+                    Scope::Namespaced,
+                ));
+            }
+        }
     }
     objects.push(made(
         json!({"apiVersion": "v1", "kind": "ServiceAccount",

@@ -7,17 +7,36 @@ use super::set::{self, Engine, Mode, Outcome, SetOptions, SetSpec};
 use super::{DEFAULT_TIMEOUT, Entry, Filter, Input, ONBOARDING, tenant_identity};
 use crate::cluster::Cluster;
 use crate::failure::Failure;
+use crate::fleet::layers::is_infra_name;
 use crate::fleet::{Identity, OnRemoval, Tenant, UnitId};
-use crate::inventory::{ID_LABEL, Parent};
+use crate::inventory::{AGENT_NAMESPACE, ID_LABEL, Parent};
 use crate::render::{LABEL_APP, LABEL_TENANT};
 
 /// A set that left Git: pruned (or described) and its parent deleted.
 fn removal(tenant: &Tenant, app: &str, parent: Parent, mode: Mode) -> SetSpec {
+    removal_of(
+        format!("tenant {}, app {app} (removed)", tenant.name),
+        (Some(tenant.name.clone()), app.to_string()),
+        tenant_identity(tenant),
+        parent,
+        mode,
+    )
+}
+
+/// The set that prunes every member of `parent` (tenant and `flotilla.dev/app` label given),
+/// then deletes it; in diff mode, says what that would do.
+fn removal_of(
+    name: String,
+    (tenant, set): (Option<String>, String),
+    identity: Identity,
+    parent: Parent,
+    mode: Mode,
+) -> SetSpec {
     SetSpec {
-        name: format!("tenant {}, app {app} (removed)", tenant.name),
-        tenant: Some(tenant.name.clone()),
-        set: app.to_string(),
-        identity: tenant_identity(tenant),
+        name,
+        tenant,
+        set,
+        identity,
         parent,
         objects: Vec::new(),
         refused: Vec::new(),
@@ -183,6 +202,81 @@ async fn remove_set(
         revision: None,
         outcome,
     }
+}
+
+/// Infra units the fleet no longer names for this cluster (a layer taken out of `infra:`, a
+/// folder removed): their inventories, found in the agent's namespace, are pruned with the
+/// agent's identity. Only after a pass whose fleet was read whole.
+pub(super) async fn removed_infra(engine: &Engine, input: &Input, mode: Mode) -> Vec<Entry> {
+    let found = match infra_parents(engine).await {
+        Ok(found) => found,
+        Err(e) => {
+            return vec![Entry {
+                unit: None,
+                tenant: None,
+                name: "removed infra units".into(),
+                revision: None,
+                outcome: Outcome {
+                    error: Some(Failure::from(e).context("listing the infra inventories")),
+                    ..Default::default()
+                },
+            }];
+        }
+    };
+    let present: BTreeSet<&UnitId> = input
+        .units
+        .iter()
+        .map(|u| &u.id)
+        .chain(&input.problem_units)
+        .collect();
+    let mut entries = Vec::new();
+    for (id, parent) in found {
+        if present.contains(&id) || engine.synced_later(&id, input.round) {
+            continue;
+        }
+        let spec = removal_of(
+            format!("cluster {} (removed)", id.app),
+            (None, id.label()),
+            Identity::Agent,
+            parent,
+            mode,
+        );
+        let outcome = engine.sync(&spec).await;
+        entries.push(Entry {
+            unit: None,
+            tenant: None,
+            name: spec.name,
+            revision: None,
+            outcome,
+        });
+    }
+    entries
+}
+
+/// The infra units' inventories in the agent's namespace: no tenant label, an app label that
+/// names an infra unit, and the name flotilla gives that unit's parent.
+async fn infra_parents(engine: &Engine) -> Result<Vec<(UnitId, Parent)>, crate::cluster::Error> {
+    let client = engine.cluster.client(&Identity::Agent)?;
+    let configmaps = engine.cluster.resolve("v1", "ConfigMap").await?;
+    let items =
+        Cluster::list_metadata(&client, &configmaps, Some(AGENT_NAMESPACE), ID_LABEL).await?;
+    Ok(items
+        .iter()
+        .filter_map(|item| {
+            let labels = &item["metadata"]["labels"];
+            if labels.get(LABEL_TENANT).is_some() {
+                return None;
+            }
+            let name = labels[LABEL_APP].as_str()?.replace('.', "/");
+            if !is_infra_name(&name) {
+                return None;
+            }
+            let id = UnitId::infra_named(&name);
+            let parent = Parent::of_unit(&id, None);
+            (item["metadata"]["name"].as_str() == Some(parent.name.as_str()))
+                .then_some((id, parent))
+        })
+        .collect())
 }
 
 /// The app inventories of `tenant` in its namespaces: `(app, parent)`, only those whose name is

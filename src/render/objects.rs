@@ -277,7 +277,7 @@ pub(super) fn finish(unit: &Unit, documents: Vec<Document>) -> Result<Vec<Object
             if let Some(tenant) = &unit.id.tenant {
                 labels.insert(LABEL_TENANT.into(), tenant.clone().into());
             }
-            labels.insert(LABEL_APP.into(), unit.id.app.clone().into());
+            labels.insert(LABEL_APP.into(), unit.id.label().into());
         } else {
             fail(&d, &what, "metadata.labels must be a mapping".into());
             continue;

@@ -22,6 +22,7 @@ fn tenant_unit(app: &str) -> Unit {
         values: json!({}),
         vars: BTreeMap::new(),
         depends_on: vec![],
+        after_infra: vec![],
         options: UnitOptions::default(),
         limits: Some(Limits {
             namespaces: vec!["ai".into(), "ai-jobs".into()],

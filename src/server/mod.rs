@@ -300,9 +300,10 @@ async fn sync(State(api): State<Api>, req: Request) -> Response {
     let (plans, tenants) = (&snapshot.status.plans, &snapshot.status.tenants);
     let (scope, fresh) = match (&ask.tenant, &ask.app) {
         (None, None) => (Scope::All, BTreeSet::new()),
+        // An infra unit: `infra`, or a layer `infra/<name>`.
         (None, Some(app)) => {
-            let id = UnitId::infra();
-            if *app != id.app || !plans.contains_key(&id) {
+            let id = UnitId::infra_named(app);
+            if !plans.contains_key(&id) {
                 return error(
                     StatusCode::NOT_FOUND,
                     &format!("no unit {app:?} without a tenant on this cluster (give --tenant)"),

@@ -25,8 +25,8 @@ pub struct Env {
     pub log: Option<RequestLog>,
     tenants: std::sync::Mutex<Vec<(String, Vec<String>)>>,
     controller: Option<tokio::task::JoinHandle<()>>,
-    /// Whether the scenario applied a cluster infra unit (its inventory is deleted afterwards).
-    infra: std::sync::atomic::AtomicBool,
+    /// The infra units the scenario applied (their inventories are deleted afterwards).
+    infra: std::sync::Mutex<Vec<String>>,
 }
 
 impl Env {
@@ -78,6 +78,11 @@ impl Env {
             name.to_string(),
             namespaces.iter().map(|s| s.to_string()).collect(),
         ));
+    }
+
+    /// An infra unit the scenario applies (`infra/<name>`): its inventory is deleted afterwards.
+    pub fn track_infra(&self, unit: &str) {
+        self.infra.lock().unwrap().push(unit.to_string());
     }
 
     /// Writes a file below the platform folder.
@@ -227,10 +232,10 @@ impl Env {
                 )
                 .await;
         }
-        if self.infra.load(std::sync::atomic::Ordering::SeqCst) {
-            let _ = parents
-                .delete("flotilla-infra", &DeleteParams::default())
-                .await;
+        let infra = self.infra.lock().unwrap().clone();
+        for unit in infra {
+            let parent = format!("flotilla-{}", unit.replace('/', "-"));
+            let _ = parents.delete(&parent, &DeleteParams::default()).await;
         }
         self.cluster.cleanup().await;
     }
@@ -286,7 +291,8 @@ pub async fn example_fleet_applies_for_dev(env: Arc<Env>) {
     }
     let pcs = resource("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses");
     env.cluster.track(pcs, "tenant-batch");
-    env.infra.store(true, std::sync::atomic::Ordering::SeqCst);
+    env.track_infra("infra/controllers");
+    env.track_infra("infra/configs");
 
     let first = env.sync().await;
     assert!(first.stdout.contains("cluster infra"), "{first:?}");
@@ -394,6 +400,29 @@ fn shop(env: &Env, catalog: &str) -> String {
 }
 
 /// Writes the YAML of `value` (JSON is YAML) to `rel` below the platform.
+/// A CustomResourceDefinition of `kind` in `group` (`spec.size`, an integer), deleted afterwards.
+fn crd(env: &Env, group: &str, scope: &str, kind: &str) -> Value {
+    let singular = kind.to_lowercase();
+    let plural = format!("{singular}s");
+    let name = format!("{plural}.{group}");
+    env.cluster.track(
+        resource(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+        ),
+        &name,
+    );
+    json!({
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": name},
+    "spec": {"group": group, "scope": scope,
+        "names": {"plural": plural, "singular": singular, "kind": kind, "listKind": format!("{kind}List")},
+        "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+            "type": "object", "properties": {"spec": {"type": "object",
+                "properties": {"size": {"type": "integer"}}}}}}}]}})
+}
+
 fn manifest(env: &Env, rel: &str, value: Value) {
     env.write(rel, &serde_json::to_string_pretty(&value).unwrap());
 }
@@ -560,26 +589,10 @@ pub async fn a_crd_and_its_cr_in_one_unit(env: Arc<Env>) {
         "subjects": [{"kind": "ServiceAccount", "name": "flotilla-tenant", "namespace": t}]}),
     )
     .await;
-    let crd_name = format!("widgets.{group}");
-    env.cluster.track(
-        resource(
-            "apiextensions.k8s.io/v1",
-            "CustomResourceDefinition",
-            "customresourcedefinitions",
-        ),
-        &crd_name,
-    );
     manifest(
         &env,
         &format!("tenants/{t}/widgets/crd.yaml"),
-        json!({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": crd_name},
-        "spec": {"group": group, "scope": "Namespaced",
-            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
-            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
-                "type": "object", "properties": {"spec": {"type": "object",
-                    "properties": {"size": {"type": "integer"}}}}}}}]}}),
+        crd(&env, &group, "Namespaced", "Widget"),
     );
     manifest(
         &env,
@@ -1181,4 +1194,240 @@ fn copy(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+/// The fleet's infra in layers: a unit of controllers (a CRD) and a unit of configs (its
+/// object) that depends on it, and a tenant whose apps wait for the configs. While the
+/// controllers fail, the configs and the tenant's app are held back (saying what they wait for)
+/// and nothing of theirs is applied; once the controllers converge, all three follow in order.
+pub async fn infra_layers_apply_in_order_and_hold_tenant_apps_back(env: Arc<Env>) {
+    let t = env.name("layered");
+    let (ctl, cfg) = (env.name("ctl"), env.name("cfg"));
+    let group = format!("{t}.example.com");
+    env.write(
+        "fleet/clusters/dev/cluster.yaml",
+        &format!(
+            "name: dev\nlabels: {{ env: dev }}\nvars: {{ domain: dev.example.com }}\n\
+             infra:\n  - {{ name: {ctl}, path: infra/{ctl} }}\n\
+             \x20 - {{ name: {cfg}, path: infra/{cfg}, dependsOn: [{ctl}], wait: true }}\n"
+        ),
+    );
+    env.track_infra(&format!("infra/{ctl}"));
+    env.track_infra(&format!("infra/{cfg}"));
+    manifest(
+        &env,
+        &format!("fleet/infra/{ctl}/crd.yaml"),
+        crd(&env, &group, "Cluster", "Gadget"),
+    );
+    // The controllers' layer fails at first: a kind no cluster serves.
+    let broken = format!("fleet/infra/{ctl}/broken.yaml");
+    manifest(
+        &env,
+        &broken,
+        json!({"apiVersion": format!("missing.{group}/v1"), "kind": "Nothing",
+            "metadata": {"name": "x"}}),
+    );
+    manifest(
+        &env,
+        &format!("fleet/infra/{cfg}/gadget.yaml"),
+        json!({"apiVersion": format!("{group}/v1"), "kind": "Gadget",
+            "metadata": {"name": t}, "spec": {"size": 2}}),
+    );
+    env.tenant(
+        &t,
+        &[&t],
+        &format!("dependsOn: [infra/{cfg}]\n"),
+        "apps:\n  - { name: web, source: { path: web } }\n",
+    );
+    manifest(
+        &env,
+        &format!("tenants/{t}/web/cm.yaml"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web"},
+            "data": {"v": "1"}}),
+    );
+
+    let run = env.flotilla(&["run", "--once"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    for (unit, waits_for) in [
+        (format!("cluster infra/{cfg}"), format!("infra/{ctl}")),
+        (format!("tenant {t}, app web"), format!("infra/{cfg}")),
+    ] {
+        let block = run
+            .stdout
+            .split("\n\n")
+            .chain(run.stdout.lines())
+            .find(|b| b.contains(&unit) && b.contains("it depends on"))
+            .unwrap_or_default();
+        assert!(
+            block.contains(&format!(
+                "it depends on {waits_for}, which did not converge"
+            )),
+            "{unit}: {run:?}"
+        );
+    }
+    assert!(
+        env.get(&format!("{group}/v1"), "Gadget", None, &t)
+            .await
+            .is_none()
+    );
+    assert!(env.configmap(&t, "web").await.is_none());
+
+    // The controllers converge: the configs follow, then the tenant's app.
+    std::fs::remove_file(env.dir.path().join(&broken)).unwrap();
+    let run = env.sync().await;
+    let order: Vec<usize> = [
+        format!("cluster infra/{ctl}"),
+        format!("cluster infra/{cfg}"),
+        format!("tenant {t}, app web"),
+    ]
+    .iter()
+    .map(|u| {
+        run.stdout
+            .find(u.as_str())
+            .unwrap_or_else(|| panic!("{u}: {run:?}"))
+    })
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{run:?}");
+    let gadget = env
+        .get(&format!("{group}/v1"), "Gadget", None, &t)
+        .await
+        .expect("the configs' object");
+    assert_eq!(gadget["spec"]["size"], 2);
+    assert!(env.configmap(&t, "web").await.is_some());
+    // Each layer has its own inventory.
+    for unit in [&ctl, &cfg] {
+        assert!(
+            env.configmap("kube-system", &format!("flotilla-infra-{unit}"))
+                .await
+                .is_some(),
+            "{unit}"
+        );
+    }
+
+    // A layer taken out of the fleet is pruned with its inventory (the tenant no longer
+    // waits for it); the other layer stays.
+    env.write(
+        "fleet/clusters/dev/cluster.yaml",
+        &format!(
+            "name: dev\nlabels: {{ env: dev }}\nvars: {{ domain: dev.example.com }}\n\
+             infra:\n  - {{ name: {ctl}, path: infra/{ctl} }}\n"
+        ),
+    );
+    env.tenant(
+        &t,
+        &[&t],
+        "",
+        "apps:\n  - { name: web, source: { path: web } }\n",
+    );
+    let run = env.sync().await;
+    assert!(
+        run.stdout
+            .contains(&format!("cluster infra/{cfg} (removed)")),
+        "{run:?}"
+    );
+    assert!(
+        env.get(&format!("{group}/v1"), "Gadget", None, &t)
+            .await
+            .is_none(),
+        "{run:?}"
+    );
+    assert!(
+        env.configmap("kube-system", &format!("flotilla-infra-{cfg}"))
+            .await
+            .is_none()
+    );
+    assert!(
+        env.configmap("kube-system", &format!("flotilla-infra-{ctl}"))
+            .await
+            .is_some()
+    );
+}
+
+/// What the platform writes into a tenant's namespaces: labels and annotations (the cluster's
+/// defaults, the tenant's, a namespace's own), a ResourceQuota and a LimitRange. A change made
+/// with kubectl is reverted; the tenant cannot raise its own quota.
+pub async fn the_platform_shapes_tenant_namespaces(env: Arc<Env>) {
+    let t = env.name("shaped");
+    let batch = format!("{t}-batch");
+    env.write(
+        "fleet/clusters/dev/cluster.yaml",
+        "name: dev\nlabels: { env: dev }\nvars: { domain: dev.example.com }\n\
+         tenantDefaults:\n  namespaceLabels: { example.com/tier: shared, example.com/zone: a }\n\
+         \x20 limitRange: { limits: [{ type: Container, defaultRequest: { cpu: 10m } }] }\n",
+    );
+    env.tenant(
+        &t,
+        &[
+            &t,
+            &format!("{{ name: {batch}, labels: {{ example.com/zone: b }} }}"),
+        ],
+        "namespaceAnnotations: { example.com/owner: team-shaped }\n\
+         resourceQuota: { hard: { pods: \"10\" } }\n",
+        "apps:\n  - { name: greedy, source: { path: greedy } }\n",
+    );
+    // Replace the tenant record of the namespaces the helper could not read from the entry.
+    env.tenants.lock().unwrap().last_mut().unwrap().1 = vec![t.clone(), batch.clone()];
+    // The tenant tries to raise its quota from its own repo.
+    manifest(
+        &env,
+        &format!("tenants/{t}/greedy/quota.yaml"),
+        json!({"apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": "flotilla-tenant"}, "spec": {"hard": {"pods": "1000"}}}),
+    );
+    let run = env.flotilla(&["run", "--once"]).await;
+    assert_eq!(run.code, 1, "the greedy app fails: {run:?}");
+    assert!(
+        run.stdout.contains(&format!("tenant {t}, app greedy")),
+        "{run:?}"
+    );
+
+    let namespaces: Api<DynamicObject> = Api::all_with(
+        env.cluster.admin.clone(),
+        &resource("v1", "Namespace", "namespaces"),
+    );
+    let labels_of = |ns: Value| ns["metadata"]["labels"].clone();
+    for (ns, zone) in [(&t, "a"), (&batch, "b")] {
+        let live = serde_json::to_value(namespaces.get(ns).await.unwrap()).unwrap();
+        let labels = labels_of(live.clone());
+        assert_eq!(labels["example.com/tier"], "shared", "{ns}: {live}");
+        assert_eq!(labels["example.com/zone"], zone, "{ns}: {live}");
+        assert_eq!(labels["flotilla.dev/tenant"], t.as_str(), "{ns}: {live}");
+        assert_eq!(
+            live["metadata"]["annotations"]["example.com/owner"], "team-shaped",
+            "{ns}: {live}"
+        );
+        let quota = env
+            .get("v1", "ResourceQuota", Some(ns), "flotilla-tenant")
+            .await
+            .expect("the platform's quota");
+        assert_eq!(quota["spec"]["hard"]["pods"], "10", "{ns}: {quota}");
+        let limits = env
+            .get("v1", "LimitRange", Some(ns), "flotilla-tenant")
+            .await
+            .expect("the platform's limit range");
+        assert_eq!(
+            limits["spec"]["limits"][0]["defaultRequest"]["cpu"], "10m",
+            "{ns}: {limits}"
+        );
+    }
+
+    // A kubectl edit of the platform's label is drift: reverted on the next sync.
+    let mut live = serde_json::to_value(namespaces.get(&t).await.unwrap()).unwrap();
+    live["metadata"]["labels"]["example.com/tier"] = json!("dedicated");
+    let object: DynamicObject = serde_json::from_value(live).unwrap();
+    let params = PostParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..Default::default()
+    };
+    namespaces
+        .replace(&t, &params, &object)
+        .await
+        .expect("the edit");
+    let _ = env.flotilla(&["run", "--once"]).await;
+    let live = serde_json::to_value(namespaces.get(&t).await.unwrap()).unwrap();
+    assert_eq!(
+        labels_of(live.clone())["example.com/tier"],
+        "shared",
+        "{live}"
+    );
 }
