@@ -20,6 +20,7 @@ env_scenarios!(
     diff_shows_what_a_sync_would_change,
     infra_layers_apply_in_order_and_hold_tenant_apps_back,
     the_platform_shapes_tenant_namespaces,
+    infra_split_into_layers_keeps_its_objects,
 );
 
 /// Pod Security admission, which only a real API server runs: a tenant whose namespace the
@@ -49,7 +50,12 @@ async fn pod_security_restricted_on_a_tenant_namespace_refuses_a_privileged_pod(
             );
             let run = env.flotilla(&["run", "--once"]).await;
             assert_eq!(run.code, 1, "{run:?}");
-            assert!(run.stdout.contains(&format!("tenant {t}, app rogue")), "{run:?}");
+            let rogue = run
+                .stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("tenant {t}, app rogue")))
+                .unwrap_or_default();
+            assert!(rogue.contains("FAILED (permanent)"), "admission's 403: {run:?}");
             assert!(env.get("v1", "Pod", Some(&t), "rogue").await.is_none());
             let ns = env.get("v1", "Namespace", None, &t).await.expect("onboarded");
             assert_eq!(

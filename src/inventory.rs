@@ -29,6 +29,17 @@ pub(crate) const MEMBERS_KEY: &str = "members";
 /// The namespace of the parents of the agent's own sets (the infra unit, tenant onboarding).
 pub(crate) const AGENT_NAMESPACE: &str = "kube-system";
 
+/// On an infra layer's parent: which fleet and cluster applied it (a short hash of the fleet's
+/// location and the cluster's name).
+pub(crate) const FLEET_LABEL: &str = "flotilla.dev/fleet";
+
+/// The value of [`FLEET_LABEL`] for an agent of `cluster` reading the fleet at `location`.
+pub(crate) fn fleet_id(location: &str, cluster: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{location}\n{cluster}").as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Where a set's parent lives: a ConfigMap.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Parent {

@@ -408,6 +408,7 @@ pub(crate) fn prepare_with(
         prior: BTreeMap::new(),
         stuck: BTreeSet::new(),
         namespace_defaults: cluster.tenant_defaults.clone(),
+        fleet_id: crate::inventory::fleet_id(&location_key(&config.fleet), &config.cluster),
         round: 0,
     };
     Ok(Prepared {

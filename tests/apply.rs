@@ -20,6 +20,7 @@ env_scenarios!(
     diff_shows_what_a_sync_would_change,
     infra_layers_apply_in_order_and_hold_tenant_apps_back,
     the_platform_shapes_tenant_namespaces,
+    infra_split_into_layers_keeps_its_objects,
 );
 
 /// `wait: true` on an app whose Job never completes (the test server runs no Job controller):

@@ -695,3 +695,41 @@ fn infra_layers_come_from_folders_or_the_cluster_file() {
         assert!(run.stderr.contains(problem), "{problem}: {run:?}");
     }
 }
+
+/// What would silently change the infra units or fail every onboarding is refused by name: a
+/// layer folder that is not a valid name, a layer name too long for a label, a tenant named
+/// `infra`, a label that is not one.
+#[test]
+fn layer_and_namespace_mistakes_are_named() {
+    let p = Platform::new();
+    p.file(
+        "fleet/clusters/dev/infra/CRDs/a.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: a, namespace: kube-system }\n",
+    )
+    .file(
+        "fleet/clusters/prod/cluster.yaml",
+        &format!("name: prod\ninfra:\n  - {{ name: {}, path: x }}\n", "l".repeat(58)),
+    )
+    .file(
+        "fleet/tenants/infra.yaml",
+        "name: infra\nnamespaces: [infra-ns]\nsource: { dir: ../../tenants/x }\nclusters: [{ name: dev }]\n",
+    )
+    .file(
+        "fleet/tenants/ai.yaml",
+        "name: ai\nnamespaces: [ai]\nsource: { dir: ../../tenants/ai }\nclusters: [{ name: dev }]\nnamespaceLabels: { \"bad key!\": x, ok: \"-no\" }\n",
+    )
+    .file("tenants/ai/tenant.yaml", "apps: []\n");
+    let run = p.run(&["validate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    for problem in [
+        "clusters/dev/infra/CRDs/: each folder here is an infra layer",
+        "clusters/prod/cluster.yaml:3:",
+        "is longer than the 57 characters",
+        "tenants/infra.yaml:1:",
+        "\"infra\" is reserved",
+        "\"bad key!\" is not a valid label or annotation key",
+        "\"-no\" is not a valid label value",
+    ] {
+        assert!(run.stderr.contains(problem), "{problem}: {run:?}");
+    }
+}

@@ -28,12 +28,12 @@ pub(super) fn decode_policy(
     r: &mut Report,
 ) -> Option<NamespacePolicy> {
     let labels = f.get("namespaceLabels").map_or(Some(BTreeMap::new()), |n| {
-        n.string_map(&join(path, "namespaceLabels"), r)
+        string_map_checked(n, &join(path, "namespaceLabels"), true, r)
     });
     let annotations = f
         .get("namespaceAnnotations")
         .map_or(Some(BTreeMap::new()), |n| {
-            n.string_map(&join(path, "namespaceAnnotations"), r)
+            string_map_checked(n, &join(path, "namespaceAnnotations"), false, r)
         });
     let resource_quota = decode_spec(f, path, "resourceQuota", r);
     let limit_range = decode_spec(f, path, "limitRange", r);
@@ -43,6 +43,63 @@ pub(super) fn decode_policy(
         resource_quota: resource_quota?,
         limit_range: limit_range?,
     })
+}
+
+/// A label or annotation key: an optional DNS-subdomain prefix and `/`, then a name of at most
+/// 63 characters (letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit).
+fn check_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key));
+    let prefix_ok = key.find('/').is_none()
+        || (prefix.len() <= 253
+            && !prefix.is_empty()
+            && prefix.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            }));
+    if prefix_ok && check_label_value(name).is_ok() && !name.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{key:?} is not a valid label or annotation key"))
+    }
+}
+
+/// A label value: empty, or at most 63 letters, digits, `-`, `_`, `.`, starting and ending with
+/// a letter or digit.
+fn check_label_value(value: &str) -> Result<(), String> {
+    let b = value.as_bytes();
+    let inner = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
+    let ok = value.is_empty()
+        || (b.len() <= 63
+            && b.iter().all(inner)
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric());
+    ok.then_some(())
+        .ok_or_else(|| format!("{value:?} is not a valid label value"))
+}
+
+/// Labels (`values: true`) or annotations, checked as the API server would, so that a mistake is
+/// found by `validate` rather than by every onboarding.
+fn string_map_checked(
+    node: &Node,
+    path: &str,
+    labels: bool,
+    r: &mut Report,
+) -> Option<BTreeMap<String, String>> {
+    let map = node.string_map(path, r)?;
+    let mut ok = true;
+    for (k, v) in &map {
+        let checked =
+            check_key(k).and_then(|()| if labels { check_label_value(v) } else { Ok(()) });
+        if let Err(why) = checked {
+            r.error(node, path, why);
+            ok = false;
+        }
+    }
+    ok.then_some(map)
 }
 
 /// A `resourceQuota` or `limitRange`: the object's `spec`, a mapping.
@@ -86,10 +143,10 @@ pub(super) fn decode_namespaces(
                     .require("name", item, r)
                     .and_then(|n| n.str(&join(&path, "name"), r).map(str::to_string));
                 let labels = f.get("labels").map_or(Some(BTreeMap::new()), |n| {
-                    n.string_map(&join(&path, "labels"), r)
+                    string_map_checked(n, &join(&path, "labels"), true, r)
                 });
                 let annotations = f.get("annotations").map_or(Some(BTreeMap::new()), |n| {
-                    n.string_map(&join(&path, "annotations"), r)
+                    string_map_checked(n, &join(&path, "annotations"), false, r)
                 });
                 let resource_quota = decode_spec(&mut f, &path, "resourceQuota", r);
                 let limit_range = decode_spec(&mut f, &path, "limitRange", r);
@@ -157,12 +214,27 @@ pub(super) fn infra_names(node: &Node, path: &str, r: &mut Report) -> Option<Vec
     ok.then_some(names)
 }
 
-/// `infra`, or `infra/<name>` with a valid name.
+/// `infra`, or `infra/<name>` with a valid layer name.
 pub(crate) fn is_infra_name(name: &str) -> bool {
     name == INFRA
         || name
             .strip_prefix("infra/")
-            .is_some_and(|n| check_name(n).is_ok())
+            .is_some_and(|n| check_layer_name(n).is_ok())
+}
+
+/// The longest layer name: its objects' `flotilla.dev/app` label, `infra.<name>`, must stay
+/// within a label value's 63 characters.
+const MAX_LAYER_NAME: usize = 63 - "infra.".len();
+
+/// A layer's name: a valid name of at most 57 characters.
+fn check_layer_name(name: &str) -> Result<(), String> {
+    check_name(name)?;
+    if name.len() > MAX_LAYER_NAME {
+        return Err(format!(
+            "{name:?} is longer than the {MAX_LAYER_NAME} characters an infra layer's name may have"
+        ));
+    }
+    Ok(())
 }
 
 /// `infra:` of `cluster.yaml`: `[{ name, path, dependsOn, wait, timeout }]`, paths relative to
@@ -183,7 +255,7 @@ pub(super) fn decode_infra(node: &Node, r: &mut Report) -> Option<Vec<InfraUnit>
             let mut f = Fields::new(item, &path, r)?;
             let name = f.require("name", item, r).and_then(|n| {
                 let name = n.str(&join(&path, "name"), r)?;
-                check_name(name)
+                check_layer_name(name)
                     .map_err(|why| r.error(n, &join(&path, "name"), why))
                     .ok()?;
                 Some(format!("infra/{name}"))
@@ -245,14 +317,19 @@ pub(super) fn decode_infra(node: &Node, r: &mut Report) -> Option<Vec<InfraUnit>
 
 /// The infra units of a cluster without an `infra:` list: each folder under
 /// `clusters/<name>/infra/` when it holds folders only, else the folder as one unit `infra`.
-pub(super) fn infra_from_folder(root: &Path, cluster: &str) -> Vec<InfraUnit> {
+/// A folder that cannot be read, or a layer folder whose name is not a valid name, is an error
+/// (never a silent change of the units, which would prune the old ones).
+pub(super) fn infra_from_folder(root: &Path, cluster: &str) -> Result<Vec<InfraUnit>, String> {
     let rel = format!("clusters/{cluster}/infra");
-    let Ok(entries) = std::fs::read_dir(root.join(&rel)) else {
-        return Vec::new();
+    let entries = match std::fs::read_dir(root.join(&rel)) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{rel}/: cannot list the cluster's infra: {e}")),
     };
     let mut folders = Vec::new();
     let mut files = false;
-    for entry in entries.flatten() {
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{rel}/: cannot list the cluster's infra: {e}"))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         match entry.file_type() {
             Ok(t) if t.is_dir() && !name.starts_with('.') => folders.push(name),
@@ -263,16 +340,21 @@ pub(super) fn infra_from_folder(root: &Path, cluster: &str) -> Vec<InfraUnit> {
         }
     }
     folders.sort();
-    if files || folders.is_empty() || folders.iter().any(|f| check_name(f).is_err()) {
-        return vec![InfraUnit {
+    if files || folders.is_empty() {
+        return Ok(vec![InfraUnit {
             name: INFRA.into(),
             path: rel,
             depends_on: Vec::new(),
             wait: false,
             timeout: None,
-        }];
+        }]);
     }
-    folders
+    for f in &folders {
+        check_layer_name(f).map_err(|why| {
+            format!("{rel}/{f}/: each folder here is an infra layer, named by the folder: {why}")
+        })?;
+    }
+    Ok(folders
         .into_iter()
         .map(|f| InfraUnit {
             name: format!("infra/{f}"),
@@ -281,7 +363,7 @@ pub(super) fn infra_from_folder(root: &Path, cluster: &str) -> Vec<InfraUnit> {
             wait: false,
             timeout: None,
         })
-        .collect()
+        .collect())
 }
 
 /// Checks the infra units' `dependsOn` (each names a unit of the cluster; no cycles) and the
@@ -338,29 +420,39 @@ pub(super) fn check_layers(
             }
         }
     }
-    // Held back transitively: an infra unit after a held-back one, then tenant apps after either.
+    // Held back transitively: an infra unit after a held-back one, a tenant app after either or
+    // after an app of its tenant held back here.
     loop {
-        let newly: Vec<(&Unit, String)> = units
+        let newly: Vec<(&Unit, String, bool)> = units
             .iter()
             .filter(|u| !broken.contains(&u.id))
             .filter_map(|u| {
-                let deps = if u.id.tenant.is_none() {
+                let infra_deps = if u.id.tenant.is_none() {
                     &u.depends_on
                 } else {
                     &u.after_infra
                 };
-                deps.iter()
+                let on_infra = infra_deps
+                    .iter()
                     .find(|d| {
                         !infra.contains_key(d.as_str()) || broken.contains(&UnitId::infra_named(d))
                     })
-                    .map(|d| (u, d.clone()))
+                    .map(|d| (u, d.clone(), infra.contains_key(d.as_str())));
+                let on_app = || {
+                    let t = u.id.tenant.as_deref()?;
+                    u.depends_on
+                        .iter()
+                        .find(|d| broken.contains(&UnitId::app(t, d)))
+                        .map(|d| (u, d.clone(), true))
+                };
+                on_infra.or_else(on_app)
             })
             .collect();
         if newly.is_empty() {
             break;
         }
-        for (unit, dep) in newly {
-            let detail = if infra.contains_key(dep.as_str()) {
+        for (unit, dep, known) in newly {
+            let detail = if known {
                 format!(
                     "dependsOn names {dep:?}, which is held back on cluster {} (see its problem)",
                     cluster.name

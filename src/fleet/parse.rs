@@ -35,8 +35,16 @@ pub fn read_fleet(root: &Path, known_credentials: Known<'_>) -> (Fleet, Vec<Prob
                 let rel = format!("clusters/{dir_name}/cluster.yaml");
                 match read_yaml(root, &rel).and_then(|doc| decode_cluster(&doc, &rel, &dir_name)) {
                     Ok((mut cluster, listed)) => {
-                        cluster.infra =
-                            listed.unwrap_or_else(|| layers::infra_from_folder(root, &dir_name));
+                        cluster.infra = match listed {
+                            Some(list) => list,
+                            // The cluster's tenants still go on; its infra waits for the fix.
+                            None => {
+                                layers::infra_from_folder(root, &dir_name).unwrap_or_else(|why| {
+                                    fail(why);
+                                    Vec::new()
+                                })
+                            }
+                        };
                         fleet.clusters.insert(cluster.name.clone(), cluster);
                     }
                     Err(d) => d.iter().for_each(|d| fail(d.to_string())),
@@ -239,6 +247,15 @@ fn decode_tenant(
             check_name(name)
                 .map_err(|why| r.error(n, "name", why))
                 .ok()?;
+            if name == layers::INFRA {
+                // `infra/<app>` would read as an infra layer in status, metrics and dependsOn.
+                r.error(
+                    n,
+                    "name",
+                    "\"infra\" is reserved for the cluster's infra units",
+                );
+                return None;
+            }
             if name != stem {
                 r.error(
                     n,

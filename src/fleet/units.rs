@@ -115,6 +115,12 @@ pub(super) const MAX_VALUES_BYTES: usize = 1 << 20;
 
 fn tenant_units(cluster: &Cluster, tenant: &Tenant, catalog: &Catalog, placement: &mut Placement) {
     let mut units = Vec::new();
+    // In `tenant.yaml`, `infra/<name>` names a layer; a bare `infra` names the cluster's single
+    // infra unit unless the tenant has an app of that name (which it meant before layers).
+    let infra_ref = |d: &String| {
+        layers::is_infra_name(d)
+            && (d != layers::INFRA || !catalog.apps.iter().any(|a| a.name == *d))
+    };
     for app in &catalog.apps {
         let mut enabled = app.enabled;
         let mut values = app.values.clone();
@@ -215,13 +221,13 @@ fn tenant_units(cluster: &Cluster, tenant: &Tenant, catalog: &Catalog, placement
             depends_on: app
                 .depends_on
                 .iter()
-                .filter(|d| !layers::is_infra_name(d))
+                .filter(|d| !infra_ref(d))
                 .cloned()
                 .collect(),
             after_infra: tenant
                 .depends_on
                 .iter()
-                .chain(app.depends_on.iter().filter(|d| layers::is_infra_name(d)))
+                .chain(app.depends_on.iter().filter(|d| infra_ref(d)))
                 .cloned()
                 .collect::<BTreeSet<String>>()
                 .into_iter()

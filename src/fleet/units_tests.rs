@@ -404,3 +404,43 @@ fn namespace_policies_merge_cluster_tenant_and_namespace() {
     assert_eq!(jobs.labels["zone"], "c");
     assert_eq!(jobs.resource_quota, Some(json!({"hard": {"pods": "50"}})));
 }
+
+#[test]
+fn an_app_after_a_held_back_app_is_held_back_and_a_bare_infra_may_be_an_app() {
+    let prod = cluster("prod", "prod");
+    let ai = tenant("ai", &["ai"], vec![Matcher::Name("prod".into())]);
+    let catalogs = BTreeMap::from([(
+        "ai".into(),
+        Catalog {
+            apps: vec![
+                app("first", true, &["infra/missing"]),
+                app("second", true, &["first"]),
+                app("infra", true, &[]),
+                app("after-infra-app", true, &["infra"]),
+            ],
+            clusters: vec![],
+        },
+    )]);
+    let p = place(&fleet_of(vec![ai]), &prod, &catalogs);
+    assert_eq!(
+        ids(&p),
+        vec!["ai/infra", "ai/after-infra-app"],
+        "{:?}",
+        p.problems
+    );
+    let unit = p
+        .units
+        .iter()
+        .find(|u| u.id.app == "after-infra-app")
+        .unwrap();
+    assert_eq!(unit.depends_on, vec!["infra"], "the tenant's own app infra");
+    assert!(unit.after_infra.is_empty());
+    assert!(
+        p.problems
+            .iter()
+            .any(|q| q.owner == Owner::Unit(UnitId::app("ai", "second"))
+                && q.detail.contains("\"first\", which is held back")),
+        "{:?}",
+        p.problems
+    );
+}

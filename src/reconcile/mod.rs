@@ -57,6 +57,9 @@ pub(crate) struct Input {
     /// What the platform writes into every tenant's namespaces on this cluster
     /// (`tenantDefaults` of its `cluster.yaml`).
     pub namespace_defaults: fleet::NamespacePolicy,
+    /// This agent's fleet and cluster, as the infra layers' parents carry it
+    /// ([`crate::inventory::fleet_id`]).
+    pub fleet_id: String,
     /// The daemon's round number (later rounds fetched later); 0 for a command's single pass.
     /// A unit a later round already synced is left to it: this pass's render is older.
     pub round: u64,
@@ -181,7 +184,7 @@ pub(crate) async fn pass(
         }
     }
     // What something waits for waits for health in turn.
-    let waited = order::waited_for(&input.units);
+    let waited = order::waited_for(&input.units, &input.fleet);
     let infra: Vec<Unit> = input
         .units
         .iter()
@@ -254,7 +257,12 @@ pub(crate) async fn pass(
             let has_dependents = waited.contains(&unit.id);
             let (engine, unit) = (engine.clone(), unit.clone());
             // Moved, not copied: a unit's objects leave the input as its sync starts.
-            let spec = unit_spec(input.results.remove(&unit.id), &unit, mode, has_dependents);
+            let spec = unit_spec(
+                input.results.remove(&unit.id),
+                (&unit, &input.fleet_id),
+                mode,
+                has_dependents,
+            );
             let revision = input.revisions.get(&unit.id).cloned();
             let round = input.round;
             let span = tracing::info_span!("unit", unit = %fleet::Owner::Unit(unit.id.clone()));
@@ -328,7 +336,17 @@ pub(crate) async fn pass(
     }
     entries.extend(removed_apps(&engine, input, filter, mode, &not_onboarded).await);
     if filter.tenant.is_none() && input.fleet_ok {
-        entries.extend(removal::removed_infra(&engine, input, mode).await);
+        // A layer left the fleet: pruned only once every layer that stays converged in this
+        // pass, so that a layer taking its objects over (a rename, a split) holds them first.
+        let infra_settled = input
+            .units
+            .iter()
+            .filter(|u| u.id.tenant.is_none())
+            .all(|u| done.get(&u.id) == Some(&true))
+            && input.problem_units.iter().all(|u| u.tenant.is_some());
+        if filter.app.is_none() && infra_settled {
+            entries.extend(removal::removed_infra(&engine, input, mode).await);
+        }
         entries.extend(departed_tenants(&engine, input, mode).await);
     }
     entries
@@ -377,7 +395,12 @@ async fn sync_unit(
         tenant: unit.id.tenant.clone(),
         name: fleet::Owner::Unit(unit.id.clone()).to_string(),
         revision: input.revisions.get(&unit.id).cloned(),
-        outcome: run_spec(engine, unit_spec(rendered, unit, mode, deps), None).await,
+        outcome: run_spec(
+            engine,
+            unit_spec(rendered, (unit, &input.fleet_id), mode, deps),
+            None,
+        )
+        .await,
     }
 }
 
@@ -425,7 +448,7 @@ async fn run_spec(
 /// error and prunes nothing.
 fn unit_spec(
     rendered: Option<render::Rendered>,
-    unit: &Unit,
+    (unit, fleet): (&Unit, &str),
     mode: Mode,
     has_dependents: bool,
 ) -> Result<(SetSpec, Vec<Failure>), Failure> {
@@ -471,6 +494,7 @@ fn unit_spec(
             limits: unit.limits.clone(),
         },
         mode,
+        fleet: unit.id.tenant.is_none().then(|| fleet.to_string()),
     };
     Ok((spec, failures))
 }
@@ -552,6 +576,7 @@ pub(crate) fn onboarding(
             limits: None,
         },
         mode,
+        fleet: None,
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::failure::{Failure, Kind};
-use crate::fleet::{Unit, UnitId};
+use crate::fleet::{Fleet, Unit, UnitId};
 
 /// The units `unit` waits for.
 fn dependencies(unit: &Unit) -> impl Iterator<Item = UnitId> + '_ {
@@ -40,8 +40,27 @@ pub(super) fn held_back(
 }
 
 /// The units something waits for: their sets wait for health, so that "converged" means ready.
-pub(super) fn waited_for(units: &[Unit]) -> BTreeSet<UnitId> {
-    units.iter().flat_map(dependencies).collect()
+/// What the platform says counts (an infra layer's `dependsOn`, a tenant's in its fleet file,
+/// an app's on an app of its tenant); an app's own `dependsOn` on a layer does not: a tenant may
+/// wait for infra, but cannot make infra wait for its health.
+pub(super) fn waited_for(units: &[Unit], fleet: &Fleet) -> BTreeSet<UnitId> {
+    units
+        .iter()
+        .flat_map(|unit| {
+            let own = unit.depends_on.iter().map(|d| match &unit.id.tenant {
+                Some(t) => UnitId::app(t, d),
+                None => UnitId::infra_named(d),
+            });
+            let tenants = unit
+                .id
+                .tenant
+                .as_ref()
+                .and_then(|t| fleet.tenants.get(t))
+                .into_iter()
+                .flat_map(|t| t.depends_on.iter().map(|d| UnitId::infra_named(d)));
+            own.chain(tenants).collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Groups units so that each comes after the units it depends on (the fleet refuses cycles).
@@ -82,4 +101,79 @@ pub(super) fn levels<'a>(units: &[&'a Unit]) -> Vec<Vec<&'a Unit>> {
         out[l].push(u);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::{Identity, UnitOptions, UnitSource};
+
+    fn unit(id: UnitId, depends_on: &[&str], after_infra: &[&str]) -> Unit {
+        Unit {
+            id,
+            identity: Identity::Agent,
+            namespace: None,
+            source: UnitSource::Fleet { path: "x".into() },
+            values: serde_json::json!({}),
+            vars: BTreeMap::new(),
+            depends_on: depends_on.iter().map(|s| s.to_string()).collect(),
+            after_infra: after_infra.iter().map(|s| s.to_string()).collect(),
+            options: UnitOptions::default(),
+            limits: None,
+        }
+    }
+
+    #[test]
+    fn a_tenant_app_cannot_make_infra_wait_for_its_health_but_the_fleet_can() {
+        let units = vec![
+            unit(UnitId::infra_named("infra/a"), &[], &[]),
+            unit(UnitId::infra_named("infra/b"), &["infra/a"], &[]),
+            unit(UnitId::infra_named("infra/c"), &[], &[]),
+            unit(UnitId::app("ai", "web"), &["db"], &["infra/c"]),
+            unit(UnitId::app("ai", "db"), &[], &[]),
+        ];
+        let mut fleet = Fleet::default();
+        let waited = waited_for(&units, &fleet);
+        assert_eq!(
+            waited,
+            [UnitId::infra_named("infra/a"), UnitId::app("ai", "db")].into(),
+            "an app's own dependsOn on infra/c does not make infra/c wait"
+        );
+        // The fleet's tenant file does.
+        let mut ai = crate::fleet::Tenant {
+            name: "ai".into(),
+            namespaces: vec!["ai".into()],
+            service_account: "sa".into(),
+            role: "admin".into(),
+            source: crate::config::SourceSpec {
+                location: crate::config::SourceLocation::Dir("/x".into()),
+                reference: crate::config::GitRef::DefaultBranch,
+                path: None,
+                credentials: None,
+            },
+            clusters: vec![],
+            interval: None,
+            prune: true,
+            suspend: false,
+            vars: BTreeMap::new(),
+            cluster_scoped_kinds: vec![],
+            credentials: vec![],
+            schemes: vec![],
+            remote_bases: false,
+            on_removal: Default::default(),
+            namespace_policy: Default::default(),
+            namespace_overrides: Default::default(),
+            depends_on: vec![],
+            file: "tenants/ai.yaml".into(),
+        };
+        ai.depends_on = vec!["infra/c".into()];
+        fleet.tenants.insert("ai".into(), ai);
+        assert!(waited_for(&units, &fleet).contains(&UnitId::infra_named("infra/c")));
+        // Held back by a layer that did not converge, of its kind.
+        let done = BTreeMap::from([(UnitId::infra_named("infra/c"), false)]);
+        let why = held_back(&units[3], &done, &[UnitId::infra_named("infra/c")].into()).unwrap();
+        assert_eq!(why.kind, Kind::Permanent);
+        assert!(why.message.contains("infra/c"), "{why:?}");
+        assert!(held_back(&units[3], &BTreeMap::new(), &BTreeSet::new()).is_none());
+    }
 }

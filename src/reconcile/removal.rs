@@ -9,7 +9,7 @@ use crate::cluster::Cluster;
 use crate::failure::Failure;
 use crate::fleet::layers::is_infra_name;
 use crate::fleet::{Identity, OnRemoval, Tenant, UnitId};
-use crate::inventory::{AGENT_NAMESPACE, ID_LABEL, Parent};
+use crate::inventory::{AGENT_NAMESPACE, FLEET_LABEL, ID_LABEL, Parent};
 use crate::render::{LABEL_APP, LABEL_TENANT};
 
 /// A set that left Git: pruned (or described) and its parent deleted.
@@ -55,6 +55,7 @@ fn removal_of(
         } else {
             Mode::Remove
         },
+        fleet: None,
     }
 }
 
@@ -205,10 +206,11 @@ async fn remove_set(
 }
 
 /// Infra units the fleet no longer names for this cluster (a layer taken out of `infra:`, a
-/// folder removed): their inventories, found in the agent's namespace, are pruned with the
-/// agent's identity. Only after a pass whose fleet was read whole.
+/// folder removed): their inventories, found in the agent's namespace with this agent's fleet
+/// label (never another agent's, nor one made before layers had it), are pruned with the agent's
+/// identity. Only after a pass whose fleet was read whole and whose layers all converged.
 pub(super) async fn removed_infra(engine: &Engine, input: &Input, mode: Mode) -> Vec<Entry> {
-    let found = match infra_parents(engine).await {
+    let found = match infra_parents(engine, &input.fleet_id).await {
         Ok(found) => found,
         Err(e) => {
             return vec![Entry {
@@ -255,11 +257,15 @@ pub(super) async fn removed_infra(engine: &Engine, input: &Input, mode: Mode) ->
 
 /// The infra units' inventories in the agent's namespace: no tenant label, an app label that
 /// names an infra unit, and the name flotilla gives that unit's parent.
-async fn infra_parents(engine: &Engine) -> Result<Vec<(UnitId, Parent)>, crate::cluster::Error> {
+async fn infra_parents(
+    engine: &Engine,
+    fleet: &str,
+) -> Result<Vec<(UnitId, Parent)>, crate::cluster::Error> {
     let client = engine.cluster.client(&Identity::Agent)?;
     let configmaps = engine.cluster.resolve("v1", "ConfigMap").await?;
+    let selector = format!("{FLEET_LABEL}={fleet},{ID_LABEL}");
     let items =
-        Cluster::list_metadata(&client, &configmaps, Some(AGENT_NAMESPACE), ID_LABEL).await?;
+        Cluster::list_metadata(&client, &configmaps, Some(AGENT_NAMESPACE), &selector).await?;
     Ok(items
         .iter()
         .filter_map(|item| {

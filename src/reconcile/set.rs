@@ -32,6 +32,9 @@ pub(crate) struct SetSpec {
     pub refused: Vec<ObjectKey>,
     pub options: SetOptions,
     pub mode: Mode,
+    /// For an infra layer: the agent's fleet and cluster (`flotilla.dev/fleet` on its parent), so
+    /// that a layer the fleet no longer names is told from another agent's.
+    pub fleet: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -496,7 +499,10 @@ impl Engine {
         spec: &SetSpec,
         record: &Record,
     ) -> Result<(), Error> {
-        let body = spec.parent.body(record, spec.tenant.as_deref(), &spec.set);
+        let mut body = spec.parent.body(record, spec.tenant.as_deref(), &spec.set);
+        if let Some(fleet) = &spec.fleet {
+            body["metadata"]["labels"][crate::inventory::FLEET_LABEL] = fleet.as_str().into();
+        }
         Cluster::apply(client, configmaps, &body, true, false)
             .await
             .map(|_| ())

@@ -1376,9 +1376,14 @@ pub async fn the_platform_shapes_tenant_namespaces(env: Arc<Env>) {
     );
     let run = env.flotilla(&["run", "--once"]).await;
     assert_eq!(run.code, 1, "the greedy app fails: {run:?}");
+    let greedy = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("tenant {t}, app greedy")))
+        .unwrap_or_default();
     assert!(
-        run.stdout.contains(&format!("tenant {t}, app greedy")),
-        "{run:?}"
+        greedy.contains("FAILED (permanent)"),
+        "the API server's 403: {run:?}"
     );
 
     let namespaces: Api<DynamicObject> = Api::all_with(
@@ -1429,5 +1434,93 @@ pub async fn the_platform_shapes_tenant_namespaces(env: Arc<Env>) {
         labels_of(live.clone())["example.com/tier"],
         "shared",
         "{live}"
+    );
+}
+
+/// A cluster's `infra/` folder of manifests split into layers: while a layer has not converged,
+/// the old unit is not pruned and its objects stay; once every layer converged, the old
+/// inventory goes, and the objects the layers took over stay.
+pub async fn infra_split_into_layers_keeps_its_objects(env: Arc<Env>) {
+    let (a, b, c) = (
+        env.name("split-a"),
+        env.name("split-b"),
+        env.name("split-c"),
+    );
+    let (ctl, cfg) = (env.name("ctl"), env.name("cfg"));
+    let pcs = resource("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses");
+    let pc = |name: &str| {
+        json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": {"name": name}, "value": 10})
+    };
+    for name in [&a, &b, &c] {
+        env.cluster.track(pcs.clone(), name);
+    }
+    env.track_infra("infra");
+    env.track_infra(&format!("infra/{ctl}"));
+    env.track_infra(&format!("infra/{cfg}"));
+    manifest(&env, "fleet/clusters/dev/infra/a.yaml", pc(&a));
+    manifest(&env, "fleet/clusters/dev/infra/b.yaml", pc(&b));
+    env.sync().await;
+    assert!(
+        env.configmap("kube-system", "flotilla-infra")
+            .await
+            .is_some()
+    );
+
+    // Into layers; the first fails, so the second (which takes the objects over) is held back.
+    env.write(
+        "fleet/clusters/dev/cluster.yaml",
+        &format!(
+            "name: dev\nlabels: {{ env: dev }}\n\
+             infra:\n  - {{ name: {ctl}, path: layers/ctl }}\n\
+             \x20 - {{ name: {cfg}, path: layers/cfg, dependsOn: [{ctl}] }}\n"
+        ),
+    );
+    let broken = "fleet/layers/ctl/broken.yaml";
+    manifest(
+        &env,
+        broken,
+        json!({"apiVersion": format!("missing.{ctl}.example.com/v1"), "kind": "Nothing",
+            "metadata": {"name": "x"}}),
+    );
+    manifest(&env, "fleet/layers/ctl/c.yaml", pc(&c));
+    manifest(&env, "fleet/layers/cfg/a.yaml", pc(&a));
+    manifest(&env, "fleet/layers/cfg/b.yaml", pc(&b));
+    let run = env.flotilla(&["run", "--once"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(!run.stdout.contains("(removed)"), "{run:?}");
+    for name in [&a, &b] {
+        assert!(
+            env.get("scheduling.k8s.io/v1", "PriorityClass", None, name)
+                .await
+                .is_some(),
+            "{name}: {run:?}"
+        );
+    }
+    assert!(
+        env.configmap("kube-system", "flotilla-infra")
+            .await
+            .is_some()
+    );
+
+    // Every layer converges: the old unit goes, its objects stay with the layer.
+    std::fs::remove_file(env.dir.path().join(broken)).unwrap();
+    let run = env.sync().await;
+    assert!(run.stdout.contains("cluster infra (removed)"), "{run:?}");
+    for name in [&a, &b] {
+        let live = env
+            .get("scheduling.k8s.io/v1", "PriorityClass", None, name)
+            .await
+            .unwrap_or_else(|| panic!("{name} kept: {run:?}"));
+        assert_eq!(
+            live["metadata"]["labels"]["flotilla.dev/app"],
+            format!("infra.{cfg}"),
+            "{live}"
+        );
+    }
+    assert!(
+        env.configmap("kube-system", "flotilla-infra")
+            .await
+            .is_none()
     );
 }
