@@ -59,6 +59,8 @@ pub(crate) struct Rendered {
     pub results: BTreeMap<UnitId, render::Rendered>,
     /// The revision each unit was rendered from.
     pub revisions: BTreeMap<UnitId, String>,
+    /// Who signed each unit's revision, where its source asks for signatures.
+    pub signers: BTreeMap<UnitId, String>,
     pub problems: Vec<Problem>,
 }
 
@@ -80,7 +82,9 @@ pub(crate) struct Fetcher {
 }
 
 /// A callback for fetch figures (the daemon's metrics).
-pub(crate) type Observer = Arc<dyn Fn(&str, std::time::Duration, bool) + Send + Sync>;
+/// Told of a fetch: the location key, how long it took, and its error if it failed.
+pub(crate) type Observer =
+    Arc<dyn Fn(&str, std::time::Duration, Option<&crate::source::Error>) + Send + Sync>;
 
 /// The key a source is known by for webhooks and fresh fetches: its location, redacted.
 pub(crate) fn location_key(spec: &SourceSpec) -> String {
@@ -171,7 +175,7 @@ impl Fetcher {
                         let started = std::time::Instant::now();
                         let result = sources.fetch(&spec).await;
                         if let Some(observe) = observe {
-                            observe(&key, started.elapsed(), result.is_ok());
+                            observe(&key, started.elapsed(), result.as_ref().err());
                         }
                         result
                     };
@@ -183,6 +187,7 @@ impl Fetcher {
                 out.push(task.await.unwrap_or_else(|e| {
                     Err(crate::source::Error {
                         location: "?".into(),
+                        unverified: false,
                         message: e.to_string(),
                         kind: crate::failure::Kind::Transient,
                     })
@@ -313,6 +318,10 @@ pub(crate) fn render_cluster(
         .iter()
         .filter_map(|u| checkout_of(u).ok().map(|c| (u.id.clone(), c.revision)))
         .collect();
+    let signers: BTreeMap<UnitId, String> = selected
+        .iter()
+        .filter_map(|u| Some((u.id.clone(), checkout_of(u).ok()?.signer?)))
+        .collect();
     let root_of = |unit: &Unit| -> Result<PathBuf, Failure> { checkout_of(unit).map(|c| c.root) };
     let results = render::render_all(&selected, &root_of, tools);
     Rendered {
@@ -320,6 +329,7 @@ pub(crate) fn render_cluster(
         units: placement.units,
         results,
         revisions,
+        signers,
         problems: placement.problems,
     }
 }
@@ -404,6 +414,7 @@ pub(crate) fn prepare_with(
         units: rendered.units,
         results: rendered.results,
         revisions: rendered.revisions,
+        signers: rendered.signers,
         problem_units,
         prior: BTreeMap::new(),
         stuck: BTreeSet::new(),

@@ -32,6 +32,8 @@ mod daemon;
 mod hostile;
 // The test Kubernetes API server, through kube-rs: the scenarios shared with integration/.
 mod kube_api;
+// Verified provenance: SSH and OpenPGP signatures on commits and tags.
+mod provenance;
 // The fleet, catalogs and rendering: render and validate on whole platforms.
 mod render;
 // Git sources: file://, git daemon and sshd on 127.0.0.1; local directories.

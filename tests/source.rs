@@ -25,6 +25,7 @@ fn spec(url: &str, reference: GitRef) -> SourceSpec {
         reference,
         path: None,
         credentials: None,
+        verify: None,
     }
 }
 
@@ -465,6 +466,7 @@ async fn ssh_with_host_key_verification() {
     let url = sshd.url(&repo.path);
     let with = |cred: &str| SourceSpec {
         credentials: Some(cred.to_string()),
+        verify: None,
         ..spec(&url, branch("main"))
     };
 
@@ -478,6 +480,7 @@ async fn ssh_with_host_key_verification() {
     // No user in the URL: the login comes from the credential (regression, review M3).
     let userless = SourceSpec {
         credentials: Some("login".into()),
+        verify: None,
         ..spec(
             &format!("ssh://127.0.0.1:{}{}", sshd.port, repo.path.display()),
             branch("main"),
@@ -527,6 +530,7 @@ async fn a_local_directory_has_a_content_revision_and_is_watched() {
         reference: GitRef::DefaultBranch,
         path: None,
         credentials: None,
+        verify: None,
     };
     let r1 = s.fetch(&spec).await.unwrap().revision;
     assert!(r1.starts_with("sha256:") && r1.len() == 71, "{r1}");
@@ -623,6 +627,7 @@ async fn http_credentials_from_files() {
     );
     let with = |cred: Option<&str>| SourceSpec {
         credentials: cred.map(str::to_string),
+        verify: None,
         ..spec(&server.url("fleet"), branch("main"))
     };
     for cred in ["good", "pw"] {

@@ -48,6 +48,7 @@ fn main() {
             reference: GitRef::Branch("main".into()),
             path: None,
             credentials: None,
+            verify: None,
         })
         .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()

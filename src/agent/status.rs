@@ -20,6 +20,9 @@ pub(crate) struct UnitStatus {
     /// `ai/jupyter`, or `infra`.
     pub unit: String,
     pub revision: Option<String>,
+    /// Who signed the revision, where its source asks for signatures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
     /// `pending` (not run yet), `converged`, `failed` or `suspended`.
     pub result: String,
     pub last_error: Option<String>,
@@ -132,6 +135,7 @@ pub(crate) struct Metrics {
     last_success: Family<Unit, Gauge<f64, AtomicU64>>,
     fetch_duration: RepoDurations,
     fetch_failures: Family<Repo, Counter>,
+    unverified: Family<Repo, Counter>,
     webhooks: Family<Webhook, Counter>,
     ready: Gauge,
 }
@@ -197,6 +201,12 @@ impl Default for Metrics {
             "Fetches that failed, by repository",
             fetch_failures.clone(),
         );
+        let unverified = Family::default();
+        registry.register(
+            "flotilla_signature_failures",
+            "Fetched revisions refused because their signature was missing, untrusted or wrong",
+            unverified.clone(),
+        );
         let webhooks = Family::default();
         registry.register(
             "flotilla_webhook_requests",
@@ -212,6 +222,7 @@ impl Default for Metrics {
             last_success,
             fetch_duration,
             fetch_failures,
+            unverified,
             webhooks,
             ready,
         }
@@ -276,6 +287,15 @@ impl Metrics {
         if !ok {
             failures.inc();
         }
+    }
+
+    /// A fetched revision refused for its signature.
+    pub(crate) fn unverified(&self, repo: &str) {
+        self.unverified
+            .get_or_create(&Repo {
+                repo: repo.to_string(),
+            })
+            .inc();
     }
 
     pub(crate) fn webhook(&self, provider: &str, result: &str) {

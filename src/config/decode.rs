@@ -18,6 +18,7 @@ const TOP: &[&str] = &[
     "cluster",
     "fleet",
     "credentials",
+    "verification_keys",
     "interval",
     "state_dir",
     "kubeconfig",
@@ -67,9 +68,25 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
     };
     let kinds = credentials.clone().unwrap_or_default();
     let known = |name: &str| kinds.get(name);
-    let fleet = top
-        .require("fleet", doc, report)
-        .and_then(|n| source::decode(n, "fleet", base, &known, report));
+    let verification_keys = match top.get("verification_keys") {
+        Some(n) => super::verify::decode_keys(n, base, report),
+        None => Some(BTreeMap::new()),
+    };
+    let fleet = top.require("fleet", doc, report).and_then(|n| {
+        let spec = source::decode(n, "fleet", base, &known, report)?;
+        // The fleet's own keys are checked here; a tenant's when its repository is fetched.
+        let keys = verification_keys.as_ref();
+        for name in spec.verify.iter().flat_map(|v| &v.keys) {
+            if keys.is_some_and(|k| !k.contains_key(name)) {
+                report.error(
+                    n,
+                    "fleet.verify.keys",
+                    format!("no verification key named {name:?} in verification_keys"),
+                );
+            }
+        }
+        Some(spec)
+    });
     let interval = match top.get("interval") {
         Some(n) => n.duration("interval", report).and_then(|d| {
             if d < MIN_INTERVAL {
@@ -154,6 +171,7 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
         cluster: cluster?,
         fleet: fleet?,
         credentials: credentials?,
+        verification_keys: verification_keys?,
         interval: interval?,
         state_dir: state_dir?,
         kubeconfig: kubeconfig?,

@@ -9,6 +9,7 @@ mod decode;
 pub mod hosts;
 mod secrets;
 mod source;
+mod verify;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +21,8 @@ pub use source::{
     CredentialKind, GitRef, SourceLocation, SourceSpec, check_subpath, decode as decode_source,
     redact,
 };
+pub(crate) use verify::decode_verify;
+pub use verify::{VerificationKey, Verify, VerifyMode};
 
 use crate::yaml::{Diagnostic, Diagnostics};
 
@@ -34,6 +37,8 @@ pub struct Config {
     pub fleet: SourceSpec,
     /// Named credentials, referenced by sources in this file and in the fleet's tenant files.
     pub credentials: BTreeMap<String, Credential>,
+    /// Keys whose signatures the agent trusts, named by sources' `verify.keys`.
+    pub verification_keys: BTreeMap<String, VerificationKey>,
     /// Default reconcile interval of every unit.
     pub interval: Duration,
     /// Where checkouts and caches live.

@@ -18,6 +18,8 @@ pub struct SourceSpec {
     pub path: Option<String>,
     /// The name of an entry of the agent config's `credentials`.
     pub credentials: Option<String>,
+    /// Which signatures its revisions must carry (URL sources only).
+    pub verify: Option<super::Verify>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,7 +105,7 @@ pub fn decode<'c>(
     known_credentials: &dyn Fn(&str) -> Option<&'c Credential>,
     report: &mut Report,
 ) -> Option<SourceSpec> {
-    const ALLOWED: &[&str] = &["url", "dir", "ref", "path", "credentials"];
+    const ALLOWED: &[&str] = &["url", "dir", "ref", "path", "credentials", "verify"];
     let mut fields = Fields::new(node, path, report)?;
     let given = fields.present(&["url", "dir"]);
     let url = fields
@@ -124,6 +126,18 @@ pub fn decode<'c>(
         let name = n.str(&fields.path("credentials"), report)?;
         Some((n, name.to_string()))
     });
+    let verify = match fields.get("verify") {
+        None => Some(None),
+        Some(n) if fields.get("dir").is_some() => {
+            report.error(
+                n,
+                &join(path, "verify"),
+                "a dir source has no commits to verify",
+            );
+            None
+        }
+        Some(n) => super::verify::decode_verify(n, &join(path, "verify"), report).map(Some),
+    };
     fields.finish(ALLOWED, report);
 
     if given.len() != 1 {
@@ -224,6 +238,7 @@ pub fn decode<'c>(
         reference,
         path: sub,
         credentials: credentials.map(|(_, name)| name),
+        verify: verify?,
     })
 }
 

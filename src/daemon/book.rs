@@ -211,7 +211,9 @@ fn synced<W: Caller>(
         if plans.get(id).is_some_and(|p| p.suspend) {
             continue;
         }
-        status.units.insert(id.clone(), unit_status(id, e, stamp));
+        let mut s = unit_status(id, e, stamp);
+        s.signer = view.signers.get(id).cloned();
+        status.units.insert(id.clone(), s);
         let o = &e.outcome;
         notices.push(Notice::Reconciled {
             unit: unit_name(id),
@@ -287,6 +289,7 @@ fn unit_status(id: &UnitId, e: &Entry, stamp: &str) -> UnitStatus {
     UnitStatus {
         unit: unit_name(id),
         revision: e.revision.clone(),
+        signer: None,
         result: if o.converged() { "converged" } else { "failed" }.into(),
         last_error: (!errors.is_empty()).then(|| errors.join("; ")),
         applied: o.applied.len(),

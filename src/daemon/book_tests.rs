@@ -36,6 +36,7 @@ fn view(fleet: &str, units: &[&UnitId]) -> View {
         plans: units.iter().map(|u| ((*u).clone(), plan())).collect(),
         problems: BTreeMap::new(),
         tenants_failed: BTreeSet::new(),
+        signers: BTreeMap::new(),
         targets: vec![Target {
             url: "/srv/ai".into(),
             reference: GitRef::Branch("main".into()),

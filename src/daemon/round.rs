@@ -47,6 +47,8 @@ pub(crate) struct Done {
 pub(crate) struct View {
     pub fleet_revision: String,
     pub tenant_revisions: BTreeMap<String, String>,
+    /// Who signed each unit's revision, where its source asks for signatures.
+    pub signers: BTreeMap<UnitId, String>,
     /// Every placed unit's schedule.
     pub plans: BTreeMap<UnitId, Plan>,
     /// Problems of the fleet (`None`) or of a tenant, by owner.
@@ -83,8 +85,11 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
             let mut fetcher = Fetcher::on(handle, ctx.sources.clone());
             fetcher.fresh = fresh;
             let metrics = ctx.metrics.clone();
-            fetcher.observe = Some(Arc::new(move |repo, took, ok| {
-                metrics.fetched(repo, took, ok);
+            fetcher.observe = Some(Arc::new(move |repo, took, error| {
+                metrics.fetched(repo, took, error.is_none());
+                if error.is_some_and(|e| e.unverified) {
+                    metrics.unverified(repo);
+                }
             }));
             prepare_with(&ctx.config, &fetcher, &|u| covers(&scope, u))
                 .map_err(|e| Failure::new(e.kind(), e.to_string()))
@@ -231,6 +236,7 @@ fn view_of(config: &Config, prepared: &crate::pipeline::Prepared) -> View {
     View {
         fleet_revision: prepared.fleet_revision.clone(),
         tenant_revisions: prepared.tenant_revisions.clone(),
+        signers: input.signers.clone(),
         plans,
         problems,
         tenants_failed: input.tenants_failed.clone(),

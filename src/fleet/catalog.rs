@@ -180,7 +180,31 @@ fn decode_app(
                 return None;
             }
         }
-        let spec = decode_source(n, &p, root, known, r)?;
+        let mut spec = decode_source(n, &p, root, known, r)?;
+        // Signatures: the fleet's requirement on the tenant's source holds for its app repos
+        // too. An app may ask for more (a tag as well, fewer of the fleet's keys), never less.
+        let required = tenant.app_verify.as_ref();
+        match (&spec.verify, required) {
+            (None, required) => spec.verify = required.cloned(),
+            (Some(own), Some(required)) if own.within(required) => {}
+            (Some(_), _) => {
+                let v = s.get("verify").unwrap_or(n);
+                let why = match required {
+                    Some(req) => format!(
+                        "must check at least what the fleet asks of tenant {} (mode {}, keys among {})",
+                        tenant.name,
+                        req.mode,
+                        req.keys.join(", ")
+                    ),
+                    None => format!(
+                        "names keys the fleet does not give tenant {} (tenants/{}.yaml limits.verify)",
+                        tenant.name, tenant.name
+                    ),
+                };
+                r.error(v, &join(&p, "verify"), why);
+                return None;
+            }
+        }
         Some(AppSource::Repo(spec))
     });
     let enabled = f

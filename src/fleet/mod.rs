@@ -117,6 +117,9 @@ pub struct Tenant {
     pub namespace_overrides: BTreeMap<String, NamespacePolicy>,
     /// Infra units (`infra/<name>`, or `infra`) every app of the tenant waits for.
     pub depends_on: Vec<String>,
+    /// The signatures its app repos must carry (`limits.verify`, else its own source's
+    /// `verify`): an app may ask for more, never less.
+    pub app_verify: Option<crate::config::Verify>,
     /// The file it came from, relative to the fleet root.
     pub file: String,
 }

@@ -341,18 +341,22 @@ fn decode_tenant(
                 let remote = l
                     .get("remoteBases")
                     .map_or(Some(false), |b| b.bool("limits.remoteBases", r));
+                let verify = optional(l.get("verify"), |v| {
+                    crate::config::decode_verify(v, "limits.verify", r)
+                });
                 l.finish(
                     &[
                         "clusterScopedKinds",
                         "credentials",
                         "schemes",
                         "remoteBases",
+                        "verify",
                     ],
                     r,
                 );
-                Some((kinds?, credentials?, schemes?, remote?))
+                Some((kinds?, credentials?, schemes?, remote?, verify?))
             })(),
-            None => Some((Vec::new(), Vec::new(), Vec::new(), false)),
+            None => Some((Vec::new(), Vec::new(), Vec::new(), false, None)),
         };
         let on_removal = match f.get("onRemoval") {
             Some(n) => match n.str("onRemoval", r)? {
@@ -367,6 +371,7 @@ fn decode_tenant(
         };
         f.finish(ALLOWED, r);
         let (namespaces, namespace_overrides) = namespaces?;
+        let source_verify = source.as_ref().and_then(|s| s.verify.clone());
         Some(Tenant {
             name: name?,
             namespaces,
@@ -384,7 +389,8 @@ fn decode_tenant(
             cluster_scoped_kinds: limits.clone()?.0,
             credentials: limits.clone()?.1,
             schemes: limits.clone()?.2,
-            remote_bases: limits?.3,
+            remote_bases: limits.clone()?.3,
+            app_verify: limits?.4.or(source_verify),
             on_removal: on_removal?,
             file: rel.to_string(),
         })

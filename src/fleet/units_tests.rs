@@ -25,6 +25,7 @@ fn tenant(name: &str, namespaces: &[&str], clusters: Vec<Matcher>) -> Tenant {
             reference: GitRef::DefaultBranch,
             path: None,
             credentials: None,
+            verify: None,
         },
         clusters,
         interval: None,
@@ -39,6 +40,7 @@ fn tenant(name: &str, namespaces: &[&str], clusters: Vec<Matcher>) -> Tenant {
         namespace_policy: Default::default(),
         namespace_overrides: Default::default(),
         depends_on: vec![],
+        app_verify: None,
         file: format!("tenants/{name}.yaml"),
     }
 }

@@ -47,6 +47,8 @@ pub(crate) struct Input {
     pub units: Vec<Unit>,
     pub results: BTreeMap<UnitId, render::Rendered>,
     pub revisions: BTreeMap<UnitId, String>,
+    /// Who signed each unit's revision, where its source asks for signatures.
+    pub signers: BTreeMap<UnitId, String>,
     /// Units named by a placement problem: they exist in Git though they were not placed.
     pub problem_units: BTreeSet<UnitId>,
     /// The last result (converged or not) of units outside this pass, for `dependsOn`.

@@ -150,6 +150,7 @@ mod tests {
                 reference: crate::config::GitRef::DefaultBranch,
                 path: None,
                 credentials: None,
+                verify: None,
             },
             clusters: vec![],
             interval: None,
@@ -164,6 +165,7 @@ mod tests {
             namespace_policy: Default::default(),
             namespace_overrides: Default::default(),
             depends_on: vec![],
+            app_verify: None,
             file: "tenants/ai.yaml".into(),
         };
         ai.depends_on = vec!["infra/c".into()];

@@ -41,6 +41,8 @@ struct Target {
     fetch: Vec<String>,
     /// Whether a depth-1 fetch is enough.
     shallow: bool,
+    /// The annotated tag object a tag ref names (for a tag's signature).
+    tag: Option<Oid>,
 }
 
 /// Brings the mirror at `mirror` up to date for `reference` and returns the commit it names:
@@ -50,12 +52,12 @@ pub(super) fn resolve_and_fetch(
     mirror: &Path,
     access: &Access<'_>,
     reference: &GitRef,
-) -> Result<Oid, Failure> {
+) -> Result<(Oid, Option<Oid>), Failure> {
     let repo = open_mirror(mirror)?;
     if let GitRef::Commit { sha, .. } = reference {
         let oid = Oid::from_str(sha).map_err(|e| Failure::Permanent(e.message().to_string()))?;
         if repo.find_commit(oid).is_ok() {
-            return Ok(oid);
+            return Ok((oid, None));
         }
     }
     let heads = list_remote(&repo, access)?;
@@ -64,8 +66,10 @@ pub(super) fn resolve_and_fetch(
         .find_object(target.oid, None)
         .ok()
         .and_then(|o| o.peel_to_commit().ok());
-    if let Some(commit) = present {
-        return Ok(commit.id());
+    if let Some(commit) = present
+        && target.tag.is_none_or(|t| repo.find_tag(t).is_ok())
+    {
+        return Ok((commit.id(), target.tag));
     }
     fetch(&repo, access, &target)?;
     let object = repo
@@ -82,7 +86,7 @@ pub(super) fn resolve_and_fetch(
     let commit = object
         .peel_to_commit()
         .map_err(|e| Failure::Permanent(format!("{reference} is not a commit: {}", e.message())))?;
-    Ok(commit.id())
+    Ok((commit.id(), target.tag))
 }
 
 /// Opens the bare mirror, or makes a new one.
@@ -122,6 +126,9 @@ fn resolve(heads: &[(String, Oid)], reference: &GitRef) -> Result<Target, Failur
     let tag = |name: &str| {
         find(&format!("refs/tags/{name}^{{}}")).or_else(|| find(&format!("refs/tags/{name}")))
     };
+    let annotated = |name: &str| {
+        find(&format!("refs/tags/{name}^{{}}")).and(find(&format!("refs/tags/{name}")))
+    };
     match reference {
         GitRef::DefaultBranch => {
             let oid = find("HEAD").ok_or_else(|| {
@@ -131,6 +138,7 @@ fn resolve(heads: &[(String, Oid)], reference: &GitRef) -> Result<Target, Failur
                 oid,
                 fetch: vec!["HEAD".into()],
                 shallow: true,
+                tag: None,
             })
         }
         GitRef::Branch(b) => {
@@ -141,6 +149,7 @@ fn resolve(heads: &[(String, Oid)], reference: &GitRef) -> Result<Target, Failur
                 oid,
                 fetch: vec![format!("refs/heads/{b}")],
                 shallow: true,
+                tag: None,
             })
         }
         GitRef::Tag(t) => {
@@ -151,6 +160,7 @@ fn resolve(heads: &[(String, Oid)], reference: &GitRef) -> Result<Target, Failur
                 oid,
                 fetch: vec![format!("refs/tags/{t}")],
                 shallow: true,
+                tag: annotated(t),
             })
         }
         GitRef::Semver(range) => {
@@ -178,6 +188,7 @@ fn resolve(heads: &[(String, Oid)], reference: &GitRef) -> Result<Target, Failur
                 oid,
                 fetch: vec![format!("refs/tags/{name}")],
                 shallow: true,
+                tag: annotated(name),
             })
         }
         GitRef::Commit { sha, branch } => {
@@ -198,6 +209,7 @@ fn resolve(heads: &[(String, Oid)], reference: &GitRef) -> Result<Target, Failur
                 oid,
                 fetch,
                 shallow: false,
+                tag: None,
             })
         }
     }

@@ -13,6 +13,7 @@ mod checkout;
 mod git;
 pub mod known_hosts;
 pub mod local;
+mod verify;
 pub use checkout::REFUSED_LINK;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -25,6 +26,9 @@ use sha2::{Digest, Sha256};
 use crate::config::{Config, Credential, GitRef, GitSettings, SourceLocation, SourceSpec, redact};
 use crate::failure::Kind;
 
+/// How an error for a revision refused for its signature begins.
+pub(crate) const UNVERIFIED: &str = "signature not verified";
+
 /// A tree ready to read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkout {
@@ -32,6 +36,8 @@ pub struct Checkout {
     pub root: PathBuf,
     /// The commit SHA, or `sha256:<hex>` of a local directory's tree.
     pub revision: String,
+    /// Who signed it, when the source asks for verified revisions.
+    pub signer: Option<String>,
 }
 
 /// Why a source could not be fetched. The location is safe to show (URL userinfo redacted).
@@ -40,6 +46,8 @@ pub struct Checkout {
 pub struct Error {
     pub location: String,
     pub message: String,
+    /// Whether the revision was refused for its signature (`verify`).
+    pub unverified: bool,
     /// Network trouble and timeouts are transient (retried with backoff); a missing ref, a
     /// refused key or host key, or a bad path are permanent until the source or config changes.
     pub kind: Kind,
@@ -56,6 +64,11 @@ pub struct Sources {
     /// Bounds the Git operations in flight, so a poll of many repositories does not open more
     /// connections than a Git host accepts at once. `concurrency` bounds both units and fetches.
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// The keys `verify` names.
+    verification_keys: Arc<BTreeMap<String, crate::config::VerificationKey>>,
+    /// Each verification's result, by commit, tag and policy: a revision is checked once, not
+    /// once per unit or per round.
+    verified: Arc<Mutex<HashMap<String, Result<String, String>>>>,
 }
 
 impl Sources {
@@ -64,6 +77,8 @@ impl Sources {
         Sources {
             state_dir: config.state_dir.clone(),
             credentials: config.credentials.clone(),
+            verification_keys: Arc::new(config.verification_keys.clone()),
+            verified: Default::default(),
             settings: config.git.clone(),
             locks: Mutex::new(HashMap::new()),
             in_flight: Arc::new(tokio::sync::Semaphore::new(
@@ -110,12 +125,25 @@ impl Sources {
         let key = url_key(url);
         let text =
             std::fs::read_to_string(self.refs_dir(&key).join(ref_key(&spec.reference))).ok()?;
-        let commit = text.lines().next()?.to_string();
+        let mut lines = text.lines();
+        let commit = lines.next()?.to_string();
+        // A source that asks for signatures takes only a commit verified under its policy.
+        let signer = match &spec.verify {
+            None => None,
+            Some(v) => {
+                let recorded = lines.nth(1)?;
+                let (policy, signer) = recorded.split_once('\t')?;
+                (policy == v.cache_key())
+                    .then(|| signer.to_string())?
+                    .into()
+            }
+        };
         let dir = self.checkouts_dir(&key).join(&commit);
         let root = apply_path(&dir, spec).ok()?;
         dir.is_dir().then_some(Checkout {
             root,
             revision: commit,
+            signer,
         })
     }
 
@@ -123,6 +151,7 @@ impl Sources {
         let location = dir.display().to_string();
         let fail = |message: String| Error {
             location: location.clone(),
+            unverified: false,
             message,
             kind: Kind::Permanent,
         };
@@ -135,7 +164,11 @@ impl Sources {
             .await
             .map_err(|e| fail(format!("hashing the tree failed: {e}")))?
             .map_err(fail)?;
-        Ok(Checkout { root, revision })
+        Ok(Checkout {
+            root,
+            revision,
+            signer: None,
+        })
     }
 
     /// One attempt. The error says whether a retry could help: a transient failure yes, a
@@ -163,20 +196,47 @@ impl Sources {
         let owned_url = url.to_string();
         let timeout = self.settings.timeout;
         let started = Instant::now();
+        let verify = spec.verify.clone();
+        let (keys, verified) = (self.verification_keys.clone(), self.verified.clone());
 
-        let job = move || -> Result<(String, PathBuf), git::Failure> {
+        type Fetched = (String, PathBuf, Option<String>);
+        let job = move || -> Result<Fetched, git::Failure> {
             let access = git::Access {
                 url: &owned_url,
                 credential: credential.as_ref(),
                 deadline: crate::deadline::from_now(timeout),
             };
-            let update = || -> Result<(String, PathBuf), git::Failure> {
-                let commit = git::resolve_and_fetch(&mirror, &access, &reference)?;
+            let update = || -> Result<Fetched, git::Failure> {
+                let (commit, tag) = git::resolve_and_fetch(&mirror, &access, &reference)?;
+                // Checked before anything of it is written out: an unverified revision never
+                // becomes a checkout, nor the last good one.
+                let signer = match &verify {
+                    None => None,
+                    Some(v) => {
+                        let cache = format!("{commit}|{tag:?}|{}", v.cache_key());
+                        let known = verified.lock().ok().and_then(|c| c.get(&cache).cloned());
+                        let result = match known {
+                            Some(result) => result,
+                            None => {
+                                let repo = git2::Repository::open_bare(&mirror)
+                                    .map_err(|e| git::Failure::Local(e.message().to_string()))?;
+                                let result = verify::check(&repo, commit, tag, v, &keys);
+                                if let Ok(mut c) = verified.lock() {
+                                    c.insert(cache, result.clone());
+                                }
+                                result
+                            }
+                        };
+                        Some(result.map_err(|why| {
+                            git::Failure::Permanent(format!("{UNVERIFIED}: {why}"))
+                        })?)
+                    }
+                };
                 let dest = checkout::checkout_dir(&checkouts, commit);
                 if !dest.is_dir() {
                     checkout::checkout(&mirror, commit, &dest)?;
                 }
-                Ok((commit.to_string(), dest))
+                Ok((commit.to_string(), dest, signer))
             };
             match update() {
                 // A damaged mirror is thrown away and made again from the remote, once.
@@ -198,10 +258,11 @@ impl Sources {
         let mut task = tokio::task::spawn_blocking(job);
         let error = |message: String, kind: Kind| Error {
             location: location.clone(),
+            unverified: message.starts_with(UNVERIFIED),
             message,
             kind,
         };
-        let (commit, dir) =
+        let (commit, dir, signer) =
             match tokio::time::timeout(timeout.saturating_add(Duration::from_secs(5)), &mut task)
                 .await
             {
@@ -245,13 +306,33 @@ impl Sources {
         // URL's lock.
         let (refs, checkouts) = (self.refs_dir(&key), self.checkouts_dir(&key));
         let (reference, recorded) = (spec.reference.clone(), commit.clone());
-        let _ =
-            tokio::task::spawn_blocking(move || record(&refs, &checkouts, &reference, &recorded))
-                .await;
-        tracing::debug!(source = %location, revision = %commit, elapsed = ?started.elapsed(), "source ready");
+        let verified = spec
+            .verify
+            .as_ref()
+            .zip(signer.clone())
+            .map(|(v, s)| format!("{}\t{s}", v.cache_key()));
+        let _ = tokio::task::spawn_blocking(move || {
+            record(
+                &refs,
+                &checkouts,
+                &reference,
+                &recorded,
+                verified.as_deref(),
+            )
+        })
+        .await;
+        match &signer {
+            Some(signer) => {
+                tracing::info!(source = %location, revision = %commit, %signer, "verified revision")
+            }
+            None => {
+                tracing::debug!(source = %location, revision = %commit, elapsed = ?started.elapsed(), "source ready")
+            }
+        }
         Ok(Checkout {
             root,
             revision: commit,
+            signer,
         })
     }
 
@@ -311,16 +392,30 @@ fn hex16(bytes: &[u8]) -> String {
 
 /// Remembers `commit` as the current one for (URL, ref) in `refs`, and removes the checkouts in
 /// `checkouts` that no ref of the URL keeps (each keeps its current and previous commit).
-fn record(refs: &Path, checkouts: &Path, reference: &GitRef, commit: &str) {
+/// Records `commit` as the last good one for `reference` (the one before it kept, and with
+/// `verified`, `policy\tsigner`, the policy it was verified under), then removes checkouts no
+/// record names.
+fn record(refs: &Path, checkouts: &Path, reference: &GitRef, commit: &str, verified: Option<&str>) {
     let file = refs.join(ref_key(reference));
-    let previous = std::fs::read_to_string(&file)
-        .ok()
-        .and_then(|t| t.lines().next().map(str::to_string));
-    if previous.as_deref() == Some(commit) {
+    let old = std::fs::read_to_string(&file).unwrap_or_default();
+    let mut lines = old.lines();
+    let (current, before) = (lines.next(), lines.next());
+    let was_verified = lines.next();
+    if current == Some(commit) && was_verified == verified {
         // Unchanged: the previous commit stays the previous one (and its checkout stays).
         return;
     }
-    let text = format!("{commit}\n{}\n", previous.unwrap_or_default());
+    // The same commit, verified anew: the one before it stays the one before it.
+    let previous = if current == Some(commit) {
+        before
+    } else {
+        current
+    };
+    let mut text = format!("{commit}\n{}\n", previous.unwrap_or_default());
+    if let Some(v) = verified {
+        text.push_str(v);
+        text.push('\n');
+    }
     if std::fs::create_dir_all(refs).is_ok() {
         // Written whole and renamed, so a reader never sees half a file.
         let tmp = refs.join(format!(".{}.tmp", ref_key(reference)));
@@ -332,7 +427,12 @@ fn record(refs: &Path, checkouts: &Path, reference: &GitRef, commit: &str) {
     if let Ok(entries) = std::fs::read_dir(refs) {
         for entry in entries.flatten() {
             if let Ok(text) = std::fs::read_to_string(entry.path()) {
-                keep.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
+                keep.extend(
+                    text.lines()
+                        .take(2)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string),
+                );
             }
         }
     }
