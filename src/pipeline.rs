@@ -286,7 +286,16 @@ pub(crate) fn render_cluster(
 
     // App repos: each distinct one fetched once, all at the same time. The renderer applies the
     // app's `path`, so the repo itself is fetched.
-    let repo_key = |spec: &SourceSpec| format!("{}|{}", spec.location, spec.reference);
+    // The policy is part of the key: a repo asked for with signatures is never served from a
+    // fetch made without them (or under another policy).
+    let repo_key = |spec: &SourceSpec| {
+        let policy = spec
+            .verify
+            .as_ref()
+            .map(|v| v.cache_key())
+            .unwrap_or_default();
+        format!("{}|{}|{policy}", spec.location, spec.reference)
+    };
     let mut wanted: BTreeMap<String, SourceSpec> = BTreeMap::new();
     for unit in &selected {
         if let UnitSource::Repo(spec) = &unit.source {

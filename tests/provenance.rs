@@ -212,6 +212,13 @@ async fn signed_commits_and_tags_are_verified_and_the_rest_refused() {
         .expect("the last verified commit");
     assert_eq!(last.revision, second);
     assert_eq!(last.signer, checkout.signer);
+    // The same URL and ref fetched without `verify` does not stand in for the verified one.
+    let plain = SourceSpec {
+        verify: None,
+        ..trusted.clone()
+    };
+    assert_eq!(sources.fetch(&plain).await.unwrap().revision, unsigned);
+    assert_eq!(sources.last_good(&trusted).unwrap().revision, second);
 
     repo.write("app.yaml", "v: 4\n");
     commit_ssh(&repo, &mallory, "four");
@@ -261,6 +268,15 @@ async fn signed_commits_and_tags_are_verified_and_the_rest_refused() {
             .await
             .unwrap_err(),
     );
+    // A signed tag replayed under another name (to pass an old release for a new one).
+    let object = git(&repo.path, &["rev-parse", "refs/tags/v1.0.0"]);
+    git(&repo.path, &["update-ref", "refs/tags/v9.9.9", &object]);
+    refused("is named \"v1.0.0\", not \"v9.9.9\"")(
+        sources
+            .fetch(&tag("v9.9.9", VerifyMode::Tag))
+            .await
+            .unwrap_err(),
+    );
     // A branch has no tag to verify.
     refused("not an annotated tag")(
         sources
@@ -300,6 +316,17 @@ fn a_tenant_cannot_weaken_what_the_fleet_asks() {
             tenant_repo.url()
         ),
     );
+    // Another tenant, asked for no signatures, uses the same repository and ref: its fetch
+    // does not serve ai's app.
+    p.tenant(
+        "aaa",
+        "[aaa]",
+        &format!("apps:\n  - {{ name: web, source: {{ url: \"{app_url}\" }} }}\n"),
+    )
+    .file(
+        "fleet/tenants/aaa.yaml",
+        "name: aaa\nnamespaces: [aaa]\nsource: { dir: ../../tenants/aaa }\nclusters: [{ name: dev }]\nlimits: { schemes: [file] }\n",
+    );
     // The app repo is held to the fleet's requirement on the tenant.
     let run = p.run(&["render"]);
     assert_eq!(run.code, 1, "{run:?}");
@@ -309,6 +336,10 @@ fn a_tenant_cannot_weaken_what_the_fleet_asks() {
                 "signature not verified: commit {} is not signed",
                 &unsigned[..12]
             )),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("# Source: aaa/web") && !run.stdout.contains("# Source: ai/web"),
         "{run:?}"
     );
     // Asking for other keys is refused, naming the field.
@@ -467,4 +498,48 @@ async fn the_agent_counts_refused_revisions_and_reports_them() {
         );
     })
     .await;
+}
+
+/// Settings that could not hold are refused when the files are read: a tag checked on a branch,
+/// remote kustomize bases (fetched past every check) beside a signature requirement, an unknown
+/// key for the fleet.
+#[test]
+fn impossible_verify_settings_are_named() {
+    let p = Platform::new();
+    p.file("allowed_signers", "")
+        .file(
+            "flotilla.yaml",
+            "cluster: dev\nfleet: { dir: fleet }\nverification_keys:\n  team: { ssh_allowed_signers_file: allowed_signers }\n",
+        )
+        .tenant("ai", "[ai]", "apps: []\n")
+        .file(
+            "fleet/tenants/ai.yaml",
+            "name: ai\nnamespaces: [ai]\nsource: { url: \"file:///srv/ai\", verify: { mode: tag, keys: [team] } }\nclusters: [{ name: dev }]\n",
+        )
+        .tenant("web", "[web]", "apps: []\n")
+        .file(
+            "fleet/tenants/web.yaml",
+            "name: web\nnamespaces: [web]\nsource: { dir: ../../tenants/web }\nclusters: [{ name: dev }]\nlimits: { remoteBases: true, verify: { keys: [team] } }\n",
+        );
+    let run = p.run(&["validate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    for problem in [
+        "tenants/ai.yaml:3:",
+        "source.verify.mode: a tag is verified only for a tag or semver ref",
+        "tenants/web.yaml:1:1: limits: remoteBases and verify cannot go together",
+    ] {
+        assert!(run.stderr.contains(problem), "{problem}: {run:?}");
+    }
+    p.file(
+        "flotilla.yaml",
+        "cluster: dev\nfleet: { url: \"file:///srv/fleet\", verify: { keys: [nobody] } }\n",
+    );
+    let run = p.run(&["validate"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "fleet.verify.keys: no verification key named \"nobody\" in verification_keys"
+        ),
+        "{run:?}"
+    );
 }

@@ -126,7 +126,8 @@ pub fn decode<'c>(
         let name = n.str(&fields.path("credentials"), report)?;
         Some((n, name.to_string()))
     });
-    let verify = match fields.get("verify") {
+    let fields_verify = fields.get("verify");
+    let verify = match fields_verify {
         None => Some(None),
         Some(n) if fields.get("dir").is_some() => {
             report.error(
@@ -207,6 +208,17 @@ pub fn decode<'c>(
                 &join(path, "credentials"),
                 "an SSH URL needs credentials with ssh_key_file and known_hosts_file",
             );
+        }
+        if let (Some(Some(v)), Some(n)) = (&verify, fields_verify)
+            && v.mode != super::VerifyMode::Head
+            && !matches!(reference, GitRef::Tag(_) | GitRef::Semver(_))
+        {
+            report.error(
+                n,
+                &join(path, "verify.mode"),
+                "a tag is verified only for a tag or semver ref",
+            );
+            return None;
         }
         (SourceLocation::Url(url.to_string()), reference)
     } else {

@@ -237,7 +237,10 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
             Some(r) = incoming.recv() => schedule.request(r.scope, r.fresh, &r.reason, r.waiter),
             _ = tokio::time::sleep_until(wake.into()) => {}
             Some(new) = reloads.recv() => {
-                let sources = if new.credentials == ctx.config.credentials && new.git == ctx.config.git {
+                let sources = if new.credentials == ctx.config.credentials
+                    && new.git == ctx.config.git
+                    && new.verification_keys == ctx.config.verification_keys
+                {
                     ctx.sources.clone()
                 } else {
                     Arc::new(Sources::new(&new))

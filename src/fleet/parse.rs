@@ -372,6 +372,16 @@ fn decode_tenant(
         f.finish(ALLOWED, r);
         let (namespaces, namespace_overrides) = namespaces?;
         let source_verify = source.as_ref().and_then(|s| s.verify.clone());
+        let app_verify = limits.as_ref().and_then(|l| l.4.clone()).or(source_verify);
+        if limits.as_ref().is_some_and(|l| l.3) && app_verify.is_some() {
+            // kustomize would fetch remote bases itself, past every signature check.
+            r.error(
+                doc,
+                "limits",
+                "remoteBases and verify cannot go together: kustomize fetches remote bases without signature checks",
+            );
+            return None;
+        }
         Some(Tenant {
             name: name?,
             namespaces,
@@ -390,7 +400,7 @@ fn decode_tenant(
             credentials: limits.clone()?.1,
             schemes: limits.clone()?.2,
             remote_bases: limits.clone()?.3,
-            app_verify: limits?.4.or(source_verify),
+            app_verify,
             on_removal: on_removal?,
             file: rel.to_string(),
         })

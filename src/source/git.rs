@@ -41,8 +41,8 @@ struct Target {
     fetch: Vec<String>,
     /// Whether a depth-1 fetch is enough.
     shallow: bool,
-    /// The annotated tag object a tag ref names (for a tag's signature).
-    tag: Option<Oid>,
+    /// The annotated tag object a tag ref names, and the tag's name (for a tag's signature).
+    tag: Option<(Oid, String)>,
 }
 
 /// Brings the mirror at `mirror` up to date for `reference` and returns the commit it names:
@@ -52,7 +52,7 @@ pub(super) fn resolve_and_fetch(
     mirror: &Path,
     access: &Access<'_>,
     reference: &GitRef,
-) -> Result<(Oid, Option<Oid>), Failure> {
+) -> Result<(Oid, Option<(Oid, String)>), Failure> {
     let repo = open_mirror(mirror)?;
     if let GitRef::Commit { sha, .. } = reference {
         let oid = Oid::from_str(sha).map_err(|e| Failure::Permanent(e.message().to_string()))?;
@@ -67,7 +67,10 @@ pub(super) fn resolve_and_fetch(
         .ok()
         .and_then(|o| o.peel_to_commit().ok());
     if let Some(commit) = present
-        && target.tag.is_none_or(|t| repo.find_tag(t).is_ok())
+        && target
+            .tag
+            .as_ref()
+            .is_none_or(|(t, _)| repo.find_tag(*t).is_ok())
     {
         return Ok((commit.id(), target.tag));
     }
@@ -127,7 +130,9 @@ fn resolve(heads: &[(String, Oid)], reference: &GitRef) -> Result<Target, Failur
         find(&format!("refs/tags/{name}^{{}}")).or_else(|| find(&format!("refs/tags/{name}")))
     };
     let annotated = |name: &str| {
-        find(&format!("refs/tags/{name}^{{}}")).and(find(&format!("refs/tags/{name}")))
+        find(&format!("refs/tags/{name}^{{}}"))
+            .and(find(&format!("refs/tags/{name}")))
+            .map(|oid| (oid, name.to_string()))
     };
     match reference {
         GitRef::DefaultBranch => {

@@ -123,8 +123,7 @@ impl Sources {
             return None;
         };
         let key = url_key(url);
-        let text =
-            std::fs::read_to_string(self.refs_dir(&key).join(ref_key(&spec.reference))).ok()?;
+        let text = std::fs::read_to_string(self.refs_dir(&key).join(record_name(spec))).ok()?;
         let mut lines = text.lines();
         let commit = lines.next()?.to_string();
         // A source that asks for signatures takes only a commit verified under its policy.
@@ -213,14 +212,25 @@ impl Sources {
                 let signer = match &verify {
                     None => None,
                     Some(v) => {
-                        let cache = format!("{commit}|{tag:?}|{}", v.cache_key());
+                        // A key that cannot be read fails this fetch (transiently: the file
+                        // may come back) and is not remembered as the revision's verdict.
+                        let trusted =
+                            verify::trusted_keys(v, &keys).map_err(git::Failure::Transient)?;
+                        let material = trusted
+                            .iter()
+                            .map(|(_, _, text)| hex16(text.as_bytes()))
+                            .collect::<Vec<_>>()
+                            .join(",");
+                        let tag_key = tag.as_ref().map(|(t, n)| format!("{t}:{n}"));
+                        let cache = format!("{commit}|{tag_key:?}|{}|{material}", v.cache_key());
                         let known = verified.lock().ok().and_then(|c| c.get(&cache).cloned());
                         let result = match known {
                             Some(result) => result,
                             None => {
                                 let repo = git2::Repository::open_bare(&mirror)
                                     .map_err(|e| git::Failure::Local(e.message().to_string()))?;
-                                let result = verify::check(&repo, commit, tag, v, &keys);
+                                let tag = tag.as_ref().map(|(t, n)| (*t, n.as_str()));
+                                let result = verify::check(&repo, commit, tag, v, &trusted);
                                 if let Ok(mut c) = verified.lock() {
                                     c.insert(cache, result.clone());
                                 }
@@ -305,20 +315,14 @@ impl Sources {
         // Records and garbage collection touch the disk: on the blocking pool, still under the
         // URL's lock.
         let (refs, checkouts) = (self.refs_dir(&key), self.checkouts_dir(&key));
-        let (reference, recorded) = (spec.reference.clone(), commit.clone());
+        let (name, recorded) = (record_name(spec), commit.clone());
         let verified = spec
             .verify
             .as_ref()
             .zip(signer.clone())
             .map(|(v, s)| format!("{}\t{s}", v.cache_key()));
         let _ = tokio::task::spawn_blocking(move || {
-            record(
-                &refs,
-                &checkouts,
-                &reference,
-                &recorded,
-                verified.as_deref(),
-            )
+            record(&refs, &checkouts, &name, &recorded, verified.as_deref())
         })
         .await;
         match &signer {
@@ -395,8 +399,22 @@ fn hex16(bytes: &[u8]) -> String {
 /// Records `commit` as the last good one for `reference` (the one before it kept, and with
 /// `verified`, `policy\tsigner`, the policy it was verified under), then removes checkouts no
 /// record names.
-fn record(refs: &Path, checkouts: &Path, reference: &GitRef, commit: &str, verified: Option<&str>) {
-    let file = refs.join(ref_key(reference));
+/// The record of a spec's last good commit: one per ref, and one per ref and signature policy,
+/// so that a fetch made without `verify` (or under another policy) never stands in for one made
+/// with it.
+fn record_name(spec: &SourceSpec) -> String {
+    match &spec.verify {
+        None => ref_key(&spec.reference),
+        Some(v) => format!(
+            "{}~{}",
+            ref_key(&spec.reference),
+            hex16(v.cache_key().as_bytes())
+        ),
+    }
+}
+
+fn record(refs: &Path, checkouts: &Path, name: &str, commit: &str, verified: Option<&str>) {
+    let file = refs.join(name);
     let old = std::fs::read_to_string(&file).unwrap_or_default();
     let mut lines = old.lines();
     let (current, before) = (lines.next(), lines.next());
@@ -418,7 +436,7 @@ fn record(refs: &Path, checkouts: &Path, reference: &GitRef, commit: &str, verif
     }
     if std::fs::create_dir_all(refs).is_ok() {
         // Written whole and renamed, so a reader never sees half a file.
-        let tmp = refs.join(format!(".{}.tmp", ref_key(reference)));
+        let tmp = refs.join(format!(".{name}.tmp"));
         if std::fs::write(&tmp, text).is_ok() {
             let _ = std::fs::rename(&tmp, &file);
         }
