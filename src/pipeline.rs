@@ -211,7 +211,29 @@ pub(crate) fn load(
         .expect("one result per spec")
         .map_err(Error::Fleet)?;
     let known = |name: &str| config.credentials.get(name);
-    let (fleet, mut problems) = fleet::read_fleet(&fleet_checkout.root, &known);
+    let (mut fleet, mut problems) = fleet::read_fleet(&fleet_checkout.root, &known);
+    // A tenant's signature requirement names keys of this agent: one that does not exist would
+    // refuse every revision; the tenant is held back, saying which key.
+    fleet.tenants.retain(|_, t| {
+        let unknown: Vec<&String> = t
+            .source
+            .verify
+            .iter()
+            .chain(&t.app_verify)
+            .flat_map(|v| &v.keys)
+            .filter(|k| !config.verification_keys.contains_key(*k))
+            .collect();
+        if let Some(key) = unknown.first() {
+            problems.push(Problem::new(
+                Owner::Tenant(t.name.clone()),
+                format!(
+                    "{}: verify names {key:?}, which is not in the agent config's verification_keys",
+                    t.file
+                ),
+            ));
+        }
+        unknown.is_empty()
+    });
     let on_cluster = |t: &&crate::fleet::Tenant| match cluster {
         None => true,
         Some(name) => fleet.clusters.get(name).is_some_and(|c| t.lands_on(c)),

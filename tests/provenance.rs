@@ -521,12 +521,18 @@ fn impossible_verify_settings_are_named() {
             "fleet/tenants/web.yaml",
             "name: web\nnamespaces: [web]\nsource: { dir: ../../tenants/web }\nclusters: [{ name: dev }]\nlimits: { remoteBases: true, verify: { keys: [team] } }\n",
         );
+    // A tenant naming a key the agent does not have.
+    p.tenant("ops", "[ops]", "apps: []\n").file(
+        "fleet/tenants/ops.yaml",
+        "name: ops\nnamespaces: [ops]\nsource: { dir: ../../tenants/ops }\nclusters: [{ name: dev }]\nlimits: { verify: { keys: [team, ghost] } }\n",
+    );
     let run = p.run(&["validate"]);
     assert_eq!(run.code, 1, "{run:?}");
     for problem in [
         "tenants/ai.yaml:3:",
         "source.verify.mode: a tag is verified only for a tag or semver ref",
         "tenants/web.yaml:1:1: limits: remoteBases and verify cannot go together",
+        "tenant ops: tenants/ops.yaml: verify names \"ghost\", which is not in the agent config's verification_keys",
     ] {
         assert!(run.stderr.contains(problem), "{problem}: {run:?}");
     }
