@@ -127,3 +127,36 @@ pub fn documents(stream: &str) -> Vec<serde_json::Value> {
         .map(flotilla::yaml::Node::to_json)
         .collect()
 }
+
+/// A `helm` for the tests: `tests/support/helm_standin.py` run by a Python that has Helm's Go
+/// SDK (`helm-python-sdk`): `$FLOTILLA_TEST_HELM_PYTHON` (CI sets it), else `python3` if it can
+/// import `helm_python`. Written as an executable into `dir` (flotilla runs tools with an empty
+/// environment, so the wrapper names its interpreter). `None` where neither has the SDK.
+pub fn helm_standin(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let python = std::env::var("FLOTILLA_TEST_HELM_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "python3".into());
+    let has_sdk = std::process::Command::new(&python)
+        .args(["-c", "import helm_python"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_sdk {
+        return None;
+    }
+    let python = std::process::Command::new(&python)
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
+    let script = repo_root().join("tests/support/helm_standin.py");
+    let wrapper = dir.join("helm");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec '{python}' '{}' \"$@\"\n", script.display()),
+    )
+    .ok()?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).ok()?;
+    Some(wrapper)
+}
