@@ -299,11 +299,20 @@ pub(crate) fn render_cluster(
     select: &dyn Fn(&UnitId) -> bool,
 ) -> Rendered {
     let placement = fleet::place(&loaded.fleet, cluster, &loaded.catalogs);
+    // Values files are read from the tenant's repository and merged under the app's values; a
+    // unit whose files cannot be read is not rendered, and says why.
+    let mut unreadable: BTreeMap<UnitId, render::Rendered> = BTreeMap::new();
     let selected: Vec<Unit> = placement
         .units
         .iter()
         .filter(|u| select(&u.id))
-        .cloned()
+        .filter_map(|u| match with_values_files(u, loaded) {
+            Ok(unit) => Some(unit),
+            Err(problem) => {
+                unreadable.insert(u.id.clone(), Err(vec![problem]));
+                None
+            }
+        })
         .collect();
 
     // App repos: each distinct one fetched once, all at the same time. The renderer applies the
@@ -354,7 +363,8 @@ pub(crate) fn render_cluster(
         .filter_map(|u| Some((u.id.clone(), checkout_of(u).ok()?.signer?)))
         .collect();
     let root_of = |unit: &Unit| -> Result<PathBuf, Failure> { checkout_of(unit).map(|c| c.root) };
-    let results = render::render_all(&selected, &root_of, tools);
+    let mut results = render::render_all(&selected, &root_of, tools);
+    results.extend(unreadable);
     Rendered {
         tenants: placement.tenants,
         units: placement.units,
@@ -363,6 +373,63 @@ pub(crate) fn render_cluster(
         signers,
         problems: placement.problems,
     }
+}
+
+/// The most a values file may weigh.
+const MAX_VALUES_FILE: u64 = 1 << 20;
+
+/// `unit` with its values files merged under its values (files in order, then the app's and
+/// its clusters' `values` over them), read from its tenant's repository.
+fn with_values_files(unit: &Unit, loaded: &Loaded) -> Result<Unit, Problem> {
+    if unit.values_files.is_empty() {
+        return Ok(unit.clone());
+    }
+    let tenant = unit.id.tenant.as_deref().unwrap_or_default();
+    let fail = |detail: String| Problem::new(Owner::Unit(unit.id.clone()), detail);
+    let Some(checkout) = loaded.tenants.get(tenant) else {
+        return Err(Problem::of_kind(
+            Owner::Unit(unit.id.clone()),
+            format!("valuesFiles: tenant {tenant}'s repository is not available"),
+            crate::failure::Kind::Transient,
+        ));
+    };
+    let mut merged = serde_json::Value::Object(Default::default());
+    for file in &unit.values_files {
+        let path = checkout.root.join(&file.path);
+        let shown = format!("valuesFiles: {}", file.path);
+        let text = match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && file.optional => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(fail(format!(
+                    "{shown}: no such file in tenant {tenant}'s repository (optional: true allows it)"
+                )));
+            }
+            Err(e) => return Err(fail(format!("{shown}: {e}"))),
+            Ok(m) if !m.is_file() => return Err(fail(format!("{shown}: not a file"))),
+            Ok(m) if m.len() > MAX_VALUES_FILE => {
+                return Err(fail(format!(
+                    "{shown}: {} KiB, over the {} KiB a values file may have",
+                    m.len() >> 10,
+                    MAX_VALUES_FILE >> 10
+                )));
+            }
+            Ok(_) => std::fs::read_to_string(&path)
+                .map_err(|e| fail(format!("{shown}: cannot read: {e}")))?,
+        };
+        let node = crate::yaml::Node::parse(&text, &file.path)
+            .map_err(|d| fail(format!("valuesFiles: {d}")))?;
+        let values = node.to_json();
+        match values {
+            serde_json::Value::Object(_) => crate::subst::deep_merge(&mut merged, &values),
+            serde_json::Value::Null => {}
+            _ => return Err(fail(format!("{shown}: not a mapping of values"))),
+        }
+    }
+    crate::subst::deep_merge(&mut merged, &unit.values);
+    Ok(Unit {
+        values: merged,
+        ..unit.clone()
+    })
 }
 
 /// One cluster's fleet, catalogs and selected renders.

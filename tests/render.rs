@@ -744,3 +744,73 @@ fn layer_and_namespace_mistakes_are_named() {
         assert!(run.stderr.contains(problem), "{problem}: {run:?}");
     }
 }
+
+/// `valuesFiles` and `releaseName`, rendered by Helm's engine (the stand-in): precedence, lowest
+/// first, is the chart's values.yaml, the app's files in order, the matching cluster entries'
+/// files, the app's `values`, the cluster entries' `values`; variables in the paths; a missing
+/// file is an error naming it, unless `optional: true`.
+#[test]
+fn values_files_and_release_names_as_helm_users_expect() {
+    let p = Platform::new();
+    let Some(helm) = crate::support::helm_standin(p.dir.path()) else {
+        eprintln!(
+            "values_files: no Python with helm-python-sdk (set FLOTILLA_TEST_HELM_PYTHON); skipped"
+        );
+        return;
+    };
+    p.file(
+        "flotilla.yaml",
+        &format!("cluster: dev\nfleet: {{ dir: fleet }}\nrender: {{ helm: {} }}\n", helm.display()),
+    )
+    .tenant(
+        "ai",
+        "[ai]",
+        "apps:\n  - name: chart\n    source: { path: chart }\n    releaseName: shop-eu\n    valuesFiles: [values/common.yaml, \"values/${cluster.name}.yaml\", { path: values/missing.yaml, optional: true }]\n    values: { d: app }\nclusters:\n  - match: { name: dev }\n    apps:\n      chart: { valuesFiles: [values/late.yaml], values: { e: cluster } }\n",
+    )
+    .file("tenants/ai/chart/Chart.yaml", "apiVersion: v2\nname: chart\nversion: 0.1.0\n")
+    .file(
+        "tenants/ai/chart/values.yaml",
+        "a: chart\nb: chart\nc: chart\nd: chart\ne: chart\nf: chart\n",
+    )
+    .file("tenants/ai/values/common.yaml", "b: common\nc: common\nd: common\ne: common\n")
+    .file("tenants/ai/values/dev.yaml", "c: dev\nd: dev\n")
+    .file("tenants/ai/values/late.yaml", "d: late\ne: late\nf: late\n")
+    .file(
+        "tenants/ai/chart/templates/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\ndata:\n  a: {{ .Values.a }}\n  b: {{ .Values.b }}\n  c: {{ .Values.c }}\n  d: {{ .Values.d }}\n  e: {{ .Values.e }}\n  f: {{ .Values.f }}\n",
+    );
+    let run = p.run(&["render"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let docs = documents(&run.stdout);
+    assert_eq!(docs[0]["metadata"]["name"], "shop-eu", "the release name");
+    let data = &docs[0]["data"];
+    for (key, from) in [
+        ("a", "chart"),
+        ("b", "common"),
+        ("c", "dev"),
+        ("d", "app"),
+        ("e", "cluster"),
+        ("f", "late"),
+    ] {
+        assert_eq!(data[key], from, "{key}: {data}");
+    }
+
+    // A file that must be there and is not: the app fails, naming it; the rest renders.
+    p.file(
+        "tenants/ai/tenant.yaml",
+        "apps:\n  - { name: chart, source: { path: chart }, valuesFiles: [values/prod-only.yaml] }\n  - { name: plain, source: { path: plain } }\n",
+    )
+    .file(
+        "tenants/ai/plain/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: plain }\n",
+    );
+    let run = p.run(&["render"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "tenant ai, app chart: valuesFiles: values/prod-only.yaml: no such file in tenant ai's repository"
+        ),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("name: plain"), "{run:?}");
+}

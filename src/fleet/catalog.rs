@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::parse::{Known, decode_matcher, finish, optional, read_yaml};
-use super::{App, AppOptions, AppSource, Catalog, ClusterEntry, Override, Owner, Problem, Tenant};
+use super::{
+    App, AppOptions, AppSource, Catalog, ClusterEntry, Override, Owner, Problem, Tenant, ValuesFile,
+};
 use crate::config::{check_name, decode_source};
 use crate::yaml::{Diagnostics, Fields, Node, Report, Value, join};
 
@@ -107,6 +109,8 @@ fn decode_app(
         "enabled",
         "namespace",
         "values",
+        "valuesFiles",
+        "releaseName",
         "dependsOn",
         "options",
     ];
@@ -230,6 +234,22 @@ fn decode_app(
         .map_or(Some(serde_json::Value::Object(Default::default())), |n| {
             values_map(n, &join(path, "values"), r)
         });
+    let values_files = f.get("valuesFiles").map_or(Some(Vec::new()), |n| {
+        values_files(n, &join(path, "valuesFiles"), r)
+    });
+    let release_name = optional(f.get("releaseName"), |n| {
+        let name = n.str(&join(path, "releaseName"), r)?;
+        // Helm's rule: a DNS-1123 name of at most 53 characters.
+        if check_name(name).is_err() || name.len() > 53 {
+            r.error(
+                n,
+                &join(path, "releaseName"),
+                format!("{name:?} is not a valid release name (at most 53 lowercase letters, digits and '-')"),
+            );
+            return None;
+        }
+        Some(name.to_string())
+    });
     let depends_on = f
         .get("dependsOn")
         .map_or(Some(Vec::new()), |n| n.strings(&join(path, "dependsOn"), r));
@@ -243,6 +263,8 @@ fn decode_app(
         enabled: enabled?,
         namespace: namespace?,
         values: values?,
+        values_files: values_files?,
+        release_name: release_name?,
         depends_on: depends_on?,
         options: options?,
     })
@@ -338,11 +360,19 @@ fn decode_entry(
                 };
                 let enabled = optional(o.get("enabled"), |n| n.bool(&join(&p, "enabled"), r));
                 let values = optional(o.get("values"), |n| values_map(n, &join(&p, "values"), r));
-                o.finish(&["enabled", "values"], r);
-                match (enabled, values) {
-                    (Some(enabled), Some(values)) => {
-                        out.push((app.to_string(), Override { enabled, values }))
-                    }
+                let files = o.get("valuesFiles").map_or(Some(Vec::new()), |n| {
+                    values_files(n, &join(&p, "valuesFiles"), r)
+                });
+                o.finish(&["enabled", "values", "valuesFiles"], r);
+                match (enabled, values, files) {
+                    (Some(enabled), Some(values), Some(values_files)) => out.push((
+                        app.to_string(),
+                        Override {
+                            enabled,
+                            values,
+                            values_files,
+                        },
+                    )),
                     _ => ok = false,
                 }
             }
@@ -377,4 +407,42 @@ fn same_repo(a: &str, b: &str) -> bool {
         }
         _ => a == b,
     }
+}
+
+/// `valuesFiles:` a list of paths in the tenant's repository, or `{ path, optional }` entries.
+fn values_files(node: &Node, path: &str, r: &mut Report) -> Option<Vec<ValuesFile>> {
+    let Value::Seq(items) = &node.value else {
+        return r.wrong_type(node, path, "a list of values files");
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let file = match &item.value {
+            Value::Str(s) => Some(ValuesFile {
+                path: s.clone(),
+                optional: false,
+            }),
+            Value::Map(_) => (|| {
+                let mut f = Fields::new(item, &p, r)?;
+                let file = f
+                    .require("path", item, r)
+                    .and_then(|n| n.str(&join(&p, "path"), r).map(str::to_string));
+                let optional = f
+                    .get("optional")
+                    .map_or(Some(false), |n| n.bool(&join(&p, "optional"), r));
+                f.finish(&["path", "optional"], r);
+                Some(ValuesFile {
+                    path: file?,
+                    optional: optional?,
+                })
+            })(),
+            _ => r.wrong_type(item, &p, "a path, or { path, optional }"),
+        };
+        match file {
+            Some(f) => out.push(f),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
 }

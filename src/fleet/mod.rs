@@ -149,8 +149,20 @@ pub struct App {
     pub namespace: Option<String>,
     /// A mapping: Helm values and `${values.x}` substitution.
     pub values: serde_json::Value,
+    /// Values files in the tenant's repository, in order (below `values`).
+    pub values_files: Vec<ValuesFile>,
+    /// The Helm release name (default: the app's name).
+    pub release_name: Option<String>,
     pub depends_on: Vec<String>,
     pub options: AppOptions,
+}
+
+/// A values file of an app: a path in the tenant's repository (variables allowed), and whether
+/// it may be missing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValuesFile {
+    pub path: String,
+    pub optional: bool,
 }
 
 /// Where an app's manifests are.
@@ -205,6 +217,8 @@ pub struct ClusterEntry {
 pub struct Override {
     pub enabled: Option<bool>,
     pub values: Option<serde_json::Value>,
+    /// Values files added for matching clusters, after the app's own.
+    pub values_files: Vec<ValuesFile>,
 }
 
 /// One thing reconciled on its own: the cluster infra unit or one tenant app.
@@ -215,8 +229,14 @@ pub struct Unit {
     /// The namespace given to namespaced objects that name none (`None` for infra: they must).
     pub namespace: Option<String>,
     pub source: UnitSource,
-    /// The merged values: app defaults ← matching cluster entries, in file order.
+    /// The merged values: app defaults ← matching cluster entries, in file order. With
+    /// `values_files`, what those files hold comes first, these over them (the pipeline merges).
     pub values: serde_json::Value,
+    /// Values files in the tenant's repository, paths substituted: the app's, then its matching
+    /// cluster entries', in order.
+    pub values_files: Vec<ValuesFile>,
+    /// The Helm release name.
+    pub release_name: String,
     /// Variables for `${...}` substitution, flattened (`cluster.name`, `vars.domain`, ...);
     /// `values.*` are looked up in `values`.
     pub vars: BTreeMap<String, String>,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     AppSource, Catalog, Cluster, Fleet, Identity, InfraUnit, Limits, Owner, Problem, Tenant, Unit,
-    UnitId, UnitOptions, UnitSource, layers,
+    UnitId, UnitOptions, UnitSource, ValuesFile, layers,
 };
 use crate::config::check_subpath;
 use crate::subst::{Vars, deep_merge, substitute};
@@ -87,6 +87,8 @@ fn infra_unit(cluster: &Cluster, infra: &InfraUnit) -> Unit {
             path: infra.path.clone(),
         },
         values: serde_json::Value::Object(Default::default()),
+        values_files: Vec::new(),
+        release_name: infra.name.replace('/', "-"),
         vars,
         depends_on: infra.depends_on.clone(),
         after_infra: Vec::new(),
@@ -124,6 +126,7 @@ fn tenant_units(cluster: &Cluster, tenant: &Tenant, catalog: &Catalog, placement
     for app in &catalog.apps {
         let mut enabled = app.enabled;
         let mut values = app.values.clone();
+        let mut files = app.values_files.clone();
         for entry in catalog
             .clusters
             .iter()
@@ -134,6 +137,7 @@ fn tenant_units(cluster: &Cluster, tenant: &Tenant, catalog: &Catalog, placement
                 if let Some(v) = &o.values {
                     deep_merge(&mut values, v);
                 }
+                files.extend(o.values_files.iter().cloned());
             }
         }
         if !enabled {
@@ -153,7 +157,7 @@ fn tenant_units(cluster: &Cluster, tenant: &Tenant, catalog: &Catalog, placement
             vars.insert(format!("vars.{k}"), v.clone());
         }
         let fail = |detail: String| Problem::new(Owner::Unit(id.clone()), detail);
-        let path_of = |path: &str| -> Result<String, Problem> {
+        let path_in = |field: &str, path: &str| -> Result<String, Problem> {
             let substituted = substitute(
                 path,
                 &Vars {
@@ -168,15 +172,32 @@ fn tenant_units(cluster: &Cluster, tenant: &Tenant, catalog: &Catalog, placement
                         .map(|u| format!("${{{}}}", u.name))
                         .collect();
                     fail(format!(
-                        "tenant.yaml: source.path {path:?}: undefined variable {}",
+                        "tenant.yaml: {field} {path:?}: undefined variable {}",
                         names.join(", ")
                     ))
                 }
-                too_large => fail(format!("tenant.yaml: source.path {path:?}: {too_large}")),
+                too_large => fail(format!("tenant.yaml: {field} {path:?}: {too_large}")),
             })?;
             check_subpath(&substituted)
-                .map_err(|why| fail(format!("tenant.yaml: source.path {path:?} becomes {why}")))?;
+                .map_err(|why| fail(format!("tenant.yaml: {field} {path:?} becomes {why}")))?;
             Ok(substituted.into_owned())
+        };
+        let path_of = |path: &str| path_in("source.path", path);
+        let values_files: Result<Vec<ValuesFile>, Problem> = files
+            .iter()
+            .map(|f| {
+                Ok(ValuesFile {
+                    path: path_in("valuesFiles", &f.path)?,
+                    optional: f.optional,
+                })
+            })
+            .collect();
+        let values_files = match values_files {
+            Ok(files) => files,
+            Err(problem) => {
+                placement.problems.push(problem);
+                continue;
+            }
         };
         let source = match &app.source {
             AppSource::Tenant { path } => path_of(path).map(|path| UnitSource::Tenant { path }),
@@ -207,6 +228,8 @@ fn tenant_units(cluster: &Cluster, tenant: &Tenant, catalog: &Catalog, placement
             continue;
         }
         units.push(Unit {
+            release_name: app.release_name.clone().unwrap_or_else(|| app.name.clone()),
+            values_files,
             id,
             identity: Identity::ServiceAccount {
                 namespace: tenant.namespaces[0].clone(),

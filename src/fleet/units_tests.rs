@@ -54,6 +54,8 @@ fn app(name: &str, enabled: bool, deps: &[&str]) -> App {
         enabled,
         namespace: None,
         values: json!({"replicas": 1, "db": {"host": "db", "port": 5432}}),
+        values_files: vec![],
+        release_name: None,
         depends_on: deps.iter().map(|s| s.to_string()).collect(),
         options: AppOptions::default(),
     }
@@ -104,6 +106,7 @@ fn matching_entries_apply_in_file_order_and_values_deep_merge() {
             Override {
                 enabled,
                 values: Some(values),
+                values_files: vec![],
             },
         )],
     };

@@ -115,6 +115,8 @@ mod tests {
             namespace: None,
             source: UnitSource::Fleet { path: "x".into() },
             values: serde_json::json!({}),
+            values_files: vec![],
+            release_name: "r".into(),
             vars: BTreeMap::new(),
             depends_on: depends_on.iter().map(|s| s.to_string()).collect(),
             after_infra: after_infra.iter().map(|s| s.to_string()).collect(),

@@ -20,6 +20,8 @@ fn tenant_unit(app: &str) -> Unit {
             path: format!("apps/{app}"),
         },
         values: json!({}),
+        values_files: vec![],
+        release_name: app.into(),
         vars: BTreeMap::new(),
         depends_on: vec![],
         after_infra: vec![],

@@ -98,7 +98,7 @@ impl Tools {
         let namespace = unit.namespace.as_deref().unwrap_or("default");
         let args: [&std::ffi::OsStr; 8] = [
             "template".as_ref(),
-            unit.id.app.as_ref(),
+            unit.release_name.as_ref(),
             dir.as_os_str(),
             "--namespace".as_ref(),
             namespace.as_ref(),
