@@ -779,9 +779,25 @@ fn values_files_and_release_names_as_helm_users_expect() {
         "tenants/ai/chart/templates/cm.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\ndata:\n  a: {{ .Values.a }}\n  b: {{ .Values.b }}\n  c: {{ .Values.c }}\n  d: {{ .Values.d }}\n  e: {{ .Values.e }}\n  f: {{ .Values.f }}\n",
     );
+    // Test hooks are Helm's to run on demand, never a sync's; install hooks stay.
+    p.file(
+        "tenants/ai/chart/templates/test.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {{ .Release.Name }}-test-{{ randAlphaNum 5 | lower }}\n  annotations: { helm.sh/hook: test }\nspec: { containers: [ { name: t, image: busybox } ] }\n",
+    )
+    .file(
+        "tenants/ai/chart/templates/setup.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: setup\n  annotations: { helm.sh/hook: pre-install }\n",
+    );
     let run = p.run(&["render"]);
     assert_eq!(run.code, 0, "{run:?}");
     let docs = documents(&run.stdout);
+    assert!(!docs.iter().any(|d| d["kind"] == "Pod"), "{run:?}");
+    assert!(
+        docs.iter().any(|d| d["metadata"]["name"] == "setup"),
+        "{run:?}"
+    );
+    // Two renders of the same input are the same (the test hook's random name is gone).
+    assert_eq!(p.run(&["render"]).stdout, run.stdout);
     assert_eq!(docs[0]["metadata"]["name"], "shop-eu", "the release name");
     let data = &docs[0]["data"];
     for (key, from) in [

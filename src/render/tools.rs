@@ -110,14 +110,35 @@ impl Tools {
             .map_err(|why| vec![format!("{shown}: helm template failed: {why}")])?;
         let text = String::from_utf8(out)
             .map_err(|_| vec![format!("{shown}: helm wrote output that is not UTF-8")])?;
-        parse_manifests(
+        let (docs, _) = parse_manifests(
             &text,
             &format!("{shown} (helm template output)"),
             None,
             MAX_OUTPUT,
-        )
-        .map(|(docs, _)| docs)
+        )?;
+        // Helm runs test hooks on demand and delete and rollback hooks on those actions, none
+        // of which a sync is: they are never applied (nor pruned: they are not the unit's).
+        Ok(docs
+            .into_iter()
+            .filter(|d| !only_off_sync_hooks(&d.body))
+            .collect())
     }
+}
+
+/// Whether an object is a Helm hook for tests, deletion or rollback only.
+fn only_off_sync_hooks(body: &serde_json::Value) -> bool {
+    const OFF_SYNC: [&str; 7] = [
+        "test",
+        "test-success",
+        "test-failure",
+        "pre-delete",
+        "post-delete",
+        "pre-rollback",
+        "post-rollback",
+    ];
+    body["metadata"]["annotations"]["helm.sh/hook"]
+        .as_str()
+        .is_some_and(|hooks| hooks.split(',').all(|h| OFF_SYNC.contains(&h.trim())))
 }
 
 /// Runs a program to completion within `timeout`; its stdout, or why it failed (with stderr).
