@@ -443,10 +443,12 @@ pub(crate) struct Prepared {
 
 /// Fetches (through `fetcher`) and renders the units of this agent's cluster that `select`
 /// picks; every placed unit is in the input, only the selected ones are rendered.
+/// `capabilities`: what the cluster serves, for Helm charts (`None`: rendered offline).
 pub(crate) fn prepare_with(
     config: &Config,
     fetcher: &Fetcher,
     select: &dyn Fn(&crate::fleet::UnitId) -> bool,
+    capabilities: Option<Arc<render::Capabilities>>,
 ) -> Result<Prepared, Error> {
     let loaded = load(config, fetcher, Some(&config.cluster))?;
     let Some(cluster) = loaded.fleet.clusters.get(&config.cluster).cloned() else {
@@ -464,7 +466,10 @@ pub(crate) fn prepare_with(
         &loaded,
         fetcher,
         &cluster,
-        &Tools::from(&config.render),
+        &Tools {
+            capabilities,
+            ..Tools::from(&config.render)
+        },
         select,
     );
     let problems: Vec<Problem> = loaded

@@ -86,3 +86,49 @@ async fn an_empty_render_prunes_only_with_allow_empty() {
     })
     .await;
 }
+
+/// A chart renders with what the cluster serves, as an install would: `run --once` passes the
+/// API server's version and every group/version and group/version/Kind it serves to
+/// `helm template` (the stand-in's SDK cannot apply them, so the command line is checked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_charts_get_the_clusters_capabilities() {
+    let server = ApiServer::start();
+    let env = Env::new(server.kubeconfig(), Some(&server)).await;
+    env.run(|env| async move {
+        let Some(helm) = crate::support::helm_standin(env.dir.path()) else {
+            eprintln!("capabilities: no Python with helm-python-sdk (set FLOTILLA_TEST_HELM_PYTHON); skipped");
+            return;
+        };
+        let config = std::fs::read_to_string(env.dir.path().join("flotilla.yaml")).unwrap();
+        env.write(
+            "flotilla.yaml",
+            &format!("{config}render: {{ helm: {} }}\n", helm.display()),
+        );
+        let t = env.name("charts");
+        env.tenant(&t, &[&t], "", "apps:\n  - { name: chart, source: { path: chart } }\n");
+        env.write(&format!("tenants/{t}/chart/Chart.yaml"), "apiVersion: v2\nname: chart\nversion: 0.1.0\n");
+        env.write(
+            &format!("tenants/{t}/chart/templates/cm.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: {{ .Release.Name }} }\n",
+        );
+        let run = env.sync().await;
+        assert!(run.stdout.contains(&format!("tenant {t}, app chart")), "{run:?}");
+        assert!(env.configmap(&t, "chart").await.is_some());
+        let args = std::fs::read_to_string(env.dir.path().join("helm.args")).unwrap();
+        let words: Vec<&str> = args.split_whitespace().collect();
+        let after = |flag: &str| -> Vec<&str> {
+            words
+                .windows(2)
+                .filter(|w| w[0] == flag)
+                .map(|w| w[1])
+                .collect()
+        };
+        let version = after("--kube-version");
+        assert!(version.first().is_some_and(|v| v.starts_with("v1.")), "{args}");
+        let apis = after("--api-versions");
+        for api in ["v1", "v1/ConfigMap", "apps/v1", "apps/v1/Deployment"] {
+            assert!(apis.contains(&api), "{api}: {args}");
+        }
+    })
+    .await;
+}

@@ -13,13 +13,13 @@ use crate::reconcile::{self, Engine, Entry, Filter, Input, Mode};
 
 /// Reconciles every unit once; exit 0 only if every one converged.
 pub(crate) fn once(config: &Config) -> anyhow::Result<ExitCode> {
-    let (fetcher, mut input, problems) = prepare(config)?;
-    let entries = fetcher.block_on(async {
-        let engine = connect(config).await?;
-        Ok::<_, anyhow::Error>(
-            reconcile::pass(engine, &mut input, &Filter::default(), Mode::Apply).await,
-        )
-    })?;
+    let (fetcher, engine, mut input, problems) = prepare(config)?;
+    let entries = fetcher.block_on(reconcile::pass(
+        engine,
+        &mut input,
+        &Filter::default(),
+        Mode::Apply,
+    ));
     let mut out = std::io::stdout().lock();
     let mut ok = problems.is_empty();
     for e in &entries {
@@ -46,16 +46,13 @@ pub(crate) fn once(config: &Config) -> anyhow::Result<ExitCode> {
 
 /// Prints what a sync would change; exit 1 if anything would (or could not be compared).
 pub(crate) fn diff(config: &Config, filter: Filter) -> anyhow::Result<ExitCode> {
-    let (fetcher, mut input, problems) = prepare(config)?;
+    let (fetcher, engine, mut input, problems) = prepare(config)?;
     if let Some(t) = &filter.tenant
         && !input.fleet.tenants.contains_key(t)
     {
         return Err(super::render::unknown_tenant(t, &input.fleet, &problems));
     }
-    let entries = fetcher.block_on(async {
-        let engine = connect(config).await?;
-        Ok::<_, anyhow::Error>(reconcile::pass(engine, &mut input, &filter, Mode::Diff).await)
-    })?;
+    let entries = fetcher.block_on(reconcile::pass(engine, &mut input, &filter, Mode::Diff));
     let mut out = std::io::stdout().lock();
     let mut changes = 0;
     let mut errors = 0;
@@ -108,12 +105,15 @@ pub(crate) fn diff(config: &Config, filter: Filter) -> anyhow::Result<ExitCode> 
     })
 }
 
-/// Fetches and renders this agent's cluster; the fleet's and tenants' problems come back with
-/// the input (units' own render problems are in the input's results).
-fn prepare(config: &Config) -> anyhow::Result<(Fetcher, Input, Vec<Problem>)> {
+/// Connects to the cluster (so that an unreachable one is one clear error), then fetches and
+/// renders this agent's cluster with what it serves; the fleet's and tenants' problems come back
+/// with the input (units' own render problems are in the input's results).
+fn prepare(config: &Config) -> anyhow::Result<(Fetcher, Arc<Engine>, Input, Vec<Problem>)> {
     let fetcher = Fetcher::new(config)?;
-    let prepared = prepare_with(config, &fetcher, &|_| true)?;
-    Ok((fetcher, prepared.input, prepared.problems))
+    let engine = fetcher.block_on(connect(config))?;
+    let capabilities = fetcher.block_on(engine.cluster.capabilities()).ok();
+    let prepared = prepare_with(config, &fetcher, &|_| true, capabilities)?;
+    Ok((fetcher, engine, prepared.input, prepared.problems))
 }
 
 /// Connects and checks that the API server answers, so that an unreachable cluster is one clear

@@ -79,6 +79,8 @@ pub(crate) struct Cluster {
     discovery: Mutex<HashMap<String, Arc<APIResourceList>>>,
     /// Impersonating clients by user name.
     tenants: Mutex<HashMap<String, Client>>,
+    /// What the cluster serves, for Helm, and when it was read.
+    capabilities: Mutex<Option<(std::time::Instant, Arc<crate::render::Capabilities>)>>,
 }
 
 // === impl Error ===
@@ -183,6 +185,52 @@ impl Error {
 // === impl Cluster ===
 
 impl Cluster {
+    /// The cluster's version and every group/version and group/version/Kind it serves, read
+    /// through aggregated discovery and kept for ten minutes.
+    pub(crate) async fn capabilities(&self) -> Result<Arc<crate::render::Capabilities>, Error> {
+        const FRESH: std::time::Duration = std::time::Duration::from_secs(600);
+        if let Some((at, c)) = self.capabilities.lock().expect("not poisoned").as_ref()
+            && at.elapsed() < FRESH
+        {
+            return Ok(c.clone());
+        }
+        let version = self
+            .admin
+            .apiserver_version()
+            .await
+            .map_err(Error::from_kube)?;
+        let mut apis = std::collections::BTreeSet::new();
+        for list in [
+            self.admin.list_core_api_versions_aggregated().await,
+            self.admin.list_api_groups_aggregated().await,
+        ] {
+            for group in list.map_err(Error::from_kube)?.items {
+                let name = group.metadata.and_then(|m| m.name).unwrap_or_default();
+                for v in group.versions {
+                    let version = v.version.unwrap_or_default();
+                    let gv = if name.is_empty() {
+                        version.clone()
+                    } else {
+                        format!("{name}/{version}")
+                    };
+                    for r in v.resources {
+                        if let Some(kind) = r.response_kind.and_then(|k| k.kind) {
+                            apis.insert(format!("{gv}/{kind}"));
+                        }
+                    }
+                    apis.insert(gv);
+                }
+            }
+        }
+        let c = Arc::new(crate::render::Capabilities {
+            kube_version: version.git_version,
+            api_versions: apis.into_iter().collect(),
+        });
+        *self.capabilities.lock().expect("not poisoned") =
+            Some((std::time::Instant::now(), c.clone()));
+        Ok(c)
+    }
+
     /// Connects with `kubeconfig`, or with kube's usual inference ($KUBECONFIG, ~/.kube/config,
     /// the in-cluster account) when `None`. Nothing is sent until the first call.
     pub(crate) async fn connect(kubeconfig: Option<&Path>) -> Result<Cluster, Error> {
@@ -204,6 +252,7 @@ impl Cluster {
             config,
             discovery: Mutex::new(HashMap::new()),
             tenants: Mutex::new(HashMap::new()),
+            capabilities: Mutex::new(None),
         })
     }
 

@@ -78,6 +78,9 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
     } = round;
     tracing::info!(parent: &span, reasons = ?reasons, "round starts");
     let handle = tokio::runtime::Handle::current();
+    // What the cluster serves, for Helm charts; without it (an API server that does not
+    // answer) charts render as offline, and the round fails below anyway.
+    let capabilities = ctx.engine.cluster.capabilities().await.ok();
     let prepared = {
         let (ctx, scope, span) = (ctx.clone(), scope.clone(), span.clone());
         tokio::task::spawn_blocking(move || {
@@ -91,7 +94,7 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
                     metrics.unverified(repo);
                 }
             }));
-            prepare_with(&ctx.config, &fetcher, &|u| covers(&scope, u))
+            prepare_with(&ctx.config, &fetcher, &|u| covers(&scope, u), capabilities)
                 .map_err(|e| Failure::new(e.kind(), e.to_string()))
         })
         .await

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use objects::{Object, ObjectKey, hash};
 pub use scope::{Scope, Scopes};
-pub use tools::Tools;
+pub use tools::{Capabilities, Tools};
 
 use crate::failure::Failure;
 use crate::fleet::{Owner, Problem, Unit, UnitId, UnitSource};

@@ -24,6 +24,18 @@ pub struct Tools {
     pub kustomize: Option<PathBuf>,
     pub helm: Option<PathBuf>,
     pub timeout: Duration,
+    /// What the cluster serves, for Helm's `.Capabilities` (`None`: rendering offline).
+    pub capabilities: Option<std::sync::Arc<Capabilities>>,
+}
+
+/// The cluster's version and what it serves, as `helm template --kube-version --api-versions`
+/// takes them (as Argo CD passes them), so that a chart renders as an install would.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `v1.33.2`.
+    pub kube_version: String,
+    /// Every `group/version` and `group/version/Kind` served (`v1`, `apps/v1/Deployment`).
+    pub api_versions: Vec<String>,
 }
 
 impl From<&crate::config::Render> for Tools {
@@ -32,6 +44,7 @@ impl From<&crate::config::Render> for Tools {
             kustomize: r.kustomize.clone(),
             helm: r.helm.clone(),
             timeout: r.timeout,
+            capabilities: None,
         }
     }
 }
@@ -96,7 +109,7 @@ impl Tools {
         )
         .map_err(|e| vec![format!("{shown}: cannot write the values file: {e}")])?;
         let namespace = unit.namespace.as_deref().unwrap_or("default");
-        let args: [&std::ffi::OsStr; 8] = [
+        let mut args: Vec<&std::ffi::OsStr> = vec![
             "template".as_ref(),
             unit.release_name.as_ref(),
             dir.as_os_str(),
@@ -106,6 +119,15 @@ impl Tools {
             "--values".as_ref(),
             values.path().as_os_str(),
         ];
+        if let Some(c) = &self.capabilities {
+            use std::ffi::OsStr;
+            args.push(OsStr::new("--kube-version"));
+            args.push(OsStr::new(&c.kube_version));
+            for api in &c.api_versions {
+                args.push(OsStr::new("--api-versions"));
+                args.push(OsStr::new(api));
+            }
+        }
         let out = run(program, &args, self.timeout)
             .map_err(|why| vec![format!("{shown}: helm template failed: {why}")])?;
         let text = String::from_utf8(out)

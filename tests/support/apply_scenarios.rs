@@ -140,18 +140,25 @@ impl Env {
         kind: &str,
         ns: &str,
         name: &str,
-        change: impl FnOnce(&mut Value),
+        change: impl Fn(&mut Value),
     ) {
         let ar = resource(api_version, kind, &plural(kind));
         let api: Api<DynamicObject> = Api::namespaced_with(self.cluster.admin.clone(), ns, &ar);
-        let mut live = serde_json::to_value(api.get(name).await.unwrap()).unwrap();
-        change(&mut live);
-        let object: DynamicObject = serde_json::from_value(live).unwrap();
         let params = PostParams {
             field_manager: Some("kubectl-edit".into()),
             ..Default::default()
         };
-        api.replace(name, &params, &object).await.expect("the edit");
+        // As kubectl does: read, change, replace; again if a controller wrote in between (409).
+        for attempt in 0.. {
+            let mut live = serde_json::to_value(api.get(name).await.unwrap()).unwrap();
+            change(&mut live);
+            let object: DynamicObject = serde_json::from_value(live).unwrap();
+            match api.replace(name, &params, &object).await {
+                Ok(_) => return,
+                Err(kube::Error::Api(e)) if e.code == 409 && attempt < 5 => {}
+                Err(e) => panic!("the edit: {e}"),
+            }
+        }
     }
 
     /// Creates (or updates) an object as the admin, deleted afterwards if cluster-scoped.

@@ -151,9 +151,15 @@ pub fn helm_standin(dir: &std::path::Path) -> Option<std::path::PathBuf> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
     let script = repo_root().join("tests/support/helm_standin.py");
     let wrapper = dir.join("helm");
+    // Each call's arguments go to `helm.args` beside it, one line per call.
+    let log = dir.join("helm.args");
     std::fs::write(
         &wrapper,
-        format!("#!/bin/sh\nexec '{python}' '{}' \"$@\"\n", script.display()),
+        format!(
+            "#!/bin/sh\necho \"$@\" >> '{}'\nexec '{python}' '{}' \"$@\"\n",
+            log.display(),
+            script.display()
+        ),
     )
     .ok()?;
     use std::os::unix::fs::PermissionsExt as _;
