@@ -3,6 +3,7 @@
 //! build a pass's input. No terminal, no exit codes: `cli` prints and exits, `daemon` schedules.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -377,15 +378,25 @@ pub(crate) fn render_cluster(
 
 /// The most a values file may weigh.
 const MAX_VALUES_FILE: u64 = 1 << 20;
+/// The most values files a unit may name.
+const MAX_VALUES_FILES: usize = 64;
 
 /// `unit` with its values files merged under its values (files in order, then the app's and
-/// its clusters' `values` over them), read from its tenant's repository.
+/// its clusters' `values` over them), read from its tenant's repository: only regular files
+/// inside the tenant's folder (a link out of it, or one the checkout refused, is refused).
 fn with_values_files(unit: &Unit, loaded: &Loaded) -> Result<Unit, Problem> {
+    use std::io::Read as _;
     if unit.values_files.is_empty() {
         return Ok(unit.clone());
     }
     let tenant = unit.id.tenant.as_deref().unwrap_or_default();
     let fail = |detail: String| Problem::new(Owner::Unit(unit.id.clone()), detail);
+    if unit.values_files.len() > MAX_VALUES_FILES {
+        return Err(fail(format!(
+            "valuesFiles: {} files, over the {MAX_VALUES_FILES} an app may name",
+            unit.values_files.len()
+        )));
+    }
     let Some(checkout) = loaded.tenants.get(tenant) else {
         return Err(Problem::of_kind(
             Owner::Unit(unit.id.clone()),
@@ -393,11 +404,26 @@ fn with_values_files(unit: &Unit, loaded: &Loaded) -> Result<Unit, Problem> {
             crate::failure::Kind::Transient,
         ));
     };
+    let root = checkout
+        .root
+        .canonicalize()
+        .map_err(|e| fail(format!("valuesFiles: tenant {tenant}'s repository: {e}")))?;
     let mut merged = serde_json::Value::Object(Default::default());
     for file in &unit.values_files {
-        let path = checkout.root.join(&file.path);
         let shown = format!("valuesFiles: {}", file.path);
-        let text = match std::fs::metadata(&path) {
+        let path = root.join(&file.path);
+        if render::is_refused_link(&path) {
+            return Err(fail(format!(
+                "{shown}: {}",
+                render::refused_link(&file.path)
+            )));
+        }
+        let path = render::inside(&root, &path).map_err(|why| fail(format!("{shown}: {why}")))?;
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc_nonblock())
+            .open(&path);
+        let mut handle = match opened {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && file.optional => continue,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(fail(format!(
@@ -405,22 +431,36 @@ fn with_values_files(unit: &Unit, loaded: &Loaded) -> Result<Unit, Problem> {
                 )));
             }
             Err(e) => return Err(fail(format!("{shown}: {e}"))),
-            Ok(m) if !m.is_file() => return Err(fail(format!("{shown}: not a file"))),
-            Ok(m) if m.len() > MAX_VALUES_FILE => {
-                return Err(fail(format!(
-                    "{shown}: {} KiB, over the {} KiB a values file may have",
-                    m.len() >> 10,
-                    MAX_VALUES_FILE >> 10
-                )));
-            }
-            Ok(_) => std::fs::read_to_string(&path)
-                .map_err(|e| fail(format!("{shown}: cannot read: {e}")))?,
+            Ok(handle) => handle,
         };
+        // Checked on the open handle: a regular file, read at most to the cap.
+        if !handle.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(fail(format!("{shown}: not a regular file")));
+        }
+        let mut bytes = Vec::new();
+        (&mut handle)
+            .take(MAX_VALUES_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| fail(format!("{shown}: cannot read: {e}")))?;
+        if bytes.len() as u64 > MAX_VALUES_FILE {
+            return Err(fail(format!(
+                "{shown}: over the {} KiB a values file may have",
+                MAX_VALUES_FILE >> 10
+            )));
+        }
+        let text =
+            String::from_utf8(bytes).map_err(|_| fail(format!("{shown}: not UTF-8 text")))?;
+        // An empty or comment-only file holds no values (as Helm reads it).
+        if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---")
+        {
+            continue;
+        }
         let node = crate::yaml::Node::parse(&text, &file.path)
             .map_err(|d| fail(format!("valuesFiles: {d}")))?;
-        let values = node.to_json();
-        match values {
-            serde_json::Value::Object(_) => crate::subst::deep_merge(&mut merged, &values),
+        match node.to_json() {
+            values @ serde_json::Value::Object(_) => crate::subst::deep_merge(&mut merged, &values),
             serde_json::Value::Null => {}
             _ => return Err(fail(format!("{shown}: not a mapping of values"))),
         }
@@ -430,6 +470,11 @@ fn with_values_files(unit: &Unit, loaded: &Loaded) -> Result<Unit, Problem> {
         values: merged,
         ..unit.clone()
     })
+}
+
+/// `O_NONBLOCK`: opening a FIFO a tenant put in its repository does not wait for a writer.
+fn libc_nonblock() -> i32 {
+    0o4000
 }
 
 /// One cluster's fleet, catalogs and selected renders.

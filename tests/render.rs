@@ -829,4 +829,41 @@ fn values_files_and_release_names_as_helm_users_expect() {
         "{run:?}"
     );
     assert!(run.stdout.contains("name: plain"), "{run:?}");
+
+    // A values file that leads out of the tenant's folder (to another tenant's, or the agent's
+    // files), or is no regular file, is refused; an empty one holds no values.
+    std::os::unix::fs::symlink(
+        "../../../flotilla.yaml",
+        p.dir.path().join("tenants/ai/values/out.yaml"),
+    )
+    .unwrap();
+    let fifo = p.dir.path().join("tenants/ai/values/fifo.yaml");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    p.file("tenants/ai/values/empty.yaml", "# nothing here\n");
+    for (file, why) in [
+        (
+            "values/out.yaml",
+            "leaves the repository through a symlink; refused",
+        ),
+        ("values/fifo.yaml", "not a regular file"),
+    ] {
+        p.file(
+            "tenants/ai/tenant.yaml",
+            &format!("apps:\n  - {{ name: chart, source: {{ path: chart }}, valuesFiles: [values/empty.yaml, {file}] }}\n"),
+        );
+        let run = p.run(&["render"]);
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(
+            run.stderr
+                .contains(&format!("tenant ai, app chart: valuesFiles: {file}: {why}")),
+            "{file}: {run:?}"
+        );
+        assert!(!run.stdout.contains("cluster: dev"), "{run:?}");
+    }
 }

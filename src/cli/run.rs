@@ -111,7 +111,13 @@ pub(crate) fn diff(config: &Config, filter: Filter) -> anyhow::Result<ExitCode> 
 fn prepare(config: &Config) -> anyhow::Result<(Fetcher, Arc<Engine>, Input, Vec<Problem>)> {
     let fetcher = Fetcher::new(config)?;
     let engine = fetcher.block_on(connect(config))?;
-    let capabilities = fetcher.block_on(engine.cluster.capabilities()).ok();
+    let capabilities = match fetcher.block_on(engine.cluster.capabilities()) {
+        Ok(c) => Some(c),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the cluster's capabilities; charts render without them");
+            None
+        }
+    };
     let prepared = prepare_with(config, &fetcher, &|_| true, capabilities)?;
     Ok((fetcher, engine, prepared.input, prepared.problems))
 }

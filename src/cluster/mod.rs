@@ -186,14 +186,33 @@ impl Error {
 
 impl Cluster {
     /// The cluster's version and every group/version and group/version/Kind it serves, read
-    /// through aggregated discovery and kept for ten minutes.
+    /// through aggregated discovery and kept for ten minutes; when a refresh fails, the last
+    /// good answer is kept (a chart must not lose a kind for a failed discovery call).
     pub(crate) async fn capabilities(&self) -> Result<Arc<crate::render::Capabilities>, Error> {
         const FRESH: std::time::Duration = std::time::Duration::from_secs(600);
-        if let Some((at, c)) = self.capabilities.lock().expect("not poisoned").as_ref()
+        let last = self.capabilities.lock().expect("not poisoned").clone();
+        if let Some((at, c)) = &last
             && at.elapsed() < FRESH
         {
             return Ok(c.clone());
         }
+        match self.read_capabilities().await {
+            Ok(c) => {
+                *self.capabilities.lock().expect("not poisoned") =
+                    Some((std::time::Instant::now(), c.clone()));
+                Ok(c)
+            }
+            Err(e) => match last {
+                Some((_, c)) => {
+                    tracing::warn!(error = %e, "cannot read the cluster's capabilities; keeping the last ones");
+                    Ok(c)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn read_capabilities(&self) -> Result<Arc<crate::render::Capabilities>, Error> {
         let version = self
             .admin
             .apiserver_version()
@@ -222,13 +241,10 @@ impl Cluster {
                 }
             }
         }
-        let c = Arc::new(crate::render::Capabilities {
+        Ok(Arc::new(crate::render::Capabilities {
             kube_version: version.git_version,
             api_versions: apis.into_iter().collect(),
-        });
-        *self.capabilities.lock().expect("not poisoned") =
-            Some((std::time::Instant::now(), c.clone()));
-        Ok(c)
+        }))
     }
 
     /// Connects with `kubeconfig`, or with kube's usual inference ($KUBECONFIG, ~/.kube/config,

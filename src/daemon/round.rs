@@ -80,7 +80,13 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
     let handle = tokio::runtime::Handle::current();
     // What the cluster serves, for Helm charts; without it (an API server that does not
     // answer) charts render as offline, and the round fails below anyway.
-    let capabilities = ctx.engine.cluster.capabilities().await.ok();
+    let capabilities = match ctx.engine.cluster.capabilities().await {
+        Ok(c) => Some(c),
+        Err(error) => {
+            tracing::warn!(parent: &span, %error, "cannot read the cluster's capabilities; charts render without them");
+            None
+        }
+    };
     let prepared = {
         let (ctx, scope, span) = (ctx.clone(), scope.clone(), span.clone());
         tokio::task::spawn_blocking(move || {

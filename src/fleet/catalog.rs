@@ -239,12 +239,12 @@ fn decode_app(
     });
     let release_name = optional(f.get("releaseName"), |n| {
         let name = n.str(&join(path, "releaseName"), r)?;
-        // Helm's rule: a DNS-1123 name of at most 53 characters.
-        if check_name(name).is_err() || name.len() > 53 {
+        // Helm's rule: dot-separated DNS labels, at most 53 characters in all.
+        if name.len() > 53 || !name.split('.').all(|label| check_name(label).is_ok()) {
             r.error(
                 n,
                 &join(path, "releaseName"),
-                format!("{name:?} is not a valid release name (at most 53 lowercase letters, digits and '-')"),
+                format!("{name:?} is not a valid release name (at most 53 characters: lowercase letters, digits, '-' and '.', each part starting and ending with a letter or digit)"),
             );
             return None;
         }

@@ -108,6 +108,12 @@ impl Tools {
             serde_json::to_vec(&unit.values).unwrap_or_default(),
         )
         .map_err(|e| vec![format!("{shown}: cannot write the values file: {e}")])?;
+        if unit.release_name.len() > 53 {
+            return Err(vec![format!(
+                "{shown}: the release name {:?} is longer than Helm's 53 characters; set releaseName on the app",
+                unit.release_name
+            )]);
+        }
         let namespace = unit.namespace.as_deref().unwrap_or("default");
         let mut args: Vec<&std::ffi::OsStr> = vec![
             "template".as_ref(),
@@ -147,20 +153,17 @@ impl Tools {
     }
 }
 
-/// Whether an object is a Helm hook for tests, deletion or rollback only.
+/// Whether an object is a Helm hook with no install or upgrade event (tests, deletion,
+/// rollback, or an event Helm does not know, which it never runs either).
 fn only_off_sync_hooks(body: &serde_json::Value) -> bool {
-    const OFF_SYNC: [&str; 7] = [
-        "test",
-        "test-success",
-        "test-failure",
-        "pre-delete",
-        "post-delete",
-        "pre-rollback",
-        "post-rollback",
-    ];
+    const ON_SYNC: [&str; 4] = ["pre-install", "post-install", "pre-upgrade", "post-upgrade"];
     body["metadata"]["annotations"]["helm.sh/hook"]
         .as_str()
-        .is_some_and(|hooks| hooks.split(',').all(|h| OFF_SYNC.contains(&h.trim())))
+        .is_some_and(|hooks| {
+            !hooks
+                .split(',')
+                .any(|h| ON_SYNC.contains(&h.trim().to_lowercase().as_str()))
+        })
 }
 
 /// Runs a program to completion within `timeout`; its stdout, or why it failed (with stderr).

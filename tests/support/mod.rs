@@ -133,14 +133,19 @@ pub fn documents(stream: &str) -> Vec<serde_json::Value> {
 /// import `helm_python`. Written as an executable into `dir` (flotilla runs tools with an empty
 /// environment, so the wrapper names its interpreter). `None` where neither has the SDK.
 pub fn helm_standin(dir: &std::path::Path) -> Option<std::path::PathBuf> {
-    let python = std::env::var("FLOTILLA_TEST_HELM_PYTHON")
+    let named = std::env::var("FLOTILLA_TEST_HELM_PYTHON")
         .ok()
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "python3".into());
+        .filter(|p| !p.is_empty());
+    let python = named.clone().unwrap_or_else(|| "python3".into());
     let has_sdk = std::process::Command::new(&python)
         .args(["-c", "import helm_python"])
         .output()
         .is_ok_and(|o| o.status.success());
+    // Named but broken (CI's setup failed): fail, rather than quietly test without Helm.
+    assert!(
+        has_sdk || named.is_none(),
+        "FLOTILLA_TEST_HELM_PYTHON={python} cannot import helm_python"
+    );
     if !has_sdk {
         return None;
     }
