@@ -14,6 +14,7 @@ use crate::reconcile::{self, Engine, Entry, Filter, Input, Mode};
 /// Reconciles every unit once; exit 0 only if every one converged.
 pub(crate) fn once(config: &Config) -> anyhow::Result<ExitCode> {
     let (fetcher, engine, mut input, problems) = prepare(config)?;
+    let engine = engine?;
     let entries = fetcher.block_on(reconcile::pass(
         engine,
         &mut input,
@@ -52,6 +53,7 @@ pub(crate) fn diff(config: &Config, filter: Filter) -> anyhow::Result<ExitCode> 
     {
         return Err(super::render::unknown_tenant(t, &input.fleet, &problems));
     }
+    let engine = engine?;
     let entries = fetcher.block_on(reconcile::pass(engine, &mut input, &filter, Mode::Diff));
     let mut out = std::io::stdout().lock();
     let mut changes = 0;
@@ -105,18 +107,24 @@ pub(crate) fn diff(config: &Config, filter: Filter) -> anyhow::Result<ExitCode> 
     })
 }
 
-/// Connects to the cluster (so that an unreachable one is one clear error), then fetches and
-/// renders this agent's cluster with what it serves; the fleet's and tenants' problems come back
-/// with the input (units' own render problems are in the input's results).
-fn prepare(config: &Config) -> anyhow::Result<(Fetcher, Arc<Engine>, Input, Vec<Problem>)> {
+/// Connects to the cluster, then fetches and renders this agent's cluster with what it serves
+/// (offline if it cannot be reached: the connection's error comes back beside the input, so that
+/// the caller reports what matters first); the fleet's and tenants' problems come back with the
+/// input (units' own render problems are in the input's results).
+fn prepare(
+    config: &Config,
+) -> anyhow::Result<(Fetcher, anyhow::Result<Arc<Engine>>, Input, Vec<Problem>)> {
     let fetcher = Fetcher::new(config)?;
-    let engine = fetcher.block_on(connect(config))?;
-    let capabilities = match fetcher.block_on(engine.cluster.capabilities()) {
-        Ok(c) => Some(c),
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the cluster's capabilities; charts render without them");
-            None
-        }
+    let engine = fetcher.block_on(connect(config));
+    let capabilities = match &engine {
+        Ok(engine) => match fetcher.block_on(engine.cluster.capabilities()) {
+            Ok(c) => Some(c),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the cluster's capabilities; charts render without them");
+                None
+            }
+        },
+        Err(_) => None,
     };
     let prepared = prepare_with(config, &fetcher, &|_| true, capabilities)?;
     Ok((fetcher, engine, prepared.input, prepared.problems))
