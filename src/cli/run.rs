@@ -111,9 +111,7 @@ pub(crate) fn diff(config: &Config, filter: Filter) -> anyhow::Result<ExitCode> 
 /// (offline if it cannot be reached: the connection's error comes back beside the input, so that
 /// the caller reports what matters first); the fleet's and tenants' problems come back with the
 /// input (units' own render problems are in the input's results).
-fn prepare(
-    config: &Config,
-) -> anyhow::Result<(Fetcher, anyhow::Result<Arc<Engine>>, Input, Vec<Problem>)> {
+fn prepare(config: &Config) -> anyhow::Result<(Fetcher, Connected, Input, Vec<Problem>)> {
     let fetcher = Fetcher::new(config)?;
     let engine = fetcher.block_on(connect(config));
     let capabilities = match &engine {
@@ -129,6 +127,9 @@ fn prepare(
     let prepared = prepare_with(config, &fetcher, &|_| true, capabilities)?;
     Ok((fetcher, engine, prepared.input, prepared.problems))
 }
+
+/// The engine, or why the cluster could not be reached.
+type Connected = anyhow::Result<Arc<Engine>>;
 
 /// Connects and checks that the API server answers, so that an unreachable cluster is one clear
 /// error rather than one per unit.
