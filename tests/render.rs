@@ -867,3 +867,41 @@ fn values_files_and_release_names_as_helm_users_expect() {
         assert!(!run.stdout.contains("cluster: dev"), "{run:?}");
     }
 }
+
+/// A chart that renders differently each time (a random password) is refused on its unit,
+/// naming the objects that differ, instead of being applied again on every sync.
+#[test]
+fn a_chart_that_renders_differently_each_time_is_named() {
+    let p = Platform::new();
+    let Some(helm) = crate::support::helm_standin(p.dir.path()) else {
+        eprintln!(
+            "determinism: no Python with helm-python-sdk (set FLOTILLA_TEST_HELM_PYTHON); skipped"
+        );
+        return;
+    };
+    p.file(
+        "flotilla.yaml",
+        &format!("cluster: dev\nfleet: {{ dir: fleet }}\nrender: {{ helm: {} }}\n", helm.display()),
+    )
+    .tenant("ai", "[ai]", "apps:\n  - { name: db, source: { path: db } }\n")
+    .file("tenants/ai/db/Chart.yaml", "apiVersion: v2\nname: db\nversion: 0.1.0\n")
+    .file(
+        "tenants/ai/db/templates/secret.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: credentials }\ndata: { password: {{ randAlphaNum 16 | quote }} }\n",
+    )
+    .file(
+        "tenants/ai/db/templates/stable.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: settings }\ndata: { size: \"1\" }\n",
+    );
+    let run = p.run(&["render"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("the chart renders differently each time")
+            && run
+                .stderr
+                .contains("Objects that differ: ConfigMap credentials")
+            && !run.stderr.contains("settings"),
+        "{run:?}"
+    );
+}

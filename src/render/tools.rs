@@ -134,23 +134,59 @@ impl Tools {
                 args.push(OsStr::new(api));
             }
         }
-        let out = run(program, &args, self.timeout)
-            .map_err(|why| vec![format!("{shown}: helm template failed: {why}")])?;
-        let text = String::from_utf8(out)
-            .map_err(|_| vec![format!("{shown}: helm wrote output that is not UTF-8")])?;
-        let (docs, _) = parse_manifests(
-            &text,
-            &format!("{shown} (helm template output)"),
-            None,
-            MAX_OUTPUT,
-        )?;
-        // Helm runs test hooks on demand and delete and rollback hooks on those actions, none
-        // of which a sync is: they are never applied (nor pruned: they are not the unit's).
-        Ok(docs
-            .into_iter()
-            .filter(|d| !only_off_sync_hooks(&d.body))
-            .collect())
+        let render = || -> Result<Vec<Document>, Vec<String>> {
+            let out = run(program, &args, self.timeout)
+                .map_err(|why| vec![format!("{shown}: helm template failed: {why}")])?;
+            let text = String::from_utf8(out)
+                .map_err(|_| vec![format!("{shown}: helm wrote output that is not UTF-8")])?;
+            let (docs, _) = parse_manifests(
+                &text,
+                &format!("{shown} (helm template output)"),
+                None,
+                MAX_OUTPUT,
+            )?;
+            // Helm runs test hooks on demand and delete and rollback hooks on those actions,
+            // none of which a sync is: they are never applied (nor pruned: not the unit's).
+            Ok(docs
+                .into_iter()
+                .filter(|d| !only_off_sync_hooks(&d.body))
+                .collect())
+        };
+        // A chart that renders differently each time (a random name or password) would be
+        // applied again on every sync: rendered twice, and refused if the two differ.
+        let (first, second) = (render()?, render()?);
+        let differing = differing(&first, &second);
+        if !differing.is_empty() {
+            return Err(vec![format!(
+                "{shown}: the chart renders differently each time (random names or passwords?), so it would be applied again on every sync; not applied. Objects that differ: {}",
+                differing.join(", ")
+            )]);
+        }
+        Ok(first)
     }
+}
+
+/// The objects (`Kind name`) of one render that are not the same in the other.
+fn differing(a: &[Document], b: &[Document]) -> Vec<String> {
+    if a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.body == y.body) {
+        return Vec::new();
+    }
+    let name = |d: &Document| {
+        format!(
+            "{} {}",
+            d.body["kind"].as_str().unwrap_or("?"),
+            d.body["metadata"]["name"].as_str().unwrap_or("?")
+        )
+    };
+    let mut out: Vec<String> = a
+        .iter()
+        .filter(|d| !b.iter().any(|e| e.body == d.body))
+        .chain(b.iter().filter(|d| !a.iter().any(|e| e.body == d.body)))
+        .map(name)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Whether an object is a Helm hook with no install or upgrade event (tests, deletion,
