@@ -327,6 +327,28 @@ pub async fn example_fleet_applies_for_dev(env: Arc<Env>) {
         .await
         .expect("a RoleBinding in each namespace");
     assert_eq!(binding["roleRef"]["name"], "admin");
+    // The platform's settings on every tenant namespace: Pod Security labels, a quota (bigdata
+    // its own), a limit range.
+    let security = env
+        .get("v1", "Namespace", None, "security")
+        .await
+        .expect("onboarded");
+    assert_eq!(
+        security["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "baseline"
+    );
+    for (ns, pods) in [("security", "200"), ("bigdata", "100")] {
+        let quota = env
+            .get("v1", "ResourceQuota", Some(ns), "flotilla-tenant")
+            .await
+            .unwrap_or_else(|| panic!("{ns}'s quota"));
+        assert_eq!(quota["spec"]["hard"]["pods"], pods, "{quota}");
+    }
+    assert!(
+        env.get("v1", "LimitRange", Some("ai-jobs"), "flotilla-tenant")
+            .await
+            .is_some()
+    );
     assert!(
         env.get(
             "scheduling.k8s.io/v1",
