@@ -669,8 +669,16 @@ async fn taking_an_infra_object_through_a_narrow_round() {
         assert_eq!(after["value"], 1000, "not applied by the tenant");
         assert_eq!(owner(after.clone()), owner(before.clone()), "still infra's");
         assert_eq!(after["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"]);
-        let status = d.status(TOKEN).await;
-        assert_eq!(unit(&status, &format!("{evil}/grab"))["result"], "failed", "{status:#}");
+        // The round logs the refusal before it ends and publishes its status: wait for that.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = d.status(TOKEN).await;
+            if unit(&status, &format!("{evil}/grab"))["result"] == "failed" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{status:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         good_converged(&env, &good).await;
     })
     .await;
