@@ -421,7 +421,7 @@ fn with_values_files(unit: &Unit, loaded: &Loaded) -> Result<Unit, Problem> {
         let path = render::inside(&root, &path).map_err(|why| fail(format!("{shown}: {why}")))?;
         let opened = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc_nonblock())
+            .custom_flags(libc::O_NONBLOCK)
             .open(&path);
         let mut handle = match opened {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && file.optional => continue,
@@ -433,7 +433,8 @@ fn with_values_files(unit: &Unit, loaded: &Loaded) -> Result<Unit, Problem> {
             Err(e) => return Err(fail(format!("{shown}: {e}"))),
             Ok(handle) => handle,
         };
-        // Checked on the open handle: a regular file, read at most to the cap.
+        // Opened non-blocking, so a FIFO does not wait for a writer; then checked on the open
+        // handle: a regular file, read at most to the cap.
         if !handle.metadata().is_ok_and(|m| m.is_file()) {
             return Err(fail(format!("{shown}: not a regular file")));
         }
@@ -470,11 +471,6 @@ fn with_values_files(unit: &Unit, loaded: &Loaded) -> Result<Unit, Problem> {
         values: merged,
         ..unit.clone()
     })
-}
-
-/// `O_NONBLOCK`: opening a FIFO a tenant put in its repository does not wait for a writer.
-fn libc_nonblock() -> i32 {
-    0o4000
 }
 
 /// One cluster's fleet, catalogs and selected renders.

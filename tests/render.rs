@@ -719,7 +719,7 @@ fn layer_and_namespace_mistakes_are_named() {
     )
     .file(
         "fleet/clusters/prod/cluster.yaml",
-        &format!("name: prod\ninfra:\n  - {{ name: {}, path: x }}\n", "l".repeat(58)),
+        &format!("name: prod\ninfra:\n  - {{ name: {}, path: x }}\n", "l".repeat(48)),
     )
     .file(
         "fleet/tenants/infra.yaml",
@@ -735,7 +735,7 @@ fn layer_and_namespace_mistakes_are_named() {
     for problem in [
         "clusters/dev/infra/CRDs/: each folder here is an infra layer",
         "clusters/prod/cluster.yaml:3:",
-        "is longer than the 57 characters",
+        "is longer than the 47 characters",
         "tenants/infra.yaml:1:",
         "\"infra\" is reserved",
         "\"bad key!\" is not a valid label or annotation key",

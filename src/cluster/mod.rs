@@ -343,6 +343,13 @@ impl Cluster {
             .lock()
             .expect("not poisoned")
             .insert(api_version.to_string(), list.clone());
+        // What the cluster serves has changed, or was not known yet (a CRD just installed):
+        // charts read it afresh at the next render, keeping the last answer if that fails.
+        if let Some((at, _)) = self.capabilities.lock().expect("not poisoned").as_mut() {
+            *at = at
+                .checked_sub(std::time::Duration::from_secs(3600))
+                .unwrap_or(*at);
+        }
         find(&list, api_version, kind).ok_or_else(|| Error::UnknownKind {
             api_version: api_version.into(),
             kind: kind.into(),

@@ -62,7 +62,10 @@ impl Verify {
 
     /// A stable text of the policy, for caching results per commit.
     pub fn cache_key(&self) -> String {
-        format!("{}:{}", self.mode, self.keys.join(","))
+        let mut keys = self.keys.clone();
+        keys.sort();
+        keys.dedup();
+        format!("{}:{}", self.mode, keys.join(","))
     }
 }
 
@@ -122,13 +125,7 @@ pub(crate) fn decode_keys(
             let mut f = Fields::new(v, &path, report)?;
             let given = f.present(&["ssh_allowed_signers_file", "pgp_public_key_file"]);
             let file = |f: &mut Fields<'_>, field: &str, report: &mut Report| {
-                let n = f.get(field)?;
-                let p = base.join(n.str(&join(&path, field), report)?);
-                if let Err(e) = std::fs::metadata(&p) {
-                    report.error(n, &join(&path, field), format!("{}: {e}", p.display()));
-                    return None;
-                }
-                Some(p)
+                super::decode::readable_file(f.get(field)?, &join(&path, field), base, report)
             };
             let ssh = file(&mut f, "ssh_allowed_signers_file", report);
             let pgp = file(&mut f, "pgp_public_key_file", report);

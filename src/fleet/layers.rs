@@ -49,17 +49,9 @@ pub(super) fn decode_policy(
 /// 63 characters (letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit).
 fn check_key(key: &str) -> Result<(), String> {
     let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key));
+    // The prefix is a DNS subdomain: dot-separated DNS labels.
     let prefix_ok = key.find('/').is_none()
-        || (prefix.len() <= 253
-            && !prefix.is_empty()
-            && prefix.split('.').all(|part| {
-                !part.is_empty()
-                    && part
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && !part.starts_with('-')
-                    && !part.ends_with('-')
-            }));
+        || (prefix.len() <= 253 && prefix.split('.').all(|part| check_name(part).is_ok()));
     if prefix_ok && check_label_value(name).is_ok() && !name.is_empty() {
         Ok(())
     } else {
@@ -222,11 +214,11 @@ pub(crate) fn is_infra_name(name: &str) -> bool {
             .is_some_and(|n| check_layer_name(n).is_ok())
 }
 
-/// The longest layer name: its objects' `flotilla.dev/app` label, `infra.<name>`, must stay
-/// within a label value's 63 characters.
-const MAX_LAYER_NAME: usize = 63 - "infra.".len();
+/// The longest layer name: its Helm release name, `infra-<name>`, must stay within Helm's 53
+/// characters (and its objects' `flotilla.dev/app` label, `infra.<name>`, within a label's 63).
+const MAX_LAYER_NAME: usize = 53 - "infra-".len();
 
-/// A layer's name: a valid name of at most 57 characters.
+/// A layer's name: a valid name of at most 47 characters.
 fn check_layer_name(name: &str) -> Result<(), String> {
     check_name(name)?;
     if name.len() > MAX_LAYER_NAME {

@@ -376,9 +376,6 @@ impl Tenant {
 // === impl UnitId ===
 
 impl UnitId {
-    pub fn infra() -> UnitId {
-        UnitId::infra_named(layers::INFRA)
-    }
     /// The value of the `flotilla.dev/app` label of the unit's objects: the app's name, or for
     /// an infra layer `infra.controllers` (a label value has no `/`; an app name has no `.`).
     pub fn label(&self) -> String {

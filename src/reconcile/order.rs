@@ -9,11 +9,16 @@ use crate::fleet::{Fleet, Unit, UnitId};
 
 /// The units `unit` waits for.
 fn dependencies(unit: &Unit) -> impl Iterator<Item = UnitId> + '_ {
-    let own = unit.depends_on.iter().map(|d| match &unit.id.tenant {
+    same_kind(unit).chain(unit.after_infra.iter().map(|d| UnitId::infra_named(d)))
+}
+
+/// The units of its own kind `unit` depends on: apps of its tenant, or for an infra layer other
+/// layers.
+fn same_kind(unit: &Unit) -> impl Iterator<Item = UnitId> + '_ {
+    unit.depends_on.iter().map(|d| match &unit.id.tenant {
         Some(t) => UnitId::app(t, d),
         None => UnitId::infra_named(d),
-    });
-    own.chain(unit.after_infra.iter().map(|d| UnitId::infra_named(d)))
+    })
 }
 
 /// Why `unit` is held back, if a unit it waits for did not converge (in this pass, or when it
@@ -47,10 +52,6 @@ pub(super) fn waited_for(units: &[Unit], fleet: &Fleet) -> BTreeSet<UnitId> {
     units
         .iter()
         .flat_map(|unit| {
-            let own = unit.depends_on.iter().map(|d| match &unit.id.tenant {
-                Some(t) => UnitId::app(t, d),
-                None => UnitId::infra_named(d),
-            });
             let tenants = unit
                 .id
                 .tenant
@@ -58,7 +59,7 @@ pub(super) fn waited_for(units: &[Unit], fleet: &Fleet) -> BTreeSet<UnitId> {
                 .and_then(|t| fleet.tenants.get(t))
                 .into_iter()
                 .flat_map(|t| t.depends_on.iter().map(|d| UnitId::infra_named(d)));
-            own.chain(tenants).collect::<Vec<_>>()
+            same_kind(unit).chain(tenants).collect::<Vec<_>>()
         })
         .collect()
 }

@@ -187,7 +187,7 @@ fn lists_are_flattened_and_crds_of_the_unit_decide_scope() {
 #[test]
 fn infra_objects_must_name_their_namespace() {
     let mut unit = tenant_unit("infra");
-    unit.id = UnitId::infra();
+    unit.id = UnitId::infra_named("infra");
     unit.limits = None;
     unit.namespace = None;
     let p = problems(
@@ -278,7 +278,7 @@ fn a_tenant_cannot_take_down_the_infra_unit_by_rendering_its_object() {
         )
     };
     let mut infra = tenant_unit("infra");
-    infra.id = UnitId::infra();
+    infra.id = UnitId::infra_named("infra");
     infra.limits = None;
     infra.namespace = None;
     let web = tenant_unit("web");
@@ -286,7 +286,10 @@ fn a_tenant_cannot_take_down_the_infra_unit_by_rendering_its_object() {
     results.insert(infra.id.clone(), finish(&infra, vec![quota()]));
     results.insert(web.id.clone(), finish(&web, vec![quota()]));
     check_duplicates(&mut results);
-    assert!(results[&UnitId::infra()].is_ok(), "infra keeps its object");
+    assert!(
+        results[&UnitId::infra_named("infra")].is_ok(),
+        "infra keeps its object"
+    );
     let p: Vec<String> = results[&web.id]
         .as_ref()
         .unwrap_err()

@@ -97,6 +97,12 @@ impl Tools {
                 unit.id.app
             )]);
         };
+        if unit.release_name.len() > 53 {
+            return Err(vec![format!(
+                "{shown}: the release name {:?} is longer than Helm's 53 characters; set releaseName on the app",
+                unit.release_name
+            )]);
+        }
         let values = tempfile::Builder::new()
             .prefix("flotilla-values-")
             .suffix(".json")
@@ -108,12 +114,6 @@ impl Tools {
             serde_json::to_vec(&unit.values).unwrap_or_default(),
         )
         .map_err(|e| vec![format!("{shown}: cannot write the values file: {e}")])?;
-        if unit.release_name.len() > 53 {
-            return Err(vec![format!(
-                "{shown}: the release name {:?} is longer than Helm's 53 characters; set releaseName on the app",
-                unit.release_name
-            )]);
-        }
         let namespace = unit.namespace.as_deref().unwrap_or("default");
         let mut args: Vec<&std::ffi::OsStr> = vec![
             "template".as_ref(),

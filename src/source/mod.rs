@@ -394,11 +394,6 @@ fn hex16(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Remembers `commit` as the current one for (URL, ref) in `refs`, and removes the checkouts in
-/// `checkouts` that no ref of the URL keeps (each keeps its current and previous commit).
-/// Records `commit` as the last good one for `reference` (the one before it kept, and with
-/// `verified`, `policy\tsigner`, the policy it was verified under), then removes checkouts no
-/// record names.
 /// The record of a spec's last good commit: one per ref, and one per ref and signature policy,
 /// so that a fetch made without `verify` (or under another policy) never stands in for one made
 /// with it.
@@ -413,6 +408,9 @@ fn record_name(spec: &SourceSpec) -> String {
     }
 }
 
+/// Records `commit` as the last good one in the record `name` (the one before it kept, and with
+/// `verified`, `policy\tsigner`, its signer), then removes the checkouts in `checkouts` that no
+/// record of the URL keeps (each keeps its current and previous commit).
 fn record(refs: &Path, checkouts: &Path, name: &str, commit: &str, verified: Option<&str>) {
     let file = refs.join(name);
     let old = std::fs::read_to_string(&file).unwrap_or_default();
