@@ -23,6 +23,8 @@ env_scenarios!(
     infra_split_into_layers_keeps_its_objects,
 );
 
+env_scenarios!(hook_scenarios: helm_hooks_run_in_their_phases_once_per_render);
+
 /// Pod Security admission, which only a real API server runs: a tenant whose namespace the
 /// platform labels `pod-security.kubernetes.io/enforce: restricted` cannot run a privileged Pod
 /// there. The app fails (the API server's 403) and no Pod is created; the label is the

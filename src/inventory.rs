@@ -62,7 +62,16 @@ pub(crate) struct Member {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Record {
     pub members: BTreeMap<ObjectKey, Member>,
+    /// Helm hook objects flotilla created and has not deleted (not members: never pruned for
+    /// being absent from a render, but deleted with the set), by object, with their apiVersion.
+    pub hooks: BTreeMap<ObjectKey, String>,
+    /// The digest of the render whose hooks last ran to the end: hooks run again only when
+    /// the render changes.
+    pub hooks_ran: String,
 }
+
+/// The parent's data key that holds the hooks flotilla created.
+pub(crate) const HOOKS_KEY: &str = "hooks";
 
 /// Why a ConfigMap cannot be used as a parent.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -153,7 +162,11 @@ impl Parent {
                 "labels": labels,
                 "annotations": annotations,
             },
-            "data": { MEMBERS_KEY: record.encode() },
+            "data": if record.hooks.is_empty() && record.hooks_ran.is_empty() {
+                json!({ MEMBERS_KEY: record.encode() })
+            } else {
+                json!({ MEMBERS_KEY: record.encode(), HOOKS_KEY: record.encode_hooks() })
+            },
         })
     }
 
@@ -179,12 +192,17 @@ impl Parent {
                 self.id()
             )));
         }
-        Record::decode(live["data"][MEMBERS_KEY].as_str().unwrap_or_default()).map_err(|line| {
-            Error::Malformed {
-                parent: self.clone(),
-                line,
-            }
-        })
+        let malformed = |line| Error::Malformed {
+            parent: self.clone(),
+            line,
+        };
+        let mut record =
+            Record::decode(live["data"][MEMBERS_KEY].as_str().unwrap_or_default())
+                .map_err(malformed)?;
+        record
+            .decode_hooks(live["data"][HOOKS_KEY].as_str().unwrap_or_default())
+            .map_err(malformed)?;
+        Ok(record)
     }
 }
 
@@ -250,7 +268,54 @@ impl Record {
                 },
             );
         }
-        Ok(Record { members })
+        Ok(Record {
+            members,
+            ..Record::default()
+        })
+    }
+
+    /// `ran <digest>` (when hooks ran), then one line per hook: `apiVersion kind namespace|- name`.
+    pub(crate) fn encode_hooks(&self) -> String {
+        let mut out = String::new();
+        if !self.hooks_ran.is_empty() {
+            out.push_str(&format!("ran {}\n", self.hooks_ran));
+        }
+        for (k, api_version) in &self.hooks {
+            out.push_str(&format!(
+                "{api_version} {} {} {}\n",
+                k.kind,
+                k.namespace.as_deref().unwrap_or("-"),
+                k.name
+            ));
+        }
+        out
+    }
+
+    /// The inverse of [`Record::encode_hooks`], into this record; a bad line gives its number.
+    pub(crate) fn decode_hooks(&mut self, text: &str) -> Result<(), usize> {
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let parts: Vec<&str> = line.split(' ').collect();
+            match parts[..] {
+                ["ran", digest] => self.hooks_ran = digest.to_string(),
+                [api_version, kind, ns, name] => {
+                    let group = api_version
+                        .rsplit_once('/')
+                        .map(|(g, _)| g.to_string())
+                        .unwrap_or_default();
+                    self.hooks.insert(
+                        ObjectKey {
+                            group,
+                            kind: kind.to_string(),
+                            namespace: (ns != "-").then(|| ns.to_string()),
+                            name: name.to_string(),
+                        },
+                        api_version.to_string(),
+                    );
+                }
+                _ => return Err(i + 1),
+            }
+        }
+        Ok(())
     }
 }
 

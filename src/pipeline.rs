@@ -80,6 +80,22 @@ pub(crate) struct Fetcher {
     pub fresh: Option<BTreeSet<String>>,
     /// Told of every remote fetch: the location, how long it took, whether it worked.
     pub observe: Option<Observer>,
+    /// Charts already fetched in this run, by [`chart_key`].
+    charts: std::cell::RefCell<BTreeMap<String, Result<Checkout, Failure>>>,
+    /// The interval of units that set none: a chart repository's listing is read at most once
+    /// per its units' interval.
+    pub interval: std::time::Duration,
+}
+
+/// The key a chart spec is fetched by: repository, chart, range and credentials.
+fn chart_key(spec: &crate::config::ChartSpec) -> String {
+    format!(
+        "{}|{}|{}|{}",
+        spec.repo,
+        spec.name,
+        spec.version,
+        spec.credentials.as_deref().unwrap_or_default()
+    )
 }
 
 /// A callback for fetch figures (the daemon's metrics).
@@ -111,6 +127,7 @@ impl Fetcher {
         let handle = runtime.handle().clone();
         Ok(Fetcher {
             runtime: Some(runtime),
+            interval: config.interval,
             ..Fetcher::on(handle, Arc::new(Sources::new(config)))
         })
     }
@@ -124,6 +141,8 @@ impl Fetcher {
             repos: Default::default(),
             fresh: None,
             observe: None,
+            charts: Default::default(),
+            interval: crate::config::MIN_INTERVAL,
         }
     }
 
@@ -151,6 +170,58 @@ impl Fetcher {
         let mut cache = self.repos.borrow_mut();
         for (k, r) in keys.into_iter().zip(fetched) {
             cache.insert(k, r.map_err(|e| Failure::new(e.kind, e.to_string())));
+        }
+        wanted
+            .keys()
+            .filter_map(|k| cache.get(k).map(|r| (k.clone(), r.clone())))
+            .collect()
+    }
+
+    /// The charts of `wanted` (by [`chart_key`], each with the shortest interval of its units),
+    /// each fetched at most once per run, the new ones all at the same time. A chart whose
+    /// repository is not to be fetched fresh is served from its last good copy when there is one.
+    fn fetch_charts(
+        &self,
+        wanted: BTreeMap<String, (crate::config::ChartSpec, std::time::Duration)>,
+    ) -> BTreeMap<String, Result<Checkout, Failure>> {
+        let new: Vec<_> = wanted
+            .iter()
+            .filter(|(k, _)| !self.charts.borrow().contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let fetched = self.block_on(async {
+            let tasks: Vec<_> = new
+                .iter()
+                .map(|(_, (spec, every))| {
+                    let (sources, spec, every) = (self.sources.clone(), spec.clone(), *every);
+                    let key = spec.repo.to_string();
+                    let stale = self.fresh.as_ref().is_some_and(|f| !f.contains(&key));
+                    let observe = self.observe.clone();
+                    tokio::spawn(tracing::Instrument::in_current_span(async move {
+                        if stale && let Some(chart) = sources.last_good_chart(&spec) {
+                            return Ok(chart);
+                        }
+                        let started = std::time::Instant::now();
+                        let result = sources.chart(&spec, every).await;
+                        if let Some(observe) = observe {
+                            observe(&key, started.elapsed(), result.as_ref().err());
+                        }
+                        result
+                    }))
+                })
+                .collect();
+            let mut out = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                out.push(match task.await {
+                    Ok(r) => r.map_err(|e| Failure::new(e.kind, e.to_string())),
+                    Err(e) => Err(Failure::transient(e.to_string())),
+                });
+            }
+            out
+        });
+        let mut cache = self.charts.borrow_mut();
+        for ((k, _), r) in new.into_iter().zip(fetched) {
+            cache.insert(k, r);
         }
         wanted
             .keys()
@@ -286,6 +357,10 @@ fn at_revision(p: Problem, revision: &str) -> Problem {
 }
 
 pub(crate) fn short(revision: &str) -> &str {
+    // A chart's `<version>@sha256:<hex>`: the version and 12 hex.
+    if let Some(at) = revision.find("@sha256:") {
+        return &revision[..revision.len().min(at + "@sha256:".len() + 12)];
+    }
     match revision.strip_prefix("sha256:") {
         Some(hex) => &revision[..("sha256:".len() + hex.len().min(12))],
         None => &revision[..revision.len().min(12)],
@@ -338,6 +413,18 @@ pub(crate) fn render_cluster(
         }
     }
     let repos = fetcher.fetch_repos(wanted);
+    let mut charts_wanted: BTreeMap<String, (crate::config::ChartSpec, std::time::Duration)> =
+        BTreeMap::new();
+    for unit in &selected {
+        if let UnitSource::Chart(spec) = &unit.source {
+            let every = unit.options.interval.unwrap_or(fetcher.interval);
+            charts_wanted
+                .entry(chart_key(spec))
+                .and_modify(|(_, e)| *e = (*e).min(every))
+                .or_insert_with(|| (spec.clone(), every));
+        }
+    }
+    let charts = fetcher.fetch_charts(charts_wanted);
 
     let checkout_of = |unit: &Unit| -> Result<Checkout, Failure> {
         match &unit.source {
@@ -351,6 +438,10 @@ pub(crate) fn render_cluster(
             }
             UnitSource::Repo(spec) => repos
                 .get(&repo_key(spec))
+                .cloned()
+                .unwrap_or_else(|| Err(Failure::transient("not fetched"))),
+            UnitSource::Chart(spec) => charts
+                .get(&chart_key(spec))
                 .cloned()
                 .unwrap_or_else(|| Err(Failure::transient("not fetched"))),
         }

@@ -84,6 +84,17 @@ impl Node {
     }
 
     /// What a user would call this node's type, for "expected X, found Y" messages.
+    /// The value of `key` when this is a mapping that has it.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.value {
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| matches!(&k.value, Value::Str(s) if s == key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self.value {
             Value::Null => "null",

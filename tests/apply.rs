@@ -23,6 +23,8 @@ env_scenarios!(
     infra_split_into_layers_keeps_its_objects,
 );
 
+env_scenarios!(hook_scenarios: helm_hooks_run_in_their_phases_once_per_render);
+
 /// `wait: true` on an app whose Job never completes (the test server runs no Job controller):
 /// the unit fails after its timeout, naming the object and what it waited for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,6 +131,49 @@ async fn helm_charts_get_the_clusters_capabilities() {
         for api in ["v1", "v1/ConfigMap", "apps/v1", "apps/v1/Deployment"] {
             assert!(apis.contains(&api), "{api}: {args}");
         }
+    })
+    .await;
+}
+
+/// A pre-install Job hook is waited for until it completes (the test server's stand-in Job
+/// controller completes it), and only then are the app's objects applied; a Job hook that fails
+/// stops the sync, naming the hook and why, and the app's objects are not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_install_job_is_waited_for_and_its_failure_stops_the_sync() {
+    let server = ApiServer::start();
+    let env = Env::new(server.kubeconfig(), Some(&server)).await;
+    env.run(|env| async move {
+        let jobs = tokio::spawn(crate::support::kube_api::run_jobs(env.cluster.admin.clone()));
+        let t = env.name("jobs");
+        env.tenant(&t, &[&t], "", "apps:\n  - { name: db, source: { path: db } }\n");
+        let job = |outcome: &str| {
+            format!(
+                "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: migrate\n  annotations: {{ helm.sh/hook: pre-upgrade, helm.sh/hook-delete-policy: before-hook-creation }}\nspec:\n  template:\n    metadata: {{ annotations: {{ flotilla.test/outcome: {outcome} }} }}\n    spec: {{ restartPolicy: Never, containers: [ {{ name: m, image: busybox }} ] }}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: schema }}\ndata: {{ version: {outcome} }}\n"
+            )
+        };
+        env.write(&format!("tenants/{t}/db/all.yaml"), &job("ok"));
+        env.clear_log();
+        let run = env.sync().await;
+        assert!(run.stdout.contains(&format!("Job.batch {t}/migrate (hook ran)")), "{run:?}");
+        let writes = env.writes().unwrap();
+        let at = |part: &str| {
+            writes
+                .iter()
+                .position(|w| w.path.contains(part))
+                .unwrap_or_else(|| panic!("{part}: {writes:#?}"))
+        };
+        assert!(at("/jobs/migrate/status") < at("/configmaps/schema"), "{writes:#?}");
+
+        env.write(&format!("tenants/{t}/db/all.yaml"), &job("fail"));
+        let run = env.flotilla(&["run", "--once"]).await;
+        assert_ne!(run.code, 0, "{run:?}");
+        assert!(
+            run.stdout.contains(&format!("error: hook Job.batch {t}/migrate failed: the Job failed: BackoffLimitExceeded")),
+            "{run:?}"
+        );
+        let schema = env.configmap(&t, "schema").await.unwrap();
+        assert_eq!(schema["data"]["version"], "ok", "not applied after the failed hook");
+        jobs.abort();
     })
     .await;
 }

@@ -22,6 +22,8 @@ macro_rules! env_scenarios {
 
 // run --once and diff against the test API server: the scenarios shared with integration/.
 mod apply;
+// Charts from Helm repositories and OCI registries.
+mod charts;
 // The command line: help, version, usage errors, exit codes.
 mod cli;
 // The agent config file: the shipped example, and every error reported at once.

@@ -5,6 +5,7 @@
 //! compiles its config. Relative paths in the file are relative to the file's own folder, so a
 //! config and its neighbours can move together.
 
+mod chart;
 mod decode;
 pub mod hosts;
 mod secrets;
@@ -16,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use chart::{ChartRepo, ChartSpec, check_repo, decode_chart};
 pub use decode::{check_filter, check_name};
 pub use source::{
     CredentialKind, GitRef, SourceLocation, SourceSpec, check_subpath, decode as decode_source,

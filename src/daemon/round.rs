@@ -93,6 +93,7 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
             let _round = span.enter();
             let mut fetcher = Fetcher::on(handle, ctx.sources.clone());
             fetcher.fresh = fresh;
+            fetcher.interval = ctx.config.interval;
             let metrics = ctx.metrics.clone();
             fetcher.observe = Some(Arc::new(move |repo, took, error| {
                 metrics.fetched(repo, took, error.is_none());
@@ -216,6 +217,10 @@ fn view_of(config: &Config, prepared: &crate::pipeline::Prepared) -> View {
                 sources.extend(tenant.map(|t| location_key(&t.source)));
                 sources.push(location_key(spec));
                 targets.push(Target::of(spec, Scope::Units([unit.id.clone()].into())));
+            }
+            UnitSource::Chart(spec) => {
+                sources.extend(tenant.map(|t| location_key(&t.source)));
+                sources.push(spec.repo.to_string());
             }
         }
         plans.insert(

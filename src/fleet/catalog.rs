@@ -125,12 +125,16 @@ fn decode_app(
     let source = f.require("source", node, r).and_then(|n| {
         let p = join(path, "source");
         let mut s = Fields::new(n, &p, r)?;
+        if let Some(c) = s.get("chart") {
+            s.finish(&["chart"], r);
+            return decode_app_chart(c, &join(&p, "chart"), tenant, known, r).map(AppSource::Chart);
+        }
         if s.present(&["url", "dir"]).is_empty() {
             // `{ path }` alone: a folder of the tenant repo; `${...}` is allowed and checked later.
             let sub = s
                 .require("path", n, r)
                 .and_then(|x| x.str(&join(&p, "path"), r).map(str::to_string));
-            s.finish(&["path", "url", "dir"], r);
+            s.finish(&["path", "url", "dir", "chart"], r);
             return sub.map(|path| AppSource::Tenant { path });
         }
         // A tenant's catalog is the tenant's to write: it may not read the agent's disk, and it
@@ -445,4 +449,38 @@ fn values_files(node: &Node, path: &str, r: &mut Report) -> Option<Vec<ValuesFil
         }
     }
     ok.then_some(out)
+}
+
+/// An app's `source.chart`: decoded, then held to what the fleet grants the tenant (its
+/// credentials by name, `http://` only where `limits.schemes` allows it).
+fn decode_app_chart(
+    node: &Node,
+    path: &str,
+    tenant: &Tenant,
+    known: Known<'_>,
+    r: &mut Report,
+) -> Option<crate::config::ChartSpec> {
+    // Same answer for a name that exists and one that does not, as for Git sources.
+    if let Some(c) = node.get("credentials") {
+        let name = c.str(&join(path, "credentials"), r)?;
+        if !tenant.credentials.iter().any(|g| g == name) || known(name).is_none() {
+            r.error(
+                c,
+                &join(path, "credentials"),
+                format!("credentials {name:?} are not granted to tenant {} for this repository (the fleet grants them in tenants/{}.yaml limits.credentials)", tenant.name, tenant.name),
+            );
+            return None;
+        }
+    }
+    let spec = crate::config::decode_chart(node, path, known, r)?;
+    let scheme = spec.repo.scheme();
+    if !matches!(scheme, "https" | "oci") && !tenant.schemes.iter().any(|s| s == scheme) {
+        r.error(
+            node.get("repo").unwrap_or(node),
+            &join(path, "repo"),
+            format!("{scheme} URLs are not allowed for tenant {}'s apps (the fleet allows them in tenants/{}.yaml limits.schemes)", tenant.name, tenant.name),
+        );
+        return None;
+    }
+    Some(spec)
 }

@@ -172,6 +172,8 @@ pub enum AppSource {
     Tenant { path: String },
     /// A separate app repo, pinned by its ref.
     Repo(SourceSpec),
+    /// A chart from a Helm repository or an OCI registry.
+    Chart(crate::config::ChartSpec),
 }
 
 /// Per-app options; `None` falls back to the tenant's setting or the default.
@@ -275,6 +277,8 @@ pub enum UnitSource {
     Tenant { path: String },
     /// An app repo; `path` is already substituted.
     Repo(SourceSpec),
+    /// A chart from a Helm repository or an OCI registry.
+    Chart(crate::config::ChartSpec),
 }
 
 #[derive(Clone, Debug, PartialEq)]

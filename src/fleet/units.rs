@@ -210,6 +210,7 @@ fn tenant_units(cluster: &Cluster, tenant: &Tenant, catalog: &Catalog, placement
                 }),
                 None => Ok(UnitSource::Repo(spec.clone())),
             },
+            AppSource::Chart(spec) => Ok(UnitSource::Chart(spec.clone())),
         };
         let source = match source {
             Ok(s) => s,

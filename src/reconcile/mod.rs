@@ -5,6 +5,7 @@
 //! `set` syncs one set; `health` says whether a live object is ready.
 
 mod apply;
+mod hooks;
 pub(crate) mod health;
 mod onboarding;
 mod order;

@@ -56,6 +56,12 @@ impl Engine {
                 ));
                 continue;
             }
+            if crate::render::hook::keep(&live) {
+                out.notes.push(format!(
+                    "{key}: helm.sh/resource-policy is keep; left in place and forgotten"
+                ));
+                continue;
+            }
             if spec.mode == Mode::Diff {
                 out.changes += 1;
                 out.diff.push_str(&format!("would prune {key}\n"));

@@ -15,6 +15,7 @@ use crate::failure::{Failure, Kind};
 use crate::fleet::{Identity, Limits};
 use crate::inventory::{Member, PART_OF_LABEL, Parent, Record};
 use crate::plan::{self, Decision};
+use crate::render::hook::Phase;
 use crate::render::{Object, ObjectKey};
 
 /// What a set is and how it is synced.
@@ -207,7 +208,25 @@ impl Engine {
             None => Record::default(),
         };
 
-        if spec.objects.is_empty()
+        // Helm hooks are not members: they run around the other objects (see `hooks`).
+        let objects: Vec<&Object> = spec
+            .objects
+            .iter()
+            .filter(|o| crate::render::hook::of(&o.body).is_none())
+            .collect();
+        let digest = super::hooks::digest(&spec.objects);
+        let pre = super::hooks::of_phase(&spec.objects, Phase::Pre);
+        let post = super::hooks::of_phase(&spec.objects, Phase::Post);
+        let run_hooks = (!pre.is_empty() || !post.is_empty()) && old.hooks_ran != digest;
+        if run_hooks && spec.mode == Mode::Diff {
+            out.notes.push(format!(
+                "{} would run (the render changed since they last ran)",
+                count(pre.len() + post.len(), "hook")
+            ));
+        }
+        let run_hooks = run_hooks && spec.mode == Mode::Apply;
+
+        if objects.is_empty()
             && spec.refused.is_empty()
             && !old.members.is_empty()
             && spec.mode != Mode::Remove
@@ -222,7 +241,12 @@ impl Engine {
         // Widen the inventory to old ∪ new before anything is applied, so that a crash in the
         // middle never forgets an object.
         let mut union = old.clone();
-        for o in &spec.objects {
+        if run_hooks {
+            for (o, _) in pre.iter().chain(&post) {
+                union.hooks.insert(o.key.clone(), o.api_version.clone());
+            }
+        }
+        for o in &objects {
             union
                 .members
                 .entry(o.key.clone())
@@ -247,10 +271,27 @@ impl Engine {
             written = union;
         }
 
+        // Hooks that must run before the other objects: one failing stops the sync.
+        let mut record = Record {
+            hooks: written.hooks.clone(),
+            hooks_ran: old.hooks_ran.clone(),
+            ..Record::default()
+        };
+        if run_hooks {
+            let ran = self.run_hooks(&client, spec, &id, &pre, &mut record, out).await;
+            if let Err(e) = ran {
+                if record.hooks != written.hooks {
+                    let mut kept = written.clone();
+                    kept.hooks = record.hooks.clone();
+                    let _ = self.write_parent(&client, &configmaps, spec, &kept).await;
+                }
+                return Err(e);
+            }
+        }
+
         // Apply, group by group.
-        let mut record = Record::default();
         let mut by_rank: BTreeMap<u8, Vec<&Object>> = BTreeMap::new();
-        for o in &spec.objects {
+        for &o in &objects {
             by_rank
                 .entry(plan::rank(&o.key, o.scope))
                 .or_default()
@@ -361,7 +402,7 @@ impl Engine {
         }
 
         // Prune what left Git.
-        let desired: BTreeSet<&ObjectKey> = spec.objects.iter().map(|o| &o.key).collect();
+        let desired: BTreeSet<&ObjectKey> = objects.iter().map(|o| &o.key).collect();
         let keep: BTreeSet<&ObjectKey> = spec.refused.iter().collect();
         let candidates = plan::prune_candidates(&old, &desired, &keep);
         if !candidates.is_empty() && !spec.options.prune {
@@ -374,6 +415,23 @@ impl Engine {
                 .await;
         }
 
+        // Hooks that run after the other objects, once those are applied and healthy; the
+        // render counts as having run its hooks only when all of them succeeded.
+        if run_hooks && out.failed.is_empty() && out.terminating.is_empty() {
+            if !post.is_empty() {
+                self.wait_healthy(&client, spec, &healthy_wanted, out).await;
+            }
+            if out.failed.is_empty() {
+                match self.run_hooks(&client, spec, &id, &post, &mut record, out).await {
+                    Ok(()) => record.hooks_ran = digest,
+                    Err(e) => out.failed.push(e),
+                }
+            }
+        }
+        if spec.mode == Mode::Remove {
+            self.delete_hooks(&client, &id, &mut record, out).await;
+        }
+
         // Narrow the inventory to what is there now.
         if spec.mode == Mode::Apply && record != written {
             self.write_parent(&client, &configmaps, spec, &record)
@@ -382,7 +440,11 @@ impl Engine {
                     Failure::from(e).context(format_args!("writing the inventory {parent}"))
                 })?;
         }
-        if spec.mode == Mode::Remove && record.members.is_empty() && stored.is_some() {
+        if spec.mode == Mode::Remove
+            && record.members.is_empty()
+            && record.hooks.is_empty()
+            && stored.is_some()
+        {
             let uid = stored.as_ref().and_then(|s| s["metadata"]["uid"].as_str());
             Cluster::delete(
                 &client,
@@ -414,7 +476,7 @@ impl Engine {
     }
 
     /// The kind as the cluster serves it, with the tenant's limits checked against its real scope.
-    async fn resolve_checked(&self, o: &Object, spec: &SetSpec) -> Result<Resource, Failure> {
+    pub(super) async fn resolve_checked(&self, o: &Object, spec: &SetSpec) -> Result<Resource, Failure> {
         let r = self.cluster.resolve(&o.api_version, &o.key.kind).await?;
         if let (false, Some(limits)) = (r.namespaced, &spec.options.limits)
             && !limits.allows_cluster_kind(&o.key.group, &o.key.kind)

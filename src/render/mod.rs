@@ -4,6 +4,7 @@
 //!
 //! Pure but for reading the checkout from disk and running `kustomize`/`helm`.
 
+pub mod hook;
 mod kustomize_check;
 mod objects;
 mod plain;
@@ -45,8 +46,11 @@ pub fn render_unit(unit: &Unit, root: &Path, tools: &Tools) -> Result<Vec<Object
     let rel = match &unit.source {
         UnitSource::Fleet { path } | UnitSource::Tenant { path } => path.clone(),
         UnitSource::Repo(spec) => spec.path.clone().unwrap_or_default(),
+        UnitSource::Chart(_) => String::new(),
     };
-    let shown = if rel.is_empty() {
+    let shown = if let UnitSource::Chart(spec) = &unit.source {
+        format!("chart {}", spec.name)
+    } else if rel.is_empty() {
         ".".to_string()
     } else {
         rel.clone()
@@ -87,6 +91,12 @@ pub fn render_unit(unit: &Unit, root: &Path, tools: &Tools) -> Result<Vec<Object
         }
         Kind::Helm => (tools.helm(&dir, &shown, unit).map_err(fail)?, Vec::new()),
     };
+    // Helm runs test hooks on demand and delete and rollback hooks on those actions, none of
+    // which a sync is: they are never applied (nor pruned: not the unit's), whatever renders them.
+    let documents: Vec<_> = documents
+        .into_iter()
+        .filter(|d| !hook::is_hook(&d.body) || hook::of(&d.body).is_some())
+        .collect();
     match (objects::finish(unit, documents), unreadable.is_empty()) {
         (Ok(objects), true) => Ok(objects),
         (Ok(objects), false) => {

@@ -145,12 +145,7 @@ impl Tools {
                 None,
                 MAX_OUTPUT,
             )?;
-            // Helm runs test hooks on demand and delete and rollback hooks on those actions,
-            // none of which a sync is: they are never applied (nor pruned: not the unit's).
-            Ok(docs
-                .into_iter()
-                .filter(|d| !only_off_sync_hooks(&d.body))
-                .collect())
+            Ok(docs)
         };
         // A chart that renders differently each time (a random name or password) would be
         // applied again on every sync: rendered twice, and refused if the two differ.
@@ -187,19 +182,6 @@ fn differing(a: &[Document], b: &[Document]) -> Vec<String> {
     out.sort();
     out.dedup();
     out
-}
-
-/// Whether an object is a Helm hook with no install or upgrade event (tests, deletion,
-/// rollback, or an event Helm does not know, which it never runs either).
-fn only_off_sync_hooks(body: &serde_json::Value) -> bool {
-    const ON_SYNC: [&str; 4] = ["pre-install", "post-install", "pre-upgrade", "post-upgrade"];
-    body["metadata"]["annotations"]["helm.sh/hook"]
-        .as_str()
-        .is_some_and(|hooks| {
-            !hooks
-                .split(',')
-                .any(|h| ON_SYNC.contains(&h.trim().to_lowercase().as_str()))
-        })
 }
 
 /// Runs a program to completion within `timeout`; its stdout, or why it failed (with stderr).

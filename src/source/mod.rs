@@ -9,10 +9,14 @@
 //! - `refs/<key>/<refkey>`: per (URL, ref), the current and the previous commit. Garbage
 //!   collection keeps exactly the checkouts these name.
 
+mod archive;
+mod chart;
 mod checkout;
 mod git;
+mod http;
 pub mod known_hosts;
 pub mod local;
+mod oci;
 mod verify;
 pub use checkout::REFUSED_LINK;
 
@@ -69,6 +73,8 @@ pub struct Sources {
     /// Each verification's result, by commit, tag and policy: a revision is checked once, not
     /// once per unit or per round.
     verified: Arc<Mutex<HashMap<String, Result<String, String>>>>,
+    /// Charts from Helm repositories and OCI registries.
+    charts: chart::Charts,
 }
 
 impl Sources {
@@ -79,6 +85,7 @@ impl Sources {
             credentials: config.credentials.clone(),
             verification_keys: Arc::new(config.verification_keys.clone()),
             verified: Default::default(),
+            charts: chart::Charts::new(&config.state_dir, config.credentials.clone(), &config.git),
             settings: config.git.clone(),
             locks: Mutex::new(HashMap::new()),
             in_flight: Arc::new(tokio::sync::Semaphore::new(
@@ -115,6 +122,26 @@ impl Sources {
                 other => return other.map_err(|(e, _)| e),
             }
         }
+    }
+
+    /// The chart `spec` names now, its repository's listing read again only when older than
+    /// `min_age`. A failure leaves the last good chart in place (see [`Sources::last_good_chart`]).
+    pub async fn chart(
+        &self,
+        spec: &crate::config::ChartSpec,
+        min_age: Duration,
+    ) -> Result<Checkout, Error> {
+        let _slot = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        self.charts.fetch(spec, min_age).await
+    }
+
+    /// The last chart fetched successfully for `spec`, if it is still on disk.
+    pub fn last_good_chart(&self, spec: &crate::config::ChartSpec) -> Option<Checkout> {
+        self.charts.last_good(spec)
     }
 
     /// The last checkout that was fetched successfully for `spec`, if it is still on disk.

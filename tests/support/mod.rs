@@ -1,10 +1,12 @@
 //! Helpers shared by the test modules.
 
 pub mod apply_scenarios;
+pub mod charts;
 pub mod cluster;
 pub mod daemon;
 pub mod daemon_scenarios;
 pub mod git;
+pub mod hook_scenarios;
 pub mod kube_api;
 pub mod scenarios;
 

@@ -220,3 +220,42 @@ pub async fn roll_out_deployments(admin: kube::Client) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// What the Job controller does, for tests on this server: a Job with no outcome yet completes
+/// (or fails, when its pod template is annotated `flotilla.test/outcome: fail`) a moment after
+/// it is created. Runs until its task is dropped.
+pub async fn run_jobs(admin: kube::Client) {
+    use kube::api::{Api, DynamicObject, Patch, PatchParams};
+    let ar = kube::discovery::ApiResource {
+        group: "batch".into(),
+        version: "v1".into(),
+        api_version: "batch/v1".into(),
+        kind: "Job".into(),
+        plural: "jobs".into(),
+    };
+    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &ar);
+    loop {
+        if let Ok(list) = api.list(&Default::default()).await {
+            for j in list.items {
+                let v = serde_json::to_value(&j).unwrap();
+                if v["status"]["conditions"].is_array() {
+                    continue;
+                }
+                let fail = v["spec"]["template"]["metadata"]["annotations"]["flotilla.test/outcome"] == "fail";
+                let (kind, reason) = if fail {
+                    ("Failed", "BackoffLimitExceeded")
+                } else {
+                    ("Complete", "Completed")
+                };
+                let ns = v["metadata"]["namespace"].as_str().unwrap_or_default();
+                let name = v["metadata"]["name"].as_str().unwrap_or_default();
+                let status = serde_json::json!({"status": {"conditions": [
+                    {"type": kind, "status": "True", "reason": reason}]}});
+                let _ = Api::<DynamicObject>::namespaced_with(admin.clone(), ns, &ar)
+                    .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
