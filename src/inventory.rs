@@ -196,9 +196,8 @@ impl Parent {
             parent: self.clone(),
             line,
         };
-        let mut record =
-            Record::decode(live["data"][MEMBERS_KEY].as_str().unwrap_or_default())
-                .map_err(malformed)?;
+        let mut record = Record::decode(live["data"][MEMBERS_KEY].as_str().unwrap_or_default())
+            .map_err(malformed)?;
         record
             .decode_hooks(live["data"][HOOKS_KEY].as_str().unwrap_or_default())
             .map_err(malformed)?;
@@ -293,7 +292,11 @@ impl Record {
 
     /// The inverse of [`Record::encode_hooks`], into this record; a bad line gives its number.
     pub(crate) fn decode_hooks(&mut self, text: &str) -> Result<(), usize> {
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             let parts: Vec<&str> = line.split(' ').collect();
             match parts[..] {
                 ["ran", digest] => self.hooks_ran = digest.to_string(),

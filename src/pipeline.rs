@@ -454,7 +454,71 @@ pub(crate) fn render_cluster(
         .iter()
         .filter_map(|u| Some((u.id.clone(), checkout_of(u).ok()?.signer?)))
         .collect();
-    let root_of = |unit: &Unit| -> Result<PathBuf, Failure> { checkout_of(unit).map(|c| c.root) };
+    // Charts whose dependencies are not in their charts/ folder: fetched, and the chart
+    // rendered from a copy that has them.
+    let mut composed: BTreeMap<UnitId, Result<PathBuf, Failure>> = BTreeMap::new();
+    for unit in &selected {
+        let Ok(checkout) = checkout_of(unit) else {
+            continue;
+        };
+        let rel = render::unit_path(unit);
+        if !checkout.root.join(&rel).join("Chart.yaml").is_file() {
+            continue;
+        }
+        let schemes = match &unit.id.tenant {
+            Some(t) => loaded
+                .fleet
+                .tenants
+                .get(t)
+                .map(|t| t.schemes.clone())
+                .unwrap_or_default(),
+            // The fleet's own units may use any scheme.
+            None => vec!["http".to_string()],
+        };
+        // Those the tenant is granted (and its chart source's); the fleet's units any.
+        let credentials: Vec<String> = match &unit.id.tenant {
+            Some(t) => loaded
+                .fleet
+                .tenants
+                .get(t)
+                .map(|t| t.credentials.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(match &unit.source {
+                    UnitSource::Chart(spec) => spec.credentials.clone(),
+                    _ => None,
+                })
+                .collect(),
+            None => fetcher.sources.credential_names(),
+        };
+        let rules = crate::source::DependencyRules {
+            credentials: &credentials,
+            schemes: &schemes,
+            min_age: unit.options.interval.unwrap_or(fetcher.interval),
+        };
+        let sources = fetcher.sources.clone();
+        let result = fetcher.block_on(sources.chart_dependencies(
+            &checkout.root,
+            &rel,
+            &checkout.revision,
+            &rules,
+        ));
+        match result {
+            Ok(None) => {}
+            Ok(Some(dir)) => {
+                composed.insert(unit.id.clone(), Ok(dir));
+            }
+            Err(e) => {
+                composed.insert(unit.id.clone(), Err(Failure::new(e.kind, e.to_string())));
+            }
+        }
+    }
+    let root_of = |unit: &Unit| -> Result<PathBuf, Failure> {
+        match composed.get(&unit.id) {
+            Some(dir) => dir.clone(),
+            None => checkout_of(unit).map(|c| c.root),
+        }
+    };
     let mut results = render::render_all(&selected, &root_of, tools);
     results.extend(unreadable);
     Rendered {

@@ -231,7 +231,11 @@ fn check_layer_name(name: &str) -> Result<(), String> {
 
 /// `infra:` of `cluster.yaml`: `[{ name, path, dependsOn, wait, timeout }]`, paths relative to
 /// the fleet root, `dependsOn` naming other entries.
-pub(super) fn decode_infra(node: &Node, r: &mut Report) -> Option<Vec<InfraUnit>> {
+pub(super) fn decode_infra(
+    node: &Node,
+    known: super::parse::Known<'_>,
+    r: &mut Report,
+) -> Option<Vec<InfraUnit>> {
     let Value::Seq(items) = &node.value else {
         return r.wrong_type(
             node,
@@ -252,13 +256,41 @@ pub(super) fn decode_infra(node: &Node, r: &mut Report) -> Option<Vec<InfraUnit>
                     .ok()?;
                 Some(format!("infra/{name}"))
             });
-            let folder = f.require("path", item, r).and_then(|n| {
-                let p = n.str(&join(&path, "path"), r)?;
-                check_subpath(p)
-                    .map_err(|why| r.error(n, &join(&path, "path"), why))
+            // A folder of the fleet, or a chart from a repository.
+            let chart = match f.get("chart") {
+                None => Some(None),
+                Some(n) => {
+                    crate::config::decode_chart(n, &join(&path, "chart"), known, r).map(Some)
+                }
+            };
+            let folder = match (f.get("path"), f.get("chart")) {
+                (Some(_), Some(c)) => {
+                    r.error(c, &join(&path, "chart"), "give path or chart, not both");
+                    None
+                }
+                (None, Some(_)) => Some(String::new()),
+                (None, None) => f.require("path", item, r).map(|_| String::new()),
+                (Some(n), None) => n.str(&join(&path, "path"), r).and_then(|p| {
+                    check_subpath(p)
+                        .map_err(|why| r.error(n, &join(&path, "path"), why))
+                        .ok()?;
+                    Some(p.trim_end_matches('/').to_string())
+                }),
+            };
+            let namespace = super::parse::optional(f.get("namespace"), |n| {
+                let ns = n.str(&join(&path, "namespace"), r)?;
+                check_name(ns)
+                    .map_err(|why| r.error(n, &join(&path, "namespace"), why))
                     .ok()?;
-                Some(p.trim_end_matches('/').to_string())
+                Some(ns.to_string())
             });
+            let values = match f.get("values") {
+                None => Some(serde_json::Value::Object(Default::default())),
+                Some(n) => match n.to_json() {
+                    v @ serde_json::Value::Object(_) => Some(v),
+                    _ => r.wrong_type(n, &join(&path, "values"), "a mapping"),
+                },
+            };
             let depends_on = f.get("dependsOn").map_or(Some(Vec::new()), |n| {
                 let names = n.strings(&join(&path, "dependsOn"), r)?;
                 let mut out = Vec::new();
@@ -286,10 +318,25 @@ pub(super) fn decode_infra(node: &Node, r: &mut Report) -> Option<Vec<InfraUnit>
             let timeout = super::parse::optional(f.get("timeout"), |n| {
                 n.duration_at_most(&join(&path, "timeout"), super::MAX_TIMEOUT, r)
             });
-            f.finish(&["name", "path", "dependsOn", "wait", "timeout"], r);
+            f.finish(
+                &[
+                    "name",
+                    "path",
+                    "chart",
+                    "namespace",
+                    "values",
+                    "dependsOn",
+                    "wait",
+                    "timeout",
+                ],
+                r,
+            );
             Some(InfraUnit {
                 name: name?,
                 path: folder?,
+                chart: chart?,
+                namespace: namespace?,
+                values: values?,
                 depends_on: depends_on?,
                 wait: wait?,
                 timeout: timeout?,
@@ -336,6 +383,9 @@ pub(super) fn infra_from_folder(root: &Path, cluster: &str) -> Result<Vec<InfraU
         return Ok(vec![InfraUnit {
             name: INFRA.into(),
             path: rel,
+            chart: None,
+            namespace: None,
+            values: serde_json::Value::Object(Default::default()),
             depends_on: Vec::new(),
             wait: false,
             timeout: None,
@@ -351,6 +401,9 @@ pub(super) fn infra_from_folder(root: &Path, cluster: &str) -> Result<Vec<InfraU
         .map(|f| InfraUnit {
             name: format!("infra/{f}"),
             path: format!("{rel}/{f}"),
+            chart: None,
+            namespace: None,
+            values: serde_json::Value::Object(Default::default()),
             depends_on: Vec::new(),
             wait: false,
             timeout: None,

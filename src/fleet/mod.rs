@@ -53,8 +53,15 @@ pub struct Cluster {
 pub struct InfraUnit {
     /// The unit's name: `infra` (the whole folder) or `infra/<name>`.
     pub name: String,
-    /// Its folder, relative to the fleet root (a folder shared by several clusters is fine).
+    /// Its folder, relative to the fleet root (a folder shared by several clusters is fine);
+    /// empty for a chart.
     pub path: String,
+    /// A chart from a Helm repository or an OCI registry instead of a folder.
+    pub chart: Option<crate::config::ChartSpec>,
+    /// The release namespace of a chart, and the namespace of namespaced objects that name none.
+    pub namespace: Option<String>,
+    /// The chart's values.
+    pub values: serde_json::Value,
     /// Infra units (by their full name, `infra/<name>`) that must converge first.
     pub depends_on: Vec<String>,
     /// Wait for its objects' health before it counts as converged (always, when something

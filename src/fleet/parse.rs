@@ -33,7 +33,9 @@ pub fn read_fleet(root: &Path, known_credentials: Known<'_>) -> (Fleet, Vec<Prob
                 .filter(|n| clusters_dir.join(n).is_dir())
             {
                 let rel = format!("clusters/{dir_name}/cluster.yaml");
-                match read_yaml(root, &rel).and_then(|doc| decode_cluster(&doc, &rel, &dir_name)) {
+                match read_yaml(root, &rel)
+                    .and_then(|doc| decode_cluster(&doc, &rel, &dir_name, known_credentials))
+                {
                     Ok((mut cluster, listed)) => {
                         cluster.infra = match listed {
                             Some(list) => list,
@@ -130,6 +132,7 @@ fn decode_cluster(
     doc: &Node,
     rel: &str,
     dir_name: &str,
+    known: Known<'_>,
 ) -> Result<(Cluster, Option<Vec<InfraUnit>>), Diagnostics> {
     let mut report = Report::new(rel);
     let cluster = (|| {
@@ -151,7 +154,9 @@ fn decode_cluster(
         let vars = f
             .get("vars")
             .map_or(Some(BTreeMap::new()), |n| n.string_map("vars", &mut report));
-        let infra = optional(f.get("infra"), |n| layers::decode_infra(n, &mut report));
+        let infra = optional(f.get("infra"), |n| {
+            layers::decode_infra(n, known, &mut report)
+        });
         let defaults = match f.get("tenantDefaults") {
             None => Some(NamespacePolicy::default()),
             Some(n) => (|| {

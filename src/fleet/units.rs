@@ -82,11 +82,14 @@ fn infra_unit(cluster: &Cluster, infra: &InfraUnit) -> Unit {
     Unit {
         id: UnitId::infra_named(&infra.name),
         identity: Identity::Agent,
-        namespace: None,
-        source: UnitSource::Fleet {
-            path: infra.path.clone(),
+        namespace: infra.namespace.clone(),
+        source: match &infra.chart {
+            Some(chart) => UnitSource::Chart(chart.clone()),
+            None => UnitSource::Fleet {
+                path: infra.path.clone(),
+            },
         },
-        values: serde_json::Value::Object(Default::default()),
+        values: infra.values.clone(),
         values_files: Vec::new(),
         release_name: infra.name.replace('/', "-"),
         vars,

@@ -280,6 +280,9 @@ fn layer(name: &str, deps: &[&str]) -> InfraUnit {
     InfraUnit {
         name: format!("infra/{name}"),
         path: format!("infra/{name}"),
+        chart: None,
+        namespace: None,
+        values: serde_json::Value::Object(Default::default()),
         depends_on: deps.iter().map(|d| format!("infra/{d}")).collect(),
         wait: false,
         timeout: None,

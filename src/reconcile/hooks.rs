@@ -19,7 +19,8 @@ use crate::render::{Object, ObjectKey};
 
 /// A digest of everything a set renders (hooks included): hooks run again when it changes.
 pub(super) fn digest(objects: &[Object]) -> String {
-    let mut all: Vec<(&ObjectKey, &str)> = objects.iter().map(|o| (&o.key, o.hash.as_str())).collect();
+    let mut all: Vec<(&ObjectKey, &str)> =
+        objects.iter().map(|o| (&o.key, o.hash.as_str())).collect();
     all.sort();
     let mut hasher = Sha256::new();
     for (key, hash) in all {
@@ -58,7 +59,9 @@ impl Engine {
         for (o, h) in hooks {
             let r = self.resolve_hook(o, spec).await?;
             let ns = o.key.namespace.as_deref().filter(|_| r.namespaced);
-            let fail = |e: Error, doing: &str| Failure::from(e).context(format_args!("hook {}: {doing}", o.key));
+            let fail = |e: Error, doing: &str| {
+                Failure::from(e).context(format_args!("hook {}: {doing}", o.key))
+            };
             let deadline = crate::deadline::from_now(timeout);
             if let Some(live) = Cluster::get(client, &r, ns, &o.key.name)
                 .await
@@ -115,15 +118,20 @@ impl Engine {
                     continue;
                 }
                 Err(e) => {
-                    out.failed.push(Failure::from(e).context(format_args!("hook {key}: not deleted")));
+                    out.failed
+                        .push(Failure::from(e).context(format_args!("hook {key}: not deleted")));
                     continue;
                 }
             };
             let ns = key.namespace.as_deref().filter(|_| r.namespaced);
             let result = match Cluster::get(client, &r, ns, &key.name).await {
-                Ok(Some(live)) if live["metadata"]["labels"][PART_OF_LABEL].as_str() == Some(id) => {
+                Ok(Some(live))
+                    if live["metadata"]["labels"][PART_OF_LABEL].as_str() == Some(id) =>
+                {
                     let uid = live["metadata"]["uid"].as_str();
-                    Cluster::delete(client, &r, ns, &key.name, uid).await.map(|()| true)
+                    Cluster::delete(client, &r, ns, &key.name, uid)
+                        .await
+                        .map(|()| true)
                 }
                 Ok(_) => Ok(false),
                 Err(e) => Err(e),
@@ -135,7 +143,9 @@ impl Engine {
                     }
                     record.hooks.remove(&key);
                 }
-                Err(e) => out.failed.push(Failure::from(e).context(format_args!("hook {key}: not deleted"))),
+                Err(e) => out
+                    .failed
+                    .push(Failure::from(e).context(format_args!("hook {key}: not deleted"))),
             }
         }
     }
@@ -192,7 +202,10 @@ async fn wait_done(
                 match health::of(&live) {
                     Health::Ready => return (Ok(()), uid),
                     Health::Failed(why) => {
-                        return (Err(Failure::permanent(format!("hook {key} failed: {why}"))), uid);
+                        return (
+                            Err(Failure::permanent(format!("hook {key} failed: {why}"))),
+                            uid,
+                        );
                     }
                     Health::Progressing(why) => why,
                 }
@@ -203,7 +216,9 @@ async fn wait_done(
         if Instant::now() >= deadline {
             let waited = humantime::format_duration(timeout);
             return (
-                Err(Failure::transient(format!("hook {key} did not finish: {why} (waited {waited})"))),
+                Err(Failure::transient(format!(
+                    "hook {key} did not finish: {why} (waited {waited})"
+                ))),
                 uid,
             );
         }

@@ -5,8 +5,8 @@
 //! `set` syncs one set; `health` says whether a live object is ready.
 
 mod apply;
-mod hooks;
 pub(crate) mod health;
+mod hooks;
 mod onboarding;
 mod order;
 mod prune;

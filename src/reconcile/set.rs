@@ -278,7 +278,9 @@ impl Engine {
             ..Record::default()
         };
         if run_hooks {
-            let ran = self.run_hooks(&client, spec, &id, &pre, &mut record, out).await;
+            let ran = self
+                .run_hooks(&client, spec, &id, &pre, &mut record, out)
+                .await;
             if let Err(e) = ran {
                 if record.hooks != written.hooks {
                     let mut kept = written.clone();
@@ -422,7 +424,10 @@ impl Engine {
                 self.wait_healthy(&client, spec, &healthy_wanted, out).await;
             }
             if out.failed.is_empty() {
-                match self.run_hooks(&client, spec, &id, &post, &mut record, out).await {
+                match self
+                    .run_hooks(&client, spec, &id, &post, &mut record, out)
+                    .await
+                {
                     Ok(()) => record.hooks_ran = digest,
                     Err(e) => out.failed.push(e),
                 }
@@ -476,7 +481,11 @@ impl Engine {
     }
 
     /// The kind as the cluster serves it, with the tenant's limits checked against its real scope.
-    pub(super) async fn resolve_checked(&self, o: &Object, spec: &SetSpec) -> Result<Resource, Failure> {
+    pub(super) async fn resolve_checked(
+        &self,
+        o: &Object,
+        spec: &SetSpec,
+    ) -> Result<Resource, Failure> {
         let r = self.cluster.resolve(&o.api_version, &o.key.kind).await?;
         if let (false, Some(limits)) = (r.namespaced, &spec.options.limits)
             && !limits.allows_cluster_kind(&o.key.group, &o.key.kind)

@@ -84,14 +84,44 @@ pub fn keep(body: &Value) -> bool {
 
 /// Helm's install order of kinds (`pkg/release/util/kind_sorter.go`); other kinds after.
 const INSTALL_ORDER: &[&str] = &[
-    "PriorityClass", "Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange",
-    "PodSecurityPolicy", "PodDisruptionBudget", "ServiceAccount", "Secret", "SecretList",
-    "ConfigMap", "StorageClass", "PersistentVolume", "PersistentVolumeClaim",
-    "CustomResourceDefinition", "ClusterRole", "ClusterRoleList", "ClusterRoleBinding",
-    "ClusterRoleBindingList", "Role", "RoleList", "RoleBinding", "RoleBindingList", "Service",
-    "DaemonSet", "Pod", "ReplicationController", "ReplicaSet", "Deployment",
-    "HorizontalPodAutoscaler", "StatefulSet", "Job", "CronJob", "IngressClass", "Ingress",
-    "APIService", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
+    "PriorityClass",
+    "Namespace",
+    "NetworkPolicy",
+    "ResourceQuota",
+    "LimitRange",
+    "PodSecurityPolicy",
+    "PodDisruptionBudget",
+    "ServiceAccount",
+    "Secret",
+    "SecretList",
+    "ConfigMap",
+    "StorageClass",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleList",
+    "ClusterRoleBinding",
+    "ClusterRoleBindingList",
+    "Role",
+    "RoleList",
+    "RoleBinding",
+    "RoleBindingList",
+    "Service",
+    "DaemonSet",
+    "Pod",
+    "ReplicationController",
+    "ReplicaSet",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "StatefulSet",
+    "Job",
+    "CronJob",
+    "IngressClass",
+    "Ingress",
+    "APIService",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
 ];
 
 /// The order hooks of one phase run in: weight, then kind, then name.
@@ -114,14 +144,27 @@ mod tests {
 
     #[test]
     fn hooks_are_read_as_helm_reads_them() {
-        let h = of(&with(json!({"helm.sh/hook": "pre-install,pre-upgrade", "helm.sh/hook-weight": "-5"}))).unwrap();
+        let h = of(&with(
+            json!({"helm.sh/hook": "pre-install,pre-upgrade", "helm.sh/hook-weight": "-5"}),
+        ))
+        .unwrap();
         assert_eq!((h.phase, h.weight), (Phase::Pre, -5));
         assert!(h.before_creation && !h.on_success && !h.on_failure);
         let h = of(&with(json!({"helm.sh/hook": "post-upgrade", "helm.sh/hook-delete-policy": "hook-succeeded, hook-failed"}))).unwrap();
         assert_eq!(h.phase, Phase::Post);
         assert!(!h.before_creation && h.on_success && h.on_failure);
-        for off_sync in ["test", "test-success", "pre-delete", "post-rollback", "nonsense"] {
-            assert_eq!(of(&with(json!({ "helm.sh/hook": off_sync }))), None, "{off_sync}");
+        for off_sync in [
+            "test",
+            "test-success",
+            "pre-delete",
+            "post-rollback",
+            "nonsense",
+        ] {
+            assert_eq!(
+                of(&with(json!({ "helm.sh/hook": off_sync }))),
+                None,
+                "{off_sync}"
+            );
             assert!(is_hook(&with(json!({ "helm.sh/hook": off_sync }))));
         }
         assert_eq!(of(&json!({"metadata": {}})), None);
@@ -143,7 +186,7 @@ mod tests {
             on_success: false,
             on_failure: false,
         };
-        let mut list = vec![
+        let mut list = [
             (hook(1), key("ConfigMap", "a")),
             (hook(0), key("Job", "b")),
             (hook(0), key("ServiceAccount", "z")),

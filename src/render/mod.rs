@@ -35,6 +35,15 @@ pub enum Kind {
     Helm,
 }
 
+/// The folder of its checkout a unit's manifests are in.
+pub(crate) fn unit_path(unit: &Unit) -> String {
+    match &unit.source {
+        UnitSource::Fleet { path } | UnitSource::Tenant { path } => path.clone(),
+        UnitSource::Repo(spec) => spec.path.clone().unwrap_or_default(),
+        UnitSource::Chart(_) => String::new(),
+    }
+}
+
 /// Renders `unit` from `root`, the checkout its source names (fleet, tenant or app repo).
 pub fn render_unit(unit: &Unit, root: &Path, tools: &Tools) -> Result<Vec<Object>, Vec<Problem>> {
     let fail = |details: Vec<String>| -> Vec<Problem> {
@@ -43,11 +52,7 @@ pub fn render_unit(unit: &Unit, root: &Path, tools: &Tools) -> Result<Vec<Object
             .map(|d| Problem::new(Owner::Unit(unit.id.clone()), d))
             .collect()
     };
-    let rel = match &unit.source {
-        UnitSource::Fleet { path } | UnitSource::Tenant { path } => path.clone(),
-        UnitSource::Repo(spec) => spec.path.clone().unwrap_or_default(),
-        UnitSource::Chart(_) => String::new(),
-    };
+    let rel = unit_path(unit);
     let shown = if let UnitSource::Chart(spec) = &unit.source {
         format!("chart {}", spec.name)
     } else if rel.is_empty() {

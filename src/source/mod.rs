@@ -12,6 +12,7 @@
 mod archive;
 mod chart;
 mod checkout;
+mod deps;
 mod git;
 mod http;
 pub mod known_hosts;
@@ -19,6 +20,7 @@ pub mod local;
 mod oci;
 mod verify;
 pub use checkout::REFUSED_LINK;
+pub(crate) use deps::DependencyRules;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -137,6 +139,11 @@ impl Sources {
             .await
             .expect("the semaphore is never closed");
         self.charts.fetch(spec, min_age).await
+    }
+
+    /// The names of the agent config's credentials.
+    pub(crate) fn credential_names(&self) -> Vec<String> {
+        self.credentials.keys().cloned().collect()
     }
 
     /// The last chart fetched successfully for `spec`, if it is still on disk.

@@ -2,7 +2,7 @@
 
     chart_tool.py package CHART_DIR OUT_DIR          # prints the .tgz path
     chart_tool.py index DIR BASE_URL                 # writes DIR/index.yaml
-    chart_tool.py push TGZ oci://HOST:PORT/PATH USER PASSWORD   # plain HTTP, basic auth
+    chart_tool.py push TGZ oci://HOST:PORT/PATH USER PASSWORD   # plain HTTP; USER - : no login
 """
 
 import os
@@ -24,7 +24,8 @@ def main(argv):
         with tempfile.TemporaryDirectory() as tmp:
             client = registry.RegistryClient(plain_http=True,
                                              credentials_file=os.path.join(tmp, "config.json"))
-            client.login(host, user, password, plain_http=True)
+            if user != "-":
+                client.login(host, user, password, plain_http=True)
             print(client.push(tgz, remote, plain_http=True))
     else:
         sys.stderr.write(__doc__)

@@ -194,6 +194,15 @@ pub struct Registry {
 impl Registry {
     /// `None` where `docker-registry` or `htpasswd` is missing and CI did not promise them.
     pub fn start() -> Option<Registry> {
+        Registry::start_with(true)
+    }
+
+    /// A registry anyone may pull from and push to.
+    pub fn open() -> Option<Registry> {
+        Registry::start_with(false)
+    }
+
+    fn start_with(auth: bool) -> Option<Registry> {
         let have = |p: &str| {
             std::process::Command::new("sh")
                 .args(["-c", &format!("command -v {p}")])
@@ -219,21 +228,28 @@ impl Registry {
             .local_addr()
             .unwrap()
             .port();
-        let config = format!(
-            "version: 0.1\nlog: {{ level: error }}\nstorage: {{ filesystem: {{ rootdirectory: {root} }} }}\nhttp: {{ addr: 127.0.0.1:{port} }}\nauth: {{ htpasswd: {{ realm: test, path: {root}/htpasswd }} }}\n",
+        let mut config = format!(
+            "version: 0.1\nlog: {{ level: info, formatter: json }}\nstorage: {{ filesystem: {{ rootdirectory: {root} }} }}\nhttp: {{ addr: 127.0.0.1:{port} }}\n",
             root = dir.path().display()
         );
+        if auth {
+            config.push_str(&format!(
+                "auth: {{ htpasswd: {{ realm: test, path: {}/htpasswd }} }}\n",
+                dir.path().display()
+            ));
+        }
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
         let child = std::process::Command::new("docker-registry")
             .arg("serve")
             .arg(dir.path().join("config.yml"))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let registry = Registry {
             port,
-            password,
+            password: if auth { password } else { "-".into() },
             child,
             _dir: dir,
         };
@@ -250,13 +266,24 @@ impl Registry {
         format!("oci://127.0.0.1:{}/charts", self.port)
     }
 
+    /// How many requests the registry has answered (its access log); the benchmark counts them.
+    #[allow(dead_code)]
+    pub fn requests(&self) -> usize {
+        std::fs::read_to_string(self._dir.path().join("registry.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("response completed"))
+            .count()
+    }
+
     /// Pushes a packaged chart into `charts/`.
     pub fn push(&self, tgz: &Path) {
+        let user = if self.password == "-" { "-" } else { "robot" };
         chart_tool(&[
             "push",
             tgz.to_str().unwrap(),
             &self.url(),
-            "robot",
+            user,
             &self.password,
         ])
         .expect("the engine is there when the registry is");

@@ -22,14 +22,22 @@ fn write(env: &Env, t: &str, main_value: &str) {
     let docs = [
         hook("pre-b", "pre-install,pre-upgrade", 5, None),
         hook("pre-a", "pre-install", -5, Some("hook-succeeded")),
-        hook("post", "post-install,post-upgrade", 0, Some("before-hook-creation")),
+        hook(
+            "post",
+            "post-install,post-upgrade",
+            0,
+            Some("before-hook-creation"),
+        ),
         hook("smoke", "test", 0, None),
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "main"},
             "data": {"v": main_value}}),
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kept",
             "annotations": {"helm.sh/resource-policy": "keep"}}}),
     ];
-    let text: Vec<String> = docs.iter().map(|d| serde_json::to_string(d).unwrap()).collect();
+    let text: Vec<String> = docs
+        .iter()
+        .map(|d| serde_json::to_string(d).unwrap())
+        .collect();
     env.write(&format!("tenants/{t}/web/all.yaml"), &text.join("\n---\n"));
 }
 
@@ -45,13 +53,28 @@ async fn uid(env: &Env, ns: &str, name: &str) -> Option<String> {
 /// hooks deleted with their app.
 pub async fn helm_hooks_run_in_their_phases_once_per_render(env: Arc<Env>) {
     let t = env.name("hooks");
-    env.tenant(&t, &[&t], "", "apps:\n  - { name: web, source: { path: web } }\n");
+    env.tenant(
+        &t,
+        &[&t],
+        "",
+        "apps:\n  - { name: web, source: { path: web } }\n",
+    );
     write(&env, &t, "1");
     env.clear_log();
     let run = env.sync().await;
-    assert!(run.stdout.contains(&format!("ConfigMap {t}/pre-b (hook ran)")), "{run:?}");
-    assert!(env.configmap(&t, "pre-a").await.is_none(), "hook-succeeded: deleted");
-    assert!(env.configmap(&t, "smoke").await.is_none(), "a test hook is never applied");
+    assert!(
+        run.stdout
+            .contains(&format!("ConfigMap {t}/pre-b (hook ran)")),
+        "{run:?}"
+    );
+    assert!(
+        env.configmap(&t, "pre-a").await.is_none(),
+        "hook-succeeded: deleted"
+    );
+    assert!(
+        env.configmap(&t, "smoke").await.is_none(),
+        "a test hook is never applied"
+    );
     for name in ["pre-b", "main", "post", "kept"] {
         assert!(env.configmap(&t, name).await.is_some(), "{name}");
     }
@@ -60,9 +83,26 @@ pub async fn helm_hooks_run_in_their_phases_once_per_render(env: Arc<Env>) {
         let order: Vec<String> = writes
             .iter()
             .filter(|w| w.path.contains(&format!("/namespaces/{t}/configmaps/")))
-            .map(|w| format!("{} {}", w.method, w.path.rsplit('/').next().unwrap().split('?').next().unwrap()))
+            .map(|w| {
+                format!(
+                    "{} {}",
+                    w.method,
+                    w.path
+                        .rsplit('/')
+                        .next()
+                        .unwrap()
+                        .split('?')
+                        .next()
+                        .unwrap()
+                )
+            })
             .collect();
-        let at = |what: &str| order.iter().position(|o| o == what).unwrap_or_else(|| panic!("{what}: {order:?}"));
+        let at = |what: &str| {
+            order
+                .iter()
+                .position(|o| o == what)
+                .unwrap_or_else(|| panic!("{what}: {order:?}"))
+        };
         assert!(at("PATCH pre-a") < at("DELETE pre-a"), "{order:?}");
         assert!(at("DELETE pre-a") < at("PATCH pre-b"), "{order:?}");
         assert!(at("PATCH pre-b") < at("PATCH main"), "{order:?}");
@@ -70,9 +110,15 @@ pub async fn helm_hooks_run_in_their_phases_once_per_render(env: Arc<Env>) {
     }
     let parent = env.configmap(&t, "flotilla-web").await.unwrap();
     let members = parent["data"]["members"].as_str().unwrap();
-    assert!(members.contains(" main ") && !members.contains("pre-b"), "{members}");
+    assert!(
+        members.contains(" main ") && !members.contains("pre-b"),
+        "{members}"
+    );
     let hooks = parent["data"]["hooks"].as_str().unwrap();
-    assert!(hooks.contains(" pre-b") && hooks.contains(" post"), "{hooks}");
+    assert!(
+        hooks.contains(" pre-b") && hooks.contains(" post"),
+        "{hooks}"
+    );
 
     // Unchanged: the hooks do not run again.
     let (pre_b, post) = (uid(&env, &t, "pre-b").await, uid(&env, &t, "post").await);
@@ -83,7 +129,11 @@ pub async fn helm_hooks_run_in_their_phases_once_per_render(env: Arc<Env>) {
     // A changed render: every hook runs again, each recreated (before-hook-creation).
     write(&env, &t, "2");
     let run = env.sync().await;
-    assert!(run.stdout.contains(&format!("ConfigMap {t}/post (hook ran)")), "{run:?}");
+    assert!(
+        run.stdout
+            .contains(&format!("ConfigMap {t}/post (hook ran)")),
+        "{run:?}"
+    );
     assert_ne!(uid(&env, &t, "pre-b").await, pre_b);
     assert_ne!(uid(&env, &t, "post").await, post);
 

@@ -241,7 +241,8 @@ pub async fn run_jobs(admin: kube::Client) {
                 if v["status"]["conditions"].is_array() {
                     continue;
                 }
-                let fail = v["spec"]["template"]["metadata"]["annotations"]["flotilla.test/outcome"] == "fail";
+                let fail = v["spec"]["template"]["metadata"]["annotations"]["flotilla.test/outcome"]
+                    == "fail";
                 let (kind, reason) = if fail {
                     ("Failed", "BackoffLimitExceeded")
                 } else {

@@ -1,0 +1,210 @@
+//! Chart figures (a benchmark that prints numbers, not a timed test):
+//!
+//! - the render time of a chart app (Helm's engine through the `helm` stand-in, rendered twice
+//!   for determinism) against a plain-YAML app of the same 50 objects, through the binary;
+//! - a no-change poll of 50 chart units, 25 over one Helm repository (5 charts in its index) and
+//!   25 over one OCI registry (5 chart repositories): requests made and time (target: one
+//!   conditional request per repository per interval, under 1 s).
+//!
+//! Run: `FLOTILLA_TEST_HELM_PYTHON=… cargo bench --bench charts` (needs helm-python-sdk and
+//! Debian's docker-registry, as the tests do).
+
+// Benchmarks block on purpose; the rule against blocking sleeps (clippy.toml) is for `src/`.
+#![allow(clippy::disallowed_methods)]
+
+#[path = "../../tests/support/charts.rs"]
+#[allow(dead_code)]
+mod charts;
+
+/// The repository root (`charts` finds its helper script from it).
+fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+use std::time::{Duration, Instant};
+
+use charts::{FileServer, Registry, chart_tool, publish, write_chart};
+use flotilla::config::{ChartSpec, Config, check_repo};
+use flotilla::source::Sources;
+
+const OBJECTS: usize = 50;
+const UNITS: usize = 50;
+
+fn main() {
+    let probe = tempfile::tempdir().unwrap();
+    if chart_tool(&["index", probe.path().to_str().unwrap(), "http://x"]).is_none() {
+        println!(
+            "charts bench: no Python with helm-python-sdk (set FLOTILLA_TEST_HELM_PYTHON); skipped"
+        );
+        return;
+    }
+    render_figures();
+    poll_figures();
+}
+
+fn binary() -> std::path::PathBuf {
+    let built = std::process::Command::new("cargo")
+        .args(["build", "--release", "--bin", "flotilla", "--quiet"])
+        .status()
+        .unwrap();
+    assert!(built.success());
+    repo_root().join("target/release/flotilla")
+}
+
+fn render_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let helm = helm_wrapper(root);
+    let objects: String = (0..OBJECTS)
+        .map(|i| format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: c{i} }}\ndata: {{ index: \"{i}\" }}\n"))
+        .collect();
+    std::fs::create_dir_all(root.join("tenants/t/plain")).unwrap();
+    std::fs::create_dir_all(root.join("tenants/t/chart/templates")).unwrap();
+    std::fs::create_dir_all(root.join("fleet/clusters/c")).unwrap();
+    std::fs::create_dir_all(root.join("fleet/tenants")).unwrap();
+    std::fs::write(root.join("tenants/t/plain/all.yaml"), &objects).unwrap();
+    std::fs::write(
+        root.join("tenants/t/chart/Chart.yaml"),
+        "apiVersion: v2\nname: chart\nversion: 1.0.0\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("tenants/t/chart/templates/all.yaml"), &objects).unwrap();
+    std::fs::write(root.join("fleet/clusters/c/cluster.yaml"), "name: c\n").unwrap();
+    std::fs::write(
+        root.join("fleet/tenants/t.yaml"),
+        "name: t\nnamespaces: [t]\nsource: { dir: ../../tenants/t }\nclusters: [{ name: c }]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("tenants/t/tenant.yaml"),
+        "apps:\n  - { name: plain, source: { path: plain } }\n  - { name: chart, source: { path: chart } }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("flotilla.yaml"),
+        format!(
+            "cluster: c\nfleet: {{ dir: fleet }}\nrender: {{ helm: {} }}\n",
+            helm.display()
+        ),
+    )
+    .unwrap();
+    let flotilla = binary();
+    let time = |app: &str| -> Duration {
+        let mut runs: Vec<Duration> = (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                let out = std::process::Command::new(&flotilla)
+                    .current_dir(root)
+                    .args(["render", "--app", app, "--config", "flotilla.yaml"])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                start.elapsed()
+            })
+            .collect();
+        runs.sort();
+        runs[runs.len() / 2]
+    };
+    let (plain, chart) = (time("plain"), time("chart"));
+    println!(
+        "render of {OBJECTS} objects (median of 5, whole `flotilla render` command): plain YAML {:.0} ms; chart {:.0} ms (the stand-in engine, run twice for determinism)",
+        plain.as_secs_f64() * 1e3,
+        chart.as_secs_f64() * 1e3
+    );
+}
+
+fn helm_wrapper(dir: &std::path::Path) -> std::path::PathBuf {
+    let python = std::env::var("FLOTILLA_TEST_HELM_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = repo_root().join("tests/support/helm_standin.py");
+    let wrapper = dir.join("helm");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec '{python}' '{}' \"$@\"\n", script.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
+}
+
+fn poll_figures() {
+    let Some(registry) = Registry::open() else {
+        println!("charts bench: docker-registry is not installed; the poll figures are skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let files = FileServer::start(&repo);
+    let out = dir.path().join("out");
+    const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: x }\n";
+    for c in 0..5 {
+        let chart = write_chart(
+            dir.path(),
+            &format!("chart{c}"),
+            "1.0.0",
+            &[("cm.yaml", CM)],
+        );
+        publish(&chart, &repo, &files.url());
+        registry.push(&publish(&chart, &out, "http://x").unwrap());
+    }
+    std::fs::create_dir_all(dir.path().join("fleet")).unwrap();
+    let config_file = dir.path().join("flotilla.yaml");
+    std::fs::write(
+        &config_file,
+        "cluster: bench\nfleet: { dir: fleet }\nstate_dir: state\n",
+    )
+    .unwrap();
+    let sources = std::sync::Arc::new(Sources::new(&Config::load(&config_file).unwrap()));
+    let specs: Vec<ChartSpec> = (0..UNITS)
+        .map(|i| ChartSpec {
+            repo: check_repo(&if i % 2 == 0 {
+                files.url()
+            } else {
+                registry.url()
+            })
+            .unwrap(),
+            name: format!("chart{}", i % 5),
+            version: "^1".parse().unwrap(),
+            credentials: None,
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let poll = |label: &str| {
+        let (http_before, oci_before) = (files.requests().len(), registry.requests());
+        let start = Instant::now();
+        runtime.block_on(async {
+            let tasks: Vec<_> = specs
+                .iter()
+                .map(|spec| {
+                    let (sources, spec) = (sources.clone(), spec.clone());
+                    // An interval has passed for every unit: each listing is asked for again.
+                    tokio::spawn(async move { sources.chart(&spec, Duration::ZERO).await })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+        });
+        let took = start.elapsed();
+        let http: Vec<_> = files.requests()[http_before..].to_vec();
+        let not_modified = http.iter().filter(|s| s.status == 304).count();
+        println!(
+            "{label}: {UNITS} chart units in {:.0} ms; Helm repository: {} requests ({} answered 304); OCI registry: {} requests",
+            took.as_secs_f64() * 1e3,
+            http.len(),
+            not_modified,
+            registry.requests() - oci_before
+        );
+    };
+    poll("cold poll (index, tags, manifests and archives)");
+    poll("no-change poll");
+    poll("no-change poll");
+}
