@@ -68,6 +68,8 @@ pub(crate) struct Record {
     /// The digest of the render whose hooks last ran to the end: hooks run again only when
     /// the render changes.
     pub hooks_ran: String,
+    /// The digest of the render whose pre hooks last ran to the end.
+    pub hooks_pre_ran: String,
 }
 
 /// The parent's data key that holds the hooks flotilla created.
@@ -162,7 +164,10 @@ impl Parent {
                 "labels": labels,
                 "annotations": annotations,
             },
-            "data": if record.hooks.is_empty() && record.hooks_ran.is_empty() {
+            "data": if record.hooks.is_empty()
+                && record.hooks_ran.is_empty()
+                && record.hooks_pre_ran.is_empty()
+            {
                 json!({ MEMBERS_KEY: record.encode() })
             } else {
                 json!({ MEMBERS_KEY: record.encode(), HOOKS_KEY: record.encode_hooks() })
@@ -279,6 +284,9 @@ impl Record {
         if !self.hooks_ran.is_empty() {
             out.push_str(&format!("ran {}\n", self.hooks_ran));
         }
+        if !self.hooks_pre_ran.is_empty() {
+            out.push_str(&format!("pre {}\n", self.hooks_pre_ran));
+        }
         for (k, api_version) in &self.hooks {
             out.push_str(&format!(
                 "{api_version} {} {} {}\n",
@@ -300,6 +308,7 @@ impl Record {
             let parts: Vec<&str> = line.split(' ').collect();
             match parts[..] {
                 ["ran", digest] => self.hooks_ran = digest.to_string(),
+                ["pre", digest] => self.hooks_pre_ran = digest.to_string(),
                 [api_version, kind, ns, name] => {
                     let group = api_version
                         .rsplit_once('/')

@@ -288,6 +288,12 @@ fn chart_dependencies_come_from_each_kind_of_repository() {
     // The tenant's repository is left as it was; the copy with the dependencies is the agent's.
     assert!(!p.dir.path().join("tenants/ai/shop/charts").exists());
 
+    // A dependency name is one folder below charts/, never a path.
+    p.file("tenants/ai/shop/Chart.yaml", &chart.replace("name: from-http", "name: ../../escape"));
+    let run = p.run(&["render"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("dependency \"../../escape\" is not a chart name"), "{run:?}");
+
     // A dependency that cannot be fetched (a repository alias) is named.
     p.file(
         "tenants/ai/shop/Chart.yaml",

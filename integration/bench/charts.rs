@@ -68,7 +68,12 @@ fn render_figures() {
         "apiVersion: v2\nname: chart\nversion: 1.0.0\n",
     )
     .unwrap();
-    std::fs::write(root.join("tenants/t/chart/templates/all.yaml"), &objects).unwrap();
+    // The same objects under other names (an object has one owner).
+    std::fs::write(
+        root.join("tenants/t/chart/templates/all.yaml"),
+        objects.replace("name: c", "name: h"),
+    )
+    .unwrap();
     std::fs::write(root.join("fleet/clusters/c/cluster.yaml"), "name: c\n").unwrap();
     std::fs::write(
         root.join("fleet/tenants/t.yaml"),

@@ -37,9 +37,31 @@ impl ChartRepo {
         }
     }
 
-    /// The URL scheme, as a fleet's `limits.schemes` names it.
+    /// The URL scheme as written.
     pub fn scheme(&self) -> &str {
         self.url().split_once("://").map_or("", |(s, _)| s)
+    }
+
+    /// How it is spoken to, as a fleet's `limits.schemes` names it: `https`, `http`, or `oci`
+    /// (over HTTPS); a registry on this machine (`127.0.0.1`, `localhost`, `::1`) is spoken to
+    /// over plain HTTP, as `helm --plain-http` would, and counts as `http`.
+    pub fn transport(&self) -> &str {
+        match self {
+            ChartRepo::Http(_) => self.scheme(),
+            ChartRepo::Oci(url) => {
+                let rest = url.strip_prefix("oci://").unwrap_or(url);
+                let authority = rest.split('/').next().unwrap_or_default();
+                let host = match authority.strip_prefix('[') {
+                    Some(v6) => v6.split(']').next().unwrap_or_default(),
+                    None => authority.split(':').next().unwrap_or_default(),
+                };
+                if matches!(host, "127.0.0.1" | "localhost" | "::1") {
+                    "http"
+                } else {
+                    "oci"
+                }
+            }
+        }
     }
 }
 
@@ -91,6 +113,17 @@ pub fn check_repo(url: &str) -> Result<ChartRepo, String> {
     }
 }
 
+/// Whether `name` is a chart name: letters, digits, `-`, `_` and `.`, not starting with `.`
+/// (so it is one path segment, never `..`).
+pub fn is_chart_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 250
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.')
+}
+
 /// Decodes `chart: { repo, name, version, credentials }` at `node`.
 pub fn decode_chart<'c>(
     node: &Node,
@@ -108,13 +141,7 @@ pub fn decode_chart<'c>(
     });
     let name = f.require("name", node, report).and_then(|n| {
         let text = n.str(&join(path, "name"), report)?;
-        let ok = !text.is_empty()
-            && text.len() <= 250
-            && text
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            && !text.starts_with('.');
-        if !ok {
+        if !is_chart_name(text) {
             report.error(
                 n,
                 &join(path, "name"),

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use chart::{ChartRepo, ChartSpec, check_repo, decode_chart};
+pub use chart::{ChartRepo, ChartSpec, check_repo, decode_chart, is_chart_name};
 pub use decode::{check_filter, check_name};
 pub use source::{
     CredentialKind, GitRef, SourceLocation, SourceSpec, check_subpath, decode as decode_source,

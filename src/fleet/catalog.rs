@@ -473,7 +473,7 @@ fn decode_app_chart(
         }
     }
     let spec = crate::config::decode_chart(node, path, known, r)?;
-    let scheme = spec.repo.scheme();
+    let scheme = spec.repo.transport();
     if !matches!(scheme, "https" | "oci") && !tenant.schemes.iter().any(|s| s == scheme) {
         r.error(
             node.get("repo").unwrap_or(node),

@@ -50,19 +50,19 @@ impl Engine {
         &self,
         client: &Client,
         spec: &SetSpec,
-        id: &str,
         hooks: &[(&Object, Hook)],
+        deadline: Instant,
         record: &mut Record,
         out: &mut Outcome,
     ) -> Result<(), Failure> {
         let timeout = spec.options.timeout.min(self.max_wait);
+        let id = &spec.parent.id();
         for (o, h) in hooks {
             let r = self.resolve_hook(o, spec).await?;
             let ns = o.key.namespace.as_deref().filter(|_| r.namespaced);
             let fail = |e: Error, doing: &str| {
                 Failure::from(e).context(format_args!("hook {}: {doing}", o.key))
             };
-            let deadline = crate::deadline::from_now(timeout);
             if let Some(live) = Cluster::get(client, &r, ns, &o.key.name)
                 .await
                 .map_err(|e| fail(e, "reading it"))?
@@ -158,6 +158,20 @@ impl Engine {
     }
 }
 
+/// A hook's health: a Pod by its phase (it runs to completion, as Helm waits for it), anything
+/// else as the health wait reads it (a Job complete).
+fn hook_health(live: &serde_json::Value) -> Health {
+    let pod = live["kind"] == "Pod" && live["apiVersion"] == "v1";
+    if !pod {
+        return health::of(live);
+    }
+    match live["status"]["phase"].as_str() {
+        Some("Succeeded") => Health::Ready,
+        Some("Failed") => Health::Failed("the Pod failed".into()),
+        other => Health::Progressing(format!("the Pod is {}", other.unwrap_or("pending"))),
+    }
+}
+
 /// Waits until the object is gone (a delete in the background may take a moment).
 async fn wait_gone(
     client: &Client,
@@ -199,7 +213,7 @@ async fn wait_done(
         let why = match Cluster::get(client, r, ns, &key.name).await {
             Ok(Some(live)) => {
                 uid = live["metadata"]["uid"].as_str().map(str::to_string);
-                match health::of(&live) {
+                match hook_health(&live) {
                     Health::Ready => return (Ok(()), uid),
                     Health::Failed(why) => {
                         return (

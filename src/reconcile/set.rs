@@ -272,15 +272,23 @@ impl Engine {
         }
 
         // Hooks that must run before the other objects: one failing stops the sync.
+        // One budget for all of a sync's hooks, as for its health wait.
+        let hooks_deadline = crate::deadline::from_now(spec.options.timeout.min(self.max_wait));
         let mut record = Record {
             hooks: written.hooks.clone(),
             hooks_ran: old.hooks_ran.clone(),
+            hooks_pre_ran: old.hooks_pre_ran.clone(),
             ..Record::default()
         };
-        if run_hooks {
+        // Pre hooks that ran to the end for this render are not run again while the rest of
+        // the sync keeps failing.
+        if run_hooks && old.hooks_pre_ran != digest {
             let ran = self
-                .run_hooks(&client, spec, &id, &pre, &mut record, out)
+                .run_hooks(&client, spec, &pre, hooks_deadline, &mut record, out)
                 .await;
+            if ran.is_ok() {
+                record.hooks_pre_ran = digest.clone();
+            }
             if let Err(e) = ran {
                 if record.hooks != written.hooks {
                     let mut kept = written.clone();
@@ -405,7 +413,13 @@ impl Engine {
 
         // Prune what left Git.
         let desired: BTreeSet<&ObjectKey> = objects.iter().map(|o| &o.key).collect();
-        let keep: BTreeSet<&ObjectKey> = spec.refused.iter().collect();
+        // Refused objects keep their place; an object that became a hook leaves the members
+        // without being deleted (it was just run as a hook).
+        let keep: BTreeSet<&ObjectKey> = spec
+            .refused
+            .iter()
+            .chain(pre.iter().chain(&post).map(|(o, _)| &o.key))
+            .collect();
         let candidates = plan::prune_candidates(&old, &desired, &keep);
         if !candidates.is_empty() && !spec.options.prune {
             out.notes.push(format!(
@@ -425,7 +439,7 @@ impl Engine {
             }
             if out.failed.is_empty() {
                 match self
-                    .run_hooks(&client, spec, &id, &post, &mut record, out)
+                    .run_hooks(&client, spec, &post, hooks_deadline, &mut record, out)
                     .await
                 {
                     Ok(()) => record.hooks_ran = digest,

@@ -35,7 +35,10 @@ pub(crate) fn unpack(tgz: &[u8], dest: &Path) -> Result<(), String> {
 }
 
 fn write_entries(tgz: &[u8], into: &Path) -> Result<(), String> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tgz));
+    // The whole decompressed stream is bounded, not only the files written: the tar reader
+    // holds long names and PAX records in memory, and a small archive can inflate a thousandfold.
+    let stream = flate2::read::GzDecoder::new(tgz).take(MAX_UNPACKED + (8 << 20));
+    let mut archive = tar::Archive::new(stream);
     let (mut files, mut bytes, mut top): (usize, u64, Option<PathBuf>) = (0, 0, None);
     let entries = archive
         .entries()
@@ -77,6 +80,10 @@ fn write_entries(tgz: &[u8], into: &Path) -> Result<(), String> {
         let target: PathBuf = rest.iter().collect::<PathBuf>();
         let target = into.join(target);
         if kind.is_dir() {
+            files += 1;
+            if files > MAX_FILES {
+                return Err(format!("over {MAX_FILES} files and folders in the archive"));
+            }
             std::fs::create_dir_all(&target).map_err(|e| format!("{shown}: {e}"))?;
             continue;
         }
@@ -90,7 +97,7 @@ fn write_entries(tgz: &[u8], into: &Path) -> Result<(), String> {
         }
         files += 1;
         if files > MAX_FILES {
-            return Err(format!("over {MAX_FILES} files in the archive"));
+            return Err(format!("over {MAX_FILES} files and folders in the archive"));
         }
         if let Some(dir) = target.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{shown}: {e}"))?;

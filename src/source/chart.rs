@@ -34,6 +34,8 @@ pub(crate) struct Charts {
     dir: PathBuf,
     pub(super) http: Http,
     credentials: BTreeMap<String, Credential>,
+    /// The longest one chart fetch may take, all its requests together.
+    deadline: Duration,
     /// One state per repository (an HTTP repository's URL; an OCI repository's URL and chart):
     /// its lock makes concurrent units wait for one listing instead of each fetching it.
     repos: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Listing>>>>,
@@ -51,6 +53,34 @@ pub(super) struct Listing {
     pub(super) resolved: HashMap<String, (String, String)>,
     /// OCI: a bearer token from the registry's token service, and until when it serves.
     pub(super) bearer: Option<(String, Instant)>,
+    /// HTTP: the chart names kept from the index (those asked for; a large public index is
+    /// not held whole).
+    pub(super) kept: std::collections::HashSet<String>,
+    /// The last listing's failure and when: units that wait for the same repository get it
+    /// instead of each trying again (for a few seconds).
+    pub(super) failed: Option<(Instant, String, Kind)>,
+}
+
+/// How long a listing's failure is given to the units that waited for it.
+pub(super) const FAILURE_MEMORY: Duration = Duration::from_secs(10);
+
+impl Listing {
+    /// The recent failure, if the listing failed a moment ago.
+    pub(super) fn recent_failure(&self) -> Option<Fail> {
+        self.failed
+            .as_ref()
+            .filter(|(at, _, _)| at.elapsed() < FAILURE_MEMORY)
+            .map(|(_, message, kind)| Fail {
+                message: message.clone(),
+                kind: *kind,
+            })
+    }
+
+    /// Remembers `fail` for the units waiting for this listing.
+    pub(super) fn remember(&mut self, fail: Fail) -> Fail {
+        self.failed = Some((Instant::now(), fail.message.clone(), fail.kind));
+        fail
+    }
 }
 
 /// One version of a chart in a listing.
@@ -118,6 +148,7 @@ impl Charts {
         Charts {
             dir: state_dir.join("charts"),
             http: Http::new(settings.timeout, settings.connect_timeout),
+            deadline: settings.timeout + Duration::from_secs(5),
             credentials,
             repos: Mutex::new(HashMap::new()),
         }
@@ -131,7 +162,15 @@ impl Charts {
         min_age: Duration,
     ) -> Result<Checkout, Error> {
         let started = Instant::now();
-        let result = self.fetch_inner(spec, min_age).await;
+        // One deadline for the whole fetch (listing, token, manifest, archive), as for Git.
+        let result =
+            match tokio::time::timeout(self.deadline, self.fetch_inner(spec, min_age)).await {
+                Ok(result) => result,
+                Err(_) => Err(Fail::transient(format!(
+                    "not fetched within {}",
+                    humantime::format_duration(self.deadline)
+                ))),
+            };
         match result {
             Ok(checkout) => {
                 tracing::debug!(chart = %spec.shown(), revision = %checkout.revision, elapsed = ?started.elapsed(), "chart ready");
@@ -160,7 +199,15 @@ impl Charts {
     }
 
     fn refs_file(&self, spec: &ChartSpec) -> PathBuf {
-        let key = Sha256::digest(format!("{}|{}|{}", spec.repo, spec.name, spec.version));
+        // The credentials are part of the key: a chart fetched with one tenant's credentials
+        // is never another's last good chart.
+        let key = Sha256::digest(format!(
+            "{}|{}|{}|{}",
+            spec.repo,
+            spec.name,
+            spec.version,
+            spec.credentials.as_deref().unwrap_or_default()
+        ));
         self.dir.join("refs").join(&hex(&key)[..16])
     }
 
@@ -252,9 +299,24 @@ impl Charts {
                 .filter(|(c, _)| c.allows(url))
                 .map(|(_, h)| h.clone())
         };
-        let lock = self.listing_of(repo);
+        // One listing per repository and credentials: what one tenant's credentials read is
+        // not served to a unit that has other credentials, or none.
+        let lock = self.listing_of(&format!(
+            "{repo}|{}",
+            spec.credentials.as_deref().unwrap_or_default()
+        ));
         let mut listing = lock.lock().await;
+        if !listing.kept.contains(&spec.name) {
+            // A chart not kept from the last index: read it whole again.
+            listing.kept.insert(spec.name.clone());
+            listing.fetched = None;
+            listing.etag = None;
+            listing.last_modified = None;
+        }
         if listing.fetched.is_none_or(|t| t.elapsed() >= min_age) {
+            if let Some(fail) = listing.recent_failure() {
+                return Err(fail);
+            }
             let url = format!("{repo}/index.yaml");
             let mut headers = Vec::new();
             if let Some(etag) = &listing.etag {
@@ -263,21 +325,24 @@ impl Charts {
             if let Some(date) = &listing.last_modified {
                 headers.push(("If-Modified-Since", date.clone()));
             }
-            let response = self
-                .http
-                .get(&url, &headers, &auth, MAX_INDEX)
-                .await
-                .map_err(|e| Fail::transient(format!("{url}: {e}")))?;
+            let response = match self.http.get(&url, &headers, &auth, MAX_INDEX).await {
+                Ok(r) => r,
+                Err(e) => return Err(listing.remember(Fail::transient(format!("{url}: {e}")))),
+            };
             match response.status {
                 304 if listing.fetched.is_some() => {}
                 200 => {
-                    listing.entries = parse_index(&response.body)?;
+                    listing.entries = match parse_index(&response.body, &listing.kept) {
+                        Ok(entries) => entries,
+                        Err(fail) => return Err(listing.remember(fail)),
+                    };
                     listing.etag = response.header("etag").map(str::to_string);
                     listing.last_modified = response.header("last-modified").map(str::to_string);
                 }
-                _ => return Err(Fail::status(&url, &response)),
+                _ => return Err(listing.remember(Fail::status(&url, &response))),
             }
             listing.fetched = Some(Instant::now());
+            listing.failed = None;
         }
         let Some(versions) = listing.entries.get(&spec.name) else {
             return Err(Fail::permanent(format!(
@@ -342,7 +407,10 @@ impl Charts {
     }
 }
 
-fn parse_index(body: &[u8]) -> Result<HashMap<String, Vec<Entry>>, Fail> {
+fn parse_index(
+    body: &[u8],
+    kept: &std::collections::HashSet<String>,
+) -> Result<HashMap<String, Vec<Entry>>, Fail> {
     let text = std::str::from_utf8(body).map_err(|_| Fail::permanent("index.yaml is not UTF-8"))?;
     // A large public repository's index has millions of nodes; its size is capped above.
     let options = serde_saphyr::options! {
@@ -357,6 +425,7 @@ fn parse_index(body: &[u8]) -> Result<HashMap<String, Vec<Entry>>, Fail> {
     Ok(index
         .entries
         .into_iter()
+        .filter(|(name, _)| kept.contains(name))
         .map(|(name, list)| {
             let list = list
                 .into_iter()

@@ -14,6 +14,9 @@ use crate::config::{ChartSpec, check_repo};
 use crate::failure::Kind;
 use crate::semver_range::Range;
 
+/// The most dependencies a chart may name.
+const MAX_DEPENDENCIES: usize = 32;
+
 #[derive(serde::Deserialize)]
 struct ChartFile {
     #[serde(default)]
@@ -72,6 +75,29 @@ impl Sources {
             // Helm says what is wrong with it when it renders.
             Err(_) => return Ok(None),
         };
+        // A name becomes a folder below charts/: only a chart name (no `/`, no `..`).
+        if let Some(bad) = file
+            .dependencies
+            .iter()
+            .find(|d| !crate::config::is_chart_name(&d.name))
+        {
+            return Err(fail(
+                Kind::Permanent,
+                format!(
+                    "dependency {:?} is not a chart name (letters, digits, '-', '_' and '.')",
+                    bad.name
+                ),
+            ));
+        }
+        if file.dependencies.len() > MAX_DEPENDENCIES {
+            return Err(fail(
+                Kind::Permanent,
+                format!(
+                    "{} dependencies, over the {MAX_DEPENDENCIES} a chart may have",
+                    file.dependencies.len()
+                ),
+            ));
+        }
         let missing: Vec<&Dependency> = file
             .dependencies
             .iter()
@@ -84,8 +110,8 @@ impl Sources {
         for dep in missing {
             let repository = dep.repository.as_deref().unwrap_or_default();
             let repo = check_repo(repository).ok().filter(|r| {
-                matches!(r.scheme(), "https" | "oci")
-                    || rules.schemes.iter().any(|s| s == r.scheme())
+                matches!(r.transport(), "https" | "oci")
+                    || rules.schemes.iter().any(|s| s == r.transport())
             });
             let Some(repo) = repo else {
                 return Err(fail(

@@ -113,9 +113,13 @@ impl Http {
                     .get(LOCATION)
                     .and_then(|l| l.to_str().ok())
                     .ok_or("a redirect without a Location")?;
+                let from_https = url.starts_with("https://");
                 url = join_url(&url, next);
                 if !url.starts_with("https://") && !url.starts_with("http://") {
                     return Err(format!("redirected to {url:?}, which is not HTTP(S)"));
+                }
+                if from_https && !url.starts_with("https://") {
+                    return Err(format!("redirected from HTTPS to {url:?}; refused"));
                 }
                 continue;
             }

@@ -25,12 +25,8 @@ const MAX_PAGES: usize = 20;
 pub(super) fn locate(repo: &str, chart: &str) -> (String, String) {
     let rest = repo.strip_prefix("oci://").unwrap_or(repo);
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let host = authority
-        .rsplit_once(':')
-        .filter(|(h, p)| !h.ends_with(']') || p.is_empty())
-        .map_or(authority, |(h, _)| h);
-    let local = matches!(host, "127.0.0.1" | "localhost" | "[::1]") || authority == "[::1]";
-    let scheme = if local { "http" } else { "https" };
+    let plain = crate::config::ChartRepo::Oci(repo.to_string()).transport() == "http";
+    let scheme = if plain { "http" } else { "https" };
     let repository = if path.is_empty() {
         chart.to_string()
     } else {
@@ -47,7 +43,12 @@ pub(super) async fn fetch(
 ) -> Result<Checkout, Fail> {
     let (base, repository) = locate(repo, &spec.name);
     let secret = charts.secret(spec.credentials.as_deref())?;
-    let lock = charts.listing_of(&format!("{base}/{repository}"));
+    // One listing (and bearer token) per repository and credentials: what one tenant's
+    // credentials read is not served to a unit with other credentials, or none.
+    let lock = charts.listing_of(&format!(
+        "{base}/{repository}|{}",
+        spec.credentials.as_deref().unwrap_or_default()
+    ));
     let mut listing = lock.lock().await;
     let mut session = Session {
         charts,
@@ -56,7 +57,13 @@ pub(super) async fn fetch(
         secret: &secret,
     };
     if listing.fetched.is_none_or(|t| t.elapsed() >= min_age) {
-        session.list_tags(&mut listing).await?;
+        if let Some(fail) = listing.recent_failure() {
+            return Err(fail);
+        }
+        if let Err(fail) = session.list_tags(&mut listing).await {
+            return Err(listing.remember(fail));
+        }
+        listing.failed = None;
     }
     let versions = listing
         .entries
@@ -172,21 +179,37 @@ impl Session<'_> {
         };
         let realm = param("realm")
             .filter(|r| r.starts_with("https://") || r.starts_with("http://"))
+            .filter(|r| !r.contains(['?', '#', '%', ' ']))
             .ok_or_else(|| {
                 Fail::permanent(format!(
-                    "the registry's challenge names no token service: {challenge}"
+                    "the registry's challenge names no usable token service: {challenge}"
                 ))
             })?;
         let mut url = format!("{realm}?scope=repository:{}:pull", self.repository);
         if let Some(service) = param("service") {
+            // Only a plain name: a service that carries its own parameters could widen the
+            // token's scope.
+            if !service
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+            {
+                return Err(Fail::permanent(format!(
+                    "the registry's token service name {service:?} is not a plain name; refused"
+                )));
+            }
             url.push_str(&format!("&service={service}"));
         }
         let secret = self.secret;
-        // Checked on the realm without its query: credentials go only where they are bound.
-        let auth = |_: &str| {
+        // Credentials go to the token service only when they are bound to the registry too
+        // (the token is for it) and to the host of each request (a redirect gets nothing).
+        let registry_ok = secret
+            .as_ref()
+            .is_some_and(|(c, _)| c.allows(&format!("{}/v2/", self.base)));
+        let auth = |to: &str| {
+            let to = to.split('?').next().unwrap_or(to);
             secret
                 .as_ref()
-                .filter(|(c, _)| c.allows(&realm))
+                .filter(|(c, _)| registry_ok && c.allows(to))
                 .map(|(_, h)| h.clone())
         };
         let response = self
@@ -210,15 +233,16 @@ impl Session<'_> {
             .token
             .or(t.access_token)
             .ok_or_else(|| Fail::permanent(format!("{realm}: the answer holds no token")))?;
-        // Renewed a little early; registries give 60 s to hours.
-        let lasts = Duration::from_secs(t.expires_in.unwrap_or(60).saturating_sub(10).max(10));
-        Ok((token, Instant::now() + lasts))
+        // Renewed a little early; registries give 60 s to hours (kept an hour at most).
+        let lasts = t.expires_in.unwrap_or(60).clamp(20, 3600) - 10;
+        Ok((token, crate::deadline::from_now(Duration::from_secs(lasts))))
     }
 
     async fn list_tags(&mut self, listing: &mut Listing) -> Result<(), Fail> {
         let first = format!("{}/v2/{}/tags/list", self.base, self.repository);
         let mut url = first.clone();
         let mut tags: Vec<String> = Vec::new();
+        let mut etag = None;
         for page in 0..MAX_PAGES {
             let response = self.get(listing, &url, None, 8 << 20).await?;
             match response.status {
@@ -236,7 +260,7 @@ impl Session<'_> {
                 _ => return Err(Fail::status(&url, &response)),
             }
             if page == 0 {
-                listing.etag = response.header("etag").map(str::to_string);
+                etag = response.header("etag").map(str::to_string);
             }
             #[derive(serde::Deserialize)]
             struct Tags {
@@ -249,7 +273,7 @@ impl Session<'_> {
             let next = response
                 .header("link")
                 .filter(|l| l.contains("rel=\"next\""))
-                .and_then(|l| Some(l[l.find('<')? + 1..l.find('>')?].to_string()));
+                .and_then(|l| Some(l.split_once('<')?.1.split_once('>')?.0.to_string()));
             match next {
                 Some(n) => url = super::http::join_url(&first, &n),
                 None => {
@@ -262,6 +286,7 @@ impl Session<'_> {
                         })
                         .collect();
                     listing.entries.insert(String::new(), entries);
+                    listing.etag = etag;
                     listing.fetched = Some(Instant::now());
                     return Ok(());
                 }
@@ -345,6 +370,14 @@ mod tests {
         assert_eq!(
             locate("oci://localhost:5000/a", "web"),
             ("http://localhost:5000".into(), "a/web".into())
+        );
+        assert_eq!(
+            locate("oci://[::1]:5000/a", "web"),
+            ("http://[::1]:5000".into(), "a/web".into())
+        );
+        assert_eq!(
+            locate("oci://localhost.evil.example/a", "web").0,
+            "https://localhost.evil.example"
         );
     }
 }
