@@ -289,10 +289,17 @@ fn chart_dependencies_come_from_each_kind_of_repository() {
     assert!(!p.dir.path().join("tenants/ai/shop/charts").exists());
 
     // A dependency name is one folder below charts/, never a path.
-    p.file("tenants/ai/shop/Chart.yaml", &chart.replace("name: from-http", "name: ../../escape"));
+    p.file(
+        "tenants/ai/shop/Chart.yaml",
+        &chart.replace("name: from-http", "name: ../../escape"),
+    );
     let run = p.run(&["render"]);
     assert_ne!(run.code, 0, "{run:?}");
-    assert!(run.stderr.contains("dependency \"../../escape\" is not a chart name"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("dependency \"../../escape\" is not a chart name"),
+        "{run:?}"
+    );
 
     // A dependency that cannot be fetched (a repository alias) is named.
     p.file(
@@ -509,4 +516,71 @@ fn infra_layers_may_be_charts_and_schema_errors_name_the_key() {
     assert!(run.stdout.contains("# Source: infra/ingress"), "{run:?}");
     assert!(run.stderr.contains("tenant ai, app strict:"), "{run:?}");
     assert!(run.stderr.contains("/replicas"), "{run:?}");
+}
+
+/// With the registry down, the agent keeps what the last good chart applied: the unit fails
+/// (transient, retried), naming the registry, and nothing of it is pruned or changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_down_keeps_the_last_good_chart_applied() {
+    use crate::support::apply_scenarios::Env;
+    use crate::support::daemon::Daemon;
+    use crate::support::git::free_port;
+    use crate::support::kube_api::ApiServer;
+    let server = ApiServer::start();
+    let env = Env::new(server.kubeconfig(), Some(&server)).await;
+    env.run(|env| async move {
+        let Some(mut registry) = Registry::open() else {
+            eprintln!("registry down: docker-registry is not installed; skipped");
+            return;
+        };
+        let Some(helm) = crate::support::helm_standin(env.dir.path()) else {
+            return skip("registry down");
+        };
+        let work = tempfile::tempdir().unwrap();
+        let out = work.path().join("out");
+        registry.push(&publish(&write_chart(work.path(), "web", "1.0.0", &[("cm.yaml", CM)]), &out, "http://x").unwrap());
+        let t = env.name("down");
+        env.tenant(
+            &t,
+            &[&t],
+            "limits: { schemes: [http] }\n",
+            &format!("apps:\n  - {{ name: web, source: {{ chart: {{ repo: \"{}\", name: web }} }} }}\n", registry.url()),
+        );
+        env.write("api-token", "token-for-tests");
+        let port = free_port();
+        let config = std::fs::read_to_string(env.dir.path().join("flotilla.yaml")).unwrap();
+        env.write(
+            "flotilla.yaml",
+            &format!("{config}render: {{ helm: {} }}\ninterval: 2s\nlisten: {{ http: \"127.0.0.1:{port}\", token_file: api-token }}\n", helm.display()),
+        );
+        let d = Daemon::start(env.dir.path(), "flotilla.yaml", port, &[]);
+        d.wait_ready(std::time::Duration::from_secs(60)).await;
+        let applied = env.configmap(&t, "web").await.expect("applied from the registry");
+        registry.stop();
+        let mut failed = None;
+        for _ in 0..100 {
+            let status = d.status("token-for-tests").await;
+            let unit = status["units"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|u| u["unit"] == format!("{t}/web"))
+                .cloned()
+                .unwrap();
+            if unit["result"] == "failed" {
+                failed = Some(unit);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let unit = failed.unwrap_or_else(|| panic!("never failed: {}", d.logs()));
+        let error = unit["last_error"].as_str().unwrap();
+        assert!(error.contains(&format!("127.0.0.1:{}", registry.port)), "{unit}");
+        assert!(error.contains("chart web"), "{unit}");
+        let still = env.configmap(&t, "web").await.expect("not pruned");
+        assert_eq!(still["metadata"]["uid"], applied["metadata"]["uid"]);
+        assert_eq!(still["data"], applied["data"]);
+        assert!(env.configmap(&t, "flotilla-web").await.is_some(), "the inventory stays");
+    })
+    .await;
 }

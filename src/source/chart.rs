@@ -189,7 +189,8 @@ impl Charts {
     /// The last chart fetched successfully for `spec`, if it is still on disk.
     pub(crate) fn last_good(&self, spec: &ChartSpec) -> Option<Checkout> {
         let text = std::fs::read_to_string(self.refs_file(spec)).ok()?;
-        let (revision, hex) = text.trim_end().split_once('\n')?;
+        let mut lines = text.lines();
+        let (revision, hex) = (lines.next()?, lines.next()?);
         let root = self.dir.join(hex);
         root.join("Chart.yaml").is_file().then(|| Checkout {
             root,
@@ -219,9 +220,64 @@ impl Charts {
             .file_name()
             .unwrap_or_default()
             .to_string_lossy();
+        let old = std::fs::read_to_string(&file).unwrap_or_default();
+        let mut lines = old.lines();
+        let (_, current, before) = (lines.next(), lines.next(), lines.next());
+        if current == Some(hex.as_ref()) {
+            return Ok(());
+        }
+        // The chart before stays on disk too (a rollback is a version change back).
+        let previous = current.or(before).unwrap_or_default();
         let tmp = file.with_extension("tmp");
-        std::fs::write(&tmp, format!("{}\n{hex}\n", checkout.revision))?;
-        std::fs::rename(tmp, file)
+        std::fs::write(&tmp, format!("{}\n{hex}\n{previous}\n", checkout.revision))?;
+        std::fs::rename(tmp, file)?;
+        self.sweep();
+        Ok(())
+    }
+
+    /// Removes the unpacked charts no record keeps (each keeps its current and previous one),
+    /// composed charts not used for a week, and temporary folders left by a crash. A folder
+    /// younger than ten minutes stays: a fetch may have unpacked it and not recorded it yet.
+    fn sweep(&self) {
+        const FRESH: Duration = Duration::from_secs(600);
+        const UNUSED: Duration = Duration::from_secs(7 * 24 * 3600);
+        let age = |path: &std::path::Path| {
+            std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default()
+        };
+        let mut keep = std::collections::HashSet::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("refs")) {
+            for entry in entries.flatten() {
+                if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                    keep.extend(text.lines().skip(1).take(2).map(str::to_string));
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let digest = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+                let temporary = name.starts_with(".unpack-");
+                if (digest && !keep.contains(&name) || temporary) && age(&entry.path()) > FRESH {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("composed")) {
+            for entry in entries.flatten() {
+                let limit = if entry.file_name().to_string_lossy().starts_with('.') {
+                    FRESH
+                } else {
+                    UNUSED
+                };
+                if age(&entry.path()) > limit {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
     }
 
     /// The unpacked chart of an archive digest (whether or not it is there yet).
@@ -465,4 +521,56 @@ pub(super) fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ChartSpec {
+        ChartSpec {
+            repo: crate::config::check_repo("https://charts.example.com").unwrap(),
+            name: "web".into(),
+            version: "^1".parse().unwrap(),
+            credentials: None,
+        }
+    }
+
+    #[test]
+    fn a_record_keeps_the_current_and_previous_chart_and_the_sweep_the_rest() {
+        let state = tempfile::tempdir().unwrap();
+        let charts = Charts::new(state.path(), BTreeMap::new(), &Default::default());
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        let digests: Vec<String> = ["a", "b", "c"].iter().map(|c| c.repeat(64)).collect();
+        // Unpacked a moment ago and not recorded yet: never swept.
+        let fresh = charts.cache_dir(&"d".repeat(64));
+        std::fs::create_dir_all(&fresh).unwrap();
+        for (i, d) in digests.iter().enumerate() {
+            // Unpacked just now, recorded, then an hour passes.
+            let dir = charts.cache_dir(d);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("Chart.yaml"), "name: web\n").unwrap();
+            let checkout = Checkout {
+                root: charts.cache_dir(d),
+                revision: format!("1.{i}.0@sha256:{d}"),
+                signer: None,
+            };
+            charts.record(&spec(), &checkout).unwrap();
+            assert_eq!(charts.last_good(&spec()), Some(checkout));
+            std::fs::File::open(&dir).unwrap().set_modified(old).unwrap();
+        }
+        assert!(
+            !charts.cache_dir(&digests[0]).exists(),
+            "neither current nor previous"
+        );
+        assert!(charts.cache_dir(&digests[1]).exists(), "the previous");
+        assert!(charts.cache_dir(&digests[2]).exists(), "the current");
+        assert!(fresh.exists());
+        // Other credentials: another record, not this one's last good chart.
+        let other = ChartSpec {
+            credentials: Some("team".into()),
+            ..spec()
+        };
+        assert_eq!(charts.last_good(&other), None);
+    }
 }

@@ -163,6 +163,10 @@ impl Sources {
             .collect();
         let composed = self.state_dir.join("charts/composed").join(key);
         if composed.join(rel).join("Chart.yaml").is_file() {
+            // Marked as used: composed charts unused for a week are swept.
+            if let Ok(dir) = std::fs::File::open(&composed) {
+                let _ = dir.set_modified(std::time::SystemTime::now());
+            }
             return Ok(Some(composed));
         }
         let (src, dest, rel) = (dir.clone(), composed.clone(), rel.to_string());

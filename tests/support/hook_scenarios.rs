@@ -138,13 +138,21 @@ pub async fn helm_hooks_run_in_their_phases_once_per_render(env: Arc<Env>) {
     assert_ne!(uid(&env, &t, "post").await, post);
 
     // An object of the app that becomes a hook is run as one, and not pruned as a member.
-    let docs = std::fs::read_to_string(env.dir.path().join(format!("tenants/{t}/web/all.yaml"))).unwrap();
+    let docs =
+        std::fs::read_to_string(env.dir.path().join(format!("tenants/{t}/web/all.yaml"))).unwrap();
     env.write(
         &format!("tenants/{t}/web/all.yaml"),
-        &docs.replace(r#""metadata":{"name":"main"}"#, r#""metadata":{"name":"main","annotations":{"helm.sh/hook":"pre-upgrade"}}"#),
+        &docs.replace(
+            r#""metadata":{"name":"main"}"#,
+            r#""metadata":{"name":"main","annotations":{"helm.sh/hook":"pre-upgrade"}}"#,
+        ),
     );
     let run = env.sync().await;
-    assert!(run.stdout.contains(&format!("ConfigMap {t}/main (hook ran)")), "{run:?}");
+    assert!(
+        run.stdout
+            .contains(&format!("ConfigMap {t}/main (hook ran)")),
+        "{run:?}"
+    );
     assert!(env.configmap(&t, "main").await.is_some(), "{run:?}");
 
     // The app removed: its objects pruned, its hooks deleted, `keep` left in place.
