@@ -24,6 +24,8 @@ use super::{Checkout, Error};
 use crate::config::{ChartRepo, ChartSpec, Credential};
 use crate::failure::Kind;
 
+/// An index up to this size is kept whole in memory; a larger one only for the charts asked for.
+const KEEP_WHOLE: usize = 1 << 20;
 /// The most an `index.yaml` may weigh.
 const MAX_INDEX: usize = 64 << 20;
 /// The most a chart archive may weigh.
@@ -362,7 +364,7 @@ impl Charts {
             spec.credentials.as_deref().unwrap_or_default()
         ));
         let mut listing = lock.lock().await;
-        if !listing.kept.contains(&spec.name) {
+        if !listing.kept.contains(&spec.name) && !listing.entries.contains_key(&spec.name) {
             // A chart not kept from the last index: read it whole again.
             listing.kept.insert(spec.name.clone());
             listing.fetched = None;
@@ -422,6 +424,9 @@ impl Charts {
         }
         let revision = format!("{}@sha256:{digest}", entry.version);
         let root = self.cache_dir(&digest);
+        // One download per archive: units of the same version wait for the first.
+        let download = self.listing_of(&format!("archive|{digest}"));
+        let _downloading = download.lock().await;
         if !root.join("Chart.yaml").is_file() {
             let Some(first) = entry.urls.first() else {
                 return Err(Fail::permanent(format!(
@@ -481,7 +486,9 @@ fn parse_index(
     Ok(index
         .entries
         .into_iter()
-        .filter(|(name, _)| kept.contains(name))
+        // A small index is kept whole (its other charts are asked for next, often); a large
+        // public one only for the charts asked for.
+        .filter(|(name, _)| body.len() <= KEEP_WHOLE || kept.contains(name))
         .map(|(name, list)| {
             let list = list
                 .into_iter()
@@ -557,7 +564,10 @@ mod tests {
             };
             charts.record(&spec(), &checkout).unwrap();
             assert_eq!(charts.last_good(&spec()), Some(checkout));
-            std::fs::File::open(&dir).unwrap().set_modified(old).unwrap();
+            std::fs::File::open(&dir)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
         }
         assert!(
             !charts.cache_dir(&digests[0]).exists(),
