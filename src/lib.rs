@@ -25,6 +25,7 @@ pub(crate) mod reconcile;
 pub mod render;
 pub(crate) mod semver_range;
 pub(crate) mod server;
+mod sops;
 pub mod source;
 pub(crate) mod subst;
 pub mod yaml;

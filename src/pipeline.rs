@@ -304,7 +304,25 @@ pub(crate) fn load(
                 ),
             ));
         }
-        unknown.is_empty()
+        if !unknown.is_empty() {
+            return false;
+        }
+        // SOPS keys it is granted must exist: the same answer for any other name.
+        let missing: Vec<&String> = t
+            .decryption
+            .iter()
+            .filter(|k| !config.decryption.contains_key(*k))
+            .collect();
+        if let Some(key) = missing.first() {
+            problems.push(Problem::new(
+                Owner::Tenant(t.name.clone()),
+                format!(
+                    "{}: decryption names {key:?}, which is not in the agent config's decryption",
+                    t.file
+                ),
+            ));
+        }
+        missing.is_empty()
     });
     let on_cluster = |t: &&crate::fleet::Tenant| match cluster {
         None => true,
@@ -382,7 +400,7 @@ pub(crate) fn render_cluster(
         .units
         .iter()
         .filter(|u| select(&u.id))
-        .filter_map(|u| match with_values_files(u, loaded) {
+        .filter_map(|u| match with_values_files(u, loaded, tools) {
             Ok(unit) => Some(unit),
             Err(problem) => {
                 unreadable.insert(u.id.clone(), Err(vec![problem]));
@@ -539,7 +557,7 @@ const MAX_VALUES_FILES: usize = 64;
 /// `unit` with its values files merged under its values (files in order, then the app's and
 /// its clusters' `values` over them), read from its tenant's repository: only regular files
 /// inside the tenant's folder (a link out of it, or one the checkout refused, is refused).
-fn with_values_files(unit: &Unit, loaded: &Loaded) -> Result<Unit, Problem> {
+fn with_values_files(unit: &Unit, loaded: &Loaded, tools: &Tools) -> Result<Unit, Problem> {
     use std::io::Read as _;
     if unit.values_files.is_empty() {
         return Ok(unit.clone());
@@ -604,8 +622,13 @@ fn with_values_files(unit: &Unit, loaded: &Loaded) -> Result<Unit, Problem> {
                 MAX_VALUES_FILE >> 10
             )));
         }
-        let text =
+        let mut text =
             String::from_utf8(bytes).map_err(|_| fail(format!("{shown}: not UTF-8 text")))?;
+        // A SOPS-encrypted values file is decrypted in memory with the unit's keys.
+        if render::secrets::is_sops_text(&text) {
+            let ring = tools.keys.ring(&unit.decryption);
+            text = render::secrets::decrypt_text(&text, &shown, &ring).map_err(fail)?;
+        }
         // An empty or comment-only file holds no values (as Helm reads it).
         if text
             .lines()
@@ -662,9 +685,10 @@ pub(crate) fn prepare_with(
         &loaded,
         fetcher,
         &cluster,
+        // What is applied carries Secrets' keyed hashes: the agent's key is made if missing.
         &Tools {
             capabilities,
-            ..Tools::from(&config.render)
+            ..Tools::of(config).with_secret_key(&config.state_dir)
         },
         select,
     );

@@ -26,6 +26,8 @@ mod apply;
 mod charts;
 // The command line: help, version, usage errors, exit codes.
 mod cli;
+// SOPS-encrypted files: decryption, keys per tenant, no plaintext anywhere.
+mod secrets;
 // The agent config file: the shipped example, and every error reported at once.
 mod config;
 // The long-running agent: webhooks, sync and status, reload, signals, leader election.

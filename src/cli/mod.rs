@@ -75,6 +75,9 @@ pub enum Command {
         tenant: Option<String>,
         #[arg(long)]
         app: Option<String>,
+        /// Print Secrets' values (masked by default).
+        #[arg(long)]
+        show_secrets: bool,
     },
     /// Check the config file (and, as they land, the fleet and tenant catalogs); print every error.
     Validate,
@@ -162,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cluster,
             tenant,
             app,
+            show_secrets,
         } => {
             let Some(config) = load_or_report(&global)? else {
                 return Ok(ExitCode::from(2));
@@ -172,6 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     cluster,
                     tenant,
                     app,
+                    show_secrets,
                 },
             )
         }

@@ -16,6 +16,8 @@ pub(crate) struct Filter {
     pub cluster: Option<String>,
     pub tenant: Option<String>,
     pub app: Option<String>,
+    /// Print Secrets' values instead of `***`.
+    pub show_secrets: bool,
 }
 
 pub(crate) fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCode> {
@@ -44,13 +46,7 @@ pub(crate) fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCod
     {
         return Err(unknown_tenant(t, &loaded.fleet, &loaded.problems));
     }
-    let rendered = render_cluster(
-        &loaded,
-        &fetcher,
-        &cluster,
-        &Tools::from(&config.render),
-        &|_| true,
-    );
+    let rendered = render_cluster(&loaded, &fetcher, &cluster, &Tools::of(config), &|_| true);
 
     let mut out = std::io::stdout().lock();
     for unit in &rendered.units {
@@ -65,7 +61,7 @@ pub(crate) fn render(config: &Config, filter: &Filter) -> anyhow::Result<ExitCod
                 .map(String::as_str)
                 .unwrap_or("?");
             for o in objects.iter().filter(|o| o.refused.is_none()) {
-                write_object(&mut out, &unit.id, revision, o)?;
+                write_object(&mut out, &unit.id, revision, o, filter.show_secrets)?;
             }
         }
     }
@@ -134,7 +130,7 @@ pub(crate) fn unknown_tenant(name: &str, fleet: &Fleet, problems: &[Problem]) ->
 pub(crate) fn validate(config: &Config, config_file: &Path) -> anyhow::Result<ExitCode> {
     let fetcher = Fetcher::new(config)?;
     let loaded = load(config, &fetcher, None)?;
-    let tools = Tools::from(&config.render);
+    let tools = Tools::of(config);
     let mut lines = Vec::new();
     let mut units = 0;
     for cluster in loaded.fleet.clusters.values() {
@@ -187,15 +183,33 @@ fn write_object(
     unit: &UnitId,
     revision: &str,
     o: &Object,
+    show_secrets: bool,
 ) -> anyhow::Result<()> {
-    let yaml = serde_saphyr::to_string(&o.body)?;
+    // A Secret's values, and its hash (which could confirm a guess), only when asked for.
+    let secret = o.key.group.is_empty() && o.key.kind == "Secret";
+    let (body, hash) = if secret && !show_secrets {
+        let mut masked = o.body.clone();
+        for field in ["data", "stringData"] {
+            if let Some(map) = masked[field].as_object_mut() {
+                for value in map.values_mut() {
+                    *value = "***".into();
+                }
+            }
+        }
+        (
+            std::borrow::Cow::Owned(masked),
+            "(a Secret: --show-secrets prints it)",
+        )
+    } else {
+        (std::borrow::Cow::Borrowed(&o.body), o.hash.as_str())
+    };
+    let yaml = serde_saphyr::to_string(body.as_ref())?;
     writeln!(
         out,
-        "---\n# Source: {unit} {}:{} @ {}\n# sha256: {}",
+        "---\n# Source: {unit} {}:{} @ {}\n# sha256: {hash}",
         o.file,
         o.line,
         short(revision),
-        o.hash
     )?;
     out.write_all(yaml.as_bytes())?;
     if !yaml.ends_with('\n') {

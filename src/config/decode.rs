@@ -19,6 +19,7 @@ const TOP: &[&str] = &[
     "fleet",
     "credentials",
     "verification_keys",
+    "decryption",
     "interval",
     "state_dir",
     "kubeconfig",
@@ -70,6 +71,10 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
     let known = |name: &str| kinds.get(name);
     let verification_keys = match top.get("verification_keys") {
         Some(n) => super::verify::decode_keys(n, base, report),
+        None => Some(BTreeMap::new()),
+    };
+    let decryption = match top.get("decryption") {
+        Some(n) => super::decryption::decode_decryption(n, base, report),
         None => Some(BTreeMap::new()),
     };
     let fleet = top.require("fleet", doc, report).and_then(|n| {
@@ -172,6 +177,7 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
         fleet: fleet?,
         credentials: credentials?,
         verification_keys: verification_keys?,
+        decryption: decryption?,
         interval: interval?,
         state_dir: state_dir?,
         kubeconfig: kubeconfig?,

@@ -7,6 +7,7 @@
 
 mod chart;
 mod decode;
+mod decryption;
 pub mod hosts;
 mod secrets;
 mod source;
@@ -19,6 +20,8 @@ use std::time::Duration;
 
 pub use chart::{ChartRepo, ChartSpec, check_repo, decode_chart, is_chart_name};
 pub use decode::{check_filter, check_name};
+pub use decryption::DecryptionKey;
+pub(crate) use decryption::private_key_file;
 pub use source::{
     CredentialKind, GitRef, SourceLocation, SourceSpec, check_subpath, decode as decode_source,
     redact,
@@ -41,6 +44,8 @@ pub struct Config {
     pub credentials: BTreeMap<String, Credential>,
     /// Keys whose signatures the agent trusts, named by sources' `verify.keys`.
     pub verification_keys: BTreeMap<String, VerificationKey>,
+    /// Private keys for SOPS files (`decryption`), granted to tenants by name in the fleet.
+    pub decryption: BTreeMap<String, DecryptionKey>,
     /// Default reconcile interval of every unit.
     pub interval: Duration,
     /// Where checkouts and caches live.

@@ -46,6 +46,8 @@ pub struct Cluster {
     /// What the platform writes into every tenant's namespaces on this cluster
     /// (`tenantDefaults`); a tenant's own settings win.
     pub tenant_defaults: NamespacePolicy,
+    /// The agent's `decryption` keys the cluster's infra units may use (SOPS files).
+    pub decryption: Vec<String>,
 }
 
 /// One infra unit of a cluster: applied with the agent's identity.
@@ -94,6 +96,8 @@ pub enum Matcher {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tenant {
     pub name: String,
+    /// The agent's `decryption` keys the tenant's SOPS files may be opened with.
+    pub decryption: Vec<String>,
     /// The namespaces the tenant owns; the first is where its ServiceAccount lives.
     pub namespaces: Vec<String>,
     pub service_account: String,
@@ -257,6 +261,9 @@ pub struct Unit {
     pub options: UnitOptions,
     /// What a tenant unit may touch; `None` for the infra unit.
     pub limits: Option<Limits>,
+    /// The `decryption` keys its SOPS files may be opened with (its tenant's, or for infra the
+    /// cluster's).
+    pub decryption: Vec<String>,
 }
 
 /// `tenant/app`, or `infra` for the cluster's infra unit.

@@ -166,8 +166,18 @@ fn decode_cluster(
                 policy
             })(),
         };
+        let decryption = f
+            .get("decryption")
+            .map_or(Some(Vec::new()), |n| n.strings("decryption", &mut report));
         f.finish(
-            &["name", "labels", "vars", "infra", "tenantDefaults"],
+            &[
+                "name",
+                "labels",
+                "vars",
+                "infra",
+                "tenantDefaults",
+                "decryption",
+            ],
             &mut report,
         );
         Some((
@@ -177,6 +187,7 @@ fn decode_cluster(
                 vars: vars?,
                 infra: Vec::new(),
                 tenant_defaults: defaults?,
+                decryption: decryption?,
             },
             infra?,
         ))
@@ -242,6 +253,7 @@ fn decode_tenant(
         "vars",
         "limits",
         "onRemoval",
+        "decryption",
     ];
     let mut report = Report::new(rel);
     let r = &mut report;
@@ -374,6 +386,9 @@ fn decode_tenant(
             },
             None => Some(OnRemoval::Keep),
         };
+        let decryption = f
+            .get("decryption")
+            .map_or(Some(Vec::new()), |n| n.strings("decryption", r));
         f.finish(ALLOWED, r);
         let (namespaces, namespace_overrides) = namespaces?;
         let source_verify = source.as_ref().and_then(|s| s.verify.clone());
@@ -388,6 +403,7 @@ fn decode_tenant(
             return None;
         }
         Some(Tenant {
+            decryption: decryption?,
             name: name?,
             namespaces,
             namespace_overrides,

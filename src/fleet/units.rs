@@ -80,6 +80,7 @@ fn infra_unit(cluster: &Cluster, infra: &InfraUnit) -> Unit {
             .map(|(k, v)| (format!("vars.{k}"), v.clone())),
     );
     Unit {
+        decryption: cluster.decryption.clone(),
         id: UnitId::infra_named(&infra.name),
         identity: Identity::Agent,
         namespace: infra.namespace.clone(),
@@ -232,6 +233,7 @@ fn tenant_units(cluster: &Cluster, tenant: &Tenant, catalog: &Catalog, placement
             continue;
         }
         units.push(Unit {
+            decryption: tenant.decryption.clone(),
             release_name: app.release_name.clone().unwrap_or_else(|| app.name.clone()),
             values_files,
             id,

@@ -6,6 +6,7 @@ use serde_json::json;
 
 fn cluster(name: &str, env: &str) -> Cluster {
     Cluster {
+        decryption: Vec::new(),
         name: name.into(),
         labels: BTreeMap::from([("env".into(), env.into())]),
         vars: BTreeMap::from([("domain".into(), format!("{name}.example.com"))]),
@@ -16,6 +17,7 @@ fn cluster(name: &str, env: &str) -> Cluster {
 
 fn tenant(name: &str, namespaces: &[&str], clusters: Vec<Matcher>) -> Tenant {
     Tenant {
+        decryption: Vec::new(),
         name: name.into(),
         namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
         service_account: "flotilla-tenant".into(),

@@ -111,6 +111,7 @@ mod tests {
 
     fn unit(id: UnitId, depends_on: &[&str], after_infra: &[&str]) -> Unit {
         Unit {
+            decryption: Vec::new(),
             id,
             identity: Identity::Agent,
             namespace: None,
@@ -144,6 +145,7 @@ mod tests {
         );
         // The fleet's tenant file does.
         let mut ai = crate::fleet::Tenant {
+            decryption: Vec::new(),
             name: "ai".into(),
             namespaces: vec!["ai".into()],
             service_account: "sa".into(),

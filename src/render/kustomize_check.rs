@@ -20,7 +20,23 @@ pub(super) fn kustomization_file(dir: &Path) -> Option<PathBuf> {
 /// Checks the kustomization in `dir` and everything it includes; `root` is the checkout (canonical).
 /// Each problem names the kustomization file (relative to `root`), the field and the reference.
 pub(super) fn check(root: &Path, dir: &Path, allow_remote: bool) -> Result<(), Vec<String>> {
+    let (_, problems) = walk(root, dir, allow_remote);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// The files (not folders) of the checkout that the kustomization in `dir` and those it
+/// includes name: what kustomize will read besides the kustomization files.
+pub(super) fn referenced_files(root: &Path, dir: &Path) -> Vec<PathBuf> {
+    walk(root, dir, true).0
+}
+
+fn walk(root: &Path, dir: &Path, allow_remote: bool) -> (Vec<PathBuf>, Vec<String>) {
     let mut problems = Vec::new();
+    let mut files = Vec::new();
     let mut seen = BTreeSet::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
@@ -80,6 +96,8 @@ pub(super) fn check(root: &Path, dir: &Path, allow_remote: bool) -> Result<(), V
                 Ok(real) if real.starts_with(root) && system_inside => {
                     if real.is_dir() {
                         pending.push(real);
+                    } else {
+                        files.push(real);
                     }
                 }
                 Err(_) => problems.push(format!(
@@ -91,11 +109,7 @@ pub(super) fn check(root: &Path, dir: &Path, allow_remote: bool) -> Result<(), V
             }
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
-    }
+    (files, problems)
 }
 
 /// The most kustomization folders one app may include.

@@ -9,6 +9,7 @@ mod kustomize_check;
 mod objects;
 mod plain;
 mod scope;
+pub(crate) mod secrets;
 mod tools;
 
 use std::collections::{BTreeMap, HashMap};
@@ -81,18 +82,23 @@ pub fn render_unit(unit: &Unit, root: &Path, tools: &Tools) -> Result<Vec<Object
             return Err(fail(refused.iter().map(|rel| refused_link(rel)).collect()));
         }
     }
+    // The SOPS keys the unit may use (an error only matters when a file needs them).
+    let ring = tools.keys.ring(&unit.decryption);
     let (documents, unreadable) = match kind {
-        Kind::Plain => plain::read(&root, &dir, unit),
+        Kind::Plain => plain::read(&root, &dir, unit, &ring),
         Kind::Kustomize => {
             // A tenant's kustomization reaches only its own checkout, and the network only
             // where the fleet allows remote bases.
             if let Some(limits) = &unit.limits {
                 kustomize_check::check(&root, &dir, limits.remote_bases).map_err(fail)?;
             }
-            (
-                tools.kustomize(&dir, &shown, unit).map_err(fail)?,
-                Vec::new(),
-            )
+            // Encrypted files it names are decrypted into a private copy, which is built.
+            let files = kustomize_check::referenced_files(&root, &dir);
+            let copy = secrets::decrypted_copy(&root, &dir, &files, &ring).map_err(fail)?;
+            let build_dir = copy.as_ref().map_or(dir.as_path(), |(_, d)| d.as_path());
+            let docs = tools.kustomize(build_dir, &shown, unit).map_err(fail)?;
+            drop(copy);
+            (docs, Vec::new())
         }
         Kind::Helm => (tools.helm(&dir, &shown, unit).map_err(fail)?, Vec::new()),
     };
@@ -102,7 +108,10 @@ pub fn render_unit(unit: &Unit, root: &Path, tools: &Tools) -> Result<Vec<Object
         .into_iter()
         .filter(|d| !hook::is_hook(&d.body) || hook::of(&d.body).is_some())
         .collect();
-    match (objects::finish(unit, documents), unreadable.is_empty()) {
+    match (
+        objects::finish(unit, documents, tools.secret_key.as_deref()),
+        unreadable.is_empty(),
+    ) {
         (Ok(objects), true) => Ok(objects),
         (Ok(objects), false) => {
             let mut all = fail(unreadable);

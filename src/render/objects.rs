@@ -119,7 +119,11 @@ fn dns_label(s: &str) -> bool {
 }
 
 /// Turns a unit's documents into objects, or every problem found in them.
-pub(super) fn finish(unit: &Unit, documents: Vec<Document>) -> Result<Vec<Object>, Vec<Problem>> {
+pub(super) fn finish(
+    unit: &Unit,
+    documents: Vec<Document>,
+    secret_key: Option<&[u8; 32]>,
+) -> Result<Vec<Object>, Vec<Problem>> {
     let owner = Owner::Unit(unit.id.clone());
     let mut problems = Vec::new();
     let mut fail = |d: &Document, what: &str, message: String| {
@@ -282,7 +286,12 @@ pub(super) fn finish(unit: &Unit, documents: Vec<Document>) -> Result<Vec<Object
             fail(&d, &what, "metadata.labels must be a mapping".into());
             continue;
         }
-        let hash = hash(&d.body);
+        // A Secret's hash is keyed (HMAC with the agent's own key): the annotation on the live
+        // object must not let anyone confirm a guessed value.
+        let hash = match secret_key {
+            Some(k) if key.group.is_empty() && key.kind == "Secret" => keyed_hash(&d.body, k),
+            _ => hash(&d.body),
+        };
         objects.push(Object {
             key,
             api_version,
@@ -350,6 +359,29 @@ fn canonical(v: &serde_json::Value, out: &mut impl std::io::Write) -> std::io::R
         }
         scalar => serde_json::to_writer(&mut *out, scalar).map_err(std::io::Error::other),
     }
+}
+
+/// HMAC-SHA256 of `body`'s canonical form under `key`, hex.
+pub(crate) fn keyed_hash(body: &serde_json::Value, key: &[u8; 32]) -> String {
+    use hmac::Mac as _;
+    struct Writer(hmac::Hmac<Sha256>);
+    impl std::io::Write for Writer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    use hmac::KeyInit as _;
+    let mut w = Writer(hmac::Hmac::<Sha256>::new_from_slice(key).expect("any key length"));
+    canonical(body, &mut w).expect("hashing does not fail");
+    w.0.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn hash(body: &serde_json::Value) -> String {

@@ -12,7 +12,12 @@ use crate::yaml::Node;
 /// Reads the documents of the folder `dir` of the checkout at `root` (canonical), and the problems
 /// of every file that could not be read: the good files' documents are still returned, so their
 /// own problems can be reported in the same run.
-pub(super) fn read(root: &Path, dir: &Path, unit: &Unit) -> (Vec<Document>, Vec<String>) {
+pub(super) fn read(
+    root: &Path,
+    dir: &Path,
+    unit: &Unit,
+    ring: &Result<crate::sops::KeyRing, String>,
+) -> (Vec<Document>, Vec<String>) {
     let mut files = Vec::new();
     let mut problems = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -39,7 +44,7 @@ pub(super) fn read(root: &Path, dir: &Path, unit: &Unit) -> (Vec<Document>, Vec<
             .unwrap_or(&file)
             .to_string_lossy()
             .into_owned();
-        match read_file(&file, &rel, &vars, budget) {
+        match read_file(&file, &rel, &vars, budget, ring) {
             Ok((docs, size)) => {
                 documents.extend(docs);
                 budget = budget.saturating_sub(size);
@@ -102,6 +107,7 @@ fn read_file(
     rel: &str,
     vars: &Vars<'_>,
     budget: usize,
+    ring: &Result<crate::sops::KeyRing, String>,
 ) -> Result<(Vec<Document>, usize), Vec<String>> {
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     if size > MAX_MANIFEST_BYTES {
@@ -115,6 +121,11 @@ fn read_file(
     let text = String::from_utf8(bytes)
         .map_err(|_| vec![format!("{rel}: not a text file (not valid UTF-8)")])?;
     let limit = budget.min(MAX_MANIFEST_BYTES as usize);
+    // A SOPS file is decrypted in memory, as it is: no substitution in secret values.
+    if super::secrets::is_sops_text(&text) {
+        let plain = super::secrets::decrypt_text(&text, rel, ring).map_err(|e| vec![e])?;
+        return parse_manifests(&plain, rel, None, limit);
+    }
     let (docs, size) = parse_manifests(&text, rel, Some(vars), limit).map_err(|mut p| {
         if limit < MAX_MANIFEST_BYTES as usize {
             p.push(format!(

@@ -4,12 +4,21 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::objects::{Document, finish, hash};
+use super::objects::{Document, hash};
 use super::{Scope, check_duplicates};
 use crate::fleet::{Identity, Limits, Unit, UnitId, UnitOptions, UnitSource};
 
+/// Objects with plain hashes (no key for Secrets).
+fn finish(
+    unit: &Unit,
+    documents: Vec<Document>,
+) -> Result<Vec<super::Object>, Vec<crate::fleet::Problem>> {
+    super::objects::finish(unit, documents, None)
+}
+
 fn tenant_unit(app: &str) -> Unit {
     Unit {
+        decryption: Vec::new(),
         id: UnitId::app("ai", app),
         identity: Identity::ServiceAccount {
             namespace: "ai".into(),

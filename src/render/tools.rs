@@ -26,6 +26,10 @@ pub struct Tools {
     pub timeout: Duration,
     /// What the cluster serves, for Helm's `.Capabilities` (`None`: rendering offline).
     pub capabilities: Option<std::sync::Arc<Capabilities>>,
+    /// The agent config's SOPS keys (`decryption`), read when the tools are made.
+    pub(crate) keys: crate::sops::KeyStore,
+    /// The agent's key for Secrets' hashes (`state_dir/secret-hash.key`); `None`: plain sha256.
+    pub(crate) secret_key: Option<std::sync::Arc<[u8; 32]>>,
 }
 
 /// The cluster's version and what it serves, as `helm template --kube-version --api-versions`
@@ -45,11 +49,30 @@ impl From<&crate::config::Render> for Tools {
             helm: r.helm.clone(),
             timeout: r.timeout,
             capabilities: None,
+            keys: Default::default(),
+            secret_key: None,
         }
     }
 }
 
 impl Tools {
+    /// The tools of `config`, with its SOPS keys read.
+    pub(crate) fn of(config: &crate::config::Config) -> Tools {
+        Tools {
+            keys: crate::sops::KeyStore::load(&config.decryption),
+            secret_key: secret_hash_key(&config.state_dir, false).map(std::sync::Arc::new),
+            ..Tools::from(&config.render)
+        }
+    }
+
+    /// These tools with the agent's key for Secrets' hashes, made if it does not exist yet.
+    pub(crate) fn with_secret_key(self, state_dir: &Path) -> Tools {
+        Tools {
+            secret_key: secret_hash_key(state_dir, true).map(std::sync::Arc::new),
+            ..self
+        }
+    }
+
     /// Runs kustomize on `dir` and substitutes variables in its output.
     pub(super) fn kustomize(
         &self,
@@ -187,6 +210,38 @@ fn differing(a: &[Document], b: &[Document]) -> Vec<String> {
     out.sort();
     out.dedup();
     out
+}
+
+/// The agent's key for Secrets' hashes: 32 random bytes in `state_dir/secret-hash.key` (0600),
+/// made on first use. `None` when the state folder cannot hold it (hashes are then plain).
+fn secret_hash_key(state_dir: &Path, create: bool) -> Option<[u8; 32]> {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = state_dir.join("secret-hash.key");
+    if let Ok(bytes) = std::fs::read(&file) {
+        return <[u8; 32]>::try_from(bytes.as_slice()).ok();
+    }
+    if !create {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut r| r.read_exact(&mut key))
+        .ok()?;
+    std::fs::create_dir_all(state_dir).ok()?;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .and_then(|mut f| f.write_all(&key));
+    match written {
+        Ok(()) => Some(key),
+        // Another process made it first: its key is the one.
+        Err(_) => std::fs::read(&file)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()),
+    }
 }
 
 /// Runs a program to completion within `timeout`; its stdout, or why it failed (with stderr).

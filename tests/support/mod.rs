@@ -9,6 +9,7 @@ pub mod git;
 pub mod hook_scenarios;
 pub mod kube_api;
 pub mod scenarios;
+pub mod sops;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

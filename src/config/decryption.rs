@@ -1,0 +1,78 @@
+//! `decryption:` of the agent config: the private keys that open SOPS files, each
+//! `{ age_key_file }` (an age identity file) or `{ pgp_key_file }` (an armored OpenPGP secret
+//! key), granted to tenants by name in the fleet. A key file must be readable by its owner only.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::yaml::{Fields, Node, Report, Value, join};
+
+/// A private key for SOPS files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecryptionKey {
+    Age(PathBuf),
+    Pgp(PathBuf),
+}
+
+pub(crate) fn decode_decryption(
+    node: &Node,
+    base: &Path,
+    report: &mut Report,
+) -> Option<BTreeMap<String, DecryptionKey>> {
+    let Value::Map(entries) = &node.value else {
+        return report.wrong_type(node, "decryption", "a mapping of names to keys");
+    };
+    let mut out = BTreeMap::new();
+    let mut ok = true;
+    for (k, v) in entries {
+        let Some(name) = k.str("decryption", report) else {
+            ok = false;
+            continue;
+        };
+        let path = format!("decryption.{name}");
+        let key = (|| {
+            let mut f = Fields::new(v, &path, report)?;
+            let given = f.present(&["age_key_file", "pgp_key_file"]);
+            let file = |f: &mut Fields<'_>, field: &str, report: &mut Report| {
+                let node = f.get(field)?;
+                let file = super::decode::readable_file(node, &join(&path, field), base, report)?;
+                private_key_file(&file)
+                    .map_err(|why| report.error(node, &join(&path, field), why))
+                    .ok()?;
+                Some(file)
+            };
+            let age = file(&mut f, "age_key_file", report);
+            let pgp = file(&mut f, "pgp_key_file", report);
+            f.finish(&["age_key_file", "pgp_key_file"], report);
+            if given.len() != 1 {
+                report.error(v, &path, "give exactly one of age_key_file or pgp_key_file");
+                return None;
+            }
+            age.map(DecryptionKey::Age).or(pgp.map(DecryptionKey::Pgp))
+        })();
+        match key {
+            Some(key) => {
+                out.insert(name.to_string(), key);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+/// A private key's file may be read by its owner only (as ssh insists for its keys).
+pub(crate) fn private_key_file(file: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by others (mode {:o}); a private key must be readable by its owner only (chmod 600)",
+            file.display(),
+            mode & 0o777
+        ));
+    }
+    Ok(())
+}
