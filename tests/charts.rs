@@ -388,7 +388,7 @@ fn the_examples_chart_apps_render_from_both_kinds_of_repository() {
         return skip("example charts");
     };
     let examples = crate::support::repo_root().join("config/examples");
-    for rel in ["fleet", "tenants"] {
+    for rel in ["fleet", "tenants", "keys"] {
         copy_tree(&examples.join(rel), &p.dir.path().join(rel));
     }
     let catalog = std::fs::read_to_string(examples.join("tenants/ai/tenant.yaml")).unwrap();
@@ -411,7 +411,7 @@ fn the_examples_chart_apps_render_from_both_kinds_of_repository() {
     .file(
         "flotilla.yaml",
         &format!(
-            "cluster: prod\nfleet: {{ dir: fleet }}\nstate_dir: state\nrender: {{ helm: {} }}\n",
+            "cluster: prod\nfleet: {{ dir: fleet }}\nstate_dir: state\nrender: {{ helm: {} }}\ndecryption:\n  ai-key: {{ age_key_file: keys/ai-test.agekey, test_key: true }}\n",
             helm.display()
         ),
     );

@@ -13,7 +13,7 @@ fn the_shipped_example_validates() {
     assert!(
         run.stdout
             // Two infra layers per cluster (controllers, configs) and 16 tenant apps.
-            .contains(": 2 clusters, 3 tenants; 20 units rendered)"),
+            .contains(": 2 clusters, 3 tenants; 22 units rendered)"),
         "{run:?}"
     );
     assert!(run.stderr.is_empty(), "{run:?}");
@@ -49,7 +49,7 @@ webhook: {}
         format!("flotilla.yaml:8:19: credentials.platform.ssh_key_file: no such file: {}", key.display()),
         "flotilla.yaml:11:11: interval: \"every five minutes\" is not a duration (expected number at 0); write it like 30s, 5m or 1h".to_string(),
         "flotilla.yaml:12:14: concurrency: expected a whole number, found a string".to_string(),
-        "flotilla.yaml:13:1: webhook: unknown field; did you mean \"webhooks\"? allowed here: cluster, fleet, credentials, verification_keys, interval, state_dir, kubeconfig, listen, webhooks, concurrency, apply_concurrency, log, render, git, shutdown_grace, unit_timeout, leader_election".to_string(),
+        "flotilla.yaml:13:1: webhook: unknown field; did you mean \"webhooks\"? allowed here: cluster, fleet, credentials, verification_keys, decryption, interval, state_dir, kubeconfig, listen, webhooks, concurrency, apply_concurrency, log, render, git, shutdown_grace, unit_timeout, leader_election".to_string(),
         "flotilla.yaml: 5 errors".to_string(),
     ];
     let lines: Vec<&str> = run.stderr.lines().collect();

@@ -9,9 +9,13 @@ use crate::yaml::{Fields, Node, Report, Value, join};
 
 /// A private key for SOPS files.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DecryptionKey {
-    Age(PathBuf),
-    Pgp(PathBuf),
+pub struct DecryptionKey {
+    pub file: PathBuf,
+    /// An age identity file, else an armored OpenPGP secret key.
+    pub age: bool,
+    /// `test_key: true`: a key that is public anyway (an example's, committed to Git): its
+    /// file's mode is not checked.
+    pub test_key: bool,
 }
 
 pub(crate) fn decode_decryption(
@@ -33,22 +37,36 @@ pub(crate) fn decode_decryption(
         let key = (|| {
             let mut f = Fields::new(v, &path, report)?;
             let given = f.present(&["age_key_file", "pgp_key_file"]);
+            let test_key = f
+                .get("test_key")
+                .map_or(Some(false), |n| n.bool(&join(&path, "test_key"), report))?;
             let file = |f: &mut Fields<'_>, field: &str, report: &mut Report| {
                 let node = f.get(field)?;
                 let file = super::decode::readable_file(node, &join(&path, field), base, report)?;
-                private_key_file(&file)
-                    .map_err(|why| report.error(node, &join(&path, field), why))
-                    .ok()?;
+                if !test_key {
+                    private_key_file(&file)
+                        .map_err(|why| report.error(node, &join(&path, field), why))
+                        .ok()?;
+                }
                 Some(file)
             };
             let age = file(&mut f, "age_key_file", report);
             let pgp = file(&mut f, "pgp_key_file", report);
-            f.finish(&["age_key_file", "pgp_key_file"], report);
+            f.finish(&["age_key_file", "pgp_key_file", "test_key"], report);
             if given.len() != 1 {
                 report.error(v, &path, "give exactly one of age_key_file or pgp_key_file");
                 return None;
             }
-            age.map(DecryptionKey::Age).or(pgp.map(DecryptionKey::Pgp))
+            let (file, age) = match (age, pgp) {
+                (Some(f), _) => (f, true),
+                (None, Some(f)) => (f, false),
+                (None, None) => return None,
+            };
+            Some(DecryptionKey {
+                file,
+                age,
+                test_key,
+            })
         })();
         match key {
             Some(key) => {

@@ -177,15 +177,16 @@ impl KeyStore {
     pub(crate) fn load(
         decryption: &std::collections::BTreeMap<String, crate::config::DecryptionKey>,
     ) -> KeyStore {
-        use crate::config::DecryptionKey;
         let keys = decryption
             .iter()
             .map(|(name, key)| {
-                let (file, age) = match key {
-                    DecryptionKey::Age(f) => (f, true),
-                    DecryptionKey::Pgp(f) => (f, false),
+                let (file, age) = (&key.file, key.age);
+                let mode = if key.test_key {
+                    Ok(())
+                } else {
+                    crate::config::private_key_file(file)
                 };
-                let loaded = crate::config::private_key_file(file)
+                let loaded = mode
                     .and_then(|()| {
                         std::fs::read_to_string(file)
                             .map_err(|e| format!("cannot read {}: {e}", file.display()))

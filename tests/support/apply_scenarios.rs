@@ -273,6 +273,13 @@ pub async fn example_fleet_applies_for_dev(env: Arc<Env>) {
     let examples = super::repo_root().join("config/examples");
     copy(&examples.join("fleet"), &env.dir.path().join("fleet"));
     copy(&examples.join("tenants"), &env.dir.path().join("tenants"));
+    // The example's SOPS test key, as its agent config names it.
+    copy(&examples.join("keys"), &env.dir.path().join("keys"));
+    let config = std::fs::read_to_string(env.dir.path().join("flotilla.yaml")).unwrap();
+    env.write(
+        "flotilla.yaml",
+        &format!("{config}decryption:\n  ai-key: {{ age_key_file: keys/ai-test.agekey, test_key: true }}\n"),
+    );
     // The scenario is about flotilla, not the apps' images: on a real cluster every Deployment
     // runs the pause image, so that `dependsOn` health (spark-history before airflow) does not
     // depend on pulling and starting the example's real software.
@@ -312,6 +319,25 @@ pub async fn example_fleet_applies_for_dev(env: Arc<Env>) {
         .await
         .expect("jupyter applied");
     assert_eq!(jupyter["metadata"]["labels"]["flotilla.dev/tenant"], "ai");
+    // The Secret kept encrypted in Git, applied decrypted.
+    let secret = env
+        .get("v1", "Secret", Some("ai"), "model-registry")
+        .await
+        .expect("the encrypted Secret applied");
+    let token = match secret["data"]["token"].as_str() {
+        Some(b64) => {
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
+            String::from_utf8(bytes).unwrap()
+        }
+        None => secret["stringData"]["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    };
+    assert_eq!(token, "example-token-not-a-real-secret");
     let sa = env
         .get("v1", "ServiceAccount", Some("ai"), "flotilla-tenant")
         .await
