@@ -155,7 +155,7 @@ fn idle_example_fleet(server: &kube_api::ApiServer) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
-    for part in ["fleet", "tenants"] {
+    for part in ["fleet", "tenants", "keys"] {
         let status = Command::new("cp")
             .args([
                 "-r",
@@ -172,7 +172,10 @@ fn idle_example_fleet(server: &kube_api::ApiServer) {
     write(
         root,
         "flotilla.yaml",
-        &text.replace("cluster: bench", "cluster: dev"),
+        &format!(
+            "{}decryption:\n  ai-key: {{ age_key_file: keys/ai-test.agekey, test_key: true }}\n",
+            text.replace("cluster: bench", "cluster: dev")
+        ),
     );
     let mut agent = start(root, port);
     wait_ready(port, &mut agent);
