@@ -87,6 +87,10 @@ pub(crate) struct Fetcher {
     pub interval: std::time::Duration,
 }
 
+/// Reads a Secret as a tenant: `(identity, namespace, name)` → its entries as text, or why not.
+pub(crate) type SecretReader<'a> =
+    &'a dyn Fn(&crate::fleet::Identity, &str, &str) -> Result<BTreeMap<String, String>, String>;
+
 /// The key a chart spec is fetched by: repository, chart, range and credentials.
 fn chart_key(spec: &crate::config::ChartSpec) -> String {
     format!(
@@ -311,7 +315,7 @@ pub(crate) fn load(
         let missing: Vec<&String> = t
             .decryption
             .iter()
-            .filter(|k| !config.decryption.contains_key(*k))
+            .filter(|k| !k.starts_with("secret:") && !config.decryption.contains_key(*k))
             .collect();
         if let Some(key) = missing.first() {
             problems.push(Problem::new(
@@ -668,8 +672,38 @@ pub(crate) fn prepare_with(
     fetcher: &Fetcher,
     select: &dyn Fn(&crate::fleet::UnitId) -> bool,
     capabilities: Option<Arc<render::Capabilities>>,
+    secrets: Option<SecretReader<'_>>,
 ) -> Result<Prepared, Error> {
     let loaded = load(config, fetcher, Some(&config.cluster))?;
+    // SOPS keys the fleet lets tenants keep in a Secret of their own namespace, read as them.
+    let mut extra = Vec::new();
+    if let Some(read) = secrets {
+        for (name, tenant) in &loaded.fleet.tenants {
+            if !loaded.tenants.contains_key(name) {
+                continue;
+            }
+            let identity = crate::fleet::Identity::ServiceAccount {
+                namespace: tenant.namespaces[0].clone(),
+                name: tenant.service_account.clone(),
+            };
+            for key in tenant
+                .decryption
+                .iter()
+                .filter(|k| k.starts_with("secret:"))
+            {
+                let Some((ns, secret)) = key["secret:".len()..].split_once('/') else {
+                    continue;
+                };
+                let loaded_key = read(&identity, ns, secret)
+                    .and_then(|data| crate::sops::Key::from_secret(key, &data))
+                    .map(Arc::new)
+                    .map_err(|why| {
+                        format!("Secret {ns}/{secret} {}: {why}", crate::sops::KEY_NOT_READ)
+                    });
+                extra.push((key.clone(), loaded_key));
+            }
+        }
+    }
     let Some(cluster) = loaded.fleet.clusters.get(&config.cluster).cloned() else {
         let problems: Vec<String> = loaded.problems.iter().map(|p| p.to_string()).collect();
         return Err(Error::UnknownCluster {
@@ -688,7 +722,9 @@ pub(crate) fn prepare_with(
         // What is applied carries Secrets' keyed hashes: the agent's key is made if missing.
         &Tools {
             capabilities,
-            ..Tools::of(config).with_secret_key(&config.state_dir)
+            ..Tools::of(config)
+                .with_secret_key(&config.state_dir)
+                .with_keys(extra)
         },
         select,
     );

@@ -273,3 +273,70 @@ fn missing_macs_tampering_and_other_tenants_files_are_refused() {
         "{run:?}"
     );
 }
+
+/// Keys the fleet lets a tenant keep in a Secret of its own namespace, read with the tenant's
+/// identity when the agent syncs; `render` (offline) says where that key is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_key_from_a_secret_in_its_namespace() {
+    let server = ApiServer::start();
+    let env = Env::new(server.kubeconfig(), Some(&server)).await;
+    env.run(|env| async move {
+        let Some((key, recipient)) = age_key(env.dir.path(), "tenant") else {
+            return no_age("secret key");
+        };
+        let t = env.name("keys");
+        env.tenant(
+            &t,
+            &[&t],
+            "decryption: [{ secret: sops-keys }]\n",
+            "apps:\n  - { name: web, source: { path: web } }\n",
+        );
+        env.write(
+            &format!("tenants/{t}/web/secret.yaml"),
+            &encrypt(&secret("db"), &recipient, Some("^(data|stringData)$")),
+        );
+        // The tenant's platform team put the key there (a namespace the tenant owns).
+        env.admin_apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": t}}))
+            .await;
+        let identity = std::fs::read_to_string(&key).unwrap();
+        env.admin_apply(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "sops-keys", "namespace": t},
+            "stringData": {"identity.agekey": identity}}))
+            .await;
+        // The first pass onboards the tenant (its RoleBinding): until then it cannot read the
+        // Secret, a transient failure; the next pass decrypts.
+        let first = env.flotilla(&["run", "--once"]).await;
+        assert!(first.stdout.contains("FAILED (transient)"), "{first:?}");
+        assert!(
+            first.stdout.contains("could not be read as the tenant"),
+            "{first:?}"
+        );
+        env.sync().await;
+        assert!(env.get("v1", "Secret", Some(&t), "db").await.is_some());
+        // Read as the tenant: the request log shows the impersonated read.
+        if let Some(log) = &env.log {
+            let reads: Vec<_> = log
+                .requests()
+                .into_iter()
+                .filter(|r| r.method == "GET" && r.path.contains("/secrets/sops-keys"))
+                .collect();
+            assert!(!reads.is_empty());
+            let sa = format!("system:serviceaccount:{t}:flotilla-tenant");
+            assert!(
+                reads
+                    .iter()
+                    .all(|r| r.impersonated.as_deref() == Some(sa.as_str())),
+                "{reads:#?}"
+            );
+        }
+        let render = env.flotilla(&["render"]).await;
+        assert_eq!(render.code, 1, "{render:?}");
+        assert!(
+            render
+                .stderr
+                .contains("is read from the tenant's namespace when the agent syncs"),
+            "{render:?}"
+        );
+    })
+    .await;
+}

@@ -124,7 +124,17 @@ fn prepare(config: &Config) -> anyhow::Result<(Fetcher, Connected, Input, Vec<Pr
         },
         Err(_) => None,
     };
-    let prepared = prepare_with(config, &fetcher, &|_| true, capabilities)?;
+    let read_secret = |identity: &crate::fleet::Identity, ns: &str, name: &str| match &engine {
+        Ok(engine) => fetcher.block_on(engine.cluster.read_secret(identity, ns, name)),
+        Err(_) => Err("the cluster cannot be reached".to_string()),
+    };
+    let prepared = prepare_with(
+        config,
+        &fetcher,
+        &|_| true,
+        capabilities,
+        Some(&read_secret),
+    )?;
     Ok((fetcher, engine, prepared.input, prepared.problems))
 }
 

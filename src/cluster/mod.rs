@@ -296,6 +296,34 @@ impl Cluster {
         Ok(client)
     }
 
+    /// A Secret's entries as text, read as `identity` (a tenant reads only its own namespaces).
+    pub(crate) async fn read_secret(
+        &self,
+        identity: &Identity,
+        namespace: &str,
+        name: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+        use base64::Engine as _;
+        let client = self.client(identity).map_err(|e| e.to_string())?;
+        let secrets = self
+            .resolve("v1", "Secret")
+            .await
+            .map_err(|e| e.to_string())?;
+        let live = Cluster::get(&client, &secrets, Some(namespace), name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no such Secret")?;
+        let mut out = std::collections::BTreeMap::new();
+        for (k, v) in live["data"].as_object().into_iter().flatten() {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap_or_default())
+                .map_err(|_| format!("{k}: not base64"))?;
+            let text = String::from_utf8(bytes).map_err(|_| format!("{k}: not text"))?;
+            out.insert(k.clone(), text);
+        }
+        Ok(out)
+    }
+
     /// How the cluster serves `kind` of `api_version`. A kind missing from the cached list is
     /// looked up again (a CRD may have just been applied).
     pub(crate) async fn resolve(&self, api_version: &str, kind: &str) -> Result<Resource, Error> {

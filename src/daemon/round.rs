@@ -101,8 +101,19 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
                     metrics.unverified(repo);
                 }
             }));
-            prepare_with(&ctx.config, &fetcher, &|u| covers(&scope, u), capabilities)
-                .map_err(|e| Failure::new(e.kind(), e.to_string()))
+            let cluster = ctx.engine.cluster.clone();
+            let handle = tokio::runtime::Handle::current();
+            let read_secret = |identity: &crate::fleet::Identity, ns: &str, name: &str| {
+                handle.block_on(cluster.read_secret(identity, ns, name))
+            };
+            prepare_with(
+                &ctx.config,
+                &fetcher,
+                &|u| covers(&scope, u),
+                capabilities,
+                Some(&read_secret),
+            )
+            .map_err(|e| Failure::new(e.kind(), e.to_string()))
         })
         .await
         .unwrap_or_else(|e| {

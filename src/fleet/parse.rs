@@ -386,11 +386,11 @@ fn decode_tenant(
             },
             None => Some(OnRemoval::Keep),
         };
-        let decryption = f
-            .get("decryption")
-            .map_or(Some(Vec::new()), |n| n.strings("decryption", r));
+        let decryption_node = f.get("decryption");
         f.finish(ALLOWED, r);
         let (namespaces, namespace_overrides) = namespaces?;
+        let decryption =
+            decryption_node.map_or(Some(Vec::new()), |n| decode_decryption(n, &namespaces, r));
         let source_verify = source.as_ref().and_then(|s| s.verify.clone());
         let app_verify = limits.as_ref().and_then(|l| l.4.clone()).or(source_verify);
         if limits.as_ref().is_some_and(|l| l.3) && app_verify.is_some() {
@@ -427,6 +427,53 @@ fn decode_tenant(
         })
     })();
     finish(report, tenant)
+}
+
+/// A tenant's `decryption`: names of the agent config's keys, or `{ secret, namespace }` for
+/// keys in a Secret of one of its namespaces (default its first), read with its identity:
+/// kept as `secret:<namespace>/<name>`.
+fn decode_decryption(node: &Node, namespaces: &[String], r: &mut Report) -> Option<Vec<String>> {
+    let Value::Seq(items) = &node.value else {
+        return r.wrong_type(
+            node,
+            "decryption",
+            "a list of key names and { secret, namespace }",
+        );
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("decryption[{i}]");
+        if let Value::Str(name) = &item.value {
+            out.push(name.clone());
+            continue;
+        }
+        let mut f = Fields::new(item, &path, r)?;
+        let secret = f
+            .require("secret", item, r)
+            .and_then(|n| n.str(&join(&path, "secret"), r).map(str::to_string));
+        let namespace = match f.get("namespace") {
+            None => namespaces.first().cloned(),
+            Some(n) => {
+                let ns = n.str(&join(&path, "namespace"), r)?;
+                if !namespaces.iter().any(|t| t == ns) {
+                    r.error(
+                        n,
+                        &join(&path, "namespace"),
+                        format!("{ns:?} is not one of the tenant's namespaces"),
+                    );
+                    return None;
+                }
+                Some(ns.to_string())
+            }
+        };
+        f.finish(&["secret", "namespace"], r);
+        let secret = secret?;
+        crate::config::check_name(&secret)
+            .map_err(|why| r.error(item, &join(&path, "secret"), why))
+            .ok()?;
+        out.push(format!("secret:{}/{secret}", namespace?));
+    }
+    Some(out)
 }
 
 /// `None` when absent, `Some(None)` when present and broken, `Some(Some(v))` when good — folded

@@ -50,7 +50,16 @@ pub fn render_unit(unit: &Unit, root: &Path, tools: &Tools) -> Result<Vec<Object
     let fail = |details: Vec<String>| -> Vec<Problem> {
         details
             .into_iter()
-            .map(|d| Problem::new(Owner::Unit(unit.id.clone()), d))
+            .map(|d| {
+                // A key Secret the tenant cannot read yet (its RoleBinding comes with this very
+                // sync's onboarding) may be readable in a moment: retried soon.
+                let kind = if d.contains(crate::sops::KEY_NOT_READ) {
+                    crate::failure::Kind::Transient
+                } else {
+                    crate::failure::Kind::Permanent
+                };
+                Problem::of_kind(Owner::Unit(unit.id.clone()), d, kind)
+            })
             .collect()
     };
     let rel = unit_path(unit);

@@ -65,6 +65,17 @@ impl Tools {
         }
     }
 
+    /// These tools with keys read from tenants' Secrets besides the agent config's.
+    pub(crate) fn with_keys(
+        self,
+        extra: Vec<(String, Result<std::sync::Arc<crate::sops::Key>, String>)>,
+    ) -> Tools {
+        Tools {
+            keys: self.keys.with(extra),
+            ..self
+        }
+    }
+
     /// These tools with the agent's key for Secrets' hashes, made if it does not exist yet.
     pub(crate) fn with_secret_key(self, state_dir: &Path) -> Tools {
         Tools {

@@ -9,12 +9,8 @@ use serde_json::Value;
 /// One named key of the agent config's `decryption`.
 pub(crate) struct Key {
     pub name: String,
-    secret: Secret,
-}
-
-enum Secret {
-    Age(Vec<age::x25519::Identity>),
-    Pgp(Vec<pgp::composed::SignedSecretKey>),
+    age: Vec<age::x25519::Identity>,
+    pgp: Vec<pgp::composed::SignedSecretKey>,
 }
 
 impl std::fmt::Debug for Key {
@@ -25,6 +21,38 @@ impl std::fmt::Debug for Key {
 }
 
 impl Key {
+    /// The keys a Secret holds, as Flux reads them: each `*.agekey` entry an age identity file,
+    /// each `*.asc` entry an armored OpenPGP secret key.
+    pub(crate) fn from_secret(
+        name: &str,
+        data: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Key, String> {
+        let mut key = Key {
+            name: name.to_string(),
+            age: Vec::new(),
+            pgp: Vec::new(),
+        };
+        for (entry, text) in data {
+            if entry.ends_with(".agekey") {
+                key.age.extend(
+                    Key::age(name, text)
+                        .map_err(|why| format!("{entry}: {why}"))?
+                        .age,
+                );
+            } else if entry.ends_with(".asc") {
+                key.pgp.extend(
+                    Key::pgp(name, text)
+                        .map_err(|why| format!("{entry}: {why}"))?
+                        .pgp,
+                );
+            }
+        }
+        if key.age.is_empty() && key.pgp.is_empty() {
+            return Err("holds no *.agekey or *.asc entry".into());
+        }
+        Ok(key)
+    }
+
     /// Reads an age identity file (`AGE-SECRET-KEY-1…` lines; `#` comments).
     pub(crate) fn age(name: &str, text: &str) -> Result<Key, String> {
         let mut identities = Vec::new();
@@ -41,7 +69,8 @@ impl Key {
         }
         Ok(Key {
             name: name.to_string(),
-            secret: Secret::Age(identities),
+            age: identities,
+            pgp: Vec::new(),
         })
     }
 
@@ -61,15 +90,16 @@ impl Key {
         }
         Ok(Key {
             name: name.to_string(),
-            secret: Secret::Pgp(secret),
+            age: Vec::new(),
+            pgp: secret,
         })
     }
 
     /// The data key from one `sops.age[]` or `sops.pgp[]` entry, if this key opens it.
     fn open(&self, entry: &Value, age_entry: bool) -> Option<Vec<u8>> {
         let enc = entry["enc"].as_str()?;
-        match (&self.secret, age_entry) {
-            (Secret::Age(identities), true) => {
+        match (age_entry, &self.age, &self.pgp) {
+            (true, identities, _) if !identities.is_empty() => {
                 let reader = age::armor::ArmoredReader::new(enc.trim().as_bytes());
                 let decryptor = age::Decryptor::new(reader).ok()?;
                 let mut out = Vec::new();
@@ -81,7 +111,7 @@ impl Key {
                     .ok()?;
                 Some(out)
             }
-            (Secret::Pgp(keys), false) => {
+            (false, _, keys) if !keys.is_empty() => {
                 let parse = || {
                     pgp::composed::Message::from_armor(std::io::BufReader::new(
                         enc.trim().as_bytes(),
@@ -206,6 +236,19 @@ impl KeyStore {
         KeyStore(std::sync::Arc::new(keys))
     }
 
+    /// These keys and `extra` (keys read from tenants' Secrets, by `secret:<ns>/<name>`).
+    pub(crate) fn with(
+        &self,
+        extra: Vec<(String, Result<std::sync::Arc<Key>, String>)>,
+    ) -> KeyStore {
+        if extra.is_empty() {
+            return self.clone();
+        }
+        let mut keys = (*self.0).clone();
+        keys.extend(extra);
+        KeyStore(std::sync::Arc::new(keys))
+    }
+
     /// The keys `names` grant, or why one of them cannot be used.
     pub(crate) fn ring(&self, names: &[String]) -> Result<KeyRing, String> {
         let mut keys = Vec::new();
@@ -213,6 +256,11 @@ impl KeyStore {
             match self.0.get(name) {
                 Some(Ok(key)) => keys.push(key.clone()),
                 Some(Err(why)) => return Err(format!("decryption key {name:?}: {why}")),
+                None if name.starts_with("secret:") => {
+                    return Err(format!(
+                        "decryption key {name:?} is read from the tenant's namespace when the agent syncs (run, run --once, diff); render and validate cannot open files encrypted to it"
+                    ));
+                }
                 None => {
                     return Err(format!(
                         "decryption key {name:?} is not in the agent config's decryption"

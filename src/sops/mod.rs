@@ -14,9 +14,10 @@
 mod keys;
 mod tree;
 
-#[cfg(test)]
-use keys::Key;
-pub(crate) use keys::{KeyRing, KeyStore};
+pub(crate) use keys::{Key, KeyRing, KeyStore};
+
+/// How the error of a key Secret that could not be read begins its cause (a transient failure).
+pub(crate) const KEY_NOT_READ: &str = "could not be read as the tenant";
 pub(crate) use tree::{decrypt_document, decrypt_dotenv, is_encrypted_dotenv};
 
 #[cfg(test)]
