@@ -700,7 +700,13 @@ pub(crate) fn prepare_with(
                     .map_err(|why| {
                         format!("Secret {ns}/{secret} {}: {why}", crate::sops::KEY_NOT_READ)
                     });
-                extra.push((key.clone(), loaded_key));
+                // A namespace has one owner; a name read twice (a conflict being reported) is
+                // given to no one.
+                if let Some(seen) = extra.iter_mut().find(|(k, _)| k == key) {
+                    seen.1 = Err(format!("Secret {ns}/{secret} is claimed by two tenants"));
+                } else {
+                    extra.push((key.clone(), loaded_key));
+                }
             }
         }
     }

@@ -224,6 +224,17 @@ pub(crate) fn mask_secrets(before: &mut Value, after: &mut Value) {
     if !is_secret(before) && !is_secret(after) {
         return;
     }
+    // A Secret first applied by `kubectl apply` carries all of itself in this annotation.
+    for v in [&mut *before, &mut *after] {
+        if let Some(a) = v["metadata"]["annotations"].as_object_mut()
+            && a.contains_key("kubectl.kubernetes.io/last-applied-configuration")
+        {
+            a.insert(
+                "kubectl.kubernetes.io/last-applied-configuration".into(),
+                "***".into(),
+            );
+        }
+    }
     for field in ["data", "stringData"] {
         let old = before[field].clone();
         let new = after[field].clone();

@@ -136,8 +136,15 @@ fn kustomize_and_helm_values_files_are_decrypted() {
         "tenants/ai/kz/kustomization.yaml",
         "resources: [secret.enc.yaml]\nsecretGenerator:\n  - { name: app-env, envs: [app.enc.env] }\ngeneratorOptions: { disableNameSuffixHash: true }\n",
     )
-    .file("tenants/ai/kz/secret.enc.yaml", &encrypt(&secret("db"), &recipient, Some("^(data|stringData)$")))
-    .file("tenants/ai/kz/app.enc.env", &encrypt_dotenv(&[("API_TOKEN", PLAINTEXT), ("MODE", "prod")], &recipient));
+    // The MAC over the encrypted values only (mac_only_encrypted), as sops seeds it.
+    .file(
+        "tenants/ai/kz/secret.enc.yaml",
+        &crate::support::sops::encrypt_with(&secret("db"), &recipient, Some("^(data|stringData)$"), true),
+    )
+    .file(
+        "tenants/ai/kz/app.enc.env",
+        &encrypt_dotenv(&[("API_TOKEN", PLAINTEXT), ("MODE", "prod"), ("PEM", "line one\nline two")], &recipient),
+    );
     let run = p.run(&["render", "--show-secrets"]);
     assert_eq!(run.code, 0, "{run:?}");
     let docs = documents(&run.stdout);
@@ -153,6 +160,14 @@ fn kustomize_and_helm_values_files_are_decrypted() {
         .unwrap();
     assert_eq!(String::from_utf8(token).unwrap(), PLAINTEXT);
     assert!(generated["data"].get("sops_mac").is_none(), "{generated}");
+    // A multi-line value stays one value (the dotenv form escapes its newlines).
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(generated["data"]["PEM"].as_str().unwrap())
+        .unwrap();
+    assert!(
+        String::from_utf8(pem).unwrap().starts_with("line one"),
+        "{generated}"
+    );
     // The private copy kustomize built is gone.
     let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
         .unwrap()

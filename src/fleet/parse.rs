@@ -444,6 +444,11 @@ fn decode_decryption(node: &Node, namespaces: &[String], r: &mut Report) -> Opti
     for (i, item) in items.iter().enumerate() {
         let path = format!("decryption[{i}]");
         if let Value::Str(name) = &item.value {
+            // A name of the agent config's keys; `secret:` names are made below, never written.
+            if name.contains(':') {
+                r.error(item, &path, format!("{name:?} is not a key name (use {{ secret, namespace }} for a key in a Secret)"));
+                return None;
+            }
             out.push(name.clone());
             continue;
         }

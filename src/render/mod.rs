@@ -105,7 +105,18 @@ pub fn render_unit(unit: &Unit, root: &Path, tools: &Tools) -> Result<Vec<Object
             let files = kustomize_check::referenced_files(&root, &dir);
             let copy = secrets::decrypted_copy(&root, &dir, &files, &ring).map_err(fail)?;
             let build_dir = copy.as_ref().map_or(dir.as_path(), |(_, d)| d.as_path());
-            let docs = tools.kustomize(build_dir, &shown, unit).map_err(fail)?;
+            // The copy is checked as the checkout was: a link that stayed inside the checkout
+            // must stay inside the copy.
+            if let (Some((tmp, inner)), Some(limits)) = (&copy, &unit.limits) {
+                let copy_root = tmp
+                    .path()
+                    .canonicalize()
+                    .map_err(|e| fail(vec![e.to_string()]))?;
+                kustomize_check::check(&copy_root, inner, limits.remote_bases).map_err(fail)?;
+            }
+            let docs = tools
+                .kustomize(build_dir, &shown, unit, copy.is_none())
+                .map_err(fail)?;
             drop(copy);
             (docs, Vec::new())
         }

@@ -90,6 +90,7 @@ impl Tools {
         dir: &Path,
         shown: &str,
         unit: &Unit,
+        substitute: bool,
     ) -> Result<Vec<Document>, Vec<String>> {
         let Some(program) = &self.kustomize else {
             return Err(vec![format!(
@@ -109,10 +110,12 @@ impl Tools {
             flat: &unit.vars,
             values: &unit.values,
         };
+        // Output built from decrypted files is not substituted: a secret value is kept as it is,
+        // and never named in an "undefined variable" error.
         parse_manifests(
             &text,
             &format!("{shown} (kustomize output)"),
-            Some(&vars),
+            substitute.then_some(&vars),
             MAX_OUTPUT,
         )
         .map(|(docs, _)| docs)
@@ -137,10 +140,15 @@ impl Tools {
                 unit.release_name
             )]);
         }
-        let values = tempfile::Builder::new()
+        // In a private folder (0700; the file 0600), removed after the call: the values may hold
+        // what a SOPS values file decrypted to.
+        let private = tempfile::Builder::new()
             .prefix("flotilla-values-")
+            .tempdir()
+            .map_err(|e| vec![format!("{shown}: cannot write the values file: {e}")])?;
+        let values = tempfile::Builder::new()
             .suffix(".json")
-            .tempfile()
+            .tempfile_in(private.path())
             .map_err(|e| vec![format!("{shown}: cannot write the values file: {e}")])?;
         // JSON is YAML: Helm reads it as a values file. Values = chart defaults ← these.
         std::fs::write(
@@ -229,30 +237,46 @@ fn secret_hash_key(state_dir: &Path, create: bool) -> Option<[u8; 32]> {
     use std::io::{Read as _, Write as _};
     use std::os::unix::fs::OpenOptionsExt as _;
     let file = state_dir.join("secret-hash.key");
-    if let Ok(bytes) = std::fs::read(&file) {
-        return <[u8; 32]>::try_from(bytes.as_slice()).ok();
+    if let Some(key) = std::fs::read(&file)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+    {
+        return Some(key);
     }
     if !create {
         return None;
     }
+    // Missing, or not a key (a crash while it was written): made again, written whole to a
+    // temporary file and renamed into place, so it is never seen half written.
     let mut key = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut r| r.read_exact(&mut key))
         .ok()?;
     std::fs::create_dir_all(state_dir).ok()?;
+    let tmp = state_dir.join(format!(".secret-hash.key.{}", std::process::id()));
     let written = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(&file)
-        .and_then(|mut f| f.write_all(&key));
-    match written {
-        Ok(()) => Some(key),
-        // Another process made it first: its key is the one.
-        Err(_) => std::fs::read(&file)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()),
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(&key)?;
+            f.sync_all()
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return None;
     }
+    // Another agent may have made one meanwhile: the first in place wins, and is the one read.
+    let valid = |f: &Path| std::fs::read(f).is_ok_and(|b| b.len() == 32);
+    if std::fs::hard_link(&tmp, &file).is_err() && !valid(&file) {
+        let _ = std::fs::rename(&tmp, &file);
+    }
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::read(&file)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
 }
 
 /// Runs a program to completion within `timeout`; its stdout, or why it failed (with stderr).

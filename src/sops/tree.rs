@@ -17,6 +17,12 @@ pub(crate) fn is_encrypted_tree(doc: &Value) -> bool {
         && (doc["sops"]["version"].is_string() || doc["sops"]["mac"].is_string())
 }
 
+/// sha256("sops"), what sops hashes first when `mac_only_encrypted` is set.
+const MAC_ONLY_ENCRYPTED_INIT: [u8; 32] = [
+    0x8a, 0x3f, 0xd2, 0xad, 0x54, 0xce, 0x66, 0x52, 0x7b, 0x10, 0x34, 0xf3, 0xd1, 0x47, 0xbe, 0x0b,
+    0x0b, 0x97, 0x5b, 0x3b, 0xf4, 0x4f, 0x72, 0xc6, 0xfd, 0xad, 0xec, 0x81, 0x76, 0xf2, 0x7d, 0x69,
+];
+
 /// Which values a file's rules encrypt.
 struct Rules {
     unencrypted_suffix: Option<String>,
@@ -44,7 +50,12 @@ impl Rules {
             encrypted_suffix: text("encrypted_suffix"),
             unencrypted_regex: regex("unencrypted_regex")?,
             encrypted_regex: regex("encrypted_regex")?,
-            mac_only_encrypted: meta["mac_only_encrypted"].as_bool().unwrap_or(false),
+            // A dotenv file's metadata are strings.
+            mac_only_encrypted: match &meta["mac_only_encrypted"] {
+                Value::Bool(b) => *b,
+                Value::String(s) => s.eq_ignore_ascii_case("true"),
+                _ => false,
+            },
         })
     }
 
@@ -227,6 +238,11 @@ fn walk(tree: &mut Value, key: &[u8; 32], meta: &Value) -> Result<String, String
         rules: &rules,
         hash: Sha512::new(),
     };
+    // sops seeds a MAC over the encrypted values only with sha256("sops"), so that a file's MAC
+    // cannot be matched by switching the flag on and adding plain values.
+    if rules.mac_only_encrypted {
+        walk.hash.update(MAC_ONLY_ENCRYPTED_INIT);
+    }
     walk.value(tree, &mut Vec::new())?;
     Ok(walk
         .hash
@@ -271,8 +287,9 @@ pub(crate) fn decrypt_dotenv(text: &str, keys: &KeyRing) -> Result<String, Strin
         let (k, v) = line.split_once('=').ok_or("a line that is not KEY=VALUE")?;
         match k.strip_prefix("sops_") {
             Some(flat) => set_flat(&mut meta, flat, v.replace("\\n", "\n")),
+            // sops writes a newline in a value as `\n`.
             None => {
-                data.insert(k.to_string(), Value::String(v.to_string()));
+                data.insert(k.to_string(), Value::String(v.replace("\\n", "\n")));
             }
         }
     }
@@ -287,7 +304,12 @@ pub(crate) fn decrypt_dotenv(text: &str, keys: &KeyRing) -> Result<String, Strin
                 Value::String(s) => s,
                 other => other.to_string(),
             };
-            out.push_str(&format!("{k}={v}\n"));
+            // Written back as sops writes it: a value's newlines as `\n`, so that a multi-line
+            // value (a PEM key) stays one line for the dotenv reader.
+            if v.contains('\r') {
+                return Err(format!("{k}: a value holds a carriage return"));
+            }
+            out.push_str(&format!("{k}={}\n", v.replace('\n', "\\n")));
         }
     }
     Ok(out)

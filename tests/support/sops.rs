@@ -91,19 +91,20 @@ fn walk(
     path: &mut Vec<String>,
     key: &[u8; 32],
     only: Option<&regex::Regex>,
+    mac_only: bool,
     hash: &mut Sha512,
 ) {
     match v {
         Value::Object(map) => {
             for (k, child) in map.iter_mut() {
                 path.push(k.clone());
-                walk(child, path, key, only, hash);
+                walk(child, path, key, only, mac_only, hash);
                 path.pop();
             }
         }
         Value::Array(items) => items
             .iter_mut()
-            .for_each(|i| walk(i, path, key, only, hash)),
+            .for_each(|i| walk(i, path, key, only, mac_only, hash)),
         Value::Null => {}
         leaf => {
             let (bytes, kind) = match &*leaf {
@@ -120,8 +121,10 @@ fn walk(
                 Value::Number(n) => (n.to_string().into_bytes(), "float"),
                 _ => unreachable!(),
             };
-            hash.update(&bytes);
             let encrypted = only.is_none_or(|r| path.iter().any(|p| r.is_match(p)));
+            if encrypted || !mac_only {
+                hash.update(&bytes);
+            }
             if encrypted && !bytes.is_empty() {
                 *leaf = Value::String(seal(&bytes, key, &format!("{}:", path.join(":")), kind));
             }
@@ -151,13 +154,37 @@ fn metadata(
 /// `plain` (a mapping) as a SOPS file for `recipient` (JSON text, which is YAML), the values
 /// under keys matching `encrypted_regex` encrypted (all of them when `None`).
 pub fn encrypt(plain: &Value, recipient: &str, encrypted_regex: Option<&str>) -> String {
+    encrypt_with(plain, recipient, encrypted_regex, false)
+}
+
+/// [`encrypt`], with `mac_only_encrypted` (the MAC over the encrypted values only, seeded with
+/// sha256("sops") as sops seeds it).
+pub fn encrypt_with(
+    plain: &Value,
+    recipient: &str,
+    encrypted_regex: Option<&str>,
+    mac_only: bool,
+) -> String {
     let key: [u8; 32] = random();
     let mut tree = plain.clone();
     let regex = encrypted_regex.map(|r| regex::Regex::new(r).unwrap());
     let mut hash = Sha512::new();
-    walk(&mut tree, &mut Vec::new(), &key, regex.as_ref(), &mut hash);
+    if mac_only {
+        hash.update(sha2::Sha256::digest(b"sops"));
+    }
+    walk(
+        &mut tree,
+        &mut Vec::new(),
+        &key,
+        regex.as_ref(),
+        mac_only,
+        &mut hash,
+    );
     let digest: String = hash.finalize().iter().map(|b| format!("{b:02X}")).collect();
     tree["sops"] = metadata(&key, digest, recipient, encrypted_regex);
+    if mac_only {
+        tree["sops"]["mac_only_encrypted"] = json!(true);
+    }
     serde_json::to_string_pretty(&tree).unwrap()
 }
 
@@ -170,12 +197,15 @@ pub fn encrypt_dotenv(pairs: &[(&str, &str)], recipient: &str) -> String {
     }
     let mut tree = Value::Object(map);
     let mut hash = Sha512::new();
-    walk(&mut tree, &mut Vec::new(), &key, None, &mut hash);
+    walk(&mut tree, &mut Vec::new(), &key, None, false, &mut hash);
     let digest: String = hash.finalize().iter().map(|b| format!("{b:02X}")).collect();
     let meta = metadata(&key, digest, recipient, None);
     let mut out = String::new();
     for (k, v) in tree.as_object().unwrap() {
-        out.push_str(&format!("{k}={}\n", v.as_str().unwrap()));
+        out.push_str(&format!(
+            "{k}={}\n",
+            v.as_str().unwrap().replace('\n', "\\n")
+        ));
     }
     out.push_str(&format!(
         "sops_age__list_0__map_enc={}\n",
