@@ -224,6 +224,9 @@ async fn wait_done(
                     Health::Progressing(why) => why,
                 }
             }
+            // Seen, then gone: deleted once finished (`ttlSecondsAfterFinished`), which only
+            // the Job controller does after the end; counted as run rather than waited for.
+            Ok(None) if uid.is_some() => return (Ok(()), None),
             Ok(None) => "not found".to_string(),
             Err(e) => e.to_string(),
         };
