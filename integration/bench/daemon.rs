@@ -182,7 +182,7 @@ fn idle_example_fleet(server: &kube_api::ApiServer) {
     std::thread::sleep(Duration::from_secs(3));
     let (rss, peak) = memory(agent.id());
     stop(&mut agent);
-    println!("idle, example fleet for dev (18 units), after the first sync:");
+    println!("idle, example fleet for dev (19 units), after the first sync:");
     println!("  RSS {rss:.1} MiB   peak {peak:.1} MiB\n");
 }
 
