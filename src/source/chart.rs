@@ -24,6 +24,8 @@ use super::{Checkout, Error};
 use crate::config::{ChartRepo, ChartSpec, Credential};
 use crate::failure::Kind;
 
+/// The most repository listings (and archive locks) kept between fetches.
+const MAX_LISTINGS: usize = 512;
 /// An index up to this size is kept whole in memory; a larger one only for the charts asked for.
 const KEEP_WHOLE: usize = 1 << 20;
 /// The most an `index.yaml` may weigh.
@@ -288,12 +290,13 @@ impl Charts {
     }
 
     pub(super) fn listing_of(&self, key: &str) -> Arc<tokio::sync::Mutex<Listing>> {
-        self.repos
-            .lock()
-            .expect("the listing map is never poisoned")
-            .entry(key.to_string())
-            .or_default()
-            .clone()
+        let mut repos = self.repos.lock().expect("the listing map is never poisoned");
+        // Tenants name repositories: the listings kept are bounded. Over the bound, those no
+        // fetch holds are dropped (read again when next asked for).
+        if repos.len() >= MAX_LISTINGS && !repos.contains_key(key) {
+            repos.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        repos.entry(key.to_string()).or_default().clone()
     }
 
     /// The `Authorization` header value the credentials named give, if any: basic with a user
