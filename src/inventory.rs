@@ -80,7 +80,7 @@ pub(crate) const HOOKS_KEY: &str = "hooks";
 pub(crate) enum Error {
     #[error("inventory {parent}: {why}; flotilla will not use or prune it")]
     Foreign { parent: Parent, why: String },
-    #[error("inventory {parent}: line {line} of data.members is malformed")]
+    #[error("inventory {parent}: line {line} of data.members or data.hooks is malformed")]
     Malformed { parent: Parent, line: usize },
 }
 

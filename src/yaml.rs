@@ -83,7 +83,6 @@ impl Node {
         }
     }
 
-    /// What a user would call this node's type, for "expected X, found Y" messages.
     /// The value of `key` when this is a mapping that has it.
     pub fn get(&self, key: &str) -> Option<&Node> {
         match &self.value {
@@ -95,6 +94,7 @@ impl Node {
         }
     }
 
+    /// What a user would call this node's type, for "expected X, found Y" messages.
     pub fn kind(&self) -> &'static str {
         match self.value {
             Value::Null => "null",

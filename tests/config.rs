@@ -12,7 +12,7 @@ fn the_shipped_example_validates() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
         run.stdout
-            // Two infra layers per cluster (controllers, configs) and 16 tenant apps.
+            // Two infra layers per cluster (controllers, configs) and 18 tenant apps.
             .contains(": 2 clusters, 3 tenants; 22 units rendered)"),
         "{run:?}"
     );

@@ -13,7 +13,7 @@ use crate::reconcile::{self, Engine, Entry, Filter, Input, Mode};
 
 /// Reconciles every unit once; exit 0 only if every one converged.
 pub(crate) fn once(config: &Config) -> anyhow::Result<ExitCode> {
-    let (fetcher, engine, mut input, problems) = prepare(config)?;
+    let (fetcher, engine, mut input, problems) = prepare(config, true)?;
     let engine = engine?;
     let entries = fetcher.block_on(reconcile::pass(
         engine,
@@ -47,7 +47,7 @@ pub(crate) fn once(config: &Config) -> anyhow::Result<ExitCode> {
 
 /// Prints what a sync would change; exit 1 if anything would (or could not be compared).
 pub(crate) fn diff(config: &Config, filter: Filter) -> anyhow::Result<ExitCode> {
-    let (fetcher, engine, mut input, problems) = prepare(config)?;
+    let (fetcher, engine, mut input, problems) = prepare(config, false)?;
     if let Some(t) = &filter.tenant
         && !input.fleet.tenants.contains_key(t)
     {
@@ -111,7 +111,10 @@ pub(crate) fn diff(config: &Config, filter: Filter) -> anyhow::Result<ExitCode> 
 /// (offline if it cannot be reached: the connection's error comes back beside the input, so that
 /// the caller reports what matters first); the fleet's and tenants' problems come back with the
 /// input (units' own render problems are in the input's results).
-fn prepare(config: &Config) -> anyhow::Result<(Fetcher, Connected, Input, Vec<Problem>)> {
+fn prepare(
+    config: &Config,
+    applying: bool,
+) -> anyhow::Result<(Fetcher, Connected, Input, Vec<Problem>)> {
     let fetcher = Fetcher::new(config)?;
     let engine = fetcher.block_on(connect(config));
     let capabilities = match &engine {
@@ -128,12 +131,24 @@ fn prepare(config: &Config) -> anyhow::Result<(Fetcher, Connected, Input, Vec<Pr
         Ok(engine) => fetcher.block_on(engine.cluster.read_secret(identity, ns, name)),
         Err(_) => Err("the cluster cannot be reached".to_string()),
     };
+    // The key of Secrets' hashes, shared with the agent through the cluster; `diff` reads it
+    // but does not make it.
+    let secret_key = match &engine {
+        Ok(engine) => fetcher
+            .block_on(engine.cluster.secret_hash_key(applying))
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "no key for Secrets' hashes");
+                None
+            }),
+        Err(_) => None,
+    };
     let prepared = prepare_with(
         config,
         &fetcher,
         &|_| true,
         capabilities,
         Some(&read_secret),
+        secret_key,
     )?;
     Ok((fetcher, engine, prepared.input, prepared.problems))
 }

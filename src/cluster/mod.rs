@@ -81,7 +81,12 @@ pub(crate) struct Cluster {
     tenants: Mutex<HashMap<String, Client>>,
     /// What the cluster serves, for Helm, and when it was read.
     capabilities: Mutex<Option<(std::time::Instant, Arc<crate::render::Capabilities>)>>,
+    /// The key of Secrets' keyed hashes, once read.
+    secret_hash_key: Mutex<Option<[u8; 32]>>,
 }
+
+/// The Secret (in the agent's namespace) that holds the key of Secrets' keyed hashes.
+pub(crate) const SECRET_HASH_KEY: &str = "flotilla-secret-hash-key";
 
 // === impl Error ===
 
@@ -269,6 +274,7 @@ impl Cluster {
             discovery: Mutex::new(HashMap::new()),
             tenants: Mutex::new(HashMap::new()),
             capabilities: Mutex::new(None),
+            secret_hash_key: Mutex::new(None),
         })
     }
 
@@ -294,6 +300,73 @@ impl Cluster {
         let client = Client::try_from(config).map_err(|e| Error::Config(e.to_string()))?;
         tenants.insert(user, client.clone());
         Ok(client)
+    }
+
+    /// The key of Secrets' keyed hashes: 32 random bytes in a Secret of the agent's namespace,
+    /// so that every replica and `flotilla diff` hash alike. Made by the first agent that needs
+    /// it (`create`); a concurrent maker's key wins (create, never overwrite).
+    pub(crate) async fn secret_hash_key(&self, create: bool) -> Result<Option<[u8; 32]>, String> {
+        use base64::Engine as _;
+        use k8s_openapi::api::core::v1::Secret;
+        if let Some(key) = *self.secret_hash_key.lock().expect("not poisoned") {
+            return Ok(Some(key));
+        }
+        let api: kube::Api<Secret> =
+            kube::Api::namespaced(self.admin.clone(), crate::inventory::AGENT_NAMESPACE);
+        let read = |s: Secret| {
+            s.data
+                .and_then(|d| d.get("key").cloned())
+                .and_then(|b| <[u8; 32]>::try_from(b.0.as_slice()).ok())
+        };
+        let found = match api.get_opt(SECRET_HASH_KEY).await {
+            Ok(Some(s)) => Some(read(s).ok_or_else(|| {
+                format!(
+                    "Secret {}/{SECRET_HASH_KEY} holds no 32-byte key",
+                    crate::inventory::AGENT_NAMESPACE
+                )
+            })?),
+            Ok(None) if !create => None,
+            Ok(None) => {
+                let mut key = [0u8; 32];
+                {
+                    use std::io::Read as _;
+                    std::fs::File::open("/dev/urandom")
+                        .and_then(|mut r| r.read_exact(&mut key))
+                        .map_err(|e| format!("no random bytes: {e}"))?;
+                }
+                let secret: Secret = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": SECRET_HASH_KEY, "labels": {"app.kubernetes.io/managed-by": "flotilla"}},
+                    "type": "Opaque",
+                    "data": {"key": base64::engine::general_purpose::STANDARD.encode(key)},
+                }))
+                .map_err(|e| e.to_string())?;
+                match api.create(&kube::api::PostParams::default(), &secret).await {
+                    Ok(_) => Some(key),
+                    // Another agent made it first: its key is the one.
+                    Err(kube::Error::Api(e)) if e.code == 409 => api
+                        .get_opt(SECRET_HASH_KEY)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .and_then(read),
+                    Err(e) => {
+                        return Err(format!(
+                            "creating Secret {}/{SECRET_HASH_KEY}: {e}",
+                            crate::inventory::AGENT_NAMESPACE
+                        ));
+                    }
+                }
+            }
+            Err(e) => {
+                return Err(format!(
+                    "reading Secret {}/{SECRET_HASH_KEY}: {e}",
+                    crate::inventory::AGENT_NAMESPACE
+                ));
+            }
+        };
+        if let Some(key) = found {
+            *self.secret_hash_key.lock().expect("not poisoned") = Some(key);
+        }
+        Ok(found)
     }
 
     /// A Secret's entries as text, read as `identity` (a tenant reads only its own namespaces).

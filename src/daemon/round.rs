@@ -87,6 +87,14 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
             None
         }
     };
+    // The key of Secrets' hashes, shared by every replica through the cluster (read once).
+    let secret_key = match ctx.engine.cluster.secret_hash_key(true).await {
+        Ok(key) => key,
+        Err(error) => {
+            tracing::warn!(parent: &span, %error, "no key for Secrets' hashes; they are hashed plainly this round");
+            None
+        }
+    };
     let prepared = {
         let (ctx, scope, span) = (ctx.clone(), scope.clone(), span.clone());
         tokio::task::spawn_blocking(move || {
@@ -112,6 +120,7 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
                 &|u| covers(&scope, u),
                 capabilities,
                 Some(&read_secret),
+                secret_key,
             )
             .map_err(|e| Failure::new(e.kind(), e.to_string()))
         })

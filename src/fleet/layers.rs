@@ -269,7 +269,10 @@ pub(super) fn decode_infra(
                     None
                 }
                 (None, Some(_)) => Some(String::new()),
-                (None, None) => f.require("path", item, r).map(|_| String::new()),
+                (None, None) => {
+                    r.error(item, &path, "give path (a folder of the fleet) or chart");
+                    None
+                }
                 (Some(n), None) => n.str(&join(&path, "path"), r).and_then(|p| {
                     check_subpath(p)
                         .map_err(|why| r.error(n, &join(&path, "path"), why))

@@ -28,7 +28,8 @@ pub struct Tools {
     pub capabilities: Option<std::sync::Arc<Capabilities>>,
     /// The agent config's SOPS keys (`decryption`), read when the tools are made.
     pub(crate) keys: crate::sops::KeyStore,
-    /// The agent's key for Secrets' hashes (`state_dir/secret-hash.key`); `None`: plain sha256.
+    /// The key of Secrets' hashes (a Secret in the cluster, shared by every agent and `diff`);
+    /// `None`: plain sha256 (`render`, which prints no Secret hash).
     pub(crate) secret_key: Option<std::sync::Arc<[u8; 32]>>,
 }
 
@@ -60,7 +61,7 @@ impl Tools {
     pub(crate) fn of(config: &crate::config::Config) -> Tools {
         Tools {
             keys: crate::sops::KeyStore::load(&config.decryption),
-            secret_key: secret_hash_key(&config.state_dir, false).map(std::sync::Arc::new),
+            secret_key: None,
             ..Tools::from(&config.render)
         }
     }
@@ -72,14 +73,6 @@ impl Tools {
     ) -> Tools {
         Tools {
             keys: self.keys.with(extra),
-            ..self
-        }
-    }
-
-    /// These tools with the agent's key for Secrets' hashes, made if it does not exist yet.
-    pub(crate) fn with_secret_key(self, state_dir: &Path) -> Tools {
-        Tools {
-            secret_key: secret_hash_key(state_dir, true).map(std::sync::Arc::new),
             ..self
         }
     }
@@ -229,54 +222,6 @@ fn differing(a: &[Document], b: &[Document]) -> Vec<String> {
     out.sort();
     out.dedup();
     out
-}
-
-/// The agent's key for Secrets' hashes: 32 random bytes in `state_dir/secret-hash.key` (0600),
-/// made on first use. `None` when the state folder cannot hold it (hashes are then plain).
-fn secret_hash_key(state_dir: &Path, create: bool) -> Option<[u8; 32]> {
-    use std::io::{Read as _, Write as _};
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let file = state_dir.join("secret-hash.key");
-    if let Some(key) = std::fs::read(&file)
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-    {
-        return Some(key);
-    }
-    if !create {
-        return None;
-    }
-    // Missing, or not a key (a crash while it was written): made again, written whole to a
-    // temporary file and renamed into place, so it is never seen half written.
-    let mut key = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut r| r.read_exact(&mut key))
-        .ok()?;
-    std::fs::create_dir_all(state_dir).ok()?;
-    let tmp = state_dir.join(format!(".secret-hash.key.{}", std::process::id()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(&key)?;
-            f.sync_all()
-        });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return None;
-    }
-    // Another agent may have made one meanwhile: the first in place wins, and is the one read.
-    let valid = |f: &Path| std::fs::read(f).is_ok_and(|b| b.len() == 32);
-    if std::fs::hard_link(&tmp, &file).is_err() && !valid(&file) {
-        let _ = std::fs::rename(&tmp, &file);
-    }
-    let _ = std::fs::remove_file(&tmp);
-    std::fs::read(&file)
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
 }
 
 /// Runs a program to completion within `timeout`; its stdout, or why it failed (with stderr).

@@ -148,6 +148,8 @@ impl Key {
 #[derive(Debug, Default)]
 pub(crate) struct KeyRing {
     pub keys: Vec<std::sync::Arc<Key>>,
+    /// Keys granted but not usable here, each with why (named when no other key opens a file).
+    pub unavailable: Vec<String>,
 }
 
 impl KeyRing {
@@ -179,11 +181,14 @@ impl KeyRing {
             .filter(|k| meta[*k].as_array().is_some_and(|a| !a.is_empty()))
             .collect();
         let names: Vec<&str> = self.keys.iter().map(|k| k.name.as_str()).collect();
-        let allowed = if names.is_empty() {
+        let mut allowed = if names.is_empty() {
             "none".to_string()
         } else {
             names.join(", ")
         };
+        if !self.unavailable.is_empty() {
+            allowed = format!("{allowed}; not usable: {}", self.unavailable.join("; "));
+        }
         Err(match (recipients.is_empty(), cloud.is_empty()) {
             (true, false) => format!(
                 "it can only be opened with cloud KMS ({}), which flotilla does not support; encrypt it to an age or PGP key",
@@ -252,26 +257,23 @@ impl KeyStore {
         KeyStore(std::sync::Arc::new(keys))
     }
 
-    /// The keys `names` grant, or why one of them cannot be used.
+    /// The keys `names` grant; those that cannot be used are kept with why, and named only
+    /// when no other key opens a file.
     pub(crate) fn ring(&self, names: &[String]) -> Result<KeyRing, String> {
-        let mut keys = Vec::new();
+        let mut ring = KeyRing::default();
         for name in names {
             match self.0.get(name) {
-                Some(Ok(key)) => keys.push(key.clone()),
-                Some(Err(why)) => return Err(format!("decryption key {name:?}: {why}")),
-                None if name.starts_with("secret:") => {
-                    return Err(format!(
-                        "decryption key {name:?} is read from the tenant's namespace when the agent syncs (run, run --once, diff); render and validate cannot open files encrypted to it"
-                    ));
-                }
-                None => {
-                    return Err(format!(
-                        "decryption key {name:?} is not in the agent config's decryption"
-                    ));
-                }
+                Some(Ok(key)) => ring.keys.push(key.clone()),
+                Some(Err(why)) => ring.unavailable.push(format!("{name:?}: {why}")),
+                None if name.starts_with("secret:") => ring.unavailable.push(format!(
+                    "{name:?} is read from the tenant's namespace when the agent syncs (run, run --once, diff), not by render or validate"
+                )),
+                None => ring
+                    .unavailable
+                    .push(format!("{name:?} is not in the agent config's decryption")),
             }
         }
-        Ok(KeyRing { keys })
+        Ok(ring)
     }
 }
 

@@ -26,6 +26,7 @@ fn pgp_ring() -> KeyRing {
         keys: vec![Arc::new(
             Key::pgp("tests", &fixture("sops_functional_tests_key.asc")).unwrap(),
         )],
+        unavailable: Vec::new(),
     }
 }
 

@@ -290,7 +290,10 @@ impl Charts {
     }
 
     pub(super) fn listing_of(&self, key: &str) -> Arc<tokio::sync::Mutex<Listing>> {
-        let mut repos = self.repos.lock().expect("the listing map is never poisoned");
+        let mut repos = self
+            .repos
+            .lock()
+            .expect("the listing map is never poisoned");
         // Tenants name repositories: the listings kept are bounded. Over the bound, those no
         // fetch holds are dropped (read again when next asked for).
         if repos.len() >= MAX_LISTINGS && !repos.contains_key(key) {

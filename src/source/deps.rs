@@ -75,6 +75,14 @@ impl Sources {
             // Helm says what is wrong with it when it renders.
             Err(_) => return Ok(None),
         };
+        let missing: Vec<&Dependency> = file
+            .dependencies
+            .iter()
+            .filter(|d| !vendored(&dir, &d.name))
+            .collect();
+        if missing.is_empty() {
+            return Ok(None);
+        }
         // A name becomes a folder below charts/: only a chart name (no `/`, no `..`).
         if let Some(bad) = file
             .dependencies
@@ -89,22 +97,14 @@ impl Sources {
                 ),
             ));
         }
-        if file.dependencies.len() > MAX_DEPENDENCIES {
+        if missing.len() > MAX_DEPENDENCIES {
             return Err(fail(
                 Kind::Permanent,
                 format!(
                     "{} dependencies, over the {MAX_DEPENDENCIES} a chart may have",
-                    file.dependencies.len()
+                    missing.len()
                 ),
             ));
-        }
-        let missing: Vec<&Dependency> = file
-            .dependencies
-            .iter()
-            .filter(|d| !vendored(&dir, &d.name))
-            .collect();
-        if missing.is_empty() {
-            return Ok(None);
         }
         let mut fetched: Vec<(String, Checkout)> = Vec::new();
         for dep in missing {
