@@ -12,20 +12,19 @@
 // Benchmarks block on purpose; the rule against blocking sleeps (clippy.toml) is for `src/`.
 #![allow(clippy::disallowed_methods)]
 
-#[path = "../../tests/support/charts.rs"]
-#[allow(dead_code)]
-mod charts;
+// The tests' helpers (chart repositories, the registry, the `helm` stand-in); the parts only
+// the tests use stay unused here.
+#[allow(dead_code, unused_imports)]
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
-/// The repository root (`charts` finds its helper script from it).
-fn repo_root() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use support::repo_root;
 
 use std::time::{Duration, Instant};
 
-use charts::{FileServer, Registry, chart_tool, publish, write_chart};
 use flotilla::config::{ChartSpec, Config, check_repo};
 use flotilla::source::Sources;
+use support::charts::{FileServer, Registry, chart_tool, publish, write_chart};
 
 const OBJECTS: usize = 50;
 const UNITS: usize = 50;
@@ -54,7 +53,7 @@ fn binary() -> std::path::PathBuf {
 fn render_figures() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let helm = helm_wrapper(root);
+    let helm = support::helm_standin(root).expect("the engine was found above");
     let objects: String = (0..OBJECTS)
         .map(|i| format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: c{i} }}\ndata: {{ index: \"{i}\" }}\n"))
         .collect();
@@ -121,20 +120,6 @@ fn render_figures() {
         plain.as_secs_f64() * 1e3,
         chart.as_secs_f64() * 1e3
     );
-}
-
-fn helm_wrapper(dir: &std::path::Path) -> std::path::PathBuf {
-    let python = std::env::var("FLOTILLA_TEST_HELM_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = repo_root().join("tests/support/helm_standin.py");
-    let wrapper = dir.join("helm");
-    std::fs::write(
-        &wrapper,
-        format!("#!/bin/sh\nexec '{python}' '{}' \"$@\"\n", script.display()),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    wrapper
 }
 
 fn poll_figures() {

@@ -383,16 +383,7 @@ pub(super) fn infra_from_folder(root: &Path, cluster: &str) -> Result<Vec<InfraU
     }
     folders.sort();
     if files || folders.is_empty() {
-        return Ok(vec![InfraUnit {
-            name: INFRA.into(),
-            path: rel,
-            chart: None,
-            namespace: None,
-            values: serde_json::Value::Object(Default::default()),
-            depends_on: Vec::new(),
-            wait: false,
-            timeout: None,
-        }]);
+        return Ok(vec![InfraUnit::folder(INFRA.into(), rel)]);
     }
     for f in &folders {
         check_layer_name(f).map_err(|why| {
@@ -401,16 +392,7 @@ pub(super) fn infra_from_folder(root: &Path, cluster: &str) -> Result<Vec<InfraU
     }
     Ok(folders
         .into_iter()
-        .map(|f| InfraUnit {
-            name: format!("infra/{f}"),
-            path: format!("{rel}/{f}"),
-            chart: None,
-            namespace: None,
-            values: serde_json::Value::Object(Default::default()),
-            depends_on: Vec::new(),
-            wait: false,
-            timeout: None,
-        })
+        .map(|f| InfraUnit::folder(format!("infra/{f}"), format!("{rel}/{f}")))
         .collect())
 }
 

@@ -72,6 +72,22 @@ pub struct InfraUnit {
     pub timeout: Option<Duration>,
 }
 
+impl InfraUnit {
+    /// A layer that is a folder of the fleet, with no dependencies.
+    pub fn folder(name: String, path: String) -> InfraUnit {
+        InfraUnit {
+            name,
+            path,
+            chart: None,
+            namespace: None,
+            values: serde_json::Value::Object(Default::default()),
+            depends_on: Vec::new(),
+            wait: false,
+            timeout: None,
+        }
+    }
+}
+
 /// What the platform writes into a tenant's namespaces at onboarding, with the agent's
 /// identity: labels and annotations on the Namespace (Pod Security levels, network-policy
 /// selectors, cost centres), and a ResourceQuota and a LimitRange (`flotilla-tenant`) in it.

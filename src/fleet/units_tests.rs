@@ -280,14 +280,8 @@ fn two_tenants_claiming_one_namespace_are_both_held_back() {
 
 fn layer(name: &str, deps: &[&str]) -> InfraUnit {
     InfraUnit {
-        name: format!("infra/{name}"),
-        path: format!("infra/{name}"),
-        chart: None,
-        namespace: None,
-        values: serde_json::Value::Object(Default::default()),
         depends_on: deps.iter().map(|d| format!("infra/{d}")).collect(),
-        wait: false,
-        timeout: None,
+        ..InfraUnit::folder(format!("infra/{name}"), format!("infra/{name}"))
     }
 }
 

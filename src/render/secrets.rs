@@ -82,7 +82,7 @@ pub(super) fn decrypted_copy(
         .prefix("flotilla-sops-")
         .tempdir()
         .map_err(io)?;
-    copy_tree(root, copy.path()).map_err(io)?;
+    crate::source::copy_tree(root, copy.path(), true).map_err(io)?;
     for (file, text) in plain {
         let rel = file.strip_prefix(root).unwrap_or(&file);
         let target = copy.path().join(rel);
@@ -99,32 +99,4 @@ pub(super) fn decrypted_copy(
         .path()
         .join(dir.strip_prefix(root).unwrap_or(Path::new("")));
     Ok(Some((copy, inner)))
-}
-
-/// Copies a checkout: folders, regular files (mode 0600) and links as links (the checkout has
-/// already made links out of it lead nowhere); `.git` is left out.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let target = to.join(entry.file_name());
-        if kind.is_dir() {
-            if entry.file_name() != ".git" {
-                copy_tree(&entry.path(), &target)?;
-            }
-        } else if kind.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
-        } else if kind.is_file() {
-            let mut src = std::fs::File::open(entry.path())?;
-            let mut dst = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&target)?;
-            std::io::copy(&mut src, &mut dst)?;
-        }
-    }
-    Ok(())
 }

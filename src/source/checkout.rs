@@ -235,6 +235,37 @@ pub(super) fn checkout_dir(dir: &Path, commit: Oid) -> PathBuf {
     dir.join(commit.to_string())
 }
 
+/// Copies a tree: folders, and regular files written 0600; `.git` is left out. Links are never
+/// followed: with `links`, copied as links (a checkout has already made those that led out of
+/// it lead nowhere), else left out. Special files are left out.
+pub(crate) fn copy_tree(from: &Path, to: &Path, links: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            if entry.file_name() != ".git" {
+                copy_tree(&entry.path(), &target, links)?;
+            }
+        } else if kind.is_symlink() {
+            if links {
+                std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
+            }
+        } else if kind.is_file() {
+            let mut src = std::fs::File::open(entry.path())?;
+            let mut dst = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&target)?;
+            std::io::copy(&mut src, &mut dst)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

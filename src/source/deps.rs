@@ -202,30 +202,13 @@ fn compose(src: &Path, dest: &Path, rel: &str, deps: &[(String, Checkout)]) -> s
         .prefix(".compose-")
         .tempdir_in(parent)?;
     let chart = tmp.path().join(rel);
-    copy_tree(src, &chart)?;
+    super::copy_tree(src, &chart, false)?;
     for (name, c) in deps {
-        copy_tree(&c.root, &chart.join("charts").join(name))?;
+        super::copy_tree(&c.root, &chart.join("charts").join(name), false)?;
     }
     let kept = tmp.keep();
     if std::fs::rename(&kept, dest).is_err() {
         let _ = std::fs::remove_dir_all(&kept);
-    }
-    Ok(())
-}
-
-/// Copies files and folders (links are not followed, nor copied: the render refuses those
-/// that lead out, and the copy has no use for the others).
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let target = to.join(entry.file_name());
-        if kind.is_dir() && entry.file_name() != ".git" {
-            copy_tree(&entry.path(), &target)?;
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), target)?;
-        }
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ pub mod local;
 mod oci;
 mod verify;
 pub use checkout::REFUSED_LINK;
+pub(crate) use checkout::copy_tree;
 pub(crate) use deps::DependencyRules;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

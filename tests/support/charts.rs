@@ -128,23 +128,9 @@ fn checksum(data: &[u8]) -> u64 {
     })
 }
 
-/// The Python that has Helm's engine, or `None` (the caller skips).
-fn helm_python() -> Option<String> {
-    let named = std::env::var("FLOTILLA_TEST_HELM_PYTHON")
-        .ok()
-        .filter(|p| !p.is_empty());
-    let python = named.clone().unwrap_or_else(|| "python3".into());
-    let ok = std::process::Command::new(&python)
-        .args(["-c", "import helm_python"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(ok || named.is_none(), "{python} cannot import helm_python");
-    ok.then_some(python)
-}
-
 /// Runs `chart_tool.py` with Helm's engine; its stdout. `None` without the engine.
 pub fn chart_tool(args: &[&str]) -> Option<String> {
-    let python = helm_python()?;
+    let python = super::helm_python()?;
     let out = std::process::Command::new(python)
         .arg(super::repo_root().join("tests/support/chart_tool.py"))
         .args(args)

@@ -131,11 +131,10 @@ pub fn documents(stream: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// A `helm` for the tests: `tests/support/helm_standin.py` run by a Python that has Helm's Go
-/// SDK (`helm-python-sdk`): `$FLOTILLA_TEST_HELM_PYTHON` (CI sets it), else `python3` if it can
-/// import `helm_python`. Written as an executable into `dir` (flotilla runs tools with an empty
-/// environment, so the wrapper names its interpreter). `None` where neither has the SDK.
-pub fn helm_standin(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+/// The Python that has Helm's Go SDK (`helm-python-sdk`), as an absolute path:
+/// `$FLOTILLA_TEST_HELM_PYTHON` (CI sets it; named but broken is a failure), else `python3` if it
+/// can import `helm_python`; `None` where neither has it.
+pub fn helm_python() -> Option<String> {
     let named = std::env::var("FLOTILLA_TEST_HELM_PYTHON")
         .ok()
         .filter(|p| !p.is_empty());
@@ -144,7 +143,6 @@ pub fn helm_standin(dir: &std::path::Path) -> Option<std::path::PathBuf> {
         .args(["-c", "import helm_python"])
         .output()
         .is_ok_and(|o| o.status.success());
-    // Named but broken (CI's setup failed): fail, rather than quietly test without Helm.
     assert!(
         has_sdk || named.is_none(),
         "FLOTILLA_TEST_HELM_PYTHON={python} cannot import helm_python"
@@ -152,11 +150,19 @@ pub fn helm_standin(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     if !has_sdk {
         return None;
     }
-    let python = std::process::Command::new(&python)
+    std::process::Command::new(&python)
         .args(["-c", "import sys; print(sys.executable)"])
         .output()
         .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// A `helm` for the tests: `tests/support/helm_standin.py` run by a Python that has Helm's Go
+/// SDK (`helm-python-sdk`): `$FLOTILLA_TEST_HELM_PYTHON` (CI sets it), else `python3` if it can
+/// import `helm_python`. Written as an executable into `dir` (flotilla runs tools with an empty
+/// environment, so the wrapper names its interpreter). `None` where neither has the SDK.
+pub fn helm_standin(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let python = helm_python()?;
     let script = repo_root().join("tests/support/helm_standin.py");
     let wrapper = dir.join("helm");
     // Each call's arguments go to `helm.args` beside it, one line per call.
