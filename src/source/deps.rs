@@ -157,10 +157,7 @@ impl Sources {
         for (name, c) in &fetched {
             key.update(format!("{name} {}\n", c.revision));
         }
-        let key: String = key.finalize()[..12]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let key = super::chart::hex(&key.finalize()[..12]);
         let composed = self.state_dir.join("charts/composed").join(key);
         if composed.join(rel).join("Chart.yaml").is_file() {
             // Marked as used: composed charts unused for a week are swept.
