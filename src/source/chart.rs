@@ -178,7 +178,9 @@ impl Charts {
         match result {
             Ok(checkout) => {
                 tracing::debug!(chart = %spec.shown(), revision = %checkout.revision, elapsed = ?started.elapsed(), "chart ready");
-                let _ = self.record(spec, &checkout);
+                if let Err(error) = self.record(spec, &checkout) {
+                    tracing::warn!(chart = %spec.shown(), %error, "cannot record the last good chart");
+                }
                 Ok(checkout)
             }
             Err(f) => Err(Error {
