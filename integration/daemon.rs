@@ -13,3 +13,8 @@ env_scenarios!(
     sigterm_during_an_apply,
     leader_election_hands_over,
 );
+
+env_scenarios!(
+    page_scenarios:
+    the_status_page_shows_the_fleet_and_syncs_with_the_token,
+);

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{Config, GitRef, SourceSpec};
 use crate::fleet::UnitId;
 use crate::pipeline::location_key;
-use status::{Metrics, Report, SyncEvent, UnitStatus};
+use status::{Inspection, Metrics, Report, SyncEvent, SyncRecord, UnitStatus};
 
 /// What a round covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +32,9 @@ pub(crate) struct Plan {
     pub suspend: bool,
     /// The sources (location keys) the unit is rendered from, fetched fresh when it is due.
     pub sources: Vec<String>,
+    /// Where the unit comes from, as the status shows it (`tenant repo: apps/shop`, `chart
+    /// podinfo 6.x from https://…`).
+    pub source: String,
 }
 
 /// Whether a round of `scope` reconciles `unit`.
@@ -146,6 +149,11 @@ pub(crate) struct Status {
     pub targets: Vec<Target>,
     /// Each unit's last run.
     pub units: BTreeMap<UnitId, UnitStatus>,
+    /// Each unit's recent syncs, newest first (at most [`status::HISTORY`]); one `Arc` per unit,
+    /// so that publishing the status copies no history.
+    pub history: BTreeMap<UnitId, Arc<std::collections::VecDeque<SyncRecord>>>,
+    /// Each tenant's onboarding (namespaces, ServiceAccount, RoleBindings): its last run.
+    pub onboarding: BTreeMap<String, UnitStatus>,
     /// The fleet revision of the last full round, and its error if it failed as a whole.
     pub fleet_revision: Option<String>,
     pub error: Option<String>,
@@ -170,8 +178,21 @@ pub(crate) struct Snapshot {
 pub(crate) struct Handle {
     state: watch::Receiver<Arc<Snapshot>>,
     requests: mpsc::UnboundedSender<Request>,
+    inspections: mpsc::UnboundedSender<Inspect>,
+    /// At most two inspections run at once, whoever asks.
+    inspecting: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<Metrics>,
 }
+
+/// A request to compare one unit with the cluster now (its render from the last good
+/// checkouts, dry-run applied): what a sync would change, object by object.
+pub(crate) struct Inspect {
+    pub unit: UnitId,
+    pub reply: tokio::sync::oneshot::Sender<Result<Inspection, String>>,
+}
+
+/// How long an inspection may take before the page is told it did not finish.
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The scheduler's side of the snapshot.
 pub(crate) struct Publisher {
@@ -182,7 +203,10 @@ impl Handle {
     /// A handle, and the publisher of its snapshots, for an agent running `config`.
     pub(crate) fn new(
         config: Arc<Config>,
-        requests: mpsc::UnboundedSender<Request>,
+        (requests, inspections): (
+            mpsc::UnboundedSender<Request>,
+            mpsc::UnboundedSender<Inspect>,
+        ),
         metrics: Arc<Metrics>,
     ) -> (Handle, Publisher) {
         let status = Status {
@@ -199,6 +223,8 @@ impl Handle {
             Handle {
                 state: rx,
                 requests,
+                inspections,
+                inspecting: Arc::new(tokio::sync::Semaphore::new(2)),
                 metrics,
             },
             Publisher { state: tx },
@@ -213,6 +239,33 @@ impl Handle {
     /// Queues a request for the scheduler.
     pub(crate) fn request(&self, request: Request) {
         let _ = self.requests.send(request);
+    }
+
+    /// A receiver that wakes when the snapshot changes (the status page's live updates).
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.state.clone()
+    }
+
+    /// Compares `unit` with the cluster now (see [`Inspect`]); at most two at once, each within
+    /// a minute.
+    pub(crate) async fn inspect(&self, unit: UnitId) -> Result<Inspection, String> {
+        let _turn = self
+            .inspecting
+            .acquire()
+            .await
+            .map_err(|_| "the agent is stopping".to_string())?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.inspections
+            .send(Inspect { unit, reply })
+            .map_err(|_| "the agent is stopping".to_string())?;
+        match tokio::time::timeout(INSPECT_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("the comparison stopped before it finished (see the log)".into()),
+            Err(_) => Err(format!(
+                "the comparison did not finish within {}",
+                humantime::format_duration(INSPECT_TIMEOUT)
+            )),
+        }
     }
 }
 
@@ -255,6 +308,7 @@ impl Snapshot {
                         result: "pending".into(),
                         ..Default::default()
                     });
+                    s.source = Some(plan.source.clone());
                     if plan.suspend {
                         s.result = "suspended".into();
                         s.next_run = None;

@@ -23,7 +23,11 @@ pub(crate) struct UnitStatus {
     /// Who signed the revision, where its source asks for signatures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer: Option<String>,
-    /// `pending` (not run yet), `converged`, `failed` or `suspended`.
+    /// Where the unit comes from (see [`crate::agent::Plan::source`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// `pending` (not run yet), `converged`, `failed`, `held-back` (not applied: an app it
+    /// depends on did not converge) or `suspended`.
     pub result: String,
     pub last_error: Option<String>,
     /// Objects applied, pruned and failed in the last run.
@@ -47,6 +51,89 @@ pub(crate) struct Report {
     /// The last full round's error, when it failed as a whole.
     pub error: Option<String>,
     pub units: Vec<UnitStatus>,
+}
+
+/// How many syncs of each unit the status keeps.
+pub(crate) const HISTORY: usize = 10;
+
+/// How many changed objects a sync's record names (the rest are counted).
+const CHANGES_NAMED: usize = 20;
+
+/// One sync of a unit, as the status page lists it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub(crate) struct SyncRecord {
+    /// RFC 3339, UTC: when it (the last of `runs`) finished.
+    pub time: String,
+    pub revision: Option<String>,
+    pub result: String,
+    /// What it changed: `applied ConfigMap ai/x (created)`, `pruned …`, at most 20.
+    pub changes: Vec<String>,
+    /// Changes beyond those named.
+    pub more: usize,
+    pub failed: usize,
+    /// Its error and failures, in full.
+    pub error: Option<String>,
+    pub duration_seconds: f64,
+    /// Consecutive syncs that changed nothing at one revision with one result are one record.
+    pub runs: u32,
+}
+
+impl SyncRecord {
+    pub(crate) fn new(status: &UnitStatus, applied: &[String], pruned: &[String]) -> SyncRecord {
+        let all = applied
+            .iter()
+            .map(|a| format!("applied {a}"))
+            .chain(pruned.iter().map(|p| format!("pruned {p}")));
+        let total = applied.len() + pruned.len();
+        SyncRecord {
+            time: status.last_run.clone().unwrap_or_default(),
+            revision: status.revision.clone(),
+            result: status.result.clone(),
+            changes: all.take(CHANGES_NAMED).collect(),
+            more: total.saturating_sub(CHANGES_NAMED),
+            failed: status.failed,
+            error: status.last_error.clone(),
+            duration_seconds: status.duration_seconds.unwrap_or_default(),
+            runs: 1,
+        }
+    }
+
+    /// Adds `record` to the front of `history`, folded into the newest one when neither changed
+    /// anything and they agree on revision, result and error; at most [`HISTORY`] kept.
+    pub(crate) fn push(history: &mut std::collections::VecDeque<SyncRecord>, record: SyncRecord) {
+        if let Some(last) = history.front_mut()
+            && record.changes.is_empty()
+            && last.changes.is_empty()
+            && (&last.revision, &last.result, &last.error, last.failed)
+                == (
+                    &record.revision,
+                    &record.result,
+                    &record.error,
+                    record.failed,
+                )
+        {
+            last.runs += 1;
+            last.time = record.time;
+            last.duration_seconds = record.duration_seconds;
+            return;
+        }
+        history.push_front(record);
+        history.truncate(HISTORY);
+    }
+}
+
+/// A unit compared with the cluster now: each object's state and health, and the diff a sync
+/// would apply (Secret values masked).
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct Inspection {
+    pub revision: Option<String>,
+    pub objects: Vec<crate::reconcile::ObjectRow>,
+    pub diff: String,
+    /// Objects that would change or be pruned.
+    pub changes: usize,
+    pub notes: Vec<String>,
+    /// Why the unit, or some of its objects, could not be compared.
+    pub errors: Vec<String>,
 }
 
 /// A line of `POST /api/v1/sync`'s answer (newline-delimited JSON).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::round::{Done, unit_name};
 use super::schedule::{self, Schedule, Scope};
 use crate::agent::Status;
-use crate::agent::status::{SyncEvent, UnitStatus};
+use crate::agent::status::{SyncEvent, SyncRecord, UnitStatus};
 use crate::failure::{Failure, Kind};
 use crate::fleet::UnitId;
 use crate::reconcile::Entry;
@@ -206,13 +206,26 @@ fn synced<W: Caller>(
     // Each unit's status and metrics.
     let plans = &status.plans;
     status.units.retain(|id, _| plans.contains_key(id));
+    status.history.retain(|id, _| plans.contains_key(id));
+    let tenants = &status.tenants;
+    status.onboarding.retain(|t, _| tenants.contains(t));
     for e in &done.entries {
+        if let Some(t) = e.onboarding_of() {
+            status
+                .onboarding
+                .insert(t.to_string(), unit_status("onboarding", e, stamp));
+        }
         let Some(id) = &e.unit else { continue };
-        if plans.get(id).is_some_and(|p| p.suspend) {
+        if status.plans.get(id).is_some_and(|p| p.suspend) {
             continue;
         }
-        let mut s = unit_status(id, e, stamp);
+        let mut s = unit_status(&unit_name(id), e, stamp);
         s.signer = view.signers.get(id).cloned();
+        remember(
+            status,
+            id,
+            SyncRecord::new(&s, &e.outcome.applied, &e.outcome.pruned),
+        );
         status.units.insert(id.clone(), s);
         let o = &e.outcome;
         notices.push(Notice::Reconciled {
@@ -275,6 +288,9 @@ fn fail_unit<W>(status: &mut Status, id: &UnitId, why: &Failure, stamp: &str) ->
     s.result = "failed".into();
     s.last_error = Some(why.message.clone());
     s.last_run = Some(stamp.to_string());
+    (s.applied, s.pruned, s.failed, s.duration_seconds) = (0, 0, 0, None);
+    let record = SyncRecord::new(s, &[], &[]);
+    remember(status, id, record);
     Notice::Reconciled {
         unit: unit_name(id),
         result: Some(why.kind),
@@ -283,14 +299,26 @@ fn fail_unit<W>(status: &mut Status, id: &UnitId, why: &Failure, stamp: &str) ->
     }
 }
 
-fn unit_status(id: &UnitId, e: &Entry, stamp: &str) -> UnitStatus {
+/// Adds a sync to a unit's history.
+fn remember(status: &mut Status, id: &UnitId, record: SyncRecord) {
+    let history = status.history.entry(id.clone()).or_default();
+    SyncRecord::push(std::sync::Arc::make_mut(history), record);
+}
+
+fn unit_status(name: &str, e: &Entry, stamp: &str) -> UnitStatus {
     let o = &e.outcome;
     let errors = o.failure_lines();
     UnitStatus {
-        unit: unit_name(id),
+        unit: name.to_string(),
         revision: e.revision.clone(),
         signer: None,
-        result: if o.converged() { "converged" } else { "failed" }.into(),
+        source: None,
+        result: match (o.converged(), o.held_back) {
+            (true, _) => "converged",
+            (false, true) => "held-back",
+            (false, false) => "failed",
+        }
+        .into(),
         last_error: (!errors.is_empty()).then(|| errors.join("; ")),
         applied: o.applied.len(),
         pruned: o.pruned.len(),

@@ -26,6 +26,7 @@ fn plan() -> Plan {
         interval: HOUR,
         suspend: false,
         sources: vec!["repo".into()],
+        source: "tenant repo: app".into(),
     }
 }
 

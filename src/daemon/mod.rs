@@ -15,6 +15,7 @@
 
 mod book;
 mod finished;
+mod inspect;
 pub(crate) mod leader;
 pub(crate) mod reload;
 pub(crate) mod round;
@@ -73,8 +74,9 @@ pub(crate) fn run(config: Config) -> Result<ExitCode, Error> {
 async fn main(config: Config) -> Result<ExitCode, Error> {
     let config = Arc::new(config);
     let (requests, mut incoming) = mpsc::unbounded_channel();
+    let (inspections, mut inspect_requests) = mpsc::unbounded_channel();
     let metrics = Arc::new(Metrics::default());
-    let (handle, publisher) = Handle::new(config.clone(), requests, metrics.clone());
+    let (handle, publisher) = Handle::new(config.clone(), (requests, inspections), metrics.clone());
     let (stop_tx, mut stop) = watch::channel(false);
     signals(stop_tx.clone());
 
@@ -235,6 +237,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
                 joined_round(out, &mut schedule, &mut book, &mut task_rounds, joined);
             }
             Some(r) = incoming.recv() => schedule.request(r.scope, r.fresh, &r.reason, r.waiter),
+            Some(i) = inspect_requests.recv() => inspect::spawn(ctx.clone(), i),
             _ = tokio::time::sleep_until(wake.into()) => {}
             Some(new) = reloads.recv() => {
                 let sources = if new.credentials == ctx.config.credentials

@@ -230,19 +230,32 @@ fn view_of(config: &Config, prepared: &crate::pipeline::Prepared) -> View {
             .as_ref()
             .and_then(|t| input.fleet.tenants.get(t));
         let mut sources = Vec::new();
-        match &unit.source {
-            UnitSource::Fleet { .. } => sources.push(location_key(&config.fleet)),
-            UnitSource::Tenant { .. } => sources.extend(tenant.map(|t| location_key(&t.source))),
+        let source = match &unit.source {
+            UnitSource::Fleet { path } => {
+                sources.push(location_key(&config.fleet));
+                format!("fleet repo: {path}")
+            }
+            UnitSource::Tenant { path } => {
+                sources.extend(tenant.map(|t| location_key(&t.source)));
+                format!("tenant repo: {path}")
+            }
             UnitSource::Repo(spec) => {
                 sources.extend(tenant.map(|t| location_key(&t.source)));
                 sources.push(location_key(spec));
                 targets.push(Target::of(spec, Scope::Units([unit.id.clone()].into())));
+                let path = spec
+                    .path
+                    .as_deref()
+                    .map(|p| format!(" {p}"))
+                    .unwrap_or_default();
+                format!("git {} {}{path}", location_key(spec), spec.reference)
             }
             UnitSource::Chart(spec) => {
                 sources.extend(tenant.map(|t| location_key(&t.source)));
                 sources.push(spec.repo.to_string());
+                format!("chart {} {} from {}", spec.name, spec.version, spec.repo)
             }
-        }
+        };
         plans.insert(
             unit.id.clone(),
             Plan {
@@ -253,6 +266,7 @@ fn view_of(config: &Config, prepared: &crate::pipeline::Prepared) -> View {
                     .max(crate::config::MIN_INTERVAL),
                 suspend: unit.options.suspend,
                 sources,
+                source,
             },
         );
     }

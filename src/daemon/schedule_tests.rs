@@ -6,6 +6,7 @@ fn plan(secs: u64, sources: &[&str]) -> Plan {
         interval: Duration::from_secs(secs),
         suspend: false,
         sources: sources.iter().map(|s| s.to_string()).collect(),
+        source: String::new(),
     }
 }
 

@@ -24,9 +24,9 @@ use crate::failure::{Failure, Kind};
 use crate::fleet::{self, Fleet, Identity, Tenant, Unit, UnitId};
 use crate::inventory::Parent;
 use crate::render::{self, Object};
-pub(crate) use onboarding::onboarding;
+pub(crate) use onboarding::{onboarding, onboarding_name};
 use removal::{departed_tenants, removed_apps};
-pub(crate) use set::{Engine, Mode, Outcome, SetOptions, SetSpec};
+pub(crate) use set::{Engine, Mode, ObjectRow, Outcome, SetOptions, SetSpec};
 
 /// The `flotilla.dev/app` label of a tenant's onboarding set (not a valid app name).
 pub(crate) const ONBOARDING: &str = "flotilla.onboarding";
@@ -92,6 +92,14 @@ pub(crate) struct Entry {
     pub tenant: Option<String>,
     pub revision: Option<String>,
     pub outcome: Outcome,
+}
+
+impl Entry {
+    /// The tenant whose onboarding this entry is.
+    pub(crate) fn onboarding_of(&self) -> Option<&str> {
+        let t = self.tenant.as_deref()?;
+        (self.unit.is_none() && self.name == onboarding_name(t)).then_some(t)
+    }
 }
 
 impl Filter {
@@ -204,6 +212,7 @@ pub(crate) async fn pass(
                     revision: input.revisions.get(&unit.id).cloned(),
                     outcome: Outcome {
                         error: Some(why),
+                        held_back: true,
                         ..Default::default()
                     },
                 },
@@ -228,6 +237,7 @@ pub(crate) async fn pass(
                 Some(why) => Some(why.clone()),
                 None => order::held_back(unit, &done, &stuck),
             };
+            let held_back = blocked.is_some() && !not_onboarded.contains_key(&tenant);
             if unit.options.suspend {
                 done.insert(unit.id.clone(), true);
                 entries.push(Entry {
@@ -250,6 +260,7 @@ pub(crate) async fn pass(
                     revision: input.revisions.get(&unit.id).cloned(),
                     outcome: Outcome {
                         error: Some(why),
+                        held_back,
                         ..Default::default()
                     },
                 };

@@ -67,7 +67,7 @@ pub(crate) fn onboarding(
         ));
     }
     SetSpec {
-        name: format!("tenant {}: onboarding", tenant.name),
+        name: onboarding_name(&tenant.name),
         tenant: Some(tenant.name.clone()),
         set: ONBOARDING.into(),
         identity: Identity::Agent,
@@ -113,4 +113,9 @@ fn made(body: serde_json::Value, scope: Scope) -> Object {
         line: 0,
         refused: None,
     }
+}
+
+/// The name of a tenant's onboarding set in reports: `tenant ai: onboarding`.
+pub(crate) fn onboarding_name(tenant: &str) -> String {
+    format!("tenant {tenant}: onboarding")
 }

@@ -63,6 +63,11 @@ impl Engine {
                 continue;
             }
             if spec.mode == Mode::Diff {
+                out.objects.push(super::set::ObjectRow::new(
+                    &key,
+                    "would be pruned",
+                    Some(&live),
+                ));
                 out.changes += 1;
                 out.diff.push_str(&format!("would prune {key}\n"));
                 continue;

@@ -82,6 +82,53 @@ pub(crate) struct Outcome {
     pub changes: usize,
     /// How long the sync took.
     pub took: std::time::Duration,
+    /// Not run: an app it depends on did not converge (`error` says which).
+    pub held_back: bool,
+    /// Diff mode: every object's state and health.
+    pub objects: Vec<ObjectRow>,
+}
+
+/// One object of a set compared with the cluster (diff mode).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct ObjectRow {
+    /// `Deployment`, or `Certificate.cert-manager.io`.
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    /// `in sync`, `differs`, `missing`, `would be pruned`, `refused` or `failed`.
+    pub state: &'static str,
+    /// `ready`, `progressing: why`, `failed: why`; `None` when not live.
+    pub health: Option<String>,
+    /// Why it failed or was refused.
+    pub detail: Option<String>,
+}
+
+impl ObjectRow {
+    pub(crate) fn new(key: &ObjectKey, state: &'static str, live: Option<&Value>) -> ObjectRow {
+        ObjectRow {
+            kind: if key.group.is_empty() {
+                key.kind.clone()
+            } else {
+                format!("{}.{}", key.kind, key.group)
+            },
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            state,
+            health: live.map(|l| match super::health::of(l) {
+                super::health::Health::Ready => "ready".to_string(),
+                super::health::Health::Progressing(why) => format!("progressing: {why}"),
+                super::health::Health::Failed(why) => format!("failed: {why}"),
+            }),
+            detail: None,
+        }
+    }
+
+    fn failed(key: &ObjectKey, state: &'static str, why: &Failure) -> ObjectRow {
+        ObjectRow {
+            detail: Some(why.to_string()),
+            ..ObjectRow::new(key, state, None)
+        }
+    }
 }
 
 impl Outcome {
@@ -322,6 +369,9 @@ impl Engine {
                 match self.resolve_checked(o, spec).await {
                     Ok(r) => resolved.push((o, r)),
                     Err(why) => {
+                        if spec.mode == Mode::Diff {
+                            out.objects.push(ObjectRow::failed(&o.key, "failed", &why));
+                        }
                         out.failed.push(why.context(&o.key));
                         keep_old(&old, &mut record, o);
                     }
@@ -367,6 +417,25 @@ impl Engine {
                 .apply_group(&client, spec, &id, &resolved, &live, &old)
                 .await;
             for ((o, r), result) in resolved.into_iter().zip(results) {
+                if spec.mode == Mode::Diff {
+                    let live = live.get(&o.key);
+                    out.objects.push(match &result {
+                        Applied::Unchanged => ObjectRow::new(&o.key, "in sync", live),
+                        Applied::Diff(_) if live.is_some() => {
+                            ObjectRow::new(&o.key, "differs", live)
+                        }
+                        Applied::Diff(_) => ObjectRow::new(&o.key, "missing", None),
+                        Applied::Failed(why) => ObjectRow {
+                            detail: Some(why.to_string()),
+                            ..ObjectRow::new(&o.key, "failed", live)
+                        },
+                        Applied::Changed(..) => ObjectRow::new(&o.key, "in sync", live),
+                        Applied::Terminating => ObjectRow {
+                            detail: Some("its namespace is being deleted".into()),
+                            ..ObjectRow::new(&o.key, "failed", live)
+                        },
+                    });
+                }
                 match result {
                     Applied::Unchanged => {
                         out.unchanged += 1;
@@ -406,6 +475,12 @@ impl Engine {
             }
         }
         for key in &spec.refused {
+            if spec.mode == Mode::Diff {
+                out.objects.push(ObjectRow {
+                    detail: Some("refused by the render (see the unit's error)".into()),
+                    ..ObjectRow::new(key, "refused", None)
+                });
+            }
             if let Some(m) = old.members.get(key) {
                 record.members.insert(key.clone(), m.clone());
             }

@@ -3,12 +3,14 @@
 //! - `POST /hooks/{github,gitlab,gitea,bitbucket,generic}`: webhooks (see [`webhook`]);
 //! - `POST /api/v1/sync`, `GET /api/v1/status`: the operator API; over TCP only with the bearer
 //!   token of `listen.token_file`, over the socket for whoever may open it (mode 0660);
-//! - `GET /metrics`, `/healthz`, `/readyz`.
+//! - `GET /metrics`, `/healthz`, `/readyz`;
+//! - the status page (see [`page`]): `GET /`, `/unit`, with the token or the socket.
 //!
 //! Requests never wait for work: a webhook or sync is queued and answered at once (a sync with
 //! `wait` streams its progress as newline-delimited JSON until it is done).
 
 mod hooks;
+mod page;
 pub(crate) mod webhook;
 
 use std::collections::BTreeSet;
@@ -115,6 +117,7 @@ fn router(api: Api) -> Router {
             )
             .route("/api/v1/sync", any(sync))
             .route("/api/v1/status", any(status))
+            .merge(page::routes())
             .fallback(|| async { not_found() })
     };
     routes.with_state(api)
@@ -274,6 +277,11 @@ async fn sync(State(api): State<Api>, req: Request) -> Response {
     if req.method() != Method::POST {
         return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
+    // A browser's request from another site (through a forwarded socket, say) is not an
+    // operator's.
+    if page::cross_site(req.headers()) {
+        return error(StatusCode::FORBIDDEN, "a cross-site request; refused");
+    }
     let body = match read_body(req, MAX_API_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -290,6 +298,11 @@ async fn sync(State(api): State<Api>, req: Request) -> Response {
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad sync request: {e}")),
         }
     };
+    queue_sync(&api, ask)
+}
+
+/// Queues the sync `ask` names: answered at once, or (`wait`) streamed until it is done.
+fn queue_sync(api: &Api, ask: SyncBody) -> Response {
     let snapshot = api.agent.snapshot();
     if !snapshot.leader {
         return error(
@@ -363,19 +376,23 @@ async fn sync(State(api): State<Api>, req: Request) -> Response {
     });
     (
         [(header::CONTENT_TYPE, NDJSON)],
-        axum::body::Body::new(Lines { rx }),
+        axum::body::Body::new(Streamed {
+            rx,
+            encode: json_line,
+        }),
     )
         .into_response()
 }
 
 const NDJSON: &str = "application/x-ndjson";
 
-/// A streamed body: one JSON line per event, until the sender is dropped.
-struct Lines {
-    rx: mpsc::UnboundedReceiver<SyncEvent>,
+/// A streamed body: each item sent, encoded, until the sender is dropped.
+struct Streamed<T> {
+    rx: mpsc::UnboundedReceiver<T>,
+    encode: fn(T) -> Bytes,
 }
 
-impl http_body::Body for Lines {
+impl<T> http_body::Body for Streamed<T> {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -383,16 +400,18 @@ impl http_body::Body for Lines {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(event)) => {
-                let mut line = serde_json::to_vec(&event).unwrap_or_default();
-                line.push(b'\n');
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from(line)))))
-            }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
+        let encode = self.encode;
+        self.rx
+            .poll_recv(cx)
+            .map(|item| item.map(|i| Ok(Frame::data(encode(i)))))
     }
+}
+
+/// A sync event as a line of newline-delimited JSON.
+fn json_line(event: SyncEvent) -> Bytes {
+    let mut line = serde_json::to_vec(&event).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
 }
 
 /// Reads a body of at most `max` bytes within 10 s; a larger one is a 413.

@@ -530,7 +530,7 @@ pub(super) fn pick<'a>(versions: &'a [Entry], spec: &ChartSpec) -> Result<&'a En
         })
 }
 
-pub(super) fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes.iter().fold(String::with_capacity(64), |mut s, b| {
         let _ = write!(s, "{b:02x}");

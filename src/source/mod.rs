@@ -19,6 +19,7 @@ pub mod known_hosts;
 pub mod local;
 mod oci;
 mod verify;
+pub(crate) use chart::hex;
 pub use checkout::REFUSED_LINK;
 pub(crate) use checkout::copy_tree;
 pub(crate) use deps::DependencyRules;

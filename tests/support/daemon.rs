@@ -22,7 +22,19 @@ pub struct Daemon {
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
+    /// The status line and headers, as sent.
+    pub head: String,
     pub body: String,
+}
+
+impl Answer {
+    /// A header's value (the first, by case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
 }
 
 impl Daemon {
@@ -298,9 +310,10 @@ pub async fn http(
         let _ = s.read_to_end(&mut raw);
         let text = String::from_utf8_lossy(&raw).into_owned();
         let status = text.get(9..12)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         Some(Answer {
             status,
+            head: head.to_string(),
             body: dechunk(body),
         })
     })

@@ -8,6 +8,7 @@ pub mod daemon_scenarios;
 pub mod git;
 pub mod hook_scenarios;
 pub mod kube_api;
+pub mod page_scenarios;
 pub mod scenarios;
 pub mod sops;
 
