@@ -38,6 +38,8 @@ mod hostile;
 mod kube_api;
 // Verified provenance: SSH and OpenPGP signatures on commits and tags.
 mod provenance;
+// The status page in headless Chromium: filters, a unit's page, Sync now.
+mod page;
 // The fleet, catalogs and rendering: render and validate on whole platforms.
 mod render;
 // Git sources: file://, git daemon and sshd on 127.0.0.1; local directories.

@@ -189,10 +189,12 @@ pub(crate) struct Handle {
 pub(crate) struct Inspect {
     pub unit: UnitId,
     pub reply: tokio::sync::oneshot::Sender<Result<Inspection, String>>,
+    /// One of the inspections allowed at once, held until this one ends.
+    pub permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// How long an inspection may take before the page is told it did not finish.
-const INSPECT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const INSPECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The scheduler's side of the snapshot.
 pub(crate) struct Publisher {
@@ -246,26 +248,26 @@ impl Handle {
         self.state.clone()
     }
 
-    /// Compares `unit` with the cluster now (see [`Inspect`]); at most two at once, each within
-    /// a minute.
+    /// Compares `unit` with the cluster now (see [`Inspect`]); at most two at once (a caller
+    /// that goes away ends its inspection), each within [`INSPECT_TIMEOUT`].
     pub(crate) async fn inspect(&self, unit: UnitId) -> Result<Inspection, String> {
-        let _turn = self
+        let permit = self
             .inspecting
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| "the agent is stopping".to_string())?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.inspections
-            .send(Inspect { unit, reply })
+            .send(Inspect {
+                unit,
+                reply,
+                permit,
+            })
             .map_err(|_| "the agent is stopping".to_string())?;
-        match tokio::time::timeout(INSPECT_TIMEOUT, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err("the comparison stopped before it finished (see the log)".into()),
-            Err(_) => Err(format!(
-                "the comparison did not finish within {}",
-                humantime::format_duration(INSPECT_TIMEOUT)
-            )),
-        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the comparison stopped before it finished".into()))
     }
 }
 
@@ -273,6 +275,27 @@ impl Publisher {
     /// Changes the snapshot in place (copying it only if a reader still holds the last one).
     pub(crate) fn update(&self, change: impl FnOnce(&mut Snapshot)) {
         self.state.send_modify(|s| change(Arc::make_mut(s)));
+    }
+
+    /// Sets when each unit runs next, unless every time is within a second of the one
+    /// published (the status page is told of changes, not of the clock going on).
+    pub(crate) fn set_next_runs(&self, next: BTreeMap<UnitId, SystemTime>) {
+        let close = |a: &SystemTime, b: &SystemTime| {
+            a.duration_since(*b)
+                .or_else(|_| b.duration_since(*a))
+                .is_ok_and(|d| d < Duration::from_secs(1))
+        };
+        self.state.send_if_modified(|s| {
+            let same = s.next_runs.len() == next.len()
+                && s.next_runs
+                    .iter()
+                    .zip(&next)
+                    .all(|((i, a), (j, b))| i == j && close(a, b));
+            if !same {
+                Arc::make_mut(s).next_runs = next;
+            }
+            !same
+        });
     }
 
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {

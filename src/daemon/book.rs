@@ -236,6 +236,10 @@ fn synced<W: Caller>(
         });
     }
     for (id, why) in &tenant_failures {
+        // A suspended unit of a tenant that could not be read stays suspended.
+        if status.plans.get(id).is_some_and(|p| p.suspend) {
+            continue;
+        }
         notices.push(fail_unit(status, id, why, stamp));
     }
     if done.scope == Scope::All {

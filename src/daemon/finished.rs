@@ -93,5 +93,5 @@ pub(super) fn publish_next_runs(publisher: &Publisher, schedule: &Schedule<Waite
         .next_runs()
         .map(|(id, at)| (id.clone(), wall + at.saturating_duration_since(now)))
         .collect();
-    publisher.update(|s| s.next_runs = next);
+    publisher.set_next_runs(next);
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tracing::Instrument as _;
 
 use super::round::{Context, unit_name};
-use crate::agent::Inspect;
 use crate::agent::status::Inspection;
+use crate::agent::{INSPECT_TIMEOUT, Inspect};
 use crate::fleet::UnitId;
 use crate::pipeline::{Fetcher, prepare_with};
 use crate::reconcile::{self, Filter, Mode};
@@ -16,13 +16,28 @@ use crate::reconcile::{self, Filter, Mode};
 /// Answers one inspection request (in its own task).
 pub(super) fn spawn(ctx: Arc<Context>, request: Inspect) {
     let span = tracing::info_span!("inspect", unit = %unit_name(&request.unit));
+    let Inspect {
+        unit,
+        mut reply,
+        permit,
+    } = request;
     tokio::spawn(
         async move {
-            let result = inspect(ctx, request.unit).await;
+            let _permit = permit;
+            let result = tokio::select! {
+                r = tokio::time::timeout(INSPECT_TIMEOUT, inspect(ctx, unit)) => {
+                    r.unwrap_or_else(|_| Err(format!(
+                        "the comparison did not finish within {}",
+                        humantime::format_duration(INSPECT_TIMEOUT)
+                    )))
+                }
+                // The page went away: nobody waits for the answer.
+                _ = reply.closed() => return,
+            };
             if let Err(error) = &result {
                 tracing::info!(%error, "the unit could not be compared");
             }
-            let _ = request.reply.send(result);
+            let _ = reply.send(result);
         }
         .instrument(span),
     );
@@ -58,6 +73,10 @@ async fn inspect(ctx: Arc<Context>, unit: UnitId) -> Result<Inspection, String> 
         .map_err(|e| format!("internal error: the render task failed: {e}"))??
     };
     let mut input = prepared.input;
+    // What a round would refuse (an object another unit owns) is refused here too.
+    if let Ok(claims) = ctx.claims.lock() {
+        claims.check(&mut input.results);
+    }
     if !input.units.iter().any(|u| u.id == unit) {
         let why: Vec<String> = prepared
             .problems

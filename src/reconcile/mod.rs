@@ -291,20 +291,28 @@ pub(crate) async fn pass(
                         .await;
                     (unit_lock, slot)
                 };
-                let outcome = match tokio::time::timeout(engine.max_wait, waited).await {
-                    Ok((_unit_lock, slot)) => match engine.begin_sync(&unit.id, round) {
-                        Ok(()) => run_spec(&engine, spec, Some(slot)).await,
-                        // A later round (a newer fetch) synced it meanwhile: this render is
-                        // older, and that round's result is the unit's.
-                        Err(later) => return (unit.id.clone(), left_to(&unit, later, revision)),
-                    },
-                    Err(_) => Outcome {
-                        error: Some(Failure::transient(format!(
-                            "not synced: another round's sync of this unit or a sync slot took longer than {}; retried later",
-                            humantime::format_duration(engine.max_wait)
-                        ))),
-                        ..Default::default()
-                    },
+                // A comparison writes nothing: it neither waits for a sync of the unit nor
+                // takes a sync slot from the rounds.
+                let outcome = if mode == Mode::Diff {
+                    run_spec(&engine, spec, None).await
+                } else {
+                    match tokio::time::timeout(engine.max_wait, waited).await {
+                        Ok((_unit_lock, slot)) => match engine.begin_sync(&unit.id, round) {
+                            Ok(()) => run_spec(&engine, spec, Some(slot)).await,
+                            // A later round (a newer fetch) synced it meanwhile: this render is
+                            // older, and that round's result is the unit's.
+                            Err(later) => {
+                                return (unit.id.clone(), left_to(&unit, later, revision));
+                            }
+                        },
+                        Err(_) => Outcome {
+                            error: Some(Failure::transient(format!(
+                                "not synced: another round's sync of this unit or a sync slot took longer than {}; retried later",
+                                humantime::format_duration(engine.max_wait)
+                            ))),
+                            ..Default::default()
+                        },
+                    }
                 };
                 (
                     unit.id.clone(),
@@ -400,7 +408,11 @@ async fn sync_unit(
     deps: bool,
 ) -> Entry {
     let rendered = input.results.remove(&unit.id);
-    let _unit = engine.lock_unit(&unit.id).await;
+    // A comparison writes nothing: it does not wait for a sync of the unit.
+    let _unit = match mode {
+        Mode::Diff => None,
+        _ => Some(engine.lock_unit(&unit.id).await),
+    };
     if let Err(later) = engine.begin_sync(&unit.id, input.round) {
         return left_to(unit, later, input.revisions.get(&unit.id).cloned());
     }

@@ -15,7 +15,7 @@ use super::cluster::resource;
 use super::daemon::{Daemon, push};
 use super::git::{Repo, free_port};
 
-pub(super) const TOKEN: &str = "api-token-for-tests";
+pub const TOKEN: &str = "api-token-for-tests";
 const SECRET: &str = "webhook-secret-for-tests";
 /// Long enough that no interval run happens during a scenario: every run is a trigger's.
 const INTERVAL: &str = "1h";
@@ -42,7 +42,7 @@ fn daemon_config(env: &Env, config: &str, port: u16, extra: &str) {
     );
 }
 
-pub(super) fn start(env: &Env, extra: &str, vars: &[(&str, String)]) -> Daemon {
+pub fn start(env: &Env, extra: &str, vars: &[(&str, String)]) -> Daemon {
     let port = free_port();
     daemon_config(env, "flotilla.yaml", port, extra);
     let mut d = Daemon::start(env.dir.path(), "flotilla.yaml", port, vars);
@@ -50,7 +50,7 @@ pub(super) fn start(env: &Env, extra: &str, vars: &[(&str, String)]) -> Daemon {
     d
 }
 
-pub(super) fn cm(name: &str, value: &str) -> String {
+pub fn cm(name: &str, value: &str) -> String {
     serde_json::to_string(&json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": name}, "data": {"v": value}}))
     .unwrap()

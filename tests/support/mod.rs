@@ -1,6 +1,7 @@
 //! Helpers shared by the test modules.
 
 pub mod apply_scenarios;
+pub mod browser;
 pub mod charts;
 pub mod cluster;
 pub mod daemon;

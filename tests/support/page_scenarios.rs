@@ -33,15 +33,30 @@ fn csrf_of(page: &str) -> String {
     page[at..].split('"').next().unwrap().to_string()
 }
 
+/// `GET path` over the agent's unix socket with `Host: host`: the status and the body.
+fn over_socket(env: &Env, path: &str, host: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s =
+        std::os::unix::net::UnixStream::connect(env.dir.path().join("flotilla.yaml.sock")).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    (raw[9..12].parse().unwrap(), raw)
+}
+
 async fn get(d: &Daemon, path: &str, headers: &[(&str, String)]) -> Answer {
     d.http("GET", path, headers, Vec::new())
         .await
         .expect("the agent answers")
 }
 
-/// One failing, one held back, one suspended and one converged unit with a Secret: the page
-/// shows each with its result and error, filters, and a unit's page with its syncs and diff.
-pub async fn the_status_page_shows_the_fleet_and_syncs_with_the_token(env: Arc<Env>) {
+/// A tenant with one failing app (`bad`: an object outside its namespace), one held back by it
+/// (`after`), one suspended (`off`) and one converged with a Secret (`ok`); its name.
+pub fn fleet_with_a_failure(env: &Env) -> String {
     let t = env.name("page");
     env.tenant(
         &t,
@@ -65,6 +80,13 @@ pub async fn the_status_page_shows_the_fleet_and_syncs_with_the_token(env: Arc<E
             "metadata": {"name": "bad", "namespace": "kube-system"}, "data": {"v": "1"}}))
         .unwrap(),
     );
+    t
+}
+
+/// The fleet of [`fleet_with_a_failure`]: the page shows each unit with its result and error,
+/// filters, and a unit's page with its syncs and diff.
+pub async fn the_status_page_shows_the_fleet_and_syncs_with_the_token(env: Arc<Env>) {
+    let t = fleet_with_a_failure(&env);
     let d = start(&env, "", &[]);
     d.wait_ready(Duration::from_secs(60)).await;
 
@@ -129,6 +151,13 @@ pub async fn the_status_page_shows_the_fleet_and_syncs_with_the_token(env: Arc<E
     let searched = get(&d, "/?q=KUBE-SYSTEM", &bearer()).await.body;
     assert!(!unit_block(&searched, &format!("{t}/bad")).contains(" hidden>"));
     assert!(unit_block(&searched, &format!("{t}/off")).contains(" hidden>"));
+    // Over the socket, its mode guards the page; a name other than localhost (a rebinding web
+    // page on a forwarded port) is refused.
+    let (status, raw) = over_socket(&env, "/", "localhost:8080");
+    assert_eq!(status, 200, "{raw}");
+    assert!(raw.contains(&format!("data-unit=\"{t}/bad\"")), "{raw}");
+    let (status, raw) = over_socket(&env, "/", "rebound.example:8080");
+    assert_eq!(status, 421, "{raw}");
     // The live part alone, for the page's updates.
     let live = get(
         &d,
@@ -210,7 +239,7 @@ pub async fn the_status_page_shows_the_fleet_and_syncs_with_the_token(env: Arc<E
         .expect("a session cookie")
         .to_string();
     assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
         "{cookie}"
     );
     let session = ("Cookie", cookie.split(';').next().unwrap().to_string());

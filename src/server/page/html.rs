@@ -79,7 +79,7 @@ fn shell(page: &Page, kind: &str, content: &str) -> String {
 
 /// `<time>` in UTC; the script shows it in the browser's time zone.
 fn time(t: Option<&str>) -> String {
-    match t {
+    match t.filter(|t| !t.is_empty()) {
         Some(t) => format!("<time datetime=\"{0}\">{0}</time>", esc(t)),
         None => "<span class=\"none\">–</span>".into(),
     }
@@ -150,9 +150,14 @@ fn statuses(snapshot: &Snapshot) -> BTreeMap<UnitId, UnitStatus> {
 
 /// Whether a unit's row passes the filters (a row filtered out is sent `hidden`).
 fn shown(f: &Filters, tenant: Option<&str>, s: &UnitStatus) -> bool {
-    let tenant_ok = f.tenant.is_empty() || tenant.unwrap_or("") == f.tenant;
-    let result_ok = f.result.is_empty() || s.result == f.result;
-    tenant_ok && result_ok && (f.q.is_empty() || search_text(s).contains(&f.q.to_lowercase()))
+    let q = f.q.trim().to_lowercase();
+    tenant_shown(f, tenant)
+        && (f.result.is_empty() || s.result == f.result)
+        && (q.is_empty() || search_text(s).contains(&q))
+}
+
+fn tenant_shown(f: &Filters, tenant: Option<&str>) -> bool {
+    f.tenant.is_empty() || tenant.unwrap_or("") == f.tenant
 }
 
 /// What the text search looks in.
@@ -256,8 +261,20 @@ pub(super) fn fleet_live(snapshot: &Snapshot, f: &Filters) -> String {
         groups.entry(Some(t.as_str())).or_default();
     }
     for (tenant, members) in groups {
-        let any_shown = members.iter().any(|(_, s)| shown(f, tenant, s));
-        let hidden = if any_shown || (members.is_empty() && f.result.is_empty() && f.q.is_empty()) {
+        // As the script decides: a group shows if a row of it does, or, empty, if only the
+        // tenant is filtered on.
+        let onboarding = tenant.and_then(|t| status.onboarding.get(t));
+        let rows = || {
+            onboarding
+                .into_iter()
+                .chain(members.iter().map(|(_, s)| *s))
+        };
+        let any_shown = rows().any(|s| shown(f, tenant, s));
+        let empty_shown = rows().next().is_none()
+            && f.result.is_empty()
+            && f.q.trim().is_empty()
+            && tenant_shown(f, tenant);
+        let hidden = if any_shown || empty_shown {
             ""
         } else {
             " hidden"
@@ -276,7 +293,7 @@ pub(super) fn fleet_live(snapshot: &Snapshot, f: &Filters) -> String {
              <th>Result</th><th>Objects (last sync)</th><th>Last run</th><th>Next run</th></tr></thead>",
             esc(tenant.unwrap_or(""))
         );
-        if let Some(o) = tenant.and_then(|t| status.onboarding.get(t)) {
+        if let Some(o) = onboarding {
             out.push_str(&row(tenant, None, o, f));
         }
         for (id, s) in members {

@@ -72,6 +72,12 @@ enum Access {
 /// the rest.
 async fn access(api: &Api, headers: &HeaderMap, page: bool) -> Result<Access, Response> {
     if api.via == Via::Socket {
+        if !loopback_host(headers) {
+            return Err(error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "over the socket, the page answers to localhost only (forward it to a local port)",
+            ));
+        }
         return Ok(Access::Socket);
     }
     if headers.contains_key(header::AUTHORIZATION) {
@@ -162,36 +168,44 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// The CSRF token of this agent's pages: from the API token, or (no token: the socket) from a
-/// random key of this process.
-async fn csrf(api: &Api) -> String {
-    static PROCESS_KEY: OnceLock<Vec<u8>> = OnceLock::new();
+/// random key of this process; `None` (no sync from the page) if neither can be had.
+async fn csrf(api: &Api) -> Option<String> {
+    static PROCESS_KEY: OnceLock<Option<Vec<u8>>> = OnceLock::new();
     let key = match token(api).await {
         Ok(t) if api.via == Via::Tcp => t,
         _ => PROCESS_KEY
             .get_or_init(|| {
                 let mut key = vec![0u8; 32];
-                let read = std::fs::File::open("/dev/urandom")
-                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key));
-                if read.is_err() {
-                    // Without randomness the token is still this process's: its start time.
-                    key = format!("{:?}{}", SystemTime::now(), std::process::id()).into_bytes();
-                }
-                key
+                std::fs::File::open("/dev/urandom")
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))
+                    .map_err(|e| tracing::error!(error = %e, "no random key for the page's CSRF tokens; Sync now is off on the socket"))
+                    .ok()
+                    .map(|()| key)
             })
-            .clone(),
+            .clone()?,
     };
-    mac(&key, "flotilla csrf")
+    Some(mac(&key, "flotilla csrf"))
 }
 
-/// Whether the browser says the request came from another site (`Sec-Fetch-Site`), or its
-/// `Origin` names another host than the one asked.
-pub(super) fn cross_site(headers: &HeaderMap) -> bool {
-    let site = headers
-        .get("sec-fetch-site")
+/// Over the socket (no token), the page answers only to a loopback name: a web page that
+/// rebinds its own name to the forwarded socket's port is not let in.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let host = headers
+        .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !matches!(site, "" | "same-origin" | "none") {
-        return true;
+        .unwrap_or("localhost");
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    matches!(name, "localhost" | "127.0.0.1" | "::1") || name.ends_with(".localhost")
+}
+
+/// Whether the browser says the request came from another site: `Sec-Fetch-Site` where it is
+/// sent (every current browser), else an `Origin` naming another host than the one asked.
+pub(super) fn cross_site(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.to_str(), Ok("same-origin" | "none"));
     }
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
@@ -213,7 +227,8 @@ fn with_headers(status: StatusCode, body: String) -> Response {
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CONTENT_SECURITY_POLICY, CSP),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::REFERRER_POLICY, "no-referrer"),
+            // Not `no-referrer`: that sends `Origin: null` with the page's own forms.
+            (header::REFERRER_POLICY, "same-origin"),
             (header::CACHE_CONTROL, "no-store"),
             (header::X_FRAME_OPTIONS, "DENY"),
         ],
@@ -271,7 +286,7 @@ async fn fleet(
     }
     let page = html::Page {
         title: "fleet",
-        csrf: &csrf(&api).await,
+        csrf: &csrf(&api).await.unwrap_or_default(),
         logout: access == Access::Cookie,
         snapshot: &snapshot,
     };
@@ -336,7 +351,7 @@ async fn unit(
     }
     let page = html::Page {
         title: &crate::agent::unit_name(&id),
-        csrf: &csrf(&api).await,
+        csrf: &csrf(&api).await.unwrap_or_default(),
         logout: access == Access::Cookie,
         snapshot: &snapshot,
     };
@@ -391,7 +406,13 @@ async fn sync(State(api): State<Api>, req: Request) -> Response {
             .get(CSRF_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if !super::webhook::same_secret(given.as_bytes(), csrf(&api).await.as_bytes()) {
+        let Some(want) = csrf(&api).await else {
+            return error(
+                StatusCode::FORBIDDEN,
+                "Sync now is off: no CSRF key (see the log)",
+            );
+        };
+        if !super::webhook::same_secret(given.as_bytes(), want.as_bytes()) {
             return error(
                 StatusCode::FORBIDDEN,
                 "the page's CSRF token is missing or wrong; reload the page",
@@ -420,10 +441,20 @@ async fn events(State(api): State<Api>, method: Method, headers: HeaderMap) -> R
     if let Err(r) = access(&api, &headers, false).await {
         return r;
     }
+    // Each open page holds a connection: a few at most, so that webhooks and the API always
+    // find one (a page turned away polls instead).
+    static STREAMS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
+    let Ok(stream) = STREAMS.try_acquire() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many pages are open; this one polls instead",
+        );
+    };
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let mut state = api.agent.subscribe();
     state.mark_unchanged();
     tokio::spawn(tracing::Instrument::in_current_span(async move {
+        let _stream = stream;
         let end = tokio::time::Instant::now() + Duration::from_secs(600);
         if tx
             .send(Bytes::from_static(
@@ -485,6 +516,10 @@ async fn login(State(api): State<Api>, req: Request) -> Response {
     if cross_site(req.headers()) {
         return error(StatusCode::FORBIDDEN, "a cross-site request; refused");
     }
+    let https = req
+        .headers()
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
     let body = match read_body(req, 16 * 1024).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -501,6 +536,8 @@ async fn login(State(api): State<Api>, req: Request) -> Response {
     };
     if !super::webhook::same_secret(form.token.trim().as_bytes(), &token) {
         tracing::warn!("status page: a login with a wrong token");
+        // Guesses come one a second per connection.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         return with_headers(
             StatusCode::UNAUTHORIZED,
             html::login("that is not the API token"),
@@ -511,21 +548,15 @@ async fn login(State(api): State<Api>, req: Request) -> Response {
         .unwrap_or_default()
         .as_secs()
         + SESSION.as_secs();
+    // `Lax`: a link to the page from elsewhere opens it logged in; what changes anything needs
+    // the CSRF header besides. `Secure` behind a TLS-terminating proxy that says so.
+    let secure = if https { "; Secure" } else { "" };
     let cookie = format!(
-        "{COOKIE}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict",
+        "{COOKIE}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
         session_value(&token, expires),
         SESSION.as_secs()
     );
-    // Back to the page asked for, never to another site.
-    let next = if form.next.starts_with('/')
-        && !form.next.starts_with("//")
-        && !form.next.contains('\\')
-    {
-        form.next.as_str()
-    } else {
-        "/"
-    };
-    redirect(next, Some(&cookie))
+    redirect(local_page(&form.next), Some(&cookie))
 }
 
 async fn logout(State(api): State<Api>, method: Method, headers: HeaderMap) -> Response {
@@ -539,9 +570,19 @@ async fn logout(State(api): State<Api>, method: Method, headers: HeaderMap) -> R
     redirect(
         "/",
         Some(&format!(
-            "{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"
+            "{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
         )),
     )
+}
+
+/// Where a login may send the browser back to: one of this page's own paths, else `/`.
+fn local_page(next: &str) -> &str {
+    let path = next.split('?').next().unwrap_or("");
+    let safe = matches!(path, "/" | "/unit")
+        && next
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '\\' && c != '"');
+    if safe { next } else { "/" }
 }
 
 fn redirect(to: &str, cookie: Option<&str>) -> Response {
@@ -586,6 +627,12 @@ mod tests {
             h
         };
         assert!(!cross_site(&headers(&[])));
+        // The browser's word wins over Origin (a proxy may rewrite Host).
+        assert!(!cross_site(&headers(&[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "null"),
+            ("host", "internal:8080")
+        ])));
         assert!(!cross_site(&headers(&[("sec-fetch-site", "same-origin")])));
         assert!(cross_site(&headers(&[("sec-fetch-site", "cross-site")])));
         assert!(cross_site(&headers(&[("sec-fetch-site", "same-site")])));
@@ -597,6 +644,43 @@ mod tests {
             ("origin", "https://evil.example"),
             ("host", "127.0.0.1:8080")
         ])));
+    }
+
+    #[test]
+    fn a_login_returns_to_this_page_only() {
+        assert_eq!(local_page("/unit?tenant=ai&app=x"), "/unit?tenant=ai&app=x");
+        assert_eq!(local_page("/?result=failed"), "/?result=failed");
+        for bad in [
+            "//evil.example",
+            "/\t/evil.example",
+            "https://evil.example",
+            "/\\evil",
+            "/x",
+        ] {
+            assert_eq!(local_page(bad), "/", "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_socket_answers_to_loopback_names_only() {
+        let host = |h: &'static str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_static(h));
+            m
+        };
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1:9",
+            "[::1]:8080",
+            "x.localhost",
+        ] {
+            assert!(loopback_host(&host(ok)), "{ok}");
+        }
+        for bad in ["evil.example:8080", "localhost.evil.example", "10.0.0.1"] {
+            assert!(!loopback_host(&host(bad)), "{bad}");
+        }
+        assert!(loopback_host(&HeaderMap::new()));
     }
 
     #[test]

@@ -45,50 +45,82 @@
     history.replaceState(null, "", location.pathname + (query ? "?" + query : ""));
   }
 
-  // The live part again, as the server has it now.
-  let refreshing = false;
+  // The live part again, as the server has it now; a change told while one is under way
+  // brings another.
+  let refreshing = false, again = false, syncing = false;
   async function refresh() {
     const live = $("#live");
-    if (!live || refreshing) return;
+    if (!live) return;
+    if (refreshing) {
+      again = true;
+      return;
+    }
     refreshing = true;
     try {
       const res = await fetch(location.href, { headers: { "X-Flotilla-Fragment": "live" } });
+      if (res.status === 401) {
+        location.reload(); // the session ended: the login form
+        return;
+      }
       if (res.ok) {
         live.innerHTML = await res.text();
         localTimes(live);
         filters();
+        for (const b of $$("button[data-sync]", live)) b.disabled = syncing;
       }
     } catch (e) {
       /* the agent restarts: the next event brings the page back */
     } finally {
       refreshing = false;
     }
+    if (again) {
+      again = false;
+      refresh();
+    }
   }
 
+  // Server-sent events say when the agent's state changed; without them, a poll.
+  let polling = null;
+  function poll() {
+    if (!polling) polling = setInterval(refresh, 10000);
+  }
   function listen() {
-    if (!window.EventSource) {
-      setInterval(refresh, 10000);
-      return;
-    }
+    if (!window.EventSource) return poll();
     const events = new EventSource("/ui/events");
     events.addEventListener("status", refresh);
+    events.addEventListener("open", refresh); // what changed before it was open
+    events.addEventListener("error", () => {
+      if (events.readyState === EventSource.CLOSED) {
+        refresh();
+        poll();
+      }
+    });
   }
 
-  // A unit's comparison with the cluster, loaded on demand.
+  // A unit's comparison with the cluster, loaded on demand; only the latest answer is shown.
+  let asked = 0;
   async function inspect() {
     const section = $("#inspect"), out = $("#inspection");
     if (!section || !out) return;
+    const mine = ++asked;
     out.innerHTML = '<p class="note">Comparing with the cluster…</p>';
     section.dataset.state = "loading";
+    let html, error = null;
     try {
       const res = await fetch(section.dataset.src);
-      out.innerHTML = res.ok ? await res.text() : '<div class="alert"><pre></pre></div>';
-      if (!res.ok) $("pre", out).textContent = await errorOf(res);
-      localTimes(out);
+      if (res.ok) html = await res.text();
+      else error = await errorOf(res);
     } catch (e) {
-      out.innerHTML = '<div class="alert"><pre></pre></div>';
-      $("pre", out).textContent = "The agent did not answer: " + e;
+      error = "The agent did not answer: " + e;
     }
+    if (mine !== asked) return;
+    if (error === null) {
+      out.innerHTML = html;
+    } else {
+      out.innerHTML = '<div class="alert"><pre></pre></div>';
+      $("pre", out).textContent = error;
+    }
+    localTimes(out);
     section.dataset.state = "loaded";
   }
 
@@ -126,6 +158,9 @@
   // "Sync now": the sync's events as they arrive.
   async function sync(button) {
     const panel = $("#sync-panel"), log = $("#sync-log");
+    if (syncing) return; // one at a time: its log is the panel's
+    syncing = true;
+    for (const b of $$("button[data-sync]")) b.disabled = true;
     const body = {};
     if (button.dataset.tenant) body.tenant = button.dataset.tenant;
     if (button.dataset.app) body.app = button.dataset.app;
@@ -138,7 +173,6 @@
       if (cls) li.className = cls;
       log.appendChild(li);
     };
-    button.disabled = true;
     let state = "failed";
     try {
       const res = await fetch("/ui/sync", {
@@ -170,7 +204,8 @@
     } catch (e) {
       say("The agent did not answer: " + e, "failed");
     }
-    button.disabled = false;
+    syncing = false;
+    for (const b of $$("button[data-sync]")) b.disabled = false;
     panel.dataset.state = "done-" + state;
     refresh();
     if (page === "unit") inspect();
