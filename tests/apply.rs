@@ -177,3 +177,44 @@ async fn a_pre_install_job_is_waited_for_and_its_failure_stops_the_sync() {
     })
     .await;
 }
+
+/// The apps of a tenant in one namespace share their reads: an unchanged pass lists each kind
+/// once in the namespace and the inventories once, whatever the number of apps, reads no
+/// inventory by itself, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_of_a_tenant_in_one_namespace_share_their_reads() {
+    let server = ApiServer::start();
+    let env = Env::new(server.kubeconfig(), Some(&server)).await;
+    env.run(|env| async move {
+        let t = env.name("reads");
+        let apps = 6;
+        let mut catalog = String::from("apps:\n");
+        for i in 0..apps {
+            catalog.push_str(&format!("  - {{ name: a{i}, source: {{ path: a{i} }} }}\n"));
+            for (kind, name) in [("ConfigMap", "one"), ("ConfigMap", "two"), ("Secret", "three")] {
+                env.write(
+                    &format!("tenants/{t}/a{i}/{name}.yaml"),
+                    &format!("apiVersion: v1\nkind: {kind}\nmetadata: {{ name: a{i}-{name} }}\ndata: {{ v: MQ== }}\n"),
+                );
+            }
+        }
+        env.tenant(&t, &[&t], "", &catalog);
+        env.sync().await;
+        env.clear_log();
+        let run = env.sync().await;
+        assert!(run.stdout.contains("0 applied, 3 unchanged"), "{run:?}");
+        let log = server.log().requests();
+        let reads = |what: &str, verb: &str| {
+            log.iter()
+                .filter(|r| r.verb == verb && r.path.contains(&format!("/namespaces/{t}/{what}")))
+                .count()
+        };
+        // The apps' members, their inventories, and the look for apps removed from Git (six
+        // apps used to list twelve times: a member list and an inventory read each).
+        assert_eq!(reads("configmaps", "list"), 3, "{log:#?}");
+        assert_eq!(reads("secrets", "list"), 1, "{log:#?}");
+        assert_eq!(reads("configmaps", "get"), 0, "no inventory read by itself: {log:#?}");
+        assert!(env.writes().unwrap().is_empty(), "{:#?}", env.writes());
+    })
+    .await;
+}

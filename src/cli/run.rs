@@ -169,6 +169,7 @@ pub(crate) async fn connect(config: &Config) -> anyhow::Result<Arc<Engine>> {
         units: crate::reconcile::slots::Slots::new(config.concurrency as usize),
         max_wait: config.unit_timeout,
         unit_locks: Default::default(),
+        touched: Default::default(),
         synced_by: Default::default(),
     }))
 }

@@ -157,6 +157,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
         units: crate::reconcile::slots::Slots::new(config.concurrency as usize),
         max_wait: config.unit_timeout,
         unit_locks: Default::default(),
+        touched: Default::default(),
         synced_by: Default::default(),
     });
 

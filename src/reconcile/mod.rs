@@ -12,6 +12,7 @@ mod order;
 mod prune;
 mod removal;
 pub(crate) mod set;
+mod shared;
 pub(crate) mod slots;
 mod wait;
 
@@ -27,6 +28,7 @@ use crate::render::{self, Object};
 pub(crate) use onboarding::{onboarding, onboarding_name};
 use removal::{departed_tenants, removed_apps};
 pub(crate) use set::{Engine, Mode, ObjectRow, Outcome, SetOptions, SetSpec};
+use shared::Shared;
 
 /// The `flotilla.dev/app` label of a tenant's onboarding set (not a valid app name).
 pub(crate) const ONBOARDING: &str = "flotilla.onboarding";
@@ -223,7 +225,9 @@ pub(crate) async fn pass(
         }
     }
 
-    // Tenant apps, a dependency level at a time.
+    // Tenant apps, a dependency level at a time; the apps of a tenant in one namespace share
+    // their reads.
+    let shared = (mode == Mode::Apply).then(|| Arc::new(Shared::default()));
     let apps: Vec<&Unit> = input
         .units
         .iter()
@@ -276,7 +280,11 @@ pub(crate) async fn pass(
                 (&unit, &input.fleet_id),
                 mode,
                 has_dependents,
-            );
+            )
+            .map(|(mut spec, refused)| {
+                spec.shared = shared.clone();
+                (spec, refused)
+            });
             let revision = input.revisions.get(&unit.id).cloned();
             let round = input.round;
             let span = tracing::info_span!("unit", unit = %fleet::Owner::Unit(unit.id.clone()));
@@ -521,6 +529,7 @@ fn unit_spec(
         },
         mode,
         fleet: unit.id.tenant.is_none().then(|| fleet.to_string()),
+        shared: None,
     };
     Ok((spec, failures))
 }

@@ -86,6 +86,7 @@ pub(crate) fn onboarding(
         },
         mode,
         fleet: None,
+        shared: None,
     }
 }
 

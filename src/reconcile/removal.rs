@@ -56,6 +56,7 @@ fn removal_of(
             Mode::Remove
         },
         fleet: None,
+        shared: None,
     }
 }
 

@@ -36,6 +36,8 @@ pub(crate) struct SetSpec {
     /// For an infra layer: the agent's fleet and cluster (`flotilla.dev/fleet` on its parent), so
     /// that a layer the fleet no longer names is told from another agent's.
     pub fleet: Option<String>,
+    /// The pass's reads shared with the tenant's other sets (apply mode, tenant apps).
+    pub shared: Option<Arc<super::Shared>>,
 }
 
 #[derive(Clone, Debug)]
@@ -168,6 +170,9 @@ pub(crate) struct Engine {
     /// The latest round that synced each unit: an earlier round (an older render) that reaches
     /// it afterwards leaves it alone, and does not take its app for removed.
     pub synced_by: std::sync::Mutex<HashMap<crate::fleet::UnitId, u64>>,
+    /// When each inventory (by its ApplySet id) was last written or deleted: a list shared by a
+    /// pass and read before that is stale for its set (see `shared`).
+    pub touched: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Engine {
@@ -212,6 +217,19 @@ impl Engine {
         lock.lock_owned().await
     }
 
+    /// Whether set `id`'s inventory was not written since `at`.
+    fn untouched_since(&self, id: &str, at: std::time::Instant) -> bool {
+        self.touched
+            .lock()
+            .is_ok_and(|t| t.get(id).is_none_or(|w| *w < at))
+    }
+
+    fn touch(&self, id: &str) {
+        if let Ok(mut t) = self.touched.lock() {
+            t.insert(id.to_string(), std::time::Instant::now());
+        }
+    }
+
     pub(crate) async fn sync(&self, spec: &SetSpec) -> Outcome {
         self.sync_in(spec, None).await
     }
@@ -243,11 +261,27 @@ impl Engine {
         let configmaps = self.cluster.resolve("v1", "ConfigMap").await?;
         let parent = &spec.parent;
         let id = parent.id();
-        let stored = Cluster::get(&client, &configmaps, Some(&parent.namespace), &parent.name)
-            .await
-            .map_err(|e| {
-                Failure::from(e).context(format_args!("reading the inventory {parent}"))
-            })?;
+        let who = format!("{:?}", spec.identity);
+        let shared_parent = match &spec.shared {
+            Some(shared) => shared
+                .inventory(
+                    (&client, &who),
+                    &configmaps,
+                    &parent.namespace,
+                    &parent.name,
+                )
+                .await
+                .filter(|(at, _)| self.untouched_since(&id, *at)),
+            None => None,
+        };
+        let stored = match shared_parent {
+            Some((_, stored)) => stored,
+            None => Cluster::get(&client, &configmaps, Some(&parent.namespace), &parent.name)
+                .await
+                .map_err(|e| {
+                    Failure::from(e).context(format_args!("reading the inventory {parent}"))
+                })?,
+        };
         let old = match &stored {
             Some(live) => parent
                 .read(live)
@@ -355,6 +389,8 @@ impl Engine {
                 .push(o);
         }
         let mut live: HashMap<ObjectKey, Value> = HashMap::new();
+        // Whether some of `live` is compact (shared lists): an object to check is read whole.
+        let mut compact = false;
         let mut listed: BTreeSet<(String, Option<String>)> = BTreeSet::new();
         let mut healthy_wanted: Vec<(&Object, Resource)> = Vec::new();
         for (rank, group) in by_rank {
@@ -387,8 +423,24 @@ impl Engine {
                 if !listed.insert((r.api.api_version.clone() + "/" + &r.api.kind, ns.clone())) {
                     continue;
                 }
-                let selector = format!("{PART_OF_LABEL}={id}");
-                match Cluster::list(&client, r, ns.as_deref(), &selector).await {
+                let shared = match &spec.shared {
+                    Some(shared) => shared
+                        .members((&client, &who), r, ns.as_deref(), &id)
+                        .await
+                        .filter(|(at, _)| self.untouched_since(&id, *at)),
+                    None => None,
+                };
+                let items = match shared {
+                    Some((_, items)) => {
+                        compact = true;
+                        Ok(items)
+                    }
+                    None => {
+                        let selector = format!("{PART_OF_LABEL}={id}");
+                        Cluster::list(&client, r, ns.as_deref(), &selector).await
+                    }
+                };
+                match items {
                     Ok(items) => {
                         for item in items {
                             live.insert(key_of(&item, &r.api.kind, &r.api.group), item);
@@ -414,7 +466,7 @@ impl Engine {
                 !deleting
             });
             let results = self
-                .apply_group(&client, spec, &id, &resolved, &live, &old)
+                .apply_group(&client, spec, (&id, compact), &resolved, &live, &old)
                 .await;
             for ((o, r), result) in resolved.into_iter().zip(results) {
                 if spec.mode == Mode::Diff {
@@ -540,15 +592,17 @@ impl Engine {
             && stored.is_some()
         {
             let uid = stored.as_ref().and_then(|s| s["metadata"]["uid"].as_str());
-            Cluster::delete(
+            self.touch(&id);
+            let deleted = Cluster::delete(
                 &client,
                 &configmaps,
                 Some(&parent.namespace),
                 &parent.name,
                 uid,
             )
-            .await
-            .map_err(|e| {
+            .await;
+            self.touch(&id);
+            deleted.map_err(|e| {
                 Failure::from(e).context(format_args!("deleting the inventory {parent}"))
             })?;
         } else if spec.mode == Mode::Remove && stored.is_some() {
@@ -597,7 +651,7 @@ impl Engine {
         &self,
         client: &Client,
         spec: &SetSpec,
-        id: &str,
+        (id, compact): (&str, bool),
         group: &[(&Object, Resource)],
         live: &HashMap<ObjectKey, Value>,
         old: &Record,
@@ -622,8 +676,24 @@ impl Engine {
             let (client, r) = (client.clone(), r.clone());
             let (force, recreate, mode) = (spec.options.force, spec.options.recreate, spec.mode);
             let timeout = spec.options.timeout.min(self.max_wait);
+            let whole = compact && decision == Decision::Check;
             tasks.spawn(tracing::Instrument::in_current_span(async move {
                 let _permit = permit;
+                // A compact live object is enough to decide, not to compare: read it whole.
+                let live = if whole {
+                    let ns = body["metadata"]["namespace"]
+                        .as_str()
+                        .filter(|_| r.namespaced);
+                    let name = body["metadata"]["name"].as_str().unwrap_or_default();
+                    match Cluster::get(&client, &r, ns, name).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            return (i, Applied::Failed(Failure::from(e).context("reading it")));
+                        }
+                    }
+                } else {
+                    live
+                };
                 let result = apply_one(
                     &client, &r, &body, live, decision, force, recreate, mode, timeout,
                 )
@@ -659,13 +729,15 @@ impl Engine {
         spec: &SetSpec,
         record: &Record,
     ) -> Result<(), Error> {
+        // Before and after: a list read while the write is in flight is stale either way.
+        self.touch(&spec.parent.id());
         let mut body = spec.parent.body(record, spec.tenant.as_deref(), &spec.set);
         if let Some(fleet) = &spec.fleet {
             body["metadata"]["labels"][crate::inventory::FLEET_LABEL] = fleet.as_str().into();
         }
-        Cluster::apply(client, configmaps, &body, true, false)
-            .await
-            .map(|_| ())
+        let written = Cluster::apply(client, configmaps, &body, true, false).await;
+        self.touch(&spec.parent.id());
+        written.map(|_| ())
     }
 }
 
