@@ -17,31 +17,38 @@ use kube::Client;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use crate::cluster::{Cluster, FIELD_MANAGER, Resource};
+use crate::cluster::{Cluster, Resource};
 use crate::inventory::{ID_LABEL, PART_OF_LABEL};
-use crate::plan::HASH_ANNOTATION;
+use crate::plan::{FINGERPRINT, HASH_ANNOTATION};
 
-/// Who lists, which kind (`apiVersion/kind`), where; and what the list is shared out by.
-type Key = (String, String, Option<String>, Share);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Share {
-    /// Labelled objects, by their `part-of` label.
-    Members,
-    /// Inventory ConfigMaps, by name.
-    Inventories,
-}
+/// Who lists, which kind (`apiVersion/kind`), where.
+type Key = (String, String, Option<String>);
 
 /// One list: when it was read, and the shares not taken yet.
-struct Listed {
+struct Listed<T> {
     at: Instant,
-    shares: Mutex<HashMap<String, Vec<Value>>>,
+    shares: Mutex<HashMap<String, Vec<T>>>,
+}
+
+type Lists<T> = Mutex<HashMap<Key, Arc<OnceCell<Option<Listed<T>>>>>>;
+
+/// What deciding needs of a live member (a few hundred bytes; the same as a JSON tree takes
+/// kilobytes, and a pass may hold every tenant's lists at once).
+struct Summary {
+    name: String,
+    namespace: Option<String>,
+    uid: Option<String>,
+    deletion: Option<String>,
+    hash: Option<String>,
+    /// [`crate::plan::fingerprint`] of flotilla's managed fields.
+    fingerprint: String,
 }
 
 /// One pass's shared lists.
 #[derive(Default)]
 pub(crate) struct Shared {
-    lists: Mutex<HashMap<Key, Arc<OnceCell<Option<Listed>>>>>,
+    members: Lists<Summary>,
+    inventories: Lists<Value>,
 }
 
 impl Shared {
@@ -58,23 +65,29 @@ impl Shared {
             identity.to_string(),
             format!("{}/{}", r.api.api_version, r.api.kind),
             ns.map(str::to_string),
-            Share::Members,
         );
-        self.take(key, id, async {
+        let (at, mine) = take(&self.members, key, id, async {
             let items = Cluster::list_metadata(client, r, ns, PART_OF_LABEL).await;
             items.map(|items| {
-                let mut shares: HashMap<String, Vec<Value>> = HashMap::new();
+                let mut shares: HashMap<String, Vec<Summary>> = HashMap::new();
                 for item in items {
-                    let set = item["metadata"]["labels"][PART_OF_LABEL]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string();
-                    shares.entry(set).or_default().push(compact(item, r));
+                    let meta = &item["metadata"];
+                    let text = |v: &Value| v.as_str().map(str::to_string);
+                    let set = text(&meta["labels"][PART_OF_LABEL]).unwrap_or_default();
+                    shares.entry(set).or_default().push(Summary {
+                        name: text(&meta["name"]).unwrap_or_default(),
+                        namespace: text(&meta["namespace"]),
+                        uid: text(&meta["uid"]),
+                        deletion: text(&meta["deletionTimestamp"]),
+                        hash: text(&meta["annotations"][HASH_ANNOTATION]),
+                        fingerprint: crate::plan::fingerprint(&item),
+                    });
                 }
                 shares
             })
         })
-        .await
+        .await?;
+        Some((at, mine.into_iter().map(|s| compact(s, r, id)).collect()))
     }
 
     /// The inventory ConfigMap `name` in `ns`, read with the namespace's other inventories;
@@ -90,86 +103,81 @@ impl Shared {
             identity.to_string(),
             "v1/ConfigMap".to_string(),
             Some(ns.to_string()),
-            Share::Inventories,
         );
-        let (at, mut found) = self
-            .take(key, name, async {
-                let items = Cluster::list(client, configmaps, Some(ns), ID_LABEL).await;
-                items.map(|items| {
-                    items
-                        .into_iter()
-                        .map(|i| {
-                            let name = i["metadata"]["name"].as_str().unwrap_or_default();
-                            (name.to_string(), vec![i])
-                        })
-                        .collect()
-                })
+        let (at, mut found) = take(&self.inventories, key, name, async {
+            let items = Cluster::list(client, configmaps, Some(ns), ID_LABEL).await;
+            items.map(|items| {
+                items
+                    .into_iter()
+                    .map(|mut i| {
+                        // Kept until its set takes it: without the managed fields' tree.
+                        if let Some(meta) = i["metadata"].as_object_mut() {
+                            meta.remove("managedFields");
+                        }
+                        let name = i["metadata"]["name"].as_str().unwrap_or_default();
+                        (name.to_string(), vec![i])
+                    })
+                    .collect()
             })
-            .await?;
+        })
+        .await?;
         Some((at, found.pop()))
-    }
-
-    /// Takes `share` out of the list `key`, reading the list first if no set did.
-    async fn take(
-        &self,
-        key: Key,
-        share: &str,
-        read: impl Future<Output = Result<HashMap<String, Vec<Value>>, crate::cluster::Error>>,
-    ) -> Option<(Instant, Vec<Value>)> {
-        let cell = self
-            .lists
-            .lock()
-            .expect("shared lists")
-            .entry(key)
-            .or_default()
-            .clone();
-        let listed = cell
-            .get_or_init(|| async {
-                let at = Instant::now();
-                match read.await {
-                    Ok(shares) => Some(Listed {
-                        at,
-                        shares: Mutex::new(shares),
-                    }),
-                    Err(error) => {
-                        tracing::debug!(%error, "a shared list failed; each set lists for itself");
-                        None
-                    }
-                }
-            })
-            .await
-            .as_ref()?;
-        let mine = listed
-            .shares
-            .lock()
-            .expect("shared list")
-            .remove(share)
-            .unwrap_or_default();
-        Some((listed.at, mine))
     }
 }
 
-/// What deciding needs of a live object: `apiVersion`, `kind`, its name, uid and deletion mark,
-/// the `part-of` label, the hash annotation and flotilla's own managed-fields entries.
-fn compact(item: Value, r: &Resource) -> Value {
-    let meta = &item["metadata"];
-    let ours: Vec<&Value> = meta["managedFields"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["manager"] == FIELD_MANAGER)
-        .collect();
+/// Takes `share` out of the list `key`, reading the list first if no set did.
+async fn take<T>(
+    lists: &Lists<T>,
+    key: Key,
+    share: &str,
+    read: impl Future<Output = Result<HashMap<String, Vec<T>>, crate::cluster::Error>>,
+) -> Option<(Instant, Vec<T>)> {
+    let cell = lists
+        .lock()
+        .expect("shared lists")
+        .entry(key)
+        .or_default()
+        .clone();
+    let listed = cell
+        .get_or_init(|| async {
+            let at = Instant::now();
+            match read.await {
+                Ok(shares) => Some(Listed {
+                    at,
+                    shares: Mutex::new(shares),
+                }),
+                Err(error) => {
+                    tracing::debug!(%error, "a shared list failed; each set lists for itself");
+                    None
+                }
+            }
+        })
+        .await
+        .as_ref()?;
+    let mine = listed
+        .shares
+        .lock()
+        .expect("shared list")
+        .remove(share)
+        .unwrap_or_default();
+    Some((listed.at, mine))
+}
+
+/// A member as the set decides on it: `apiVersion`, `kind`, its name, uid and deletion mark,
+/// the `part-of` label, the hash annotation, and the fingerprint of flotilla's managed fields
+/// (read by [`crate::plan::fingerprint`]).
+fn compact(s: Summary, r: &Resource, id: &str) -> Value {
     json!({
         "apiVersion": r.api.api_version,
         "kind": r.api.kind,
+        FINGERPRINT: s.fingerprint,
         "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "uid": meta["uid"],
-            "deletionTimestamp": meta["deletionTimestamp"],
-            "labels": { PART_OF_LABEL: meta["labels"][PART_OF_LABEL] },
-            "annotations": { HASH_ANNOTATION: meta["annotations"][HASH_ANNOTATION] },
-            "managedFields": ours,
+            "name": s.name,
+            "namespace": s.namespace,
+            "uid": s.uid,
+            "deletionTimestamp": s.deletion,
+            "labels": { PART_OF_LABEL: id },
+            "annotations": { HASH_ANNOTATION: s.hash },
         }
     })
 }
