@@ -13,8 +13,6 @@ use crate::render::{Object, ObjectKey, Scope};
 pub(crate) use crate::cluster::FIELD_MANAGER;
 /// Annotation carrying the sha256 of the rendered object an object was applied from.
 pub(crate) const HASH_ANNOTATION: &str = "flotilla.dev/hash";
-/// The key under which a compact live object keeps its [`fingerprint`] (never an API field).
-pub(crate) const FINGERPRINT: &str = "flotilla.dev/fingerprint";
 
 /// What to do with one desired object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,10 +70,6 @@ pub(crate) fn rank(key: &ObjectKey, scope: Scope) -> u8 {
 /// removes one of those fields takes it out of flotilla's set, which changes the fingerprint;
 /// status writes and fields flotilla never set do not.
 pub(crate) fn fingerprint(live: &Value) -> String {
-    // A compact live object (a shared list's) carries its fingerprint, not its managed fields.
-    if let Some(f) = live.get(FINGERPRINT).and_then(Value::as_str) {
-        return f.to_string();
-    }
     let mut hasher = Sha256::new();
     let mut any = false;
     for entry in live["metadata"]["managedFields"]

@@ -218,3 +218,41 @@ async fn the_apps_of_a_tenant_in_one_namespace_share_their_reads() {
     })
     .await;
 }
+
+/// A ConfigMap that has an inventory's name but not its id label (a tenant's own, or one whose
+/// label was stripped) is refused as before when the apps share their reads: never taken for
+/// "no inventory", overwritten or adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_named_like_an_inventory_is_not_taken_over() {
+    let server = ApiServer::start();
+    let env = Env::new(server.kubeconfig(), Some(&server)).await;
+    env.run(|env| async move {
+        let t = env.name("squat");
+        env.tenant(
+            &t,
+            &[&t],
+            "",
+            "apps:\n  - { name: a, source: { path: a } }\n  - { name: b, source: { path: b } }\n",
+        );
+        for app in ["a", "b"] {
+            env.write(
+                &format!("tenants/{t}/{app}/cm.yaml"),
+                &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: {app} }}\ndata: {{ v: \"1\" }}\n"),
+            );
+        }
+        env.admin_apply(serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": t}}))
+            .await;
+        env.admin_apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "flotilla-a", "namespace": t}, "data": {"keep": "me"}}))
+            .await;
+        let run = env.flotilla(&["run", "--once"]).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(run.stdout.contains("not flotilla's"), "{run:?}");
+        let kept = env.configmap(&t, "flotilla-a").await.unwrap();
+        assert_eq!(kept["data"], serde_json::json!({"keep": "me"}), "{kept}");
+        assert!(env.configmap(&t, "a").await.is_none(), "nothing of a applied");
+        assert_eq!(env.configmap(&t, "b").await.unwrap()["data"]["v"], "1");
+    })
+    .await;
+}

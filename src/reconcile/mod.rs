@@ -227,12 +227,13 @@ pub(crate) async fn pass(
 
     // Tenant apps, a dependency level at a time; the apps of a tenant in one namespace share
     // their reads.
-    let shared = (mode == Mode::Apply).then(|| Arc::new(Shared::default()));
     let apps: Vec<&Unit> = input
         .units
         .iter()
         .filter(|u| u.id.tenant.is_some() && filter.unit(&u.id))
         .collect();
+    // A pass of one app (a push, a sync) reads for itself: a shared list would read all.
+    let shared = (mode == Mode::Apply && apps.len() > 1).then(|| Arc::new(Shared::default()));
     for level in order::levels(&apps) {
         let mut tasks = tokio::task::JoinSet::new();
         for unit in level {

@@ -4,31 +4,40 @@
 //!
 //! Objects are listed as metadata only and kept compact (the `part-of` label, the hash
 //! annotation, the deletion mark, flotilla's own managed fields): what deciding needs. Each set
-//! takes its own share out, so the cache shrinks as the pass goes. A share is used only if the
-//! set's inventory was not written since the list was read (by another round: a unit is synced
-//! by one round at a time, but a second round may have read the list before the first wrote);
-//! else, and when a list fails, the set reads for itself as before.
+//! takes its own share out, so the cache shrinks as the pass goes. A share is used only within
+//! 30 s of the list, once, and if the set's inventory was not written since the list was read
+//! (by another round: a unit is synced by one round at a time, but a second round may have read
+//! the list before the first wrote); else, and when a list fails, the set reads for itself as
+//! before. A pass of a single app shares nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kube::Client;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use crate::cluster::{Cluster, Resource};
+use crate::cluster::{Cluster, FIELD_MANAGER, Resource};
 use crate::inventory::{ID_LABEL, PART_OF_LABEL};
-use crate::plan::{FINGERPRINT, HASH_ANNOTATION};
+use crate::plan::HASH_ANNOTATION;
 
 /// Who lists, which kind (`apiVersion/kind`), where.
 type Key = (String, String, Option<String>);
 
-/// One list: when it was read, and the shares not taken yet.
+/// How long a list may serve its sets: a set that comes later (after a dependency level's
+/// health wait, or a long queue for a slot) reads for itself.
+const FRESH: Duration = Duration::from_secs(30);
+
+/// One list: when it was read, the shares not taken yet, and those taken (a second taker of
+/// one share reads for itself).
 struct Listed<T> {
     at: Instant,
-    shares: Mutex<HashMap<String, Vec<T>>>,
+    shares: Mutex<Shares<T>>,
 }
+
+/// The shares not taken yet, and the names of those taken.
+type Shares<T> = (HashMap<String, Vec<T>>, HashSet<String>);
 
 type Lists<T> = Mutex<HashMap<Key, Arc<OnceCell<Option<Listed<T>>>>>>;
 
@@ -40,8 +49,9 @@ struct Summary {
     uid: Option<String>,
     deletion: Option<String>,
     hash: Option<String>,
-    /// [`crate::plan::fingerprint`] of flotilla's managed fields.
-    fingerprint: String,
+    /// flotilla's own managed-fields entries, as JSON text (made a tree again only for the
+    /// set that takes it).
+    fields: String,
 }
 
 /// One pass's shared lists.
@@ -80,7 +90,7 @@ impl Shared {
                         uid: text(&meta["uid"]),
                         deletion: text(&meta["deletionTimestamp"]),
                         hash: text(&meta["annotations"][HASH_ANNOTATION]),
-                        fingerprint: crate::plan::fingerprint(&item),
+                        fields: ours(meta),
                     });
                 }
                 shares
@@ -91,7 +101,8 @@ impl Shared {
     }
 
     /// The inventory ConfigMap `name` in `ns`, read with the namespace's other inventories;
-    /// `Some((at, None))` if it does not exist.
+    /// `None` if the list did not hold it (the set reads it by name: it may not exist, or be a
+    /// ConfigMap without the id label, which the set must refuse).
     pub(crate) async fn inventory(
         &self,
         (client, identity): (&Client, &str),
@@ -121,7 +132,9 @@ impl Shared {
             })
         })
         .await?;
-        Some((at, found.pop()))
+        // Not in the list: no inventory, or a ConfigMap of that name without the id label,
+        // which the set must read and refuse itself. Either way, read by name.
+        Some((at, Some(found.pop()?)))
     }
 }
 
@@ -144,7 +157,7 @@ async fn take<T>(
             match read.await {
                 Ok(shares) => Some(Listed {
                     at,
-                    shares: Mutex::new(shares),
+                    shares: Mutex::new((shares, HashSet::new())),
                 }),
                 Err(error) => {
                     tracing::debug!(%error, "a shared list failed; each set lists for itself");
@@ -154,24 +167,38 @@ async fn take<T>(
         })
         .await
         .as_ref()?;
-    let mine = listed
-        .shares
-        .lock()
-        .expect("shared list")
-        .remove(share)
-        .unwrap_or_default();
-    Some((listed.at, mine))
+    if listed.at.elapsed() > FRESH {
+        return None;
+    }
+    let mut shares = listed.shares.lock().expect("shared list");
+    let (left, taken) = &mut *shares;
+    if !taken.insert(share.to_string()) {
+        return None;
+    }
+    Some((listed.at, left.remove(share).unwrap_or_default()))
+}
+
+/// flotilla's own managed-fields entries of a live object's metadata, as JSON text.
+fn ours(meta: &Value) -> String {
+    let ours: Vec<&Value> = meta["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["manager"] == FIELD_MANAGER)
+        .collect();
+    serde_json::to_string(&ours).unwrap_or_default()
 }
 
 /// A member as the set decides on it: `apiVersion`, `kind`, its name, uid and deletion mark,
-/// the `part-of` label, the hash annotation, and the fingerprint of flotilla's managed fields
-/// (read by [`crate::plan::fingerprint`]).
+/// the `part-of` label, the hash annotation, and flotilla's managed-fields entries (what
+/// [`crate::plan::fingerprint`] reads).
 fn compact(s: Summary, r: &Resource, id: &str) -> Value {
+    let fields: Value = serde_json::from_str(&s.fields).unwrap_or_else(|_| json!([]));
     json!({
         "apiVersion": r.api.api_version,
         "kind": r.api.kind,
-        FINGERPRINT: s.fingerprint,
         "metadata": {
+            "managedFields": fields,
             "name": s.name,
             "namespace": s.namespace,
             "uid": s.uid,
