@@ -114,10 +114,13 @@ pub(crate) fn other_managers(live: &Value) -> Vec<String> {
 
 /// What to do with `desired`, given the live object carrying this set's label (if any) and what
 /// the inventory recorded for it.
+/// `fields`: the fingerprint of flotilla's fields when it was taken from the whole object
+/// before `live` was made compact (a shared list's); else it is taken from `live`.
 pub(crate) fn decide(
     desired: &Object,
     live: Option<&Value>,
     recorded: Option<&Member>,
+    fields: Option<&str>,
 ) -> Decision {
     let Some(live) = live else {
         return Decision::Apply("new");
@@ -130,7 +133,7 @@ pub(crate) fn decide(
         Some(m)
             if m.hash == desired.hash
                 && !m.fields.is_empty()
-                && m.fields == fingerprint(live)
+                && fields.map_or_else(|| fingerprint(live), str::to_string) == m.fields
                 && live["metadata"]["deletionTimestamp"].is_null() =>
         {
             Decision::Unchanged
@@ -322,7 +325,7 @@ mod tests {
         let live_now = live("h1", ours.clone(), &[("kube-controller-manager", "status")]);
         let recorded = member(fingerprint(&live_now));
         assert_eq!(
-            decide(&object("h1"), Some(&live_now), Some(&recorded)),
+            decide(&object("h1"), Some(&live_now), Some(&recorded), None),
             Decision::Unchanged
         );
         // A status write or another manager's new field does not touch flotilla's set.
@@ -331,21 +334,21 @@ mod tests {
         // `kubectl edit` of a field flotilla set takes it out of flotilla's set.
         let edited = live("h1", json!({"f:data": {}}), &[("kubectl-edit", "")]);
         assert_eq!(
-            decide(&object("h1"), Some(&edited), Some(&recorded)),
+            decide(&object("h1"), Some(&edited), Some(&recorded), None),
             Decision::Check
         );
         assert_eq!(other_managers(&edited), vec!["kubectl-edit".to_string()]);
         assert_eq!(
-            decide(&object("h2"), Some(&live_now), Some(&recorded)),
+            decide(&object("h2"), Some(&live_now), Some(&recorded), None),
             Decision::Apply("changed in Git")
         );
         assert_eq!(
-            decide(&object("h1"), None, Some(&recorded)),
+            decide(&object("h1"), None, Some(&recorded), None),
             Decision::Apply("new")
         );
         // Nothing recorded (a crash between apply and the inventory update): check.
         assert_eq!(
-            decide(&object("h1"), Some(&live_now), None),
+            decide(&object("h1"), Some(&live_now), None, None),
             Decision::Check
         );
         assert_eq!(fingerprint(&json!({"metadata": {}})), "");

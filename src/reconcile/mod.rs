@@ -303,11 +303,12 @@ pub(crate) async fn pass(
                 // A comparison writes nothing: it neither waits for a sync of the unit nor
                 // takes a sync slot from the rounds.
                 let outcome = if mode == Mode::Diff {
-                    run_spec(&engine, spec, None).await
+                    Box::pin(run_spec(&engine, spec, None)).await
                 } else {
                     match tokio::time::timeout(engine.max_wait, waited).await {
                         Ok((_unit_lock, slot)) => match engine.begin_sync(&unit.id, round) {
-                            Ok(()) => run_spec(&engine, spec, Some(slot)).await,
+                            // Boxed: only the units holding a slot carry a sync's state; the others wait small.
+                            Ok(()) => Box::pin(run_spec(&engine, spec, Some(slot))).await,
                             // A later round (a newer fetch) synced it meanwhile: this render is
                             // older, and that round's result is the unit's.
                             Err(later) => {

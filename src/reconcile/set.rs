@@ -263,15 +263,16 @@ impl Engine {
         let id = parent.id();
         let who = format!("{:?}", spec.identity);
         let shared_parent = match &spec.shared {
-            Some(shared) => shared
-                .inventory(
-                    (&client, &who),
-                    &configmaps,
-                    &parent.namespace,
-                    &parent.name,
-                )
-                .await
-                .filter(|(at, _)| self.untouched_since(&id, *at)),
+            // Boxed: every unit's task holds its set's future from the pass's start, and the
+            // list's future inline would make each of them larger.
+            Some(shared) => Box::pin(shared.inventory(
+                (&client, &who),
+                &configmaps,
+                &parent.namespace,
+                &parent.name,
+            ))
+            .await
+            .filter(|(at, _)| self.untouched_since(&id, *at)),
             None => None,
         };
         let stored = match shared_parent {
@@ -389,8 +390,9 @@ impl Engine {
                 .push(o);
         }
         let mut live: HashMap<ObjectKey, Value> = HashMap::new();
-        // Whether some of `live` is compact (shared lists): an object to check is read whole.
-        let mut compact = false;
+        // The fingerprints of the compact live objects (shared lists'): such an object is read
+        // whole when it must be checked.
+        let mut fingerprints: HashMap<ObjectKey, String> = HashMap::new();
         let mut listed: BTreeSet<(String, Option<String>)> = BTreeSet::new();
         let mut healthy_wanted: Vec<(&Object, Resource)> = Vec::new();
         for (rank, group) in by_rank {
@@ -424,16 +426,22 @@ impl Engine {
                     continue;
                 }
                 let shared = match &spec.shared {
-                    Some(shared) => shared
-                        .members((&client, &who), r, ns.as_deref(), &id)
-                        .await
-                        .filter(|(at, _)| self.untouched_since(&id, *at)),
+                    Some(shared) => {
+                        Box::pin(shared.members((&client, &who), r, ns.as_deref(), &id))
+                            .await
+                            .filter(|(at, _)| self.untouched_since(&id, *at))
+                    }
                     None => None,
                 };
                 let items = match shared {
                     Some((_, items)) => {
-                        compact = true;
-                        Ok(items)
+                        let mut compact = Vec::with_capacity(items.len());
+                        for (item, fingerprint) in items {
+                            fingerprints
+                                .insert(key_of(&item, &r.api.kind, &r.api.group), fingerprint);
+                            compact.push(item);
+                        }
+                        Ok(compact)
                     }
                     None => {
                         let selector = format!("{PART_OF_LABEL}={id}");
@@ -466,7 +474,7 @@ impl Engine {
                 !deleting
             });
             let results = self
-                .apply_group(&client, spec, (&id, compact), &resolved, &live, &old)
+                .apply_group(&client, spec, (&id, &fingerprints), &resolved, &live, &old)
                 .await;
             for ((o, r), result) in resolved.into_iter().zip(results) {
                 if spec.mode == Mode::Diff {
@@ -651,7 +659,7 @@ impl Engine {
         &self,
         client: &Client,
         spec: &SetSpec,
-        (id, compact): (&str, bool),
+        (id, fingerprints): (&str, &HashMap<ObjectKey, String>),
         group: &[(&Object, Resource)],
         live: &HashMap<ObjectKey, Value>,
         old: &Record,
@@ -660,7 +668,8 @@ impl Engine {
         let mut tasks = tokio::task::JoinSet::new();
         let mut spawned = BTreeSet::new();
         for (i, (o, r)) in group.iter().enumerate() {
-            let decision = plan::decide(o, live.get(&o.key), old.members.get(&o.key));
+            let fields = fingerprints.get(&o.key).map(String::as_str);
+            let decision = plan::decide(o, live.get(&o.key), old.members.get(&o.key), fields);
             if decision == Decision::Unchanged {
                 continue;
             }
@@ -676,7 +685,7 @@ impl Engine {
             let (client, r) = (client.clone(), r.clone());
             let (force, recreate, mode) = (spec.options.force, spec.options.recreate, spec.mode);
             let timeout = spec.options.timeout.min(self.max_wait);
-            let whole = compact && decision == Decision::Check;
+            let whole = fields.is_some() && decision == Decision::Check;
             tasks.spawn(tracing::Instrument::in_current_span(async move {
                 let _permit = permit;
                 // A compact live object is enough to decide, not to compare: read it whole.

@@ -18,7 +18,7 @@ use kube::Client;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use crate::cluster::{Cluster, FIELD_MANAGER, Resource};
+use crate::cluster::{Cluster, Resource};
 use crate::inventory::{ID_LABEL, PART_OF_LABEL};
 use crate::plan::HASH_ANNOTATION;
 
@@ -49,9 +49,8 @@ struct Summary {
     uid: Option<String>,
     deletion: Option<String>,
     hash: Option<String>,
-    /// flotilla's own managed-fields entries, as JSON text (made a tree again only for the
-    /// set that takes it).
-    fields: String,
+    /// [`crate::plan::fingerprint`] of the whole object's managed fields.
+    fingerprint: String,
 }
 
 /// One pass's shared lists.
@@ -70,7 +69,7 @@ impl Shared {
         r: &Resource,
         ns: Option<&str>,
         id: &str,
-    ) -> Option<(Instant, Vec<Value>)> {
+    ) -> Option<(Instant, Vec<(Value, String)>)> {
         let key = (
             identity.to_string(),
             format!("{}/{}", r.api.api_version, r.api.kind),
@@ -90,14 +89,18 @@ impl Shared {
                         uid: text(&meta["uid"]),
                         deletion: text(&meta["deletionTimestamp"]),
                         hash: text(&meta["annotations"][HASH_ANNOTATION]),
-                        fields: ours(meta),
+                        fingerprint: crate::plan::fingerprint(&item),
                     });
                 }
                 shares
             })
         })
         .await?;
-        Some((at, mine.into_iter().map(|s| compact(s, r, id)).collect()))
+        let members = mine.into_iter().map(|s| {
+            let fingerprint = s.fingerprint.clone();
+            (compact(s, r, id), fingerprint)
+        });
+        Some((at, members.collect()))
     }
 
     /// The inventory ConfigMap `name` in `ns`, read with the namespace's other inventories;
@@ -178,27 +181,14 @@ async fn take<T>(
     Some((listed.at, left.remove(share).unwrap_or_default()))
 }
 
-/// flotilla's own managed-fields entries of a live object's metadata, as JSON text.
-fn ours(meta: &Value) -> String {
-    let ours: Vec<&Value> = meta["managedFields"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["manager"] == FIELD_MANAGER)
-        .collect();
-    serde_json::to_string(&ours).unwrap_or_default()
-}
-
 /// A member as the set decides on it: `apiVersion`, `kind`, its name, uid and deletion mark,
-/// the `part-of` label, the hash annotation, and flotilla's managed-fields entries (what
-/// [`crate::plan::fingerprint`] reads).
+/// the `part-of` label and the hash annotation (its fingerprint goes beside it: see
+/// [`crate::plan::decide`]).
 fn compact(s: Summary, r: &Resource, id: &str) -> Value {
-    let fields: Value = serde_json::from_str(&s.fields).unwrap_or_else(|_| json!([]));
     json!({
         "apiVersion": r.api.api_version,
         "kind": r.api.kind,
         "metadata": {
-            "managedFields": fields,
             "name": s.name,
             "namespace": s.namespace,
             "uid": s.uid,
