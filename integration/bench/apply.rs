@@ -18,12 +18,15 @@
 // Benchmarks block on purpose; the rule against blocking sleeps (clippy.toml) is for `src/`.
 #![allow(clippy::disallowed_methods)]
 
+#[path = "common.rs"]
+mod common;
 #[path = "../../tests/support/kube_api/mod.rs"]
 #[allow(unused)]
 mod kube_api;
+use common::*;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const NAMESPACES: usize = 20;
@@ -220,62 +223,6 @@ fn configmaps(namespace: Option<&str>) -> String {
         ));
     }
     out
-}
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let path = root.join(rel);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
-/// `flotilla run --once`: its wall time, peak RSS (KiB, read from /proc while it runs) and report.
-fn flotilla_once(root: &Path) -> (Duration, u64, String) {
-    let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["run", "--once", "--config", "flotilla.yaml"])
-        .current_dir(root)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status_file = format!("/proc/{}/status", child.id());
-    let mut peak = 0;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if let Ok(text) = std::fs::read_to_string(&status_file)
-            && let Some(line) = text.lines().find(|l| l.starts_with("VmHWM:"))
-        {
-            peak = peak.max(
-                line.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let elapsed = start.elapsed();
-    if !status.success() {
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        panic!("flotilla run --once failed: {err}");
-    }
-    let mut report = String::new();
-    use std::io::Read as _;
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut report)
-        .unwrap();
-    (elapsed, peak, report)
 }
 
 /// Runs kubectl; its wall time and stderr.

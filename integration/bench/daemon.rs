@@ -15,18 +15,19 @@
 // Benchmarks block on purpose; the rule against blocking sleeps (clippy.toml) is for `src/`.
 #![allow(clippy::disallowed_methods)]
 
+#[path = "common.rs"]
+mod common;
 #[path = "../../tests/support/kube_api/mod.rs"]
 #[allow(unused)]
 mod kube_api;
+use common::*;
 
-use std::io::{Read as _, Write as _};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hmac::{KeyInit, Mac};
 use kube::api::{Api, DynamicObject};
-use kube::discovery::ApiResource;
 
 const SECRET: &str = "bench-secret";
 
@@ -89,7 +90,7 @@ fn webhook_latency(
             "apps:\n  - {{ name: app, enabled: true, source: {{ url: \"{url}\", ref: {{ branch: main }} }} }}\n"
         ),
     );
-    let mut agent = start(root, port);
+    let mut agent = start(root);
     wait_ready(port, &mut agent);
 
     let api: Api<DynamicObject> =
@@ -177,7 +178,7 @@ fn idle_example_fleet(server: &kube_api::ApiServer) {
             text.replace("cluster: bench", "cluster: dev")
         ),
     );
-    let mut agent = start(root, port);
+    let mut agent = start(root);
     wait_ready(port, &mut agent);
     std::thread::sleep(Duration::from_secs(3));
     let (rss, peak) = memory(agent.id());
@@ -216,7 +217,7 @@ fn ten_thousand_objects(server: &kube_api::ApiServer) {
     }
     write(root, "tenant/tenant.yaml", &catalog);
     let started = Instant::now();
-    let mut agent = start(root, port);
+    let mut agent = start(root);
     wait_ready(port, &mut agent);
     let first = started.elapsed();
     let (_, peak_first) = memory(agent.id());
@@ -270,66 +271,6 @@ fn config(root: &Path, kubeconfig: &Path, port: u16, fleet: &str) -> String {
     text
 }
 
-fn start(root: &Path, _port: u16) -> Child {
-    // BENCH_WRAPPER (e.g. `valgrind --tool=massif`) runs the agent under a profiler.
-    let wrapper: Vec<String> = std::env::var("BENCH_WRAPPER")
-        .map(|w| w.split_whitespace().map(String::from).collect())
-        .unwrap_or_default();
-    let (program, mut args): (String, Vec<String>) = match wrapper.split_first() {
-        Some((p, rest)) => (p.clone(), rest.to_vec()),
-        None => (String::new(), Vec::new()),
-    };
-    let mut cmd = if program.is_empty() {
-        Command::new(env!("CARGO_BIN_EXE_flotilla"))
-    } else {
-        args.push(env!("CARGO_BIN_EXE_flotilla").into());
-        let mut c = Command::new(program);
-        c.args(&args);
-        c
-    };
-    cmd.args(["run", "--config", "flotilla.yaml"])
-        .current_dir(root)
-        .env_remove("NOTIFY_SOCKET")
-        .envs(
-            std::env::var("BENCH_MALLOC_ARENA_MAX")
-                .ok()
-                .map(|v| ("MALLOC_ARENA_MAX", v)),
-        )
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(root.join("agent.log")).unwrap())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_ready(port: u16, agent: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while http(port, "GET", "/readyz", &[], b"").0 != 200 {
-        assert!(agent.try_wait().unwrap().is_none(), "the agent exited");
-        assert!(Instant::now() < deadline, "not ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn stop(agent: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-s", "TERM", &agent.id().to_string()])
-        .status();
-    let _ = agent.wait();
-}
-
-/// Current and peak resident memory of a process, MiB.
-fn memory(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib = |key: &str| -> f64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
-}
-
 fn metric(port: u16, name: &str, label: &str) -> f64 {
     let auth = [("Authorization", format!("Bearer {SECRET}"))];
     let (_, text) = http(port, "GET", "/metrics", &auth, b"");
@@ -337,81 +278,4 @@ fn metric(port: u16, name: &str, label: &str) -> f64 {
         .filter(|l| l.starts_with(name) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> (u16, String) {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let _ = s.write_all(head.as_bytes());
-    let _ = s.write_all(body);
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ar(api_version: &str, kind: &str, plural: &str) -> ApiResource {
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    ApiResource {
-        group: group.into(),
-        version: version.into(),
-        api_version: api_version.into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
-}
-
-async fn client(kubeconfig: &Path) -> kube::Client {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(config).unwrap()
 }
