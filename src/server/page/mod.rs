@@ -100,6 +100,19 @@ async fn access(api: &Api, headers: &HeaderMap, page: bool) -> Result<Access, Re
     }
 }
 
+/// [`access`] for a `GET` route: another method is a 404, as for an unknown path.
+async fn get_access(
+    api: &Api,
+    method: &Method,
+    headers: &HeaderMap,
+    page: bool,
+) -> Result<Access, Response> {
+    if method != Method::GET {
+        return Err(super::not_found());
+    }
+    access(api, headers, page).await
+}
+
 fn refused(page: bool, why: &str) -> Response {
     if page {
         with_headers(StatusCode::UNAUTHORIZED, html::login(why))
@@ -269,10 +282,7 @@ async fn fleet(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    if method != Method::GET {
-        return super::not_found();
-    }
-    let access = match access(&api, &headers, true).await {
+    let access = match get_access(&api, &method, &headers, true).await {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -333,10 +343,7 @@ async fn unit(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    if method != Method::GET {
-        return super::not_found();
-    }
-    let access = match access(&api, &headers, true).await {
+    let access = match get_access(&api, &method, &headers, true).await {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -365,10 +372,7 @@ async fn inspect(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    if method != Method::GET {
-        return super::not_found();
-    }
-    if let Err(r) = access(&api, &headers, false).await {
+    if let Err(r) = get_access(&api, &method, &headers, false).await {
         return r;
     }
     let id = match placed(&api, query) {
@@ -435,10 +439,7 @@ async fn sync(State(api): State<Api>, req: Request) -> Response {
 /// a comment every 15 s so that a closed page is noticed; the stream ends after 10 minutes
 /// (the browser reconnects).
 async fn events(State(api): State<Api>, method: Method, headers: HeaderMap) -> Response {
-    if method != Method::GET {
-        return super::not_found();
-    }
-    if let Err(r) = access(&api, &headers, false).await {
+    if let Err(r) = get_access(&api, &method, &headers, false).await {
         return r;
     }
     // Each open page holds a connection: a few at most, so that webhooks and the API always
