@@ -25,6 +25,7 @@ pub(crate) mod reconcile;
 pub mod render;
 pub(crate) mod semver_range;
 pub(crate) mod server;
+pub(crate) mod shard;
 mod sops;
 pub mod source;
 pub(crate) mod subst;

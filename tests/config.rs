@@ -49,11 +49,73 @@ webhook: {}
         format!("flotilla.yaml:8:19: credentials.platform.ssh_key_file: no such file: {}", key.display()),
         "flotilla.yaml:11:11: interval: \"every five minutes\" is not a duration (expected number at 0); write it like 30s, 5m or 1h".to_string(),
         "flotilla.yaml:12:14: concurrency: expected a whole number, found a string".to_string(),
-        "flotilla.yaml:13:1: webhook: unknown field; did you mean \"webhooks\"? allowed here: cluster, fleet, credentials, verification_keys, decryption, interval, state_dir, kubeconfig, listen, webhooks, concurrency, apply_concurrency, log, render, git, shutdown_grace, unit_timeout, leader_election".to_string(),
+        "flotilla.yaml:13:1: webhook: unknown field; did you mean \"webhooks\"? allowed here: cluster, fleet, credentials, verification_keys, decryption, interval, state_dir, kubeconfig, listen, webhooks, concurrency, apply_concurrency, log, render, git, shutdown_grace, unit_timeout, leader_election, sharding".to_string(),
         "flotilla.yaml: 5 errors".to_string(),
     ];
     let lines: Vec<&str> = run.stderr.lines().collect();
     assert_eq!(lines, expected, "{run:?}");
+}
+
+#[test]
+fn sharding_is_checked_and_excludes_leader_election() {
+    let dir = Dir::new();
+    dir.write("fleet/clusters/dev/cluster.yaml", "name: dev\n");
+    let check = |sharding: &str, extra: &str| {
+        dir.write(
+            "flotilla.yaml",
+            &format!("cluster: dev\nfleet: {{ dir: fleet }}\n{extra}sharding: {sharding}\n"),
+        );
+        flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"])
+    };
+    let ok = check(
+        "{ shards: 4, namespace: flotilla-system, lease_duration: 10s, advertise: \"http://10.0.0.7:8080\" }",
+        "",
+    );
+    assert_eq!(ok.code, 0, "{ok:?}");
+    for (sharding, extra, error) in [
+        (
+            "{ shards: 0 }",
+            "",
+            "flotilla.yaml:3:21: sharding.shards: must be between 1 and 256",
+        ),
+        (
+            "{ shards: 300 }",
+            "",
+            "flotilla.yaml:3:21: sharding.shards: must be between 1 and 256",
+        ),
+        (
+            "{ namespace: x }",
+            "",
+            "flotilla.yaml:3:11: sharding.shards: missing: how many shards the tenants are divided into",
+        ),
+        (
+            "{ shards: 2, lease_duration: 100ms }",
+            "",
+            "flotilla.yaml:3:40: sharding.lease_duration: must be at least 1s",
+        ),
+        (
+            "{ shards: 2, advertise: \"https://a:1/x\" }",
+            "",
+            "flotilla.yaml:3:35: sharding.advertise: \"https://a:1/x\": give an http:// URL (http://host:port)",
+        ),
+        (
+            "{ shards: 2, advertise: \"http://a:1/x\" }",
+            "",
+            "flotilla.yaml:3:35: sharding.advertise: \"http://a:1/x\": give http://host:port, without a path",
+        ),
+        (
+            "{ shards: 2 }",
+            "leader_election: {}\n",
+            "flotilla.yaml:4:11: sharding: cannot be used with leader_election: with sharding every replica applies, each its own shards",
+        ),
+    ] {
+        let run = check(sharding, extra);
+        assert_eq!(run.code, 2, "{sharding}: {run:?}");
+        assert!(
+            run.stderr.lines().any(|l| l == error),
+            "{sharding}: {run:?}"
+        );
+    }
 }
 
 #[test]

@@ -15,3 +15,8 @@ env_scenarios!(
     page_scenarios:
     the_status_page_shows_the_fleet_and_syncs_with_the_token,
 );
+
+env_scenarios!(
+    shard_scenarios:
+    shards_divide_the_tenants_and_move_when_a_replica_dies,
+);

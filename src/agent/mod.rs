@@ -170,6 +170,34 @@ pub(crate) struct Snapshot {
     pub status: Status,
     /// When each unit runs next.
     pub next_runs: BTreeMap<UnitId, SystemTime>,
+    /// With `sharding`: who holds which shard.
+    pub ownership: Option<Ownership>,
+}
+
+/// With `sharding`: the shards this replica holds, who holds the others, and where the live
+/// replicas are; published by the shard manager (`daemon::shards`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Ownership {
+    /// This replica's identity (the Leases' holder).
+    pub me: String,
+    pub held: crate::shard::Held,
+    /// Each shard's holder as last read (`None`: free, or not read yet).
+    pub holders: Vec<Option<String>>,
+    /// The live replicas (this one too): identity → the URL it is reached at.
+    pub replicas: BTreeMap<String, Option<String>>,
+    /// This replica's Lease was written: the others count it.
+    pub announced: bool,
+    /// Bumped whenever `held` loses a shard: the scheduler acknowledges it once that shard's
+    /// work has stopped, and only then is a shard given up.
+    pub generation: u64,
+}
+
+impl Ownership {
+    /// The holder of `shard` and its URL, when another replica holds it.
+    pub(crate) fn elsewhere(&self, shard: u32) -> Option<(&str, Option<&str>)> {
+        let holder = self.holders.get(shard as usize)?.as_deref()?;
+        (holder != self.me).then(|| (holder, self.replicas.get(holder).and_then(|a| a.as_deref())))
+    }
 }
 
 /// The servers' handle on the agent: the latest snapshot, the request channel and the metrics.
@@ -220,6 +248,7 @@ impl Handle {
             leader: false,
             status,
             next_runs: BTreeMap::new(),
+            ownership: None,
         }));
         (
             Handle {
@@ -313,10 +342,17 @@ impl Snapshot {
             .map(|t| t.key.clone())
     }
 
-    /// The status document: every unit placed here, in unit order.
+    /// The status document: every unit placed here (with sharding, every unit of the shards
+    /// this replica holds, each with this replica as its owner), in unit order.
     pub(crate) fn report(&self) -> Report {
         let status = &self.status;
+        let me = self.ownership.as_ref().map(|o| o.me.clone());
         Report {
+            sharding: self.ownership.as_ref().map(|o| status::ShardReport {
+                replica: o.me.clone(),
+                holders: o.holders.clone(),
+                unreachable: Vec::new(),
+            }),
             cluster: self.config.cluster.clone(),
             ready: status.ready,
             leader: self.leader,
@@ -332,6 +368,7 @@ impl Snapshot {
                         ..Default::default()
                     });
                     s.source = Some(plan.source.clone());
+                    s.owner = me.clone();
                     if plan.suspend {
                         s.result = "suspended".into();
                         s.next_run = None;

@@ -38,6 +38,9 @@ pub(crate) struct UnitStatus {
     pub last_run: Option<String>,
     pub next_run: Option<String>,
     pub duration_seconds: Option<f64>,
+    /// With sharding: the replica that reconciles the unit (`None`: its shard has no holder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// The whole status document.
@@ -51,6 +54,21 @@ pub(crate) struct Report {
     /// The last full round's error, when it failed as a whole.
     pub error: Option<String>,
     pub units: Vec<UnitStatus>,
+    /// With sharding: who holds what, and which replicas did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharding: Option<ShardReport>,
+}
+
+/// The shards as the answering replica sees them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ShardReport {
+    /// The replica that answered.
+    pub replica: String,
+    /// Each shard's holder (`None`: none right now).
+    pub holders: Vec<Option<String>>,
+    /// Live replicas whose status could not be read: their units are missing or unknown.
+    #[serde(default)]
+    pub unreachable: Vec<String>,
 }
 
 /// How many syncs of each unit the status keeps.

@@ -289,19 +289,33 @@ fn write_table(out: &mut impl std::io::Write, r: &Report) -> std::io::Result<()>
         .as_deref()
         .map(|f| format!(" @ {}", crate::pipeline::short(f)))
         .unwrap_or_default();
-    let state = match (r.leader, r.ready) {
-        (false, _) => "follower (not the leader)",
-        (true, true) => "ready",
-        (true, false) => "not ready",
+    let state = match (r.leader, r.ready, &r.sharding) {
+        (false, _, Some(_)) => "holds no shard",
+        (false, _, None) => "follower (not the leader)",
+        (true, true, _) => "ready",
+        (true, false, _) => "not ready",
     };
     writeln!(out, "cluster {}: fleet{fleet}: {state}", r.cluster)?;
+    if let Some(s) = &r.sharding {
+        let held: Vec<String> = s
+            .holders
+            .iter()
+            .enumerate()
+            .map(|(i, h)| format!("{i}={}", h.as_deref().unwrap_or("-")))
+            .collect();
+        writeln!(out, "answered by {}; shards: {}", s.replica, held.join(" "))?;
+        for u in &s.unreachable {
+            writeln!(out, "not read: replica {u}")?;
+        }
+    }
     if let Some(e) = &r.error {
         writeln!(out, "error: {e}")?;
     }
+    let owners = r.sharding.is_some();
     let mut rows = vec![
         [
             "UNIT", "REVISION", "RESULT", "APPLIED", "PRUNED", "FAILED", "LAST RUN", "NEXT RUN",
-            "ERROR",
+            "OWNER", "ERROR",
         ]
         .map(String::from),
     ];
@@ -318,19 +332,24 @@ fn write_table(out: &mut impl std::io::Write, r: &Report) -> std::io::Result<()>
             u.failed.to_string(),
             u.last_run.clone().unwrap_or_else(|| "-".into()),
             u.next_run.clone().unwrap_or_else(|| "-".into()),
+            u.owner.clone().unwrap_or_else(|| "-".into()),
             u.last_error
                 .as_deref()
                 .map(|e| e.lines().next().unwrap_or_default().to_string())
                 .unwrap_or_default(),
         ]);
     }
-    let widths: Vec<usize> = (0..9)
+    let widths: Vec<usize> = (0..10)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     for row in &rows {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
-            if i == 8 {
+            // The owner only with sharding.
+            if i == 8 && !owners {
+                continue;
+            }
+            if i == 9 {
                 line.push_str(cell);
             } else {
                 line.push_str(&format!("{cell:<w$}  ", w = widths[i]));

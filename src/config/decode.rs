@@ -9,7 +9,7 @@ use super::secrets::{decode_credentials, decode_webhooks};
 use super::source::{self, CredentialKind};
 use super::{
     Config, Credential, DEFAULT_CONCURRENCY, DEFAULT_HTTP, DEFAULT_INTERVAL, DEFAULT_SOCKET,
-    GitSettings, LeaderElection, Listen, Log, LogFormat, MIN_INTERVAL, Render, Webhooks,
+    GitSettings, LeaderElection, Listen, Log, LogFormat, MIN_INTERVAL, Render, Sharding, Webhooks,
     find_program,
 };
 use crate::yaml::{Diagnostics, Fields, Node, Report};
@@ -33,6 +33,7 @@ const TOP: &[&str] = &[
     "shutdown_grace",
     "unit_timeout",
     "leader_election",
+    "sharding",
 ];
 
 /// Decodes config text read from `file`.
@@ -169,6 +170,17 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
         Some(n) => decode_leader_election(n, report).map(Some),
         None => Some(None),
     };
+    let sharding = match top.get("sharding") {
+        Some(n) => decode_sharding(n, report).map(Some),
+        None => Some(None),
+    };
+    if let (Some(n), Some(Some(_))) = (top.get("sharding"), &leader_election) {
+        report.error(
+            n,
+            "sharding",
+            "cannot be used with leader_election: with sharding every replica applies, each its own shards",
+        );
+    }
     top.finish(TOP, report);
 
     Some(Config {
@@ -191,6 +203,7 @@ fn decode_top(doc: &Node, base: &Path, file: &Path, report: &mut Report) -> Opti
         shutdown_grace: shutdown_grace?,
         unit_timeout: unit_timeout?,
         leader_election: leader_election?,
+        sharding: sharding?,
     })
 }
 
@@ -414,6 +427,77 @@ fn decode_render(node: Option<&Node>, base: &Path, report: &mut Report) -> Optio
 
 fn decode_leader_election(node: &Node, report: &mut Report) -> Option<LeaderElection> {
     let mut fields = Fields::new(node, "leader_election", report)?;
+    let le = decode_lease(&mut fields, report);
+    fields.finish(&["namespace", "name", "lease_duration"], report);
+    le
+}
+
+fn decode_sharding(node: &Node, report: &mut Report) -> Option<Sharding> {
+    let mut fields = Fields::new(node, "sharding", report)?;
+    let lease = decode_lease(&mut fields, report);
+    let mut ok = true;
+    let shards = match fields.get("shards") {
+        None => {
+            report.error(
+                node,
+                "sharding.shards",
+                "missing: how many shards the tenants are divided into",
+            );
+            None
+        }
+        Some(n) => match n.u32("sharding.shards", report) {
+            Some(s) if (1..=super::MAX_SHARDS).contains(&s) => Some(s),
+            Some(_) => {
+                report.error(
+                    n,
+                    "sharding.shards",
+                    format!("must be between 1 and {}", super::MAX_SHARDS),
+                );
+                None
+            }
+            None => None,
+        },
+    };
+    let mut advertise = None;
+    if let Some(n) = fields.get("advertise") {
+        match n.str("sharding.advertise", report) {
+            Some(v) if check_advertise(v).is_ok() => {
+                advertise = Some(v.trim_end_matches('/').to_string())
+            }
+            Some(v) => {
+                let why = check_advertise(v).unwrap_err();
+                report.error(n, "sharding.advertise", why);
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    fields.finish(
+        &["shards", "namespace", "name", "lease_duration", "advertise"],
+        report,
+    );
+    let (lease, shards) = (lease?, shards?);
+    ok.then_some(Sharding {
+        shards,
+        lease,
+        advertise,
+    })
+}
+
+/// An advertised address: `http://host:port`, nothing after it.
+pub(crate) fn check_advertise(v: &str) -> Result<(), String> {
+    let rest = v
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{v:?}: give an http:// URL (http://host:port)"))?;
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        return Err(format!("{v:?}: give http://host:port, without a path"));
+    }
+    Ok(())
+}
+
+/// The fields of a Lease: `namespace`, `name`, `lease_duration`.
+fn decode_lease(fields: &mut Fields, report: &mut Report) -> Option<LeaderElection> {
     let mut le = LeaderElection {
         namespace: super::DEFAULT_LEASE_NAMESPACE.to_string(),
         name: "flotilla".to_string(),
@@ -436,16 +520,16 @@ fn decode_leader_election(node: &Node, report: &mut Report) -> Option<LeaderElec
         }
     }
     if let Some(n) = fields.get("lease_duration") {
-        match n.duration("leader_election.lease_duration", report) {
+        let path = fields.path("lease_duration");
+        match n.duration(&path, report) {
             Some(d) if d < Duration::from_secs(1) => {
-                report.error(n, "leader_election.lease_duration", "must be at least 1s");
+                report.error(n, &path, "must be at least 1s");
                 ok = false;
             }
             Some(d) => le.lease_duration = d,
             None => ok = false,
         }
     }
-    fields.finish(&["namespace", "name", "lease_duration"], report);
     ok.then_some(le)
 }
 

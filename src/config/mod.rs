@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use chart::{ChartRepo, ChartSpec, check_repo, decode_chart, is_chart_name};
+pub(crate) use decode::check_advertise;
 pub use decode::{check_filter, check_name};
 pub use decryption::DecryptionKey;
 pub(crate) use decryption::private_key_file;
@@ -68,7 +69,26 @@ pub struct Config {
     pub unit_timeout: Duration,
     /// Of several replicas only the holder of this Lease applies; `None`: this agent is alone.
     pub leader_election: Option<LeaderElection>,
+    /// Several replicas divide the tenants between them; `None`: this agent does all.
+    pub sharding: Option<Sharding>,
 }
+
+/// Tenants divided between replicas: each of `shards` shards is a Lease
+/// (`<lease.name>-shard-<i>`), each replica announces itself in its own
+/// (`<lease.name>-replica-<hash>`), and holds its fair share of the shards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sharding {
+    pub shards: u32,
+    /// Where the Leases live, their name prefix and duration.
+    pub lease: LeaderElection,
+    /// The URL other replicas reach this one's `listen.http` at (forwarded webhooks, syncs and
+    /// status); default: `$FLOTILLA_ADVERTISE`, else `http://$POD_IP:<port>`, else
+    /// `listen.http` itself when it is a concrete address.
+    pub advertise: Option<String>,
+}
+
+/// The most shards `sharding.shards` may name.
+pub const MAX_SHARDS: u32 = 256;
 
 /// The `coordination.k8s.io/v1` Lease that elects the one replica that applies.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -251,7 +271,7 @@ pub const DEFAULT_UNIT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Default `shutdown_grace`: inside Kubernetes' default 30 s termination grace period.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
-/// Default `leader_election.namespace`.
+/// Default `leader_election.namespace` and `sharding.namespace`.
 pub const DEFAULT_LEASE_NAMESPACE: &str = "kube-system";
 /// Default `leader_election.lease_duration`.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);

@@ -330,6 +330,7 @@ fn unit_status(name: &str, e: &Entry, stamp: &str) -> UnitStatus {
         last_run: Some(stamp.to_string()),
         next_run: None,
         duration_seconds: Some(o.took.as_secs_f64()),
+        owner: None,
     }
 }
 

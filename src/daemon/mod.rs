@@ -8,10 +8,13 @@
 //!   requests;
 //! - **signals**: the first SIGTERM/SIGINT turns the stop flag on, a second exits at once;
 //! - the **config watcher** ([`reload`]) sends each valid new config;
-//! - the **Lease renewer** ([`leader`]) reports a lost lease; the **watchdog** pings systemd.
+//! - the **Lease renewer** ([`leader`]) reports a lost lease; the **watchdog** pings systemd;
+//! - with `sharding`, the **shard manager** ([`shards`]) publishes the shards this replica
+//!   holds; a lost shard cancels the running rounds (their other units run again at once), and
+//!   the manager gives a shard up only once the scheduler acknowledged that.
 //!
 //! Shutdown order: stop flag → no new rounds → running rounds finish (within `shutdown_grace`)
-//! → `STOPPING=1` → the Lease is released → servers stop → exit.
+//! → `STOPPING=1` → the Lease (or the shards) are released → servers stop → exit.
 
 mod book;
 mod finished;
@@ -20,6 +23,7 @@ pub(crate) mod leader;
 pub(crate) mod reload;
 pub(crate) mod round;
 pub(crate) mod schedule;
+pub(crate) mod shards;
 pub(crate) mod systemd;
 
 use std::collections::BTreeSet;
@@ -193,7 +197,36 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
         renewing = Some(leader::spawn_renewer(e.clone(), lost_tx));
         elector = Some(e);
     }
-    publisher.update(|s| s.leader = true);
+    // Sharding: this replica announces itself and takes its share of the shards as the
+    // manager's ticks go; rounds cover the tenants of the shards held when they start.
+    let mut sharding = None;
+    if let Some(sh) = &config.sharding {
+        let identity = format!("{}_{}", round::hostname(), std::process::id());
+        let address = advertise(&config, sh);
+        if address.is_none() {
+            tracing::warn!(
+                "sharding: no address for this replica (set sharding.advertise or listen.http): webhooks and syncs for its tenants are not forwarded to it"
+            );
+        }
+        tracing::info!(identity = %identity, address = ?address, shards = sh.shards, "sharding: joining");
+        let manager =
+            shards::Manager::new(cluster.client(&Identity::Agent)?, sh, identity, address);
+        let (own_tx, own_rx) = watch::channel(manager.ownership().clone());
+        let (ack_tx, ack_rx) = watch::channel(0u64);
+        let manager = Arc::new(tokio::sync::Mutex::new(manager));
+        let task = shards::spawn(manager.clone(), own_tx, ack_rx);
+        sharding = Some(Sharded {
+            manager,
+            task,
+            rx: own_rx,
+            ack: ack_tx,
+            held: BTreeSet::new(),
+        });
+    }
+    publisher.update(|s| {
+        s.leader = sharding.is_none();
+        s.ownership = sharding.as_ref().map(|sh| sh.rx.borrow().clone());
+    });
 
     let mut ctx = Arc::new(Context {
         config: config.clone(),
@@ -201,6 +234,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
         engine: engine.clone(),
         metrics: metrics.clone(),
         claims: Default::default(),
+        shards: sharding.as_ref().map(|sh| sh.rx.clone()),
     });
     let mut schedule: Schedule<Waiter> = Schedule::new(config.interval, Instant::now());
     let mut rounds: tokio::task::JoinSet<Done> = tokio::task::JoinSet::new();
@@ -238,6 +272,32 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
                 joined_round(out, &mut schedule, &mut book, &mut task_rounds, joined);
             }
             Some(r) = incoming.recv() => schedule.request(r.scope, r.fresh, &r.reason, r.waiter),
+            Some(now) = owned_changed(&mut sharding) => {
+                let sh = sharding.as_mut().expect("a change came from it");
+                let lost: Vec<u32> = sh.held.difference(&now.held.held).copied().collect();
+                let gained: Vec<u32> = now.held.held.difference(&sh.held).copied().collect();
+                if !lost.is_empty() {
+                    // At once: another replica may take these shards as soon as they are given
+                    // up, or already has. The rounds of the others run again right after.
+                    tracing::warn!(shards = ?lost, rounds = rounds.len(), "sharding: shards lost or given up; cancelling the running syncs");
+                    rounds.abort_all();
+                    while let Some(joined) = rounds.join_next_with_id().await {
+                        joined_round(out, &mut schedule, &mut book, &mut task_rounds, joined);
+                    }
+                }
+                let _ = sh.ack.send(now.generation);
+                if !gained.is_empty() {
+                    tracing::info!(shards = ?gained, "sharding: shards acquired");
+                }
+                sh.held = now.held.held.clone();
+                publisher.update(|s| {
+                    s.leader = !now.held.held.is_empty();
+                    s.ownership = Some(now);
+                });
+                if !lost.is_empty() || !gained.is_empty() {
+                    schedule.request(Scope::All, BTreeSet::new(), "the shards held changed", None);
+                }
+            }
             Some(i) = inspect_requests.recv() => inspect::spawn(ctx.clone(), i),
             _ = tokio::time::sleep_until(wake.into()) => {}
             Some(new) = reloads.recv() => {
@@ -255,6 +315,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
                     engine: engine.clone(),
                     metrics: metrics.clone(),
                     claims: ctx.claims.clone(),
+                    shards: ctx.shards.clone(),
                 });
                 publisher.update(|s| s.config = new.clone());
                 schedule.set_interval(new.interval, Instant::now());
@@ -307,9 +368,62 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
         let e = e.lock().await;
         let _ = tokio::time::timeout(e.period(), e.release()).await;
     }
+    // No work runs any more: the shards are given up for the other replicas to take at once.
+    if let Some(sh) = sharding {
+        sh.task.abort();
+        let _ = sh.task.await;
+        let mut m = sh.manager.lock().await;
+        let period = m.period();
+        let _ = tokio::time::timeout(period * 2, m.leave()).await;
+    }
     finish(&socket);
     tracing::info!("stopped");
     Ok(code)
+}
+
+/// The scheduler's side of the shard manager.
+struct Sharded {
+    manager: Arc<tokio::sync::Mutex<shards::Manager>>,
+    task: tokio::task::JoinHandle<()>,
+    rx: watch::Receiver<crate::agent::Ownership>,
+    /// The last generation whose lost shards' work has stopped.
+    ack: watch::Sender<u64>,
+    /// The shards the scheduler last acted on.
+    held: BTreeSet<u32>,
+}
+
+/// The next ownership the manager publishes (never, without sharding).
+async fn owned_changed(sharding: &mut Option<Sharded>) -> Option<crate::agent::Ownership> {
+    match sharding {
+        Some(sh) => match sh.rx.changed().await {
+            Ok(()) => Some(sh.rx.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The URL other replicas reach this one at: `sharding.advertise`, else `$FLOTILLA_ADVERTISE`,
+/// else `http://$POD_IP:<listen.http port>`, else `listen.http` when it names one address.
+fn advertise(config: &Config, sharding: &crate::config::Sharding) -> Option<String> {
+    if let Some(a) = &sharding.advertise {
+        return Some(a.clone());
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    if let Some(a) = env("FLOTILLA_ADVERTISE") {
+        if crate::config::check_advertise(&a).is_ok() {
+            return Some(a.trim_end_matches('/').to_string());
+        }
+        tracing::warn!(value = %a, "FLOTILLA_ADVERTISE is not http://host:port; ignored");
+    }
+    let http = config.listen.http?;
+    if let Some(ip) = env("POD_IP").and_then(|ip| ip.parse::<std::net::IpAddr>().ok()) {
+        return Some(format!(
+            "http://{}",
+            std::net::SocketAddr::new(ip, http.port())
+        ));
+    }
+    (!http.ip().is_unspecified()).then(|| format!("http://{http}"))
 }
 
 /// SIGTERM or SIGINT turns the stop flag on; a second one exits at once.

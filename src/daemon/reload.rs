@@ -80,6 +80,7 @@ pub(crate) fn watch(
                             "leader_election",
                             new.leader_election != running.leader_election,
                         ),
+                        ("sharding", new.sharding != running.sharding),
                     ] {
                         if changed {
                             tracing::warn!(

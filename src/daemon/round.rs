@@ -31,6 +31,8 @@ pub(crate) struct Context {
     pub metrics: Arc<Metrics>,
     /// Which unit owns which object, from every round's renders; kept across reloads.
     pub claims: Arc<Mutex<crate::render::Claims>>,
+    /// With sharding: the shards this replica holds now (a round reads them as it starts).
+    pub shards: Option<tokio::sync::watch::Receiver<crate::agent::Ownership>>,
 }
 
 /// A finished round.
@@ -76,7 +78,9 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
         prior,
         stuck,
     } = round;
-    tracing::info!(parent: &span, reasons = ?reasons, "round starts");
+    // The shards held as the round starts: a shard lost later cancels the round.
+    let held = ctx.shards.as_ref().map(|rx| rx.borrow().held.clone());
+    tracing::info!(parent: &span, reasons = ?reasons, shards = ?held.as_ref().map(|h| &h.held), "round starts");
     let handle = tokio::runtime::Handle::current();
     // What the cluster serves, for Helm charts; without it (an API server that does not
     // answer) charts render as offline, and the round fails below anyway.
@@ -96,7 +100,7 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
         }
     };
     let prepared = {
-        let (ctx, scope, span) = (ctx.clone(), scope.clone(), span.clone());
+        let (ctx, scope, span, held) = (ctx.clone(), scope.clone(), span.clone(), held.clone());
         tokio::task::spawn_blocking(move || {
             let _round = span.enter();
             let mut fetcher = Fetcher::on(handle, ctx.sources.clone());
@@ -117,7 +121,7 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
             prepare_with(
                 &ctx.config,
                 &fetcher,
-                &|u| covers(&scope, u),
+                &|u| covers(&scope, u) && crate::shard::owns_unit(held.as_ref(), u),
                 capabilities,
                 Some(&read_secret),
                 secret_key,
@@ -144,7 +148,7 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
             };
         }
     };
-    let view = view_of(&ctx.config, &prepared);
+    let view = view_of(&ctx.config, &prepared, held.as_ref());
     // An API server that does not answer fails the round as a whole, not each unit on its own.
     if let Err(e) = ctx.engine.cluster.resolve("v1", "ConfigMap").await {
         let error = Failure::new(
@@ -166,14 +170,17 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
     let filter = match &scope {
         Scope::All => Filter {
             skip,
+            held,
             ..Default::default()
         },
         Scope::Tenant(t) => Filter {
             tenant: Some(t.clone()),
+            held,
             ..Default::default()
         },
         Scope::Units(units) => Filter {
             only: Some(units.clone()),
+            held,
             ..Default::default()
         },
     };
@@ -214,7 +221,12 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
     }
 }
 
-fn view_of(config: &Config, prepared: &crate::pipeline::Prepared) -> View {
+/// What the round learnt; with sharding, only the units of the shards it held are scheduled here.
+fn view_of(
+    config: &Config,
+    prepared: &crate::pipeline::Prepared,
+    held: Option<&crate::shard::Held>,
+) -> View {
     let input = &prepared.input;
     let mut plans = BTreeMap::new();
     let mut targets = vec![Target::of(&config.fleet, Scope::All)];
@@ -223,7 +235,11 @@ fn view_of(config: &Config, prepared: &crate::pipeline::Prepared) -> View {
             targets.push(Target::of(&tenant.source, Scope::Tenant(name.clone())));
         }
     }
-    for unit in &input.units {
+    for unit in input
+        .units
+        .iter()
+        .filter(|u| crate::shard::owns_unit(held, &u.id))
+    {
         let tenant = unit
             .id
             .tenant

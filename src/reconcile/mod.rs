@@ -81,6 +81,9 @@ pub(crate) struct Filter {
     /// Units left alone by this pass (not due yet); they still count as present, so nothing of
     /// theirs is taken as removed.
     pub skip: BTreeSet<UnitId>,
+    /// With sharding, the shards this replica holds: the tenants of the others are left alone,
+    /// and infra, onboarding and departed tenants are shard 0's.
+    pub held: Option<crate::shard::Held>,
 }
 
 /// What happened to one set.
@@ -105,13 +108,21 @@ impl Entry {
 }
 
 impl Filter {
+    /// The tenant's apps: named by the filter, and of a shard this replica holds.
     fn tenant(&self, t: &str) -> bool {
+        self.named(t) && crate::shard::owns_tenant(self.held.as_ref(), t)
+    }
+    fn named(&self, t: &str) -> bool {
         self.tenant.as_deref().is_none_or(|w| w == t)
+    }
+    /// What is the cluster's rather than a tenant's: infra, onboarding, departed tenants.
+    fn cluster(&self) -> bool {
+        crate::shard::owns_cluster(self.held.as_ref())
     }
     fn unit(&self, id: &UnitId) -> bool {
         let tenant = match &id.tenant {
             Some(t) => self.tenant(t),
-            None => self.tenant.is_none(),
+            None => self.tenant.is_none() && self.cluster(),
         };
         tenant
             && self.app.as_deref().is_none_or(|a| a == id.app)
@@ -121,7 +132,8 @@ impl Filter {
 
     /// Whether the pass covers this tenant's onboarding.
     fn onboards(&self, t: &str) -> bool {
-        self.tenant(t)
+        self.named(t)
+            && self.cluster()
             && self
                 .only
                 .as_ref()
@@ -367,7 +379,7 @@ pub(crate) async fn pass(
         return entries;
     }
     entries.extend(removed_apps(&engine, input, filter, mode, &not_onboarded).await);
-    if filter.tenant.is_none() && input.fleet_ok {
+    if filter.tenant.is_none() && input.fleet_ok && filter.cluster() {
         // A layer left the fleet: pruned only once every layer that stays converged in this
         // pass, so that a layer taking its objects over (a rename, a split) holds them first.
         let infra_settled = input

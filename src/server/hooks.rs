@@ -127,7 +127,18 @@ pub(super) async fn hook(name: &str, req: Request, agent: &Handle) -> Response {
             // Read again: the body and the secret took their time, and leadership or the
             // targets may have changed meanwhile.
             let snapshot = agent.snapshot();
-            if !snapshot.leader {
+            // With sharding, every replica takes its own units, and the others hear of it.
+            if let Some(own) = &snapshot.ownership
+                && !super::peers::forwarded(&headers)
+            {
+                super::peers::pass_on_webhook(
+                    own,
+                    format!("/hooks/{name}"),
+                    &headers,
+                    body.clone(),
+                );
+            }
+            if snapshot.ownership.is_none() && !snapshot.leader {
                 count("not_leader");
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -11,6 +11,7 @@
 
 mod hooks;
 mod page;
+mod peers;
 pub(crate) mod webhook;
 
 use std::collections::BTreeSet;
@@ -180,6 +181,25 @@ async fn readyz(State(api): State<Api>, method: Method) -> Response {
         return not_found();
     }
     let snapshot = api.agent.snapshot();
+    // With sharding: ready once announced, while it waits for a shard, and once the shards it
+    // holds were synced.
+    if let Some(own) = &snapshot.ownership {
+        return if !own.announced {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: this replica has not announced itself through its Lease yet\n",
+            )
+        } else if own.held.held.is_empty() {
+            text(StatusCode::OK, "ready: waiting for a shard\n")
+        } else if snapshot.status.ready {
+            text(StatusCode::OK, "ready\n")
+        } else {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the shards held have not been synced yet\n",
+            )
+        };
+    }
     if snapshot.status.ready {
         text(StatusCode::OK, "ready\n")
     } else if !snapshot.leader {
@@ -229,7 +249,13 @@ async fn status(State(api): State<Api>, method: Method, headers: HeaderMap) -> R
     if method != Method::GET {
         return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
-    let report = api.agent.snapshot().report();
+    let snapshot = api.agent.snapshot();
+    let mut report = snapshot.report();
+    if let Some(own) = &snapshot.ownership
+        && !peers::forwarded(&headers)
+    {
+        report = peers::status(&api, own, &headers, report).await;
+    }
     json(
         StatusCode::OK,
         &serde_json::to_value(report).unwrap_or_default(),
@@ -282,6 +308,7 @@ async fn sync(State(api): State<Api>, req: Request) -> Response {
     if page::cross_site(req.headers()) {
         return error(StatusCode::FORBIDDEN, "a cross-site request; refused");
     }
+    let headers = req.headers().clone();
     let body = match read_body(req, MAX_API_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -298,17 +325,50 @@ async fn sync(State(api): State<Api>, req: Request) -> Response {
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad sync request: {e}")),
         }
     };
+    // With sharding, another replica may hold the tenant's shard.
+    if api.agent.snapshot().ownership.is_some() {
+        return peers::sync(&api, &headers, body, ask).await;
+    }
     queue_sync(&api, ask)
+}
+
+/// A queued sync: its `queued` event, or (`wait`) the stream of its events until it is done.
+enum Queued {
+    Now(SyncEvent),
+    Waiting(mpsc::UnboundedReceiver<SyncEvent>),
 }
 
 /// Queues the sync `ask` names: answered at once, or (`wait`) streamed until it is done.
 fn queue_sync(api: &Api, ask: SyncBody) -> Response {
+    match queue(api, ask) {
+        Ok(queued) => answer(queued),
+        Err(refused) => *refused,
+    }
+}
+
+fn answer(queued: Queued) -> Response {
+    match queued {
+        Queued::Now(event) => ndjson(StatusCode::ACCEPTED, &[event]),
+        Queued::Waiting(rx) => (
+            [(header::CONTENT_TYPE, NDJSON)],
+            axum::body::Body::new(Streamed {
+                rx,
+                encode: json_line,
+            }),
+        )
+            .into_response(),
+    }
+}
+
+/// Queues the sync `ask` names, here.
+fn queue(api: &Api, ask: SyncBody) -> Result<Queued, Box<Response>> {
     let snapshot = api.agent.snapshot();
-    if !snapshot.leader {
-        return error(
+    // With sharding every replica syncs its own shards (the caller routed the request here).
+    if snapshot.ownership.is_none() && !snapshot.leader {
+        return Err(Box::new(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "this replica is not the leader",
-        );
+        )));
     }
     let (plans, tenants) = (&snapshot.status.plans, &snapshot.status.tenants);
     let (scope, fresh) = match (&ask.tenant, &ask.app) {
@@ -317,20 +377,20 @@ fn queue_sync(api: &Api, ask: SyncBody) -> Response {
         (None, Some(app)) => {
             let id = UnitId::infra_named(app);
             if !plans.contains_key(&id) {
-                return error(
+                return Err(Box::new(error(
                     StatusCode::NOT_FOUND,
                     &format!("no unit {app:?} without a tenant on this cluster (give --tenant)"),
-                );
+                )));
             }
             let fresh = plans[&id].sources.iter().cloned().collect();
             (Scope::Units([id].into()), fresh)
         }
         (Some(t), None) => {
             if !tenants.contains(t) {
-                return error(
+                return Err(Box::new(error(
                     StatusCode::NOT_FOUND,
                     &format!("tenant {t:?} does not land on this cluster"),
-                );
+                )));
             }
             let fresh = plans
                 .iter()
@@ -343,10 +403,10 @@ fn queue_sync(api: &Api, ask: SyncBody) -> Response {
         (Some(t), Some(a)) => {
             let id = UnitId::app(t, a);
             let Some(plan) = plans.get(&id) else {
-                return error(
+                return Err(Box::new(error(
                     StatusCode::NOT_FOUND,
                     &format!("tenant {t:?} has no app {a:?} on this cluster"),
-                );
+                )));
             };
             (
                 Scope::Units([id].into()),
@@ -364,7 +424,7 @@ fn queue_sync(api: &Api, ask: SyncBody) -> Response {
             reason: "sync".into(),
             waiter: None,
         });
-        return ndjson(StatusCode::ACCEPTED, &[queued]);
+        return Ok(Queued::Now(queued));
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(queued);
@@ -374,14 +434,7 @@ fn queue_sync(api: &Api, ask: SyncBody) -> Response {
         reason: "sync".into(),
         waiter: Some(Waiter::new(tx, scope)),
     });
-    (
-        [(header::CONTENT_TYPE, NDJSON)],
-        axum::body::Body::new(Streamed {
-            rx,
-            encode: json_line,
-        }),
-    )
-        .into_response()
+    Ok(Queued::Waiting(rx))
 }
 
 const NDJSON: &str = "application/x-ndjson";

@@ -16,12 +16,12 @@ use super::daemon::{Daemon, push};
 use super::git::{Repo, free_port};
 
 pub const TOKEN: &str = "api-token-for-tests";
-const SECRET: &str = "webhook-secret-for-tests";
+pub const SECRET: &str = "webhook-secret-for-tests";
 /// Long enough that no interval run happens during a scenario: every run is a trigger's.
 const INTERVAL: &str = "1h";
 
 /// Appends the daemon's settings to `flotilla.yaml` (or to `config`, a copy of it).
-fn daemon_config(env: &Env, config: &str, port: u16, extra: &str) {
+pub fn daemon_config(env: &Env, config: &str, port: u16, extra: &str) {
     env.write("api-token", TOKEN);
     env.write("hook-secret", &format!("{SECRET}\n"));
     let base = std::fs::read_to_string(env.dir.path().join("flotilla.yaml")).unwrap();

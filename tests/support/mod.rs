@@ -11,6 +11,7 @@ pub mod hook_scenarios;
 pub mod kube_api;
 pub mod page_scenarios;
 pub mod scenarios;
+pub mod shard_scenarios;
 pub mod sops;
 
 use std::path::{Path, PathBuf};

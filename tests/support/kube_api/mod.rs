@@ -169,6 +169,14 @@ impl RequestLog {
     pub fn requests(&self) -> Vec<Logged> {
         self.0.log.lock().unwrap().clone()
     }
+    /// Lets `token` authenticate as `name` in `groups` (plus `system:authenticated`).
+    pub fn add_user(&self, token: &str, name: &str, groups: &[&str]) {
+        self.0
+            .tokens
+            .lock()
+            .unwrap()
+            .insert(token.to_string(), rbac::User::new(name, groups));
+    }
     pub fn clear(&self) {
         self.0.log.lock().unwrap().clear();
     }

@@ -34,6 +34,8 @@ pub struct Logged {
     pub dry_run: bool,
     pub status: u16,
     pub field_manager: Option<String>,
+    /// A POST's object name (the path of a create names only the collection).
+    pub created: Option<String>,
 }
 
 impl Logged {
@@ -159,6 +161,7 @@ pub async fn serve(
         dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
         status: 0,
         field_manager: q.get("fieldManager").cloned(),
+        created: None,
     };
     let body = match Limited::new(req.into_body(), 3 * 1024 * 1024)
         .collect()
@@ -174,6 +177,12 @@ pub async fn serve(
             return Ok(finish(&state, entry, error_response(&e)));
         }
     };
+
+    if method == "POST" {
+        entry.created = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["metadata"]["name"].as_str().map(String::from));
+    }
 
     // Authentication.
     let user = match header("authorization") {
