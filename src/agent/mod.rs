@@ -154,6 +154,9 @@ pub(crate) struct Status {
     pub history: BTreeMap<UnitId, Arc<std::collections::VecDeque<SyncRecord>>>,
     /// Each tenant's onboarding (namespaces, ServiceAccount, RoleBindings): its last run.
     pub onboarding: BTreeMap<String, UnitStatus>,
+    /// With sharding: every unit placed on the cluster, as of the last full round, whichever
+    /// replica owns it.
+    pub everywhere: BTreeSet<UnitId>,
     /// The fleet revision of the last full round, and its error if it failed as a whole.
     pub fleet_revision: Option<String>,
     pub error: Option<String>,

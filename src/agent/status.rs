@@ -27,7 +27,8 @@ pub(crate) struct UnitStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// `pending` (not run yet), `converged`, `failed`, `held-back` (not applied: an app it
-    /// depends on did not converge) or `suspended`.
+    /// depends on did not converge) or `suspended`; with sharding also `unknown` (the replica
+    /// owning it did not answer, or its shard has no holder).
     pub result: String,
     pub last_error: Option<String>,
     /// Objects applied, pruned and failed in the last run.

@@ -193,6 +193,9 @@ fn synced<W: Caller>(
     let status = &mut book.status;
     status.plans = schedule.plans();
     status.targets = view.targets.clone();
+    if done.scope == Scope::All {
+        status.everywhere = view.everywhere.clone();
+    }
     status.tenants = view
         .targets
         .iter()

@@ -59,6 +59,8 @@ pub(crate) struct View {
     pub tenants_failed: BTreeSet<String>,
     /// Which repositories feed which scopes, for webhooks.
     pub targets: Vec<Target>,
+    /// Every unit placed on the cluster, of every shard (the status lists them all).
+    pub everywhere: BTreeSet<UnitId>,
 }
 
 /// Runs one round to the end, in its span (`round{id, scope}`): the logs of its fetches,
@@ -305,6 +307,7 @@ fn view_of(
         problems,
         tenants_failed: input.tenants_failed.clone(),
         targets,
+        everywhere: input.units.iter().map(|u| u.id.clone()).collect(),
     }
 }
 

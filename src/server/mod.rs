@@ -254,7 +254,7 @@ async fn status(State(api): State<Api>, method: Method, headers: HeaderMap) -> R
     if let Some(own) = &snapshot.ownership
         && !peers::forwarded(&headers)
     {
-        report = peers::status(&api, own, &headers, report).await;
+        report = peers::status(&api, own, &headers, report, &snapshot.status.everywhere).await;
     }
     json(
         StatusCode::OK,

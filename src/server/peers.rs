@@ -19,7 +19,10 @@ use tokio::sync::mpsc;
 
 use super::{Api, NDJSON, Queued, Streamed, SyncBody, error, json_line, ndjson, queue};
 use crate::agent::Ownership;
-use crate::agent::status::{Report, SyncEvent};
+use std::collections::BTreeSet;
+
+use crate::agent::status::{Report, SyncEvent, UnitStatus};
+use crate::fleet::UnitId;
 use crate::shard::{CLUSTER_SHARD, shard_of};
 
 /// The header of a request one replica passed to another (its value: the sender).
@@ -477,6 +480,7 @@ pub(super) async fn status(
     own: &Ownership,
     headers: &HeaderMap,
     mut report: Report,
+    everywhere: &BTreeSet<UnitId>,
 ) -> Report {
     let token = credentials(api, headers).await;
     let mut asked = tokio::task::JoinSet::new();
@@ -543,6 +547,27 @@ pub(super) async fn status(
             }
             Err(why) => unreachable.push(format!("{replica}: {why}")),
         }
+    }
+    // Units no replica reported: their shard has no holder, or its holder did not answer.
+    let listed: BTreeSet<String> = report.units.iter().map(|u| u.unit.clone()).collect();
+    for id in everywhere {
+        let name = crate::agent::unit_name(id);
+        if listed.contains(&name) {
+            continue;
+        }
+        let shard = shard_of_unit(&name);
+        let owner = holder(&name);
+        let why = match &owner {
+            Some(o) => format!("replica {o}, which holds shard {shard}, did not report this unit"),
+            None => format!("shard {shard} has no holder right now"),
+        };
+        report.units.push(UnitStatus {
+            unit: name,
+            result: "unknown".into(),
+            last_error: Some(why),
+            owner,
+            ..Default::default()
+        });
     }
     report.units.sort_by(|a, b| a.unit.cmp(&b.unit));
     if let Some(s) = &mut report.sharding {

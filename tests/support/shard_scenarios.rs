@@ -407,6 +407,33 @@ async fn run(
         );
         cms.delete("a", &DeleteParams::default()).await.unwrap();
     }
+    // Meanwhile the status, on a replica left, names the dead one as unreachable and its units
+    // as unknown, still owned by it.
+    let survivor = &replicas[0].daemon;
+    let status = survivor.status(TOKEN).await;
+    let unreachable = status["sharding"]["unreachable"].as_array().unwrap();
+    assert!(
+        unreachable
+            .iter()
+            .any(|u| u.as_str().unwrap().starts_with(&format!("{victim}_"))),
+        "{status:#}"
+    );
+    for t in &victims {
+        let unit = status["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["unit"] == format!("{t}/a"))
+            .unwrap_or_else(|| panic!("{t}/a missing: {status:#}"));
+        assert_eq!(unit["result"], "unknown", "{status:#}");
+        assert!(
+            unit["owner"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{victim}_")),
+            "{status:#}"
+        );
+    }
     let after = wait_holders(
         &leases,
         &prefix,
