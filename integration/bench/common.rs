@@ -13,7 +13,7 @@ use kube::discovery::ApiResource;
 /// `flotilla run --once`: its wall time, peak RSS (KiB, read from /proc while it runs) and report.
 pub fn flotilla_once(root: &Path) -> (Duration, u64, String) {
     let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+    let mut child = flotilla()
         .args(["run", "--once", "--config", "flotilla.yaml"])
         .current_dir(root)
         .stdout(Stdio::piped())
@@ -60,8 +60,9 @@ pub fn flotilla_once(root: &Path) -> (Duration, u64, String) {
     (elapsed, peak, report)
 }
 
-pub fn start(root: &Path) -> Child {
-    // BENCH_WRAPPER (e.g. `valgrind --tool=massif`) runs the agent under a profiler.
+/// The agent's binary; with BENCH_WRAPPER (e.g. `heaptrack -o /tmp/agent` or `valgrind
+/// --tool=massif`) run under a profiler.
+fn flotilla() -> Command {
     let wrapper: Vec<String> = std::env::var("BENCH_WRAPPER")
         .map(|w| w.split_whitespace().map(String::from).collect())
         .unwrap_or_default();
@@ -69,14 +70,18 @@ pub fn start(root: &Path) -> Child {
         Some((p, rest)) => (p.clone(), rest.to_vec()),
         None => (String::new(), Vec::new()),
     };
-    let mut cmd = if program.is_empty() {
+    if program.is_empty() {
         Command::new(env!("CARGO_BIN_EXE_flotilla"))
     } else {
         args.push(env!("CARGO_BIN_EXE_flotilla").into());
         let mut c = Command::new(program);
         c.args(&args);
         c
-    };
+    }
+}
+
+pub fn start(root: &Path) -> Child {
+    let mut cmd = flotilla();
     cmd.args(["run", "--config", "flotilla.yaml"])
         .current_dir(root)
         .env_remove("NOTIFY_SOCKET")
