@@ -63,7 +63,7 @@ fn sharding_is_checked_and_excludes_leader_election() {
     let check = |sharding: &str, extra: &str| {
         dir.write(
             "flotilla.yaml",
-            &format!("cluster: dev\nfleet: {{ dir: fleet }}\n{extra}sharding: {sharding}\n"),
+            format!("cluster: dev\nfleet: {{ dir: fleet }}\n{extra}sharding: {sharding}\n"),
         );
         flotilla(dir.path(), &["validate", "--config", "flotilla.yaml"])
     };

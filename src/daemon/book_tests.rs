@@ -38,6 +38,7 @@ fn view(fleet: &str, units: &[&UnitId]) -> View {
         problems: BTreeMap::new(),
         tenants_failed: BTreeSet::new(),
         signers: BTreeMap::new(),
+        everywhere: units.iter().map(|u| (*u).clone()).collect(),
         targets: vec![Target {
             url: "/srv/ai".into(),
             reference: GitRef::Branch("main".into()),

@@ -198,21 +198,28 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
         elector = Some(e);
     }
     // Sharding: this replica announces itself and takes its share of the shards as the
-    // manager's ticks go; rounds cover the tenants of the shards held when they start.
+    // manager's ticks go; rounds cover the tenants of the shards the scheduler last acted on.
     let mut sharding = None;
     if let Some(sh) = &config.sharding {
         let identity = format!("{}_{}", round::hostname(), std::process::id());
         let address = advertise(&config, sh);
-        if address.is_none() {
+        if address.is_none() || config.listen.token_file.is_none() {
             tracing::warn!(
-                "sharding: no address for this replica (set sharding.advertise or listen.http): webhooks and syncs for its tenants are not forwarded to it"
+                "sharding: without listen.http (or sharding.advertise) and listen.token_file, webhooks, syncs and status are not passed between this replica and the others"
             );
         }
         tracing::info!(identity = %identity, address = ?address, shards = sh.shards, "sharding: joining");
-        let manager =
-            shards::Manager::new(cluster.client(&Identity::Agent)?, sh, identity, address);
+        let manager = shards::Manager::new(
+            cluster.client(&Identity::Agent)?,
+            sh,
+            identity,
+            address,
+            config.listen.token_file.clone(),
+        );
         let (own_tx, own_rx) = watch::channel(manager.ownership().clone());
         let (ack_tx, ack_rx) = watch::channel(0u64);
+        let (acted, _) = watch::channel(manager.ownership().held.clone());
+        let stopping = manager.stopping.clone();
         let manager = Arc::new(tokio::sync::Mutex::new(manager));
         let task = shards::spawn(manager.clone(), own_tx, ack_rx);
         sharding = Some(Sharded {
@@ -220,7 +227,9 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
             task,
             rx: own_rx,
             ack: ack_tx,
-            held: BTreeSet::new(),
+            acted,
+            stopping,
+            closed: false,
         });
     }
     publisher.update(|s| {
@@ -234,7 +243,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
         engine: engine.clone(),
         metrics: metrics.clone(),
         claims: Default::default(),
-        shards: sharding.as_ref().map(|sh| sh.rx.clone()),
+        shards: sharding.as_ref().map(|sh| sh.acted.subscribe()),
     });
     let mut schedule: Schedule<Waiter> = Schedule::new(config.interval, Instant::now());
     let mut rounds: tokio::task::JoinSet<Done> = tokio::task::JoinSet::new();
@@ -260,6 +269,10 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
         tokio::select! {
             biased;
             _ = stopped(&mut stop) => break,
+            Some(now) = owned_changed(&mut sharding) => {
+                let sh = sharding.as_mut().expect("a change came from it");
+                shards_changed(sh, now, &publisher, &mut schedule, (&mut rounds, &mut book, &mut task_rounds), out).await;
+            }
             Some(why) = lost.recv() => {
                 tracing::error!(reason = %why, "lost leadership; cancelling running syncs so that only the new leader applies");
                 publisher.update(|s| s.leader = false);
@@ -272,32 +285,6 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
                 joined_round(out, &mut schedule, &mut book, &mut task_rounds, joined);
             }
             Some(r) = incoming.recv() => schedule.request(r.scope, r.fresh, &r.reason, r.waiter),
-            Some(now) = owned_changed(&mut sharding) => {
-                let sh = sharding.as_mut().expect("a change came from it");
-                let lost: Vec<u32> = sh.held.difference(&now.held.held).copied().collect();
-                let gained: Vec<u32> = now.held.held.difference(&sh.held).copied().collect();
-                if !lost.is_empty() {
-                    // At once: another replica may take these shards as soon as they are given
-                    // up, or already has. The rounds of the others run again right after.
-                    tracing::warn!(shards = ?lost, rounds = rounds.len(), "sharding: shards lost or given up; cancelling the running syncs");
-                    rounds.abort_all();
-                    while let Some(joined) = rounds.join_next_with_id().await {
-                        joined_round(out, &mut schedule, &mut book, &mut task_rounds, joined);
-                    }
-                }
-                let _ = sh.ack.send(now.generation);
-                if !gained.is_empty() {
-                    tracing::info!(shards = ?gained, "sharding: shards acquired");
-                }
-                sh.held = now.held.held.clone();
-                publisher.update(|s| {
-                    s.leader = !now.held.held.is_empty();
-                    s.ownership = Some(now);
-                });
-                if !lost.is_empty() || !gained.is_empty() {
-                    schedule.request(Scope::All, BTreeSet::new(), "the shards held changed", None);
-                }
-            }
             Some(i) = inspect_requests.recv() => inspect::spawn(ctx.clone(), i),
             _ = tokio::time::sleep_until(wake.into()) => {}
             Some(new) = reloads.recv() => {
@@ -328,7 +315,15 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
     // Not ready any more, also in the status rounds finishing now publish.
     book.stopping = true;
     book.status.ready = false;
-    publisher.update(|s| s.status.ready = false);
+    if let Some(sh) = &sharding {
+        sh.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    publisher.update(|s| {
+        s.status.ready = false;
+        if let Some(o) = &mut s.ownership {
+            o.announced = false;
+        }
+    });
     systemd::notify("STOPPING=1");
     let grace = config.shutdown_grace;
     if !rounds.is_empty() {
@@ -345,6 +340,15 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
                 rounds.abort_all();
                 code = ExitCode::from(1);
             }
+            // A shard lost while stopping: its work stops at once, as while running.
+            Some(mut now) = owned_changed(&mut sharding) => {
+                let sh = sharding.as_mut().expect("a change came from it");
+                now.announced = false;
+                shards_changed(sh, now, &publisher, &mut schedule, (&mut rounds, &mut book, &mut task_rounds), out).await;
+                if rounds.is_empty() {
+                    break;
+                }
+            }
             joined = rounds.join_next_with_id() => match joined {
                 None => break,
                 Some(joined) => joined_round(out, &mut schedule, &mut book, &mut task_rounds, joined),
@@ -352,6 +356,10 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
             _ = &mut deadline => {
                 tracing::error!(rounds = rounds.len(), "the grace period is over; cancelling the syncs still running");
                 rounds.abort_all();
+                // Awaited: the shards are given up below, and nothing of theirs may still run.
+                while let Some(joined) = rounds.join_next_with_id().await {
+                    joined_round(out, &mut schedule, &mut book, &mut task_rounds, joined);
+                }
                 code = ExitCode::from(1);
                 break;
             }
@@ -388,18 +396,68 @@ struct Sharded {
     rx: watch::Receiver<crate::agent::Ownership>,
     /// The last generation whose lost shards' work has stopped.
     ack: watch::Sender<u64>,
-    /// The shards the scheduler last acted on.
-    held: BTreeSet<u32>,
+    /// The shards the scheduler last acted on: what rounds started now cover.
+    acted: watch::Sender<crate::shard::Held>,
+    /// The manager's flag: no shard is taken any more.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The manager's task ended: nothing renews the Leases any more.
+    closed: bool,
 }
 
-/// The next ownership the manager publishes (never, without sharding).
+/// The next ownership the manager publishes (never, without sharding). Should the manager's
+/// task end, every shard is taken as lost: nothing renews their Leases any more.
 async fn owned_changed(sharding: &mut Option<Sharded>) -> Option<crate::agent::Ownership> {
     match sharding {
-        Some(sh) => match sh.rx.changed().await {
+        Some(sh) if !sh.closed => match sh.rx.changed().await {
             Ok(()) => Some(sh.rx.borrow_and_update().clone()),
-            Err(_) => std::future::pending().await,
+            Err(_) => {
+                tracing::error!(
+                    "sharding: the shard manager stopped; giving every shard's work up"
+                );
+                sh.closed = true;
+                let mut none = sh.rx.borrow().clone();
+                none.held.held.clear();
+                none.generation += 1;
+                Some(none)
+            }
         },
-        None => std::future::pending().await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// The shards held changed: on a loss every running round is cancelled and awaited (another
+/// replica may take the shard as soon as the manager hears of it), then the manager is told;
+/// rounds started from now on cover the new set, and a full round follows any change.
+async fn shards_changed(
+    sh: &mut Sharded,
+    now: crate::agent::Ownership,
+    publisher: &crate::agent::Publisher,
+    schedule: &mut Schedule<Waiter>,
+    (rounds, book, task_rounds): (&mut tokio::task::JoinSet<Done>, &mut Book, &mut TaskRounds),
+    out: (&crate::agent::Publisher, &Metrics),
+) {
+    let before = sh.acted.borrow().held.clone();
+    let lost: Vec<u32> = before.difference(&now.held.held).copied().collect();
+    let gained: Vec<u32> = now.held.held.difference(&before).copied().collect();
+    if !lost.is_empty() {
+        tracing::warn!(shards = ?lost, rounds = rounds.len(), "sharding: shards lost or given up; cancelling the running syncs");
+        rounds.abort_all();
+        while let Some(joined) = rounds.join_next_with_id().await {
+            joined_round(out, schedule, book, task_rounds, joined);
+        }
+    }
+    sh.acted.send_replace(now.held.clone());
+    let _ = sh.ack.send(now.generation);
+    if !gained.is_empty() {
+        tracing::info!(shards = ?gained, "sharding: shards acquired");
+    }
+    let changed = !lost.is_empty() || !gained.is_empty();
+    publisher.update(|s| {
+        s.leader = !now.held.held.is_empty();
+        s.ownership = Some(now);
+    });
+    if changed && !book.stopping {
+        schedule.request(Scope::All, BTreeSet::new(), "the shards held changed", None);
     }
 }
 

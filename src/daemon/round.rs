@@ -31,8 +31,9 @@ pub(crate) struct Context {
     pub metrics: Arc<Metrics>,
     /// Which unit owns which object, from every round's renders; kept across reloads.
     pub claims: Arc<Mutex<crate::render::Claims>>,
-    /// With sharding: the shards this replica holds now (a round reads them as it starts).
-    pub shards: Option<tokio::sync::watch::Receiver<crate::agent::Ownership>>,
+    /// With sharding: the shards the scheduler acts on (a round reads them as it starts; a
+    /// shard lost later cancels it).
+    pub shards: Option<tokio::sync::watch::Receiver<crate::shard::Held>>,
 }
 
 /// A finished round.
@@ -81,7 +82,7 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
         stuck,
     } = round;
     // The shards held as the round starts: a shard lost later cancels the round.
-    let held = ctx.shards.as_ref().map(|rx| rx.borrow().held.clone());
+    let held = ctx.shards.as_ref().map(|rx| rx.borrow().clone());
     tracing::info!(parent: &span, reasons = ?reasons, shards = ?held.as_ref().map(|h| &h.held), "round starts");
     let handle = tokio::runtime::Handle::current();
     // What the cluster serves, for Helm charts; without it (an API server that does not

@@ -1,19 +1,29 @@
 //! Sharding over Leases (`sharding` in the config): each of N shards is a `coordination.k8s.io/v1`
 //! Lease `<prefix>-shard-<i>`; each replica announces itself in its own Lease
-//! `<prefix>-replica-<hash of its identity>` (its URL in an annotation) and holds shards until it
-//! holds its fair share, `ceil(N / live replicas)`.
+//! `<prefix>-replica-<hash of its identity>` (its shard count, and its URL signed with the API
+//! token, in annotations) and holds shards until it holds its fair share,
+//! `ceil(N / live replicas)`.
 //!
 //! The rules are leader election's ([`super::leader`]), per Lease: a holder renews every third of
 //! the lease; a Lease is taken over only after its record (holder, renew time) was seen unchanged
 //! for a whole lease duration on this replica's clock; every write carries the read
 //! `resourceVersion`, so two replicas never both win. A replica is live while its Lease's record
 //! moves. A replica over its fair share gives shards up, highest first, but only once the
-//! scheduler has stopped their work ([`Ownership::generation`]); a shard that could not be renewed
-//! within two thirds of the lease, or that another replica took, is dropped at once.
+//! scheduler has stopped their work ([`Ownership::generation`]). A shard is dropped at once when
+//! another replica took it, or when two thirds of the lease have passed since its last successful
+//! renewal was *sent* (a tick never runs past that moment): the others wait a whole lease from
+//! when they first read that renewal.
+//!
+//! Replicas that disagree on the number of shards map tenants differently: while a live replica
+//! announces another count (a rollout that changes `shards`), a replica holds no shard at all.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use hmac::{KeyInit, Mac};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
@@ -26,6 +36,11 @@ use crate::shard::{Held, fnv1a64};
 
 /// The annotation on a replica's Lease with the URL it is reached at.
 pub(crate) const ADDRESS_ANNOTATION: &str = "flotilla.dev/address";
+/// HMAC-SHA256 of `<identity> <address>` with the API token: an address is used (and the token
+/// sent to it) only when signed by a holder of the same token.
+const SIGNATURE_ANNOTATION: &str = "flotilla.dev/address-signature";
+/// The replica's `sharding.shards`.
+const SHARDS_ANNOTATION: &str = "flotilla.dev/shards";
 
 /// A replica's Lease not renewed for this many lease durations is deleted by whoever sees it.
 const SWEEP_AFTER: u32 = 10;
@@ -36,20 +51,53 @@ pub(crate) struct Manager {
     count: u32,
     me: String,
     address: Option<String>,
+    /// The API token's file: it signs this replica's address and checks the others'.
+    token_file: Option<PathBuf>,
     duration: Duration,
     /// Each Lease's last record (holder, renew time, duration) and when it was first seen.
     observed: BTreeMap<String, (String, Instant)>,
-    /// Held shards and when each was last written.
+    /// Held shards, and when the last renewal that succeeded was sent.
     held: BTreeMap<u32, Instant>,
     /// Shards dropped from the published set but still held until the scheduler acknowledged
     /// the generation that dropped them.
     releasing: BTreeMap<u32, u64>,
     published: Ownership,
     ticks: u64,
+    /// The agent is stopping: no shard is taken any more (held ones are still renewed).
+    pub(crate) stopping: Arc<AtomicBool>,
+}
+
+async fn write(
+    api: &Api<Lease>,
+    name: &str,
+    lease: Lease,
+    exists: bool,
+) -> Result<bool, kube::Error> {
+    let result = if exists {
+        api.replace(name, &PostParams::default(), &lease).await
+    } else {
+        api.create(&PostParams::default(), &lease).await
+    };
+    match result {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn now() -> MicroTime {
     MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// The signature of `identity`'s `address` with `token`.
+fn sign(token: &[u8], identity: &str, address: &str) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(token).expect("any key length");
+    mac.update(format!("{identity} {address}").as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Manager {
@@ -58,6 +106,7 @@ impl Manager {
         config: &Sharding,
         me: String,
         address: Option<String>,
+        token_file: Option<PathBuf>,
     ) -> Manager {
         Manager {
             api: Api::namespaced(client, &config.lease.namespace),
@@ -76,15 +125,17 @@ impl Manager {
             },
             me,
             address,
+            token_file,
             duration: config.lease.lease_duration,
             observed: BTreeMap::new(),
             held: BTreeMap::new(),
             releasing: BTreeMap::new(),
             ticks: 0,
+            stopping: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    pub(crate) fn shard_lease(&self, shard: u32) -> String {
+    fn shard_lease(&self, shard: u32) -> String {
         format!("{}-shard-{shard}", self.prefix)
     }
 
@@ -101,10 +152,25 @@ impl Manager {
         self.duration / 3
     }
 
-    /// A held shard not renewed within this is dropped: another replica may take it after a
-    /// lease duration.
+    /// A held shard whose last successful renewal was sent longer ago than this is dropped.
     fn deadline(&self) -> Duration {
         self.duration * 2 / 3
+    }
+
+    /// The lease's duration in whole seconds, rounded up (a holder never claims less).
+    fn seconds(&self) -> i32 {
+        let d = self.duration;
+        (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1) as i32
+    }
+
+    /// The time left until the first held shard's deadline (a period when none is held).
+    pub(crate) fn time_left(&self) -> Duration {
+        let deadline = self.deadline();
+        self.held
+            .values()
+            .map(|sent| deadline.saturating_sub(sent.elapsed()))
+            .min()
+            .unwrap_or(self.period())
     }
 
     fn lease(&self, name: &str, spec: LeaseSpec) -> Lease {
@@ -117,7 +183,8 @@ impl Manager {
         }
     }
 
-    /// Whether `lease`'s record has stood still for its whole duration (its holder is gone).
+    /// Whether `lease`'s record has stood still for its whole duration (its holder is gone), or
+    /// it has no holder.
     fn expired(&mut self, lease: &Lease) -> bool {
         let spec = lease.spec.clone().unwrap_or_default();
         let name = lease.metadata.name.clone().unwrap_or_default();
@@ -148,16 +215,13 @@ impl Manager {
     /// Writes `lease` (a replace with its `resourceVersion`, or a create when new): whether
     /// this replica's write won.
     async fn write(&self, name: &str, lease: Lease, exists: bool) -> Result<bool, kube::Error> {
-        let result = if exists {
-            self.api.replace(name, &PostParams::default(), &lease).await
-        } else {
-            self.api.create(&PostParams::default(), &lease).await
-        };
-        match result {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(e),
-        }
+        write(&self.api, name, lease, exists).await
+    }
+
+    /// A shard no longer held, whatever its state.
+    fn forget(&mut self, shard: u32) {
+        self.held.remove(&shard);
+        self.releasing.remove(&shard);
     }
 
     /// One round of reading and writing the Leases; `acked` is the last generation whose lost
@@ -165,6 +229,15 @@ impl Manager {
     /// deadline passes.
     pub(crate) async fn tick(&mut self, acked: u64) {
         self.ticks += 1;
+        self.drop_overdue();
+        let token = match &self.token_file {
+            Some(f) => tokio::fs::read(f)
+                .await
+                .ok()
+                .map(|t| t.trim_ascii().to_vec())
+                .filter(|t| !t.is_empty()),
+            None => None,
+        };
         let leases = match self.api.list(&ListParams::default()).await {
             Ok(l) => l.items,
             Err(error) => {
@@ -177,7 +250,7 @@ impl Manager {
             .filter_map(|l| Some((l.metadata.name.clone()?, l)))
             .filter(|(n, _)| n.starts_with(&format!("{}-", self.prefix)))
             .collect();
-        let seconds = self.duration.as_secs().max(1) as i32;
+        let seconds = self.seconds();
 
         // This replica's own Lease: its announcement.
         let mine = self.replica_lease();
@@ -196,21 +269,31 @@ impl Manager {
             .metadata
             .annotations
             .get_or_insert_with(Default::default);
-        match &self.address {
-            Some(a) => annotations.insert(ADDRESS_ANNOTATION.into(), a.clone()),
-            None => annotations.remove(ADDRESS_ANNOTATION),
-        };
+        annotations.insert(SHARDS_ANNOTATION.into(), self.count.to_string());
+        match (&self.address, &token) {
+            (Some(a), Some(t)) => {
+                annotations.insert(ADDRESS_ANNOTATION.into(), a.clone());
+                annotations.insert(SIGNATURE_ANNOTATION.into(), sign(t, &self.me, a));
+            }
+            _ => {
+                annotations.remove(ADDRESS_ANNOTATION);
+                annotations.remove(SIGNATURE_ANNOTATION);
+            }
+        }
         match self.write(&mine, own, exists).await {
             Ok(true) => self.published.announced = true,
-            Ok(false) => tracing::debug!(
-                "sharding: this replica's Lease changed meanwhile; written next time"
-            ),
+            Ok(false) => {
+                tracing::debug!(
+                    "sharding: this replica's Lease changed meanwhile; written next time"
+                )
+            }
             Err(error) => tracing::warn!(%error, "sharding: cannot write this replica's Lease"),
         }
 
         // The live replicas, by their Leases; long-dead ones are swept.
         let mut replicas = BTreeMap::new();
         replicas.insert(self.me.clone(), self.address.clone());
+        let mut other_counts = BTreeSet::new();
         let replica_prefix = format!("{}-replica-", self.prefix);
         let others: Vec<Lease> = by_name
             .iter()
@@ -224,12 +307,35 @@ impl Manager {
                 .as_ref()
                 .and_then(|s| s.holder_identity.clone())
                 .unwrap_or_default();
-            if !self.expired(&lease) {
-                let address = lease
+            let annotation = |k: &str| {
+                lease
                     .metadata
                     .annotations
                     .as_ref()
-                    .and_then(|a| a.get(ADDRESS_ANNOTATION).cloned());
+                    .and_then(|a| a.get(k).cloned())
+            };
+            if !self.expired(&lease) {
+                // An address is trusted only when signed with this replica's own token.
+                let address = match (annotation(ADDRESS_ANNOTATION), &token) {
+                    (Some(a), Some(t)) => {
+                        let signed = annotation(SIGNATURE_ANNOTATION).is_some_and(|s| {
+                            crate::server::webhook::same_secret(
+                                s.as_bytes(),
+                                sign(t, &holder, &a).as_bytes(),
+                            )
+                        });
+                        if !signed {
+                            tracing::warn!(lease = %name, replica = %holder, "sharding: a replica's address is not signed with this replica's API token; nothing is sent to it");
+                        }
+                        signed.then_some(a)
+                    }
+                    _ => None,
+                };
+                if let Some(n) = annotation(SHARDS_ANNOTATION)
+                    && n != self.count.to_string()
+                {
+                    other_counts.insert(n);
+                }
                 replicas.insert(holder, address);
             } else if self
                 .observed
@@ -249,11 +355,20 @@ impl Manager {
                 }
             }
         }
-        let fair = self.count.div_ceil(replicas.len() as u32) as usize;
+        let disagree = !other_counts.is_empty();
+        if disagree {
+            tracing::warn!(shards = self.count, others = ?other_counts, "sharding: live replicas have another number of shards (a rollout changing it?); holding no shard until they are gone");
+        }
+        let fair = if disagree {
+            0
+        } else {
+            self.count.div_ceil(replicas.len() as u32) as usize
+        };
 
-        // Held shards renewed (or found lost), free ones noted.
+        // Held shards renewed, all at once (or found lost); free ones noted.
         let mut holders = vec![None; self.count as usize];
         let mut free = Vec::new();
+        let mut renewals = Vec::new();
         for shard in 0..self.count {
             let name = self.shard_lease(shard);
             let lease = by_name.get(&name).cloned();
@@ -262,47 +377,62 @@ impl Manager {
                 .and_then(|l| l.spec.as_ref()?.holder_identity.clone())
                 .filter(|h| !h.is_empty());
             let ours = self.held.contains_key(&shard);
-            match (&lease, ours) {
-                (Some(lease), true) if holder.as_deref() == Some(self.me.as_str()) => {
-                    let mut lease = lease.clone();
+            match (lease, ours) {
+                (Some(mut lease), true) if holder.as_deref() == Some(self.me.as_str()) => {
                     let spec = lease.spec.get_or_insert_with(Default::default);
                     spec.renew_time = Some(now());
                     spec.lease_duration_seconds = Some(seconds);
-                    match self.write(&name, lease, true).await {
-                        Ok(true) => {
-                            self.held.insert(shard, Instant::now());
-                        }
-                        Ok(false) => {
-                            tracing::warn!(
-                                shard,
-                                "sharding: the shard's Lease changed under this replica; dropping the shard"
-                            );
-                            self.held.remove(&shard);
-                        }
-                        Err(error) => {
-                            tracing::warn!(shard, %error, "sharding: cannot renew the shard's Lease; retrying")
-                        }
-                    }
+                    renewals.push((shard, name, lease));
                 }
                 (_, true) => {
                     tracing::warn!(shard, holder = ?holder, "sharding: another replica holds the shard now; dropping it");
-                    self.held.remove(&shard);
+                    self.forget(shard);
                 }
-                (Some(l), false)
-                    if self.expired(l) || holder.as_deref() == Some(self.me.as_str()) =>
-                {
-                    free.push(shard)
+                (Some(l), false) => {
+                    if self.expired(&l) || holder.as_deref() == Some(self.me.as_str()) {
+                        free.push(shard)
+                    }
                 }
                 (None, false) => free.push(shard),
-                (Some(_), false) => {}
             }
-            holders[shard as usize] = if self.held.contains_key(&shard) {
-                Some(self.me.clone())
-            } else {
-                holder
+            holders[shard as usize] = holder;
+        }
+        let sent = Instant::now();
+        let mut writes = tokio::task::JoinSet::new();
+        for (shard, name, lease) in renewals {
+            let api = self.api.clone();
+            writes.spawn(async move { (shard, write(&api, &name, lease, true).await) });
+        }
+        while let Some(joined) = writes.join_next().await {
+            let Ok((shard, result)) = joined else {
+                continue;
             };
+            match result {
+                Ok(true) => {
+                    if self.held.contains_key(&shard) {
+                        self.held.insert(shard, sent);
+                    }
+                }
+                Ok(false) => {
+                    tracing::warn!(
+                        shard,
+                        "sharding: the shard's Lease changed under this replica; dropping the shard"
+                    );
+                    self.forget(shard);
+                }
+                Err(error) => {
+                    tracing::warn!(shard, %error, "sharding: cannot renew the shard's Lease; retrying")
+                }
+            }
         }
         self.drop_overdue();
+        for (shard, h) in holders.iter_mut().enumerate() {
+            if self.held.contains_key(&(shard as u32)) {
+                *h = Some(self.me.clone());
+            } else if h.as_deref() == Some(self.me.as_str()) {
+                *h = None;
+            }
+        }
 
         // Over the fair share: the highest shards are given up once their work has stopped.
         let keep: Vec<u32> = self
@@ -323,8 +453,9 @@ impl Manager {
             .map(|(s, _)| *s)
             .collect();
         for shard in acked_now {
-            self.releasing.remove(&shard);
-            if self.held.remove(&shard).is_some() {
+            let was_held = self.held.contains_key(&shard);
+            self.forget(shard);
+            if was_held {
                 self.release(shard).await;
                 holders[shard as usize] = None;
             }
@@ -332,11 +463,16 @@ impl Manager {
         // Under it (never on the first round: replicas started together see each other first):
         // free shards taken, starting at a place of this replica's own, so that replicas
         // starting together try different ones.
-        let keep = self.held.len() - self.releasing.len();
-        if self.ticks > 1 && keep < fair && !free.is_empty() {
+        let kept = self
+            .held
+            .keys()
+            .filter(|s| !self.releasing.contains_key(s))
+            .count();
+        let stopping = self.stopping.load(Ordering::SeqCst);
+        if self.ticks > 1 && !stopping && kept < fair && !free.is_empty() {
             let start = (fnv1a64(self.me.as_bytes()) % u64::from(self.count)) as u32;
             free.sort_by_key(|s| (s + self.count - start) % self.count);
-            for shard in free.into_iter().take(fair - keep) {
+            for shard in free.into_iter().take(fair - kept) {
                 if self
                     .acquire(shard, by_name.get(&self.shard_lease(shard)).cloned())
                     .await
@@ -345,7 +481,7 @@ impl Manager {
                 }
             }
         }
-        self.publish(holders, replicas);
+        self.publish(Some(holders), Some(replicas));
     }
 
     async fn acquire(&mut self, shard: u32, lease: Option<Lease>) -> bool {
@@ -354,14 +490,15 @@ impl Manager {
         let mut lease = lease.unwrap_or_else(|| self.lease(&name, LeaseSpec::default()));
         let spec = lease.spec.get_or_insert_with(Default::default);
         spec.holder_identity = Some(self.me.clone());
-        spec.lease_duration_seconds = Some(self.duration.as_secs().max(1) as i32);
+        spec.lease_duration_seconds = Some(self.seconds());
         spec.acquire_time = Some(now());
         spec.renew_time = spec.acquire_time.clone();
         spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + i32::from(exists));
+        let sent = Instant::now();
         match self.write(&name, lease, exists).await {
             Ok(true) => {
                 tracing::info!(shard, lease = %name, "sharding: acquired the shard");
-                self.held.insert(shard, Instant::now());
+                self.held.insert(shard, sent);
                 true
             }
             Ok(false) => false,
@@ -378,7 +515,7 @@ impl Manager {
         let overdue: Vec<u32> = self
             .held
             .iter()
-            .filter(|(_, at)| at.elapsed() >= deadline)
+            .filter(|(_, sent)| sent.elapsed() >= deadline)
             .map(|(s, _)| *s)
             .collect();
         for shard in overdue {
@@ -386,16 +523,16 @@ impl Manager {
                 shard,
                 "sharding: the shard's Lease could not be renewed in time; its work stops"
             );
-            self.held.remove(&shard);
-            self.releasing.remove(&shard);
+            self.forget(shard);
         }
     }
 
-    /// The ownership as it stands; a new generation when a shard was lost or is being given up.
-    fn publish(
+    /// The ownership as it stands (holders and replicas as last read, unless given); a new
+    /// generation when a shard was lost or is being given up.
+    pub(crate) fn publish(
         &mut self,
-        holders: Vec<Option<String>>,
-        replicas: BTreeMap<String, Option<String>>,
+        holders: Option<Vec<Option<String>>>,
+        replicas: Option<BTreeMap<String, Option<String>>>,
     ) {
         let held: BTreeSet<u32> = self
             .held
@@ -404,16 +541,27 @@ impl Manager {
             .filter(|s| !self.releasing.contains_key(s))
             .collect();
         let next = &mut self.published;
-        if !next.held.held.is_subset(&held) {
+        let marked = self.releasing.values().any(|g| *g > next.generation);
+        if !next.held.held.is_subset(&held) || marked {
             next.generation += 1;
-            // Shards marked in this tick carry the generation that drops them.
             for g in self.releasing.values_mut() {
                 *g = (*g).min(next.generation);
             }
         }
+        if let Some(mut holders) = holders {
+            for (shard, h) in holders.iter_mut().enumerate() {
+                if h.as_deref() == Some(next.me.as_str())
+                    && !self.held.contains_key(&(shard as u32))
+                {
+                    *h = None;
+                }
+            }
+            next.holders = holders;
+        }
+        if let Some(replicas) = replicas {
+            next.replicas = replicas;
+        }
         next.held.held = held;
-        next.holders = holders;
-        next.replicas = replicas;
     }
 
     pub(crate) fn ownership(&self) -> &Ownership {
@@ -450,6 +598,7 @@ impl Manager {
             self.release(shard).await;
         }
         self.held.clear();
+        self.releasing.clear();
         let _ = self
             .api
             .delete(&self.replica_lease(), &DeleteParams::default())
@@ -457,42 +606,55 @@ impl Manager {
     }
 }
 
-/// Runs the manager: a tick every period (each within the period), the ownership published on
-/// `out` when it changes; `acked` is the scheduler's acknowledgement of lost shards.
+/// Runs the manager: a tick every period, the ownership published on `out` when it changes;
+/// `acked` is the scheduler's acknowledgement of lost shards. A tick never runs past the first
+/// held shard's deadline, and overdue shards are dropped (and published) before and after it.
 pub(crate) fn spawn(
-    manager: std::sync::Arc<tokio::sync::Mutex<Manager>>,
+    manager: Arc<tokio::sync::Mutex<Manager>>,
     out: watch::Sender<Ownership>,
     acked: watch::Receiver<u64>,
 ) -> tokio::task::JoinHandle<()> {
+    let send = |m: &mut Manager, out: &watch::Sender<Ownership>| {
+        m.drop_overdue();
+        m.publish(None, None);
+        let now = m.ownership().clone();
+        out.send_if_modified(|o| {
+            let changed = *o != now;
+            if changed {
+                *o = now;
+            }
+            changed
+        });
+    };
     let task = async move {
         loop {
-            let period = {
+            let wait = {
                 let mut m = manager.lock().await;
-                let period = m.period();
+                send(&mut m, &out);
+                let budget = m.period().min(m.time_left());
                 let ack = *acked.borrow();
-                if tokio::time::timeout(period, m.tick(ack)).await.is_err() {
+                if tokio::time::timeout(budget, m.tick(ack)).await.is_err() {
                     tracing::warn!("sharding: the API server did not answer in time");
                 }
-                m.drop_overdue();
-                let mut held = m.published.held.held.clone();
-                held.retain(|s| m.held.contains_key(s));
-                if held != m.published.held.held {
-                    let (holders, replicas) =
-                        (m.published.holders.clone(), m.published.replicas.clone());
-                    m.publish(holders, replicas);
-                }
-                let now = m.ownership().clone();
-                out.send_if_modified(|o| {
-                    let changed = *o != now;
-                    if changed {
-                        *o = now;
-                    }
-                    changed
-                });
-                period
+                send(&mut m, &out);
+                m.period().min(m.time_left())
             };
-            tokio::time::sleep(period).await;
+            tokio::time::sleep(wait).await;
         }
     };
     tokio::spawn(task.instrument(tracing::info_span!("sharding")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_signed_for_its_replica_only() {
+        let s = sign(b"token", "replica-a_1", "http://10.0.0.1:8080");
+        assert_eq!(s.len(), 64);
+        assert_ne!(s, sign(b"token", "replica-b_1", "http://10.0.0.1:8080"));
+        assert_ne!(s, sign(b"token", "replica-a_1", "http://10.0.0.2:8080"));
+        assert_ne!(s, sign(b"other", "replica-a_1", "http://10.0.0.1:8080"));
+    }
 }

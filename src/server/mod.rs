@@ -11,7 +11,7 @@
 
 mod hooks;
 mod page;
-mod peers;
+pub(super) mod peers;
 pub(crate) mod webhook;
 
 use std::collections::BTreeSet;

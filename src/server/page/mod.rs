@@ -432,6 +432,13 @@ async fn sync(State(api): State<Api>, req: Request) -> Response {
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad sync request: {e}")),
     };
     ask.wait = true;
+    // With sharding, another replica may hold the tenant's shard: the sync goes there (asked
+    // with the agent's own token; nothing of the browser's request is passed on).
+    if api.agent.snapshot().ownership.is_some() {
+        let body = serde_json::json!({"tenant": ask.tenant, "app": ask.app, "wait": true});
+        let body = bytes::Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        return super::peers::sync(&api, &axum::http::HeaderMap::new(), body, ask).await;
+    }
     super::queue_sync(&api, ask)
 }
 

@@ -36,6 +36,8 @@ pub struct Logged {
     pub field_manager: Option<String>,
     /// A POST's object name (the path of a create names only the collection).
     pub created: Option<String>,
+    /// The `spec.holderIdentity` a POST or PUT wrote (a Lease's), `""` when it wrote none.
+    pub holder: Option<String>,
 }
 
 impl Logged {
@@ -162,6 +164,7 @@ pub async fn serve(
         status: 0,
         field_manager: q.get("fieldManager").cloned(),
         created: None,
+        holder: None,
     };
     let body = match Limited::new(req.into_body(), 3 * 1024 * 1024)
         .collect()
@@ -178,10 +181,17 @@ pub async fn serve(
         }
     };
 
-    if method == "POST" {
-        entry.created = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v["metadata"]["name"].as_str().map(String::from));
+    if method == "POST" || method == "PUT" {
+        let sent = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+        if method == "POST" {
+            entry.created = sent["metadata"]["name"].as_str().map(String::from);
+        }
+        entry.holder = Some(
+            sent["spec"]["holderIdentity"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
     }
 
     // Authentication.
