@@ -272,6 +272,12 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
             Some(now) = owned_changed(&mut sharding) => {
                 let sh = sharding.as_mut().expect("a change came from it");
                 shards_changed(sh, now, &publisher, &mut schedule, (&mut rounds, &mut book, &mut task_rounds), out).await;
+                // Nothing renews the Leases any more: stop, so that the replica is restarted.
+                if sh.closed {
+                    code = ExitCode::from(1);
+                    let _ = stop_tx.send(true);
+                    break;
+                }
             }
             Some(why) = lost.recv() => {
                 tracing::error!(reason = %why, "lost leadership; cancelling running syncs so that only the new leader applies");

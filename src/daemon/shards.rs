@@ -36,8 +36,8 @@ use crate::shard::{Held, fnv1a64};
 
 /// The annotation on a replica's Lease with the URL it is reached at.
 pub(crate) const ADDRESS_ANNOTATION: &str = "flotilla.dev/address";
-/// HMAC-SHA256 of `<identity> <address>` with the API token: an address is used (and the token
-/// sent to it) only when signed by a holder of the same token.
+/// HMAC-SHA256 of `<identity> <address> <renew time>` with the API token: an address is used
+/// (and the token sent to it) only when signed by a holder of the same token, lately.
 const SIGNATURE_ANNOTATION: &str = "flotilla.dev/address-signature";
 /// The replica's `sharding.shards`.
 const SHARDS_ANNOTATION: &str = "flotilla.dev/shards";
@@ -89,10 +89,21 @@ fn now() -> MicroTime {
     MicroTime(k8s_openapi::jiff::Timestamp::now())
 }
 
-/// The signature of `identity`'s `address` with `token`.
-fn sign(token: &[u8], identity: &str, address: &str) -> String {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(token).expect("any key length");
-    mac.update(format!("{identity} {address}").as_bytes());
+/// A renew time as signed: to the microsecond, as the API server keeps it.
+fn stamp(t: &MicroTime) -> String {
+    let micros = t.0.as_microsecond();
+    k8s_openapi::jiff::Timestamp::from_microsecond(micros)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// The signature of `identity`'s `address` at `renewed` with `token` (a key derived for this use).
+fn sign(token: &[u8], identity: &str, address: &str, renewed: &str) -> String {
+    let mut key = hmac::Hmac::<sha2::Sha256>::new_from_slice(token).expect("any key length");
+    key.update(b"flotilla replica address");
+    let key = key.finalize().into_bytes();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key length");
+    mac.update(format!("{identity} {address} {renewed}").as_bytes());
     mac.finalize()
         .into_bytes()
         .iter()
@@ -261,7 +272,9 @@ impl Manager {
         let spec = own.spec.get_or_insert_with(Default::default);
         spec.holder_identity = Some(self.me.clone());
         spec.lease_duration_seconds = Some(seconds);
-        spec.renew_time = Some(now());
+        let renewed = now();
+        let signed_at = stamp(&renewed);
+        spec.renew_time = Some(renewed);
         if !exists {
             spec.acquire_time = spec.renew_time.clone();
         }
@@ -273,7 +286,10 @@ impl Manager {
         match (&self.address, &token) {
             (Some(a), Some(t)) => {
                 annotations.insert(ADDRESS_ANNOTATION.into(), a.clone());
-                annotations.insert(SIGNATURE_ANNOTATION.into(), sign(t, &self.me, a));
+                annotations.insert(
+                    SIGNATURE_ANNOTATION.into(),
+                    sign(t, &self.me, a, &signed_at),
+                );
             }
             _ => {
                 annotations.remove(ADDRESS_ANNOTATION);
@@ -315,15 +331,23 @@ impl Manager {
                     .and_then(|a| a.get(k).cloned())
             };
             if !self.expired(&lease) {
-                // An address is trusted only when signed with this replica's own token.
+                // An address is trusted only when signed with this replica's own token, with
+                // the Lease's renew time, and that time is recent (a replayed old Lease is not).
+                let renewed = lease.spec.as_ref().and_then(|s| s.renew_time.clone());
+                let recent = renewed.as_ref().is_some_and(|r| {
+                    let age = k8s_openapi::jiff::Timestamp::now().duration_since(r.0);
+                    age.unsigned_abs() < self.duration * 3
+                });
                 let address = match (annotation(ADDRESS_ANNOTATION), &token) {
                     (Some(a), Some(t)) => {
-                        let signed = annotation(SIGNATURE_ANNOTATION).is_some_and(|s| {
-                            crate::server::webhook::same_secret(
-                                s.as_bytes(),
-                                sign(t, &holder, &a).as_bytes(),
-                            )
-                        });
+                        let at = renewed.as_ref().map(stamp).unwrap_or_default();
+                        let signed = recent
+                            && annotation(SIGNATURE_ANNOTATION).is_some_and(|s| {
+                                crate::server::webhook::same_secret(
+                                    s.as_bytes(),
+                                    sign(t, &holder, &a, &at).as_bytes(),
+                                )
+                            });
                         if !signed {
                             tracing::warn!(lease = %name, replica = %holder, "sharding: a replica's address is not signed with this replica's API token; nothing is sent to it");
                         }
@@ -331,9 +355,9 @@ impl Manager {
                     }
                     _ => None,
                 };
-                if let Some(n) = annotation(SHARDS_ANNOTATION)
-                    && n != self.count.to_string()
-                {
+                // A replica that does not say how many shards it has disagrees too.
+                let n = annotation(SHARDS_ANNOTATION).unwrap_or_else(|| "none".into());
+                if n != self.count.to_string() {
                     other_counts.insert(n);
                 }
                 replicas.insert(holder, address);
@@ -453,12 +477,12 @@ impl Manager {
             .map(|(s, _)| *s)
             .collect();
         for shard in acked_now {
-            let was_held = self.held.contains_key(&shard);
-            self.forget(shard);
-            if was_held {
+            // Forgotten once written: a release the tick's budget cut short is done next tick.
+            if self.held.contains_key(&shard) {
                 self.release(shard).await;
                 holders[shard as usize] = None;
             }
+            self.forget(shard);
         }
         // Under it (never on the first round: replicas started together see each other first):
         // free shards taken, starting at a place of this replica's own, so that replicas
@@ -557,6 +581,14 @@ impl Manager {
                 }
             }
             next.holders = holders;
+        } else {
+            for (shard, h) in next.holders.iter_mut().enumerate() {
+                if h.as_deref() == Some(next.me.as_str())
+                    && !self.held.contains_key(&(shard as u32))
+                {
+                    *h = None;
+                }
+            }
         }
         if let Some(replicas) = replicas {
             next.replicas = replicas;
@@ -637,7 +669,8 @@ pub(crate) fn spawn(
                     tracing::warn!("sharding: the API server did not answer in time");
                 }
                 send(&mut m, &out);
-                m.period().min(m.time_left())
+                // Half the time left: a renewal that failed is tried again before the deadline.
+                m.period().min(m.time_left() / 2).max(m.period() / 10)
             };
             tokio::time::sleep(wait).await;
         }
@@ -649,12 +682,34 @@ pub(crate) fn spawn(
 mod tests {
     use super::*;
 
+    // Regression: signed with nanoseconds, read back with microseconds, no address verified.
+    #[test]
+    fn the_signed_renew_time_is_the_one_the_api_server_keeps() {
+        let t: k8s_openapi::jiff::Timestamp = "2026-12-02T10:00:00.123456789Z".parse().unwrap();
+        let written = MicroTime(t);
+        let read: MicroTime =
+            serde_json::from_value(serde_json::to_value(&written).unwrap()).unwrap();
+        assert_eq!(stamp(&written), stamp(&read));
+        assert_eq!(stamp(&read), "2026-12-02T10:00:00.123456Z");
+    }
+
     #[test]
     fn an_address_is_signed_for_its_replica_only() {
-        let s = sign(b"token", "replica-a_1", "http://10.0.0.1:8080");
+        let t = "2026-12-02T10:00:00Z";
+        let s = sign(b"token", "replica-a_1", "http://10.0.0.1:8080", t);
         assert_eq!(s.len(), 64);
-        assert_ne!(s, sign(b"token", "replica-b_1", "http://10.0.0.1:8080"));
-        assert_ne!(s, sign(b"token", "replica-a_1", "http://10.0.0.2:8080"));
-        assert_ne!(s, sign(b"other", "replica-a_1", "http://10.0.0.1:8080"));
+        assert_eq!(s, sign(b"token", "replica-a_1", "http://10.0.0.1:8080", t));
+        assert_ne!(s, sign(b"token", "replica-b_1", "http://10.0.0.1:8080", t));
+        assert_ne!(s, sign(b"token", "replica-a_1", "http://10.0.0.2:8080", t));
+        assert_ne!(s, sign(b"other", "replica-a_1", "http://10.0.0.1:8080", t));
+        assert_ne!(
+            s,
+            sign(
+                b"token",
+                "replica-a_1",
+                "http://10.0.0.1:8080",
+                "2026-12-02T10:00:05Z"
+            )
+        );
     }
 }
