@@ -229,6 +229,15 @@ impl Manager {
         write(&self.api, name, lease, exists).await
     }
 
+    /// The shards held and not being given up.
+    fn kept(&self) -> Vec<u32> {
+        self.held
+            .keys()
+            .copied()
+            .filter(|s| !self.releasing.contains_key(s))
+            .collect()
+    }
+
     /// A shard no longer held, whatever its state.
     fn forget(&mut self, shard: u32) {
         self.held.remove(&shard);
@@ -459,12 +468,7 @@ impl Manager {
         }
 
         // Over the fair share: the highest shards are given up once their work has stopped.
-        let keep: Vec<u32> = self
-            .held
-            .keys()
-            .copied()
-            .filter(|s| !self.releasing.contains_key(s))
-            .collect();
+        let keep = self.kept();
         if keep.len() > fair {
             for &shard in keep.iter().rev().take(keep.len() - fair) {
                 self.releasing.insert(shard, self.published.generation + 1);
@@ -487,11 +491,7 @@ impl Manager {
         // Under it (never on the first round: replicas started together see each other first):
         // free shards taken, starting at a place of this replica's own, so that replicas
         // starting together try different ones.
-        let kept = self
-            .held
-            .keys()
-            .filter(|s| !self.releasing.contains_key(s))
-            .count();
+        let kept = self.kept().len();
         let stopping = self.stopping.load(Ordering::SeqCst);
         if self.ticks > 1 && !stopping && kept < fair && !free.is_empty() {
             let start = (fnv1a64(self.me.as_bytes()) % u64::from(self.count)) as u32;
@@ -558,12 +558,7 @@ impl Manager {
         holders: Option<Vec<Option<String>>>,
         replicas: Option<BTreeMap<String, Option<String>>>,
     ) {
-        let held: BTreeSet<u32> = self
-            .held
-            .keys()
-            .copied()
-            .filter(|s| !self.releasing.contains_key(s))
-            .collect();
+        let held: BTreeSet<u32> = self.kept().into_iter().collect();
         let next = &mut self.published;
         let marked = self.releasing.values().any(|g| *g > next.generation);
         if !next.held.held.is_subset(&held) || marked {
@@ -572,22 +567,13 @@ impl Manager {
                 *g = (*g).min(next.generation);
             }
         }
-        if let Some(mut holders) = holders {
-            for (shard, h) in holders.iter_mut().enumerate() {
-                if h.as_deref() == Some(next.me.as_str())
-                    && !self.held.contains_key(&(shard as u32))
-                {
-                    *h = None;
-                }
-            }
+        if let Some(holders) = holders {
             next.holders = holders;
-        } else {
-            for (shard, h) in next.holders.iter_mut().enumerate() {
-                if h.as_deref() == Some(next.me.as_str())
-                    && !self.held.contains_key(&(shard as u32))
-                {
-                    *h = None;
-                }
+        }
+        // This replica is no holder of a shard it dropped since the Leases were read.
+        for (shard, h) in next.holders.iter_mut().enumerate() {
+            if h.as_deref() == Some(next.me.as_str()) && !self.held.contains_key(&(shard as u32)) {
+                *h = None;
             }
         }
         if let Some(replicas) = replicas {
