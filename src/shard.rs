@@ -23,6 +23,13 @@ pub(crate) fn shard_of(tenant: &str, count: u32) -> u32 {
 /// The shard of what is not a tenant's: infra, onboarding, departed tenants.
 pub(crate) const CLUSTER_SHARD: u32 = 0;
 
+/// A unit's shard: its tenant's, or [`CLUSTER_SHARD`] for infra (and its layers).
+pub(crate) fn shard_of_unit(id: &UnitId, count: u32) -> u32 {
+    id.tenant
+        .as_deref()
+        .map_or(CLUSTER_SHARD, |t| shard_of(t, count))
+}
+
 pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
@@ -43,10 +50,7 @@ impl Held {
     }
 
     pub(crate) fn unit(&self, id: &UnitId) -> bool {
-        match &id.tenant {
-            Some(t) => self.tenant(t),
-            None => self.cluster(),
-        }
+        self.held.contains(&shard_of_unit(id, self.count))
     }
 }
 

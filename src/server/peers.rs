@@ -17,13 +17,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::{Api, NDJSON, Queued, Streamed, SyncBody, error, json_line, ndjson, queue};
 use crate::agent::Ownership;
-use std::collections::BTreeSet;
-
 use crate::agent::status::{Report, SyncEvent, UnitStatus};
 use crate::fleet::UnitId;
-use crate::shard::{CLUSTER_SHARD, shard_of};
+use crate::shard::{CLUSTER_SHARD, shard_of, shard_of_unit};
 
 /// The header of a request one replica passed to another (its value: the sender).
 pub(super) const FORWARDED: &str = "x-flotilla-forwarded";
@@ -133,7 +133,8 @@ pub(super) async fn sync(api: &Api, headers: &HeaderMap, body: Bytes, ask: SyncB
     else {
         return super::queue_sync(api, ask);
     };
-    let shards: Vec<u32> = match shard_of_ask(&ask, count) {
+    let target = shard_of_ask(&ask, count);
+    let shards: Vec<u32> = match target {
         Some(s) => vec![s],
         None => (0..count).collect(),
     };
@@ -141,7 +142,7 @@ pub(super) async fn sync(api: &Api, headers: &HeaderMap, body: Bytes, ask: SyncB
         return super::queue_sync(api, ask);
     };
     let own = &own;
-    let Some(shard) = shard_of_ask(&ask, own.held.count) else {
+    let Some(shard) = target else {
         return sync_all(api, own, headers, body, ask, passed_on).await;
     };
     if own.held.held.contains(&shard) {
@@ -253,7 +254,9 @@ async fn sync_all(
         }
     }
     let token = credentials(api, headers).await;
-    let mut streams = Vec::new();
+    // Every source's events, into one channel: each other holder's, and (with `wait`) this
+    // replica's.
+    let (each, mut all) = mpsc::unbounded_channel();
     for (holder, address) in peers {
         let Some(token) = token.clone() else {
             notes.push(format!(
@@ -261,7 +264,7 @@ async fn sync_all(
             ));
             continue;
         };
-        let (tx, rx) = mpsc::unbounded_channel();
+        let tx = each.clone();
         let (holder, address, body, me) = (
             holder.to_string(),
             address.to_string(),
@@ -299,27 +302,31 @@ async fn sync_all(
                 }
             }
         });
-        streams.push(rx);
     }
     let errors: Vec<SyncEvent> = notes
         .into_iter()
         .map(|message| SyncEvent::Error { message })
         .collect();
     if !wait {
+        drop(each);
         let mut events = match local {
             Queued::Now(e) => vec![e],
             Queued::Waiting(_) => Vec::new(),
         };
-        for mut rx in streams {
-            while let Some(e) = rx.recv().await {
-                events.push(e);
-            }
+        while let Some(e) = all.recv().await {
+            events.push(e);
         }
         events.extend(errors);
         return ndjson(StatusCode::ACCEPTED, &events);
     }
-    if let Queued::Waiting(rx) = local {
-        streams.push(rx);
+    if let Queued::Waiting(mut rx) = local {
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                if each.send(e).is_err() {
+                    return;
+                }
+            }
+        });
     }
     let (out, merged) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -327,18 +334,6 @@ async fn sync_all(
         for e in errors {
             let _ = out.send(e);
         }
-        let (each, mut all) = mpsc::unbounded_channel();
-        for mut rx in streams {
-            let each = each.clone();
-            tokio::spawn(async move {
-                while let Some(e) = rx.recv().await {
-                    if each.send(e).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        drop(each);
         while let Some(e) = all.recv().await {
             match e {
                 SyncEvent::Done { ok: o } => ok &= o,
@@ -368,6 +363,51 @@ async fn sync_all(
         }),
     )
         .into_response()
+}
+
+/// Every unit once, in unit order: this replica's and the others' (a unit two replicas list, as
+/// one just gave its shard up, is the current holder's), and, as `unknown`, every unit placed on
+/// the cluster that none reported.
+fn merge(
+    ours: Vec<UnitStatus>,
+    theirs: Vec<UnitStatus>,
+    own: &Ownership,
+    everywhere: &BTreeSet<UnitId>,
+) -> Vec<UnitStatus> {
+    let ids: BTreeMap<String, &UnitId> = everywhere
+        .iter()
+        .map(|id| (crate::agent::unit_name(id), id))
+        .collect();
+    let shard = |name: &str| ids.get(name).map(|id| shard_of_unit(id, own.held.count));
+    let holder = |shard: u32| own.holders.get(shard as usize).cloned().flatten();
+    let mut units: BTreeMap<String, UnitStatus> =
+        ours.into_iter().map(|u| (u.unit.clone(), u)).collect();
+    for unit in theirs {
+        let current = shard(&unit.unit).is_none_or(|s| holder(s) == unit.owner);
+        if current || !units.contains_key(&unit.unit) {
+            units.insert(unit.unit.clone(), unit);
+        }
+    }
+    for (name, id) in ids {
+        if units.contains_key(&name) {
+            continue;
+        }
+        let shard = shard_of_unit(id, own.held.count);
+        let owner = holder(shard);
+        let why = match &owner {
+            Some(o) => format!("replica {o}, which holds shard {shard}, did not report this unit"),
+            None => format!("shard {shard} has no holder right now"),
+        };
+        let unknown = UnitStatus {
+            unit: name.clone(),
+            result: "unknown".into(),
+            last_error: Some(why),
+            owner,
+            ..Default::default()
+        };
+        units.insert(name, unknown);
+    }
+    units.into_values().collect()
 }
 
 /// Reads another replica's newline-delimited events into `tx`; a stream that ends without
@@ -521,57 +561,90 @@ pub(super) async fn status(
             (replica, read)
         });
     }
-    let shard_of_unit = |name: &str| match name.split_once('/') {
-        Some((tenant, _)) => shard_of(tenant, own.held.count),
-        None => CLUSTER_SHARD,
-    };
-    let holder = |name: &str| {
-        own.holders
-            .get(shard_of_unit(name) as usize)
-            .cloned()
-            .flatten()
-    };
+    let mut theirs = Vec::new();
     while let Some(joined) = asked.join_next().await {
         let Ok((replica, read)) = joined else {
             continue;
         };
         match read {
-            Ok(theirs) => {
-                for unit in theirs.units {
-                    match report.units.iter().position(|u| u.unit == unit.unit) {
-                        Some(at) if holder(&unit.unit) == unit.owner => report.units[at] = unit,
-                        Some(_) => {}
-                        None => report.units.push(unit),
-                    }
-                }
-            }
+            Ok(r) => theirs.extend(r.units),
             Err(why) => unreachable.push(format!("{replica}: {why}")),
         }
     }
-    // Units no replica reported: their shard has no holder, or its holder did not answer.
-    let listed: BTreeSet<String> = report.units.iter().map(|u| u.unit.clone()).collect();
-    for id in everywhere {
-        let name = crate::agent::unit_name(id);
-        if listed.contains(&name) {
-            continue;
-        }
-        let shard = shard_of_unit(&name);
-        let owner = holder(&name);
-        let why = match &owner {
-            Some(o) => format!("replica {o}, which holds shard {shard}, did not report this unit"),
-            None => format!("shard {shard} has no holder right now"),
-        };
-        report.units.push(UnitStatus {
-            unit: name,
-            result: "unknown".into(),
-            last_error: Some(why),
-            owner,
-            ..Default::default()
-        });
-    }
-    report.units.sort_by(|a, b| a.unit.cmp(&b.unit));
+    report.units = merge(std::mem::take(&mut report.units), theirs, own, everywhere);
     if let Some(s) = &mut report.sharding {
         s.unreachable = unreachable;
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::Held;
+
+    fn unit(name: &str, owner: &str, result: &str) -> UnitStatus {
+        UnitStatus {
+            unit: name.into(),
+            owner: Some(owner.into()),
+            result: result.into(),
+            ..Default::default()
+        }
+    }
+
+    // Regression: a unit's shard was read back from its name, so an infra layer
+    // (`infra/edge`) went to the shard of a tenant called `infra`.
+    #[test]
+    fn units_merge_by_their_current_holder_and_the_missing_are_unknown() {
+        // A shard count where the tenant `infra` is not in shard 0, and a tenant elsewhere.
+        let count = (3..20).find(|c| shard_of("infra", *c) != 0).unwrap();
+        let infra_tenant_shard = shard_of("infra", count);
+        let tenant = (0..1000)
+            .map(|i| format!("t{i}"))
+            .find(|t| ![0, infra_tenant_shard].contains(&shard_of(t, count)))
+            .unwrap();
+        let tenant_shard = shard_of(&tenant, count);
+        let mut holders: Vec<Option<String>> = (0..count).map(|i| Some(format!("r{i}"))).collect();
+        holders[0] = Some("a".into());
+        let own = Ownership {
+            me: "a".into(),
+            held: Held {
+                count,
+                held: [0].into(),
+            },
+            holders,
+            replicas: BTreeMap::new(),
+            announced: true,
+            generation: 0,
+        };
+        let stale = format!("r{infra_tenant_shard}");
+        let current = format!("r{tenant_shard}");
+        let everywhere: BTreeSet<UnitId> = [
+            UnitId::infra_named("infra/edge"),
+            UnitId::app(&tenant, "web"),
+            UnitId::app(&tenant, "api"),
+        ]
+        .into();
+        let ours = vec![
+            unit("infra/edge", "a", "converged"),
+            unit(&format!("{tenant}/web"), "a", "converged"),
+        ];
+        let theirs = vec![
+            // A stale report of the layer from the holder of the `infra` tenant's shard.
+            unit("infra/edge", &stale, "failed"),
+            // The holder's own report wins over this replica's stale one.
+            unit(&format!("{tenant}/web"), &current, "failed"),
+        ];
+        let merged = merge(ours, theirs, &own, &everywhere);
+        let names: Vec<&str> = merged.iter().map(|u| u.unit.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        let get = |n: &str| merged.iter().find(|u| u.unit == n).unwrap();
+        assert_eq!(get("infra/edge").result, "converged");
+        assert_eq!(get(&format!("{tenant}/web")).result, "failed");
+        let api = get(&format!("{tenant}/api"));
+        assert_eq!(api.result, "unknown");
+        assert_eq!(api.owner.as_deref(), Some(current.as_str()));
+    }
 }
