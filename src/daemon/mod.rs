@@ -271,7 +271,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
             _ = stopped(&mut stop) => break,
             Some(now) = owned_changed(&mut sharding) => {
                 let sh = sharding.as_mut().expect("a change came from it");
-                shards_changed(sh, now, &publisher, &mut schedule, (&mut rounds, &mut book, &mut task_rounds), out).await;
+                shards_changed(sh, now, &mut schedule, (&mut rounds, &mut book, &mut task_rounds), out).await;
                 // Nothing renews the Leases any more: stop, so that the replica is restarted.
                 if sh.closed {
                     code = ExitCode::from(1);
@@ -350,7 +350,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
             Some(mut now) = owned_changed(&mut sharding) => {
                 let sh = sharding.as_mut().expect("a change came from it");
                 now.announced = false;
-                shards_changed(sh, now, &publisher, &mut schedule, (&mut rounds, &mut book, &mut task_rounds), out).await;
+                shards_changed(sh, now, &mut schedule, (&mut rounds, &mut book, &mut task_rounds), out).await;
                 if rounds.is_empty() {
                     break;
                 }
@@ -437,7 +437,6 @@ async fn owned_changed(sharding: &mut Option<Sharded>) -> Option<crate::agent::O
 async fn shards_changed(
     sh: &mut Sharded,
     now: crate::agent::Ownership,
-    publisher: &crate::agent::Publisher,
     schedule: &mut Schedule<Waiter>,
     (rounds, book, task_rounds): (&mut tokio::task::JoinSet<Done>, &mut Book, &mut TaskRounds),
     out: (&crate::agent::Publisher, &Metrics),
@@ -458,7 +457,7 @@ async fn shards_changed(
         tracing::info!(shards = ?gained, "sharding: shards acquired");
     }
     let changed = !lost.is_empty() || !gained.is_empty();
-    publisher.update(|s| {
+    out.0.update(|s| {
         s.leader = !now.held.held.is_empty();
         s.ownership = Some(now);
     });
