@@ -336,6 +336,12 @@ impl Publisher {
 }
 
 impl Snapshot {
+    /// Whether this replica queues webhooks and syncs: the leader, or with sharding any replica
+    /// (the servers route what is another's to it).
+    pub(crate) fn takes_requests(&self) -> bool {
+        self.leader || self.ownership.is_some()
+    }
+
     /// The location key of a tenant's repo (its webhook target).
     pub(crate) fn tenant_source(&self, tenant: &str) -> Option<String> {
         self.status

@@ -138,7 +138,7 @@ pub(super) async fn hook(name: &str, req: Request, agent: &Handle) -> Response {
                     body.clone(),
                 );
             }
-            if snapshot.ownership.is_none() && !snapshot.leader {
+            if !snapshot.takes_requests() {
                 count("not_leader");
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,

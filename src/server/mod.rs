@@ -363,8 +363,7 @@ fn answer(queued: Queued) -> Response {
 /// Queues the sync `ask` names, here.
 fn queue(api: &Api, ask: SyncBody) -> Result<Queued, Box<Response>> {
     let snapshot = api.agent.snapshot();
-    // With sharding every replica syncs its own shards (the caller routed the request here).
-    if snapshot.ownership.is_none() && !snapshot.leader {
+    if !snapshot.takes_requests() {
         return Err(Box::new(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "this replica is not the leader",
