@@ -145,7 +145,7 @@ pub(crate) fn decide(
 /// The body flotilla sends for `object`: the rendered object plus this set's part-of label and the
 /// hash annotation.
 pub(crate) fn applied_body(object: &Object, set_id: &str) -> Value {
-    let mut body = object.body.clone();
+    let mut body = object.body.value();
     let meta = &mut body["metadata"];
     if !meta["labels"].is_object() {
         meta["labels"] = Value::Object(Default::default());
@@ -293,8 +293,9 @@ mod tests {
             key: key("", "ConfigMap", Some("ai"), "settings"),
             api_version: "v1".into(),
             scope: Scope::Namespaced,
-            body: json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "settings", "namespace": "ai"}}),
+            body: crate::render::Body::of(&json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "settings", "namespace": "ai"}})),
+            hook: None,
             hash: hash.into(),
             file: "a.yaml".into(),
             line: 1,

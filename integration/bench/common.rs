@@ -20,6 +20,19 @@ pub fn flotilla_once(root: &Path) -> (Duration, u64, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Both pipes drained while it runs: a report over the pipe's buffer would block it.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    use std::io::Read as _;
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let status_file = format!("/proc/{}/status", child.id());
     let mut peak = 0;
     let status = loop {
@@ -39,24 +52,11 @@ pub fn flotilla_once(root: &Path) -> (Duration, u64, String) {
         std::thread::sleep(Duration::from_millis(5));
     };
     let elapsed = start.elapsed();
+    let report = stdout.join().unwrap();
+    let err = stderr.join().unwrap();
     if !status.success() {
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
         panic!("flotilla run --once failed: {err}");
     }
-    let mut report = String::new();
-    use std::io::Read as _;
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut report)
-        .unwrap();
     (elapsed, peak, report)
 }
 

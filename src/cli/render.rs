@@ -188,7 +188,7 @@ fn write_object(
     // A Secret's values, and its hash (which could confirm a guess), only when asked for.
     let secret = o.key.group.is_empty() && o.key.kind == "Secret";
     let (body, hash) = if secret && !show_secrets {
-        let mut masked = o.body.clone();
+        let mut masked = o.body.value();
         for field in ["data", "stringData"] {
             if let Some(map) = masked[field].as_object_mut() {
                 for value in map.values_mut() {
@@ -196,14 +196,11 @@ fn write_object(
                 }
             }
         }
-        (
-            std::borrow::Cow::Owned(masked),
-            "(a Secret: --show-secrets prints it)",
-        )
+        (masked, "(a Secret: --show-secrets prints it)")
     } else {
-        (std::borrow::Cow::Borrowed(&o.body), o.hash.as_str())
+        (o.body.value(), o.hash.as_str())
     };
-    let yaml = serde_saphyr::to_string(body.as_ref())?;
+    let yaml = serde_saphyr::to_string(&body)?;
     writeln!(
         out,
         "---\n# Source: {unit} {}:{} @ {}\n# sha256: {hash}",

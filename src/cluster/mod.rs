@@ -74,6 +74,10 @@ pub(crate) struct Resource {
 /// The connection to one cluster.
 pub(crate) struct Cluster {
     admin: Client,
+    /// The connection every tenant's requests share (one TLS setup, one pool of connections),
+    /// each request carrying its tenant's impersonation header: the kubeconfig's own
+    /// credentials without any impersonation of its own.
+    shared: Client,
     config: Config,
     /// APIResourceLists by group-version (`v1`, `apps/v1`); refetched when a kind is missing.
     discovery: Mutex<HashMap<String, Arc<APIResourceList>>>,
@@ -83,6 +87,37 @@ pub(crate) struct Cluster {
     capabilities: Mutex<Option<(std::time::Instant, Arc<crate::render::Capabilities>)>>,
     /// The key of Secrets' keyed hashes, once read.
     secret_hash_key: Mutex<Option<[u8; 32]>>,
+}
+
+/// A tenant's client: its requests go through the shared connection with its
+/// `Impersonate-User` header (the only one: the shared connection impersonates no one).
+#[derive(Clone)]
+struct Impersonate {
+    shared: Client,
+    user: hyper::header::HeaderValue,
+}
+
+impl tower::Service<hyper::Request<kube::client::Body>> for Impersonate {
+    type Response = hyper::Response<kube::client::Body>;
+    type Error = kube::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, kube::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), kube::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: hyper::Request<kube::client::Body>) -> Self::Future {
+        request
+            .headers_mut()
+            .insert("impersonate-user", self.user.clone());
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.send(request).await })
+    }
 }
 
 /// The Secret (in the agent's namespace) that holds the key of Secrets' keyed hashes.
@@ -267,9 +302,28 @@ impl Cluster {
                 .await
                 .map_err(|e| Error::Config(e.to_string()))?,
         };
-        let admin = Client::try_from(config.clone()).map_err(|e| Error::Config(e.to_string()))?;
+        let mut plain = config.clone();
+        let auth = &mut plain.auth_info;
+        let impersonates = auth.impersonate.is_some()
+            || auth.impersonate_groups.is_some()
+            || auth.impersonate_uid.is_some()
+            || auth.impersonate_user_extra.is_some();
+        (
+            auth.impersonate,
+            auth.impersonate_groups,
+            auth.impersonate_uid,
+            auth.impersonate_user_extra,
+        ) = (None, None, None, None);
+        let shared = Client::try_from(plain).map_err(|e| Error::Config(e.to_string()))?;
+        // A kubeconfig that impersonates someone itself keeps its own connection for the agent.
+        let admin = if impersonates {
+            Client::try_from(config.clone()).map_err(|e| Error::Config(e.to_string()))?
+        } else {
+            shared.clone()
+        };
         Ok(Cluster {
             admin,
+            shared,
             config,
             discovery: Mutex::new(HashMap::new()),
             tenants: Mutex::new(HashMap::new()),
@@ -294,10 +348,15 @@ impl Cluster {
         if let Some(client) = tenants.get(&user) {
             return Ok(client.clone());
         }
-        let mut config = self.config.clone();
-        config.auth_info.impersonate = Some(user.clone());
-        config.auth_info.impersonate_groups = None;
-        let client = Client::try_from(config).map_err(|e| Error::Config(e.to_string()))?;
+        let header = hyper::header::HeaderValue::from_str(&user)
+            .map_err(|e| Error::Config(format!("impersonating {user}: {e}")))?;
+        let client = Client::new(
+            Impersonate {
+                shared: self.shared.clone(),
+                user: header,
+            },
+            self.config.default_namespace.clone(),
+        );
         tenants.insert(user, client.clone());
         Ok(client)
     }

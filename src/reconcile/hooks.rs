@@ -36,7 +36,7 @@ pub(super) fn digest(objects: &[Object]) -> String {
 pub(super) fn of_phase(objects: &[Object], phase: Phase) -> Vec<(&Object, Hook)> {
     let mut hooks: Vec<(&Object, Hook)> = objects
         .iter()
-        .filter_map(|o| Some((o, hook::of(&o.body)?)))
+        .filter_map(|o| Some((o, o.hook.clone()?)))
         .filter(|(_, h)| h.phase == phase)
         .collect();
     hooks.sort_by_cached_key(|(o, h)| hook::order_key(h, &o.key));

@@ -291,11 +291,7 @@ impl Engine {
         };
 
         // Helm hooks are not members: they run around the other objects (see `hooks`).
-        let objects: Vec<&Object> = spec
-            .objects
-            .iter()
-            .filter(|o| crate::render::hook::of(&o.body).is_none())
-            .collect();
+        let objects: Vec<&Object> = spec.objects.iter().filter(|o| o.hook.is_none()).collect();
         let digest = super::hooks::digest(&spec.objects);
         let pre = super::hooks::of_phase(&spec.objects, Phase::Pre);
         let post = super::hooks::of_phase(&spec.objects, Phase::Post);

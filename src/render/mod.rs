@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub use objects::{Object, ObjectKey, hash};
+pub use objects::{Body, Object, ObjectKey, hash};
 pub use scope::{Scope, Scopes};
 pub use tools::{Capabilities, Tools};
 

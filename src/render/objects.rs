@@ -27,8 +27,9 @@ pub struct Object {
     pub key: ObjectKey,
     pub api_version: String,
     pub scope: Scope,
-    /// The full object, labels and namespace included; keys sorted.
-    pub body: serde_json::Value,
+    /// The full object, labels and namespace included, kept as compact JSON text until it is
+    /// sent.
+    pub body: Body,
     /// Hex sha256 of `body` serialized as compact JSON with sorted keys.
     pub hash: String,
     pub file: Arc<str>,
@@ -36,6 +37,25 @@ pub struct Object {
     /// Why the tenant may not apply it (outside its namespaces or cluster-scoped kinds). A
     /// refused object is reported and never sent; the unit's other objects still are.
     pub refused: Option<String>,
+    /// The Helm hook it is, if its annotations make it one a sync runs.
+    pub hook: Option<super::hook::Hook>,
+}
+
+/// A rendered object's JSON as text: a quarter of the memory of its tree, which only the few
+/// objects being sent need (a pass holds every unit's objects from render to sync).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Body(Box<str>);
+
+impl Body {
+    pub fn of(value: &serde_json::Value) -> Body {
+        Body(value.to_string().into_boxed_str())
+    }
+
+    /// The object as a JSON tree again. The text is serde_json's own output of a value no
+    /// deeper than the YAML parser's depth budget (64), well inside serde_json's (128).
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.0).expect("a rendered body is JSON serde_json wrote")
+    }
 }
 
 impl Object {
@@ -296,7 +316,8 @@ pub(super) fn finish(
             key,
             api_version,
             scope,
-            body: d.body,
+            body: Body::of(&d.body),
+            hook: super::hook::of(&d.body),
             hash,
             file: d.file,
             line: d.line,

@@ -74,11 +74,17 @@ fn namespaced_objects_get_the_unit_namespace_and_ownership_labels() {
     .unwrap();
     let o = &objects[0];
     assert_eq!(o.key.namespace.as_deref(), Some("ai"));
-    assert_eq!(o.body["metadata"]["namespace"], "ai");
-    assert_eq!(o.body["metadata"]["labels"]["flotilla.dev/tenant"], "ai");
-    assert_eq!(o.body["metadata"]["labels"]["flotilla.dev/app"], "web");
+    assert_eq!(o.body.value()["metadata"]["namespace"], "ai");
+    assert_eq!(
+        o.body.value()["metadata"]["labels"]["flotilla.dev/tenant"],
+        "ai"
+    );
+    assert_eq!(
+        o.body.value()["metadata"]["labels"]["flotilla.dev/app"],
+        "web"
+    );
     assert_eq!(o.scope, Scope::Namespaced);
-    assert_eq!(o.hash, hash(&o.body));
+    assert_eq!(o.hash, hash(&o.body.value()));
     assert_eq!(o.hash.len(), 64);
 }
 
@@ -141,7 +147,11 @@ fn cluster_scoped_kinds_need_the_tenant_limits() {
         objects[0].key.namespace, None,
         "a cluster-scoped object carries no namespace"
     );
-    assert!(objects[0].body["metadata"].get("namespace").is_none());
+    assert!(
+        objects[0].body.value()["metadata"]
+            .get("namespace")
+            .is_none()
+    );
 
     let p = problems(
         &unit,
