@@ -24,7 +24,7 @@ use crate::cluster::Cluster;
 use crate::failure::{Failure, Kind};
 use crate::fleet::{self, Fleet, Identity, Tenant, Unit, UnitId};
 use crate::inventory::Parent;
-use crate::render::{self, Object};
+use crate::render;
 pub(crate) use onboarding::{onboarding, onboarding_name};
 use removal::{departed_tenants, removed_apps};
 pub(crate) use set::{Engine, Mode, ObjectRow, Outcome, SetOptions, SetSpec};
@@ -516,21 +516,27 @@ fn unit_spec(
         }
         None => return Err(Failure::transient("not rendered")),
     };
-    let (refused, ok): (Vec<Object>, Vec<Object>) =
-        objects.into_iter().partition(|o| o.refused.is_some());
-    let failures = refused
-        .iter()
-        .filter_map(|o| o.refusal(&unit.id))
-        .map(|p| Failure::new(p.kind, p.detail))
-        .collect();
+    // The refused leave in place: the others keep their allocation (a new vector would grow
+    // to twice what it holds).
+    let mut objects = objects;
+    let mut failures = Vec::new();
+    let mut refused = Vec::new();
+    objects.retain(|o| match o.refusal(&unit.id) {
+        Some(p) => {
+            failures.push(Failure::new(p.kind, p.detail));
+            refused.push(o.key.clone());
+            false
+        }
+        None => true,
+    });
     let spec = SetSpec {
         name: fleet::Owner::Unit(unit.id.clone()).to_string(),
         tenant: unit.id.tenant.clone(),
         set: unit.id.label(),
         identity: unit.identity.clone(),
         parent: Parent::of_unit(&unit.id, unit.namespace.as_deref()),
-        objects: ok,
-        refused: refused.iter().map(|o| o.key.clone()).collect(),
+        objects,
+        refused,
         options: SetOptions {
             prune: unit.options.prune,
             force: unit.options.force,

@@ -342,6 +342,8 @@ pub(super) fn finish(
     }
 
     if problems.is_empty() {
+        // Held from render to sync with every other unit's: no spare capacity.
+        objects.shrink_to_fit();
         Ok(objects)
     } else {
         Err(problems)
