@@ -171,6 +171,7 @@ pub(crate) async fn connect(config: &Config) -> anyhow::Result<Arc<Engine>> {
         unit_locks: Default::default(),
         touched: Default::default(),
         synced_by: Default::default(),
+        wanted: Default::default(),
     }))
 }
 

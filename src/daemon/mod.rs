@@ -163,6 +163,7 @@ async fn main(config: Config) -> Result<ExitCode, Error> {
         unit_locks: Default::default(),
         touched: Default::default(),
         synced_by: Default::default(),
+        wanted: Default::default(),
     });
 
     // Leader election: wait for the Lease (serving /healthz meanwhile), then keep renewing it.

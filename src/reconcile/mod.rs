@@ -246,6 +246,13 @@ pub(crate) async fn pass(
         .collect();
     // A pass of one app (a push, a sync) reads for itself: a shared list would read all.
     let shared = (mode == Mode::Apply && apps.len() > 1).then(|| Arc::new(Shared::default()));
+    // Units asked for by name (a push, a sync request) go first in their tenant's turn.
+    let urgent = filter.only.is_some();
+    if mode == Mode::Apply {
+        for unit in &apps {
+            engine.wanted.want(&unit.id, input.round);
+        }
+    }
     for level in order::levels(&apps) {
         let mut tasks = tokio::task::JoinSet::new();
         for unit in level {
@@ -304,21 +311,25 @@ pub(crate) async fn pass(
             let sync = async move {
                 // Both waits are bounded by one unit budget: the unit's other round ends its
                 // health wait by then, and slots come round to every tenant in turn.
-                let waited = async {
+                // A later round that queues the unit meanwhile (a push) takes it over.
+                let waited = engine.wanted.unless_later(&unit.id, round, async {
                     let unit_lock = engine.lock_unit(&unit.id).await;
                     let slot = engine
                         .units
-                        .acquire(unit.id.tenant.as_deref().unwrap_or_default())
+                        .acquire(unit.id.tenant.as_deref().unwrap_or_default(), urgent)
                         .await;
                     (unit_lock, slot)
-                };
+                });
                 // A comparison writes nothing: it neither waits for a sync of the unit nor
                 // takes a sync slot from the rounds.
                 let outcome = if mode == Mode::Diff {
                     Box::pin(run_spec(&engine, spec, None)).await
                 } else {
                     match tokio::time::timeout(engine.max_wait, waited).await {
-                        Ok((_unit_lock, slot)) => match engine.begin_sync(&unit.id, round) {
+                        Ok(Err(later)) => {
+                            return (unit.id.clone(), left_to(&unit, later, revision));
+                        }
+                        Ok(Ok((_unit_lock, slot))) => match engine.begin_sync(&unit.id, round) {
                             // Boxed: only the units holding a slot carry a sync's state; the others wait small.
                             Ok(()) => Box::pin(run_spec(&engine, spec, Some(slot))).await,
                             // A later round (a newer fetch) synced it meanwhile: this render is
@@ -465,7 +476,7 @@ fn left_to(unit: &Unit, later: u64, revision: Option<String>) -> Entry {
         revision,
         outcome: Outcome {
             notes: vec![format!(
-                "not synced: round {later} synced a newer render meanwhile"
+                "not synced: round {later}, with a newer render, took it over"
             )],
             ..Default::default()
         },

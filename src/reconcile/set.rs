@@ -170,9 +170,67 @@ pub(crate) struct Engine {
     /// The latest round that synced each unit: an earlier round (an older render) that reaches
     /// it afterwards leaves it alone, and does not take its app for removed.
     pub synced_by: std::sync::Mutex<HashMap<crate::fleet::UnitId, u64>>,
+    /// The latest round that queued each unit, and a bell rung when it moves: a round still
+    /// waiting for a unit when a later one (a push) queues it gives way, rather than syncing
+    /// its older render first while the push waits behind it.
+    pub wanted: Wanted,
     /// When each inventory (by its ApplySet id) was last written or deleted: a list shared by a
     /// pass and read before that is stale for its set (see `shared`).
     pub touched: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// See [`Engine::wanted`].
+#[derive(Debug, Default)]
+pub(crate) struct Wanted {
+    by: std::sync::Mutex<HashMap<crate::fleet::UnitId, u64>>,
+    moved: tokio::sync::Notify,
+}
+
+impl Wanted {
+    /// Round `round` queues `unit` (round 0, a command's single pass, is never superseded).
+    pub(crate) fn want(&self, unit: &crate::fleet::UnitId, round: u64) {
+        if round == 0 {
+            return;
+        }
+        let mut by = self.by.lock().expect("wanted lock");
+        let last = by.entry(unit.clone()).or_default();
+        if *last < round {
+            *last = round;
+            drop(by);
+            self.moved.notify_waiters();
+        }
+    }
+
+    /// The later round that queued `unit` after `round`, if any.
+    fn later(&self, unit: &crate::fleet::UnitId, round: u64) -> Option<u64> {
+        let by = self.by.lock().expect("wanted lock");
+        by.get(unit)
+            .copied()
+            .filter(|last| round != 0 && *last > round)
+    }
+
+    /// Runs `wait` (a unit's turn) unless a later round queues `unit` first: then its number.
+    pub(crate) async fn unless_later<T>(
+        &self,
+        unit: &crate::fleet::UnitId,
+        round: u64,
+        wait: impl std::future::Future<Output = T>,
+    ) -> Result<T, u64> {
+        let mut wait = std::pin::pin!(wait);
+        loop {
+            let moved = self.moved.notified();
+            let mut moved = std::pin::pin!(moved);
+            // Registered before the check: a move between the two is not missed.
+            moved.as_mut().enable();
+            if let Some(later) = self.later(unit, round) {
+                return Err(later);
+            }
+            tokio::select! {
+                done = &mut wait => return Ok(done),
+                () = &mut moved => {}
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -796,5 +854,34 @@ pub(crate) fn count(n: usize, what: &str) -> String {
         format!("1 {what}")
     } else {
         format!("{n} {what}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_unit_still_waiting_gives_way_to_a_later_round() {
+        let wanted = Wanted::default();
+        let unit = crate::fleet::UnitId {
+            tenant: Some("ai".into()),
+            app: "web".into(),
+        };
+        wanted.want(&unit, 1);
+        // Round 1's turn never comes; round 2 queues the unit meanwhile.
+        let waiting = wanted.unless_later(&unit, 1, std::future::pending::<()>());
+        let push = async {
+            tokio::task::yield_now().await;
+            wanted.want(&unit, 2);
+        };
+        let (gave_way, ()) = tokio::join!(waiting, push);
+        assert_eq!(gave_way, Err(2));
+        // The later round's own wait goes ahead; so does a command's (round 0).
+        assert_eq!(wanted.unless_later(&unit, 2, async { 7 }).await, Ok(7));
+        assert_eq!(wanted.unless_later(&unit, 0, async { 8 }).await, Ok(8));
+        // An earlier round queueing it again moves nothing.
+        wanted.want(&unit, 1);
+        assert_eq!(wanted.unless_later(&unit, 1, async {}).await, Err(2));
     }
 }

@@ -40,8 +40,9 @@ impl Slots {
         })
     }
 
-    /// A slot for a unit of `tenant`, when its turn comes.
-    pub(crate) async fn acquire(self: &Arc<Self>, tenant: &str) -> Slot {
+    /// A slot for a unit of `tenant`, when its turn comes; an `urgent` one (asked for: a push, a
+    /// sync request) goes before the tenant's other waiting units, still in the tenants' turn.
+    pub(crate) async fn acquire(self: &Arc<Self>, tenant: &str, urgent: bool) -> Slot {
         let rx = {
             let mut s = self.state.lock().expect("slots lock");
             if s.free > 0 && s.queues.is_empty() {
@@ -50,16 +51,18 @@ impl Slots {
                 return Slot { pool: self.clone() };
             }
             let (tx, rx) = oneshot::channel();
-            s.queues
-                .entry(tenant.to_string())
-                .or_default()
-                .push_back(tx);
+            let queue = s.queues.entry(tenant.to_string()).or_default();
+            if urgent {
+                queue.push_front(tx);
+            } else {
+                queue.push_back(tx);
+            }
             rx
         };
         match rx.await {
             Ok(slot) => slot,
             // The pool never drops a waiter without answering it; should it, wait again.
-            Err(_) => Box::pin(self.acquire(tenant)).await,
+            Err(_) => Box::pin(self.acquire(tenant, urgent)).await,
         }
     }
 
@@ -113,14 +116,14 @@ mod tests {
     #[tokio::test]
     async fn a_freed_slot_goes_to_the_next_tenant_in_turn() {
         let pool = Slots::new(1);
-        let first = pool.acquire("a").await;
+        let first = pool.acquire("a", false).await;
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
         // Tenant a queues five units before b queues one.
         for (i, t) in ["a", "a", "a", "a", "a", "b"].into_iter().enumerate() {
             let (pool, order) = (pool.clone(), order.clone());
             waiters.push(tokio::spawn(async move {
-                let _slot = pool.acquire(t).await;
+                let _slot = pool.acquire(t, false).await;
                 order.lock().unwrap().push(format!("{t}{i}"));
                 tokio::task::yield_now().await;
             }));
@@ -140,19 +143,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_urgent_unit_goes_first_in_its_tenants_turn() {
+        let pool = Slots::new(1);
+        let first = pool.acquire("a", false).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        // A full round's units of tenants a and b wait; then a push of one of a's apps.
+        for (i, (t, urgent)) in [("a", false), ("a", false), ("b", false), ("a", true)]
+            .into_iter()
+            .enumerate()
+        {
+            let (pool, order) = (pool.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let _slot = pool.acquire(t, urgent).await;
+                order.lock().unwrap().push(format!("{t}{i}"));
+                tokio::task::yield_now().await;
+            }));
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        for w in waiters {
+            w.await.unwrap();
+        }
+        let order = order.lock().unwrap().clone();
+        // a was served last (the first slot): b's turn, then a's, where the push goes first.
+        assert_eq!(order, ["b2", "a3", "a0", "a1"]);
+    }
+
+    #[tokio::test]
     async fn a_waiter_that_gives_up_loses_no_slot() {
         let pool = Slots::new(1);
-        let held = pool.acquire("a").await;
+        let held = pool.acquire("a", false).await;
         let gave_up = tokio::spawn({
             let pool = pool.clone();
-            async move { pool.acquire("b").await }
+            async move { pool.acquire("b", false).await }
         });
         tokio::task::yield_now().await;
         gave_up.abort();
         let _ = gave_up.await;
         drop(held);
         let again =
-            tokio::time::timeout(std::time::Duration::from_secs(1), pool.acquire("c")).await;
+            tokio::time::timeout(std::time::Duration::from_secs(1), pool.acquire("c", false)).await;
         assert!(again.is_ok(), "the slot came back");
     }
 }
