@@ -84,6 +84,14 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
     // The shards held as the round starts: a shard lost later cancels the round.
     let held = ctx.shards.as_ref().map(|rx| rx.borrow().clone());
     tracing::info!(parent: &span, reasons = ?reasons, shards = ?held.as_ref().map(|h| &h.held), "round starts");
+    // A round asked for named units (a push) takes them over from an earlier round that has not
+    // reached them yet, from now: that round's render is older.
+    if let Scope::Units(units) = &scope {
+        for unit in units {
+            ctx.engine.wanted.want(unit, id);
+        }
+    }
+    let started = std::time::Instant::now();
     let handle = tokio::runtime::Handle::current();
     // What the cluster serves, for Helm charts; without it (an API server that does not
     // answer) charts render as offline, and the round fails below anyway.
@@ -139,7 +147,10 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
         })
     };
     let prepared = match prepared {
-        Ok(p) => p,
+        Ok(p) => {
+            tracing::info!(parent: &span, rendered = p.input.results.len(), took_ms = started.elapsed().as_millis() as u64, "fetched and rendered");
+            p
+        }
         Err(error) => {
             tracing::error!(parent: &span, %error, kind = %error.kind, "round failed; nothing applied or pruned");
             return Done {

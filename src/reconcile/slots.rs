@@ -1,6 +1,9 @@
 //! The agent's sync slots (`concurrency`), handed out fairly between tenants: whoever waits, the
 //! next free slot goes to the next tenant in turn, not to whichever tenant queued the most units.
 //! So one tenant's many or slow units delay another tenant's unit by at most one unit's sync.
+//! Units asked for by name (a push, a sync request) wait in a queue of their own, served in the
+//! same tenant turns and given every other free slot: a push beside a full round waits for a few
+//! syncs, not for its tenant's turn among all the others, and pushes cannot starve the rounds.
 //! A slot is held for a unit's writes only: it is given back before the unit waits for health.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -17,10 +20,44 @@ pub(crate) struct Slots {
 #[derive(Debug)]
 struct State {
     free: usize,
+    /// The urgent waiters, then the others.
+    classes: [Class; 2],
+    /// Whether the next free slot goes to an urgent waiter first.
+    urgent_turn: bool,
+}
+
+#[derive(Debug, Default)]
+struct Class {
     /// Waiters by tenant (`""` for units of no tenant), each in arrival order.
     queues: BTreeMap<String, VecDeque<oneshot::Sender<Slot>>>,
-    /// The tenant served last: the next free slot goes to the next tenant after it.
+    /// The tenant served last: the next slot goes to the next tenant after it.
     last: Option<String>,
+}
+
+impl Class {
+    /// The next waiter in the tenants' turn, if any.
+    fn pop(&mut self) -> Option<oneshot::Sender<Slot>> {
+        // The first waiting tenant after the one served last, wrapping around.
+        let next = match &self.last {
+            Some(last) => self
+                .queues
+                .range::<String, _>((
+                    std::ops::Bound::Excluded(last.clone()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .next()
+                .or_else(|| self.queues.iter().next())
+                .map(|(t, _)| t.clone()),
+            None => self.queues.keys().next().cloned(),
+        }?;
+        let queue = self.queues.get_mut(&next).expect("listed");
+        let tx = queue.pop_front().expect("queues are never left empty");
+        if queue.is_empty() {
+            self.queues.remove(&next);
+        }
+        self.last = Some(next);
+        Some(tx)
+    }
 }
 
 /// One slot, given back when dropped.
@@ -34,29 +71,29 @@ impl Slots {
         Arc::new(Slots {
             state: Mutex::new(State {
                 free: slots.max(1),
-                queues: BTreeMap::new(),
-                last: None,
+                classes: Default::default(),
+                urgent_turn: true,
             }),
         })
     }
 
     /// A slot for a unit of `tenant`, when its turn comes; an `urgent` one (asked for: a push, a
-    /// sync request) goes before the tenant's other waiting units, still in the tenants' turn.
+    /// sync request) waits with the other urgent ones, which get every other free slot.
     pub(crate) async fn acquire(self: &Arc<Self>, tenant: &str, urgent: bool) -> Slot {
         let rx = {
             let mut s = self.state.lock().expect("slots lock");
-            if s.free > 0 && s.queues.is_empty() {
+            let class = usize::from(!urgent);
+            if s.free > 0 && s.classes.iter().all(|c| c.queues.is_empty()) {
                 s.free -= 1;
-                s.last = Some(tenant.to_string());
+                s.classes[class].last = Some(tenant.to_string());
                 return Slot { pool: self.clone() };
             }
             let (tx, rx) = oneshot::channel();
-            let queue = s.queues.entry(tenant.to_string()).or_default();
-            if urgent {
-                queue.push_front(tx);
-            } else {
-                queue.push_back(tx);
-            }
+            s.classes[class]
+                .queues
+                .entry(tenant.to_string())
+                .or_default()
+                .push_back(tx);
             rx
         };
         match rx.await {
@@ -66,33 +103,21 @@ impl Slots {
         }
     }
 
-    /// Hands a freed slot to the next waiting tenant in turn, or back to the pool.
+    /// Hands a freed slot to the next waiting tenant in turn (urgent ones on every other slot),
+    /// or back to the pool.
     fn release(self: &Arc<Self>) {
         let mut s = self.state.lock().expect("slots lock");
         loop {
-            // The first waiting tenant after the one served last, wrapping around.
-            let next = match &s.last {
-                Some(last) => s
-                    .queues
-                    .range::<String, _>((
-                        std::ops::Bound::Excluded(last.clone()),
-                        std::ops::Bound::Unbounded,
-                    ))
-                    .next()
-                    .or_else(|| s.queues.iter().next())
-                    .map(|(t, _)| t.clone()),
-                None => s.queues.keys().next().cloned(),
-            };
-            let Some(tenant) = next else {
+            let order = if s.urgent_turn { [0, 1] } else { [1, 0] };
+            let Some((class, tx)) = order
+                .into_iter()
+                .find_map(|c| s.classes[c].pop().map(|tx| (c, tx)))
+            else {
                 s.free += 1;
                 return;
             };
-            let queue = s.queues.get_mut(&tenant).expect("listed");
-            let tx = queue.pop_front().expect("queues are never left empty");
-            if queue.is_empty() {
-                s.queues.remove(&tenant);
-            }
-            s.last = Some(tenant);
+            // The other class's turn next.
+            s.urgent_turn = class == 1;
             // A waiter that gave up drops its receiver: the slot comes back here unused.
             if let Err(slot) = tx.send(Slot { pool: self.clone() }) {
                 std::mem::forget(slot);
@@ -143,15 +168,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_urgent_unit_goes_first_in_its_tenants_turn() {
+    async fn urgent_units_take_every_other_slot() {
         let pool = Slots::new(1);
         let first = pool.acquire("a", false).await;
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
-        // A full round's units of tenants a and b wait; then a push of one of a's apps.
-        for (i, (t, urgent)) in [("a", false), ("a", false), ("b", false), ("a", true)]
-            .into_iter()
-            .enumerate()
+        // A full round's units of tenants a, b and c wait; then pushes of a's and c's apps.
+        for (i, (t, urgent)) in [
+            ("a", false),
+            ("a", false),
+            ("b", false),
+            ("c", false),
+            ("c", true),
+            ("a", true),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let (pool, order) = (pool.clone(), order.clone());
             waiters.push(tokio::spawn(async move {
@@ -166,8 +198,9 @@ mod tests {
             w.await.unwrap();
         }
         let order = order.lock().unwrap().clone();
-        // a was served last (the first slot): b's turn, then a's, where the push goes first.
-        assert_eq!(order, ["b2", "a3", "a0", "a1"]);
+        // The pushes take every other slot, in their own tenants' turn; the round's units keep
+        // theirs in between, in theirs (a was served last: b, c, then a).
+        assert_eq!(order, ["a5", "b2", "c4", "c3", "a0", "a1"]);
     }
 
     #[tokio::test]
