@@ -87,9 +87,7 @@ async fn run_in(ctx: Arc<Context>, round: Round, span: tracing::Span) -> Done {
     // A round asked for named units (a push) takes them over from an earlier round that has not
     // reached them yet, from now: that round's render is older.
     if let Scope::Units(units) = &scope {
-        for unit in units {
-            ctx.engine.wanted.want(unit, id);
-        }
+        ctx.engine.wanted.want(units, id);
     }
     let started = std::time::Instant::now();
     let handle = tokio::runtime::Handle::current();

@@ -249,9 +249,7 @@ pub(crate) async fn pass(
     // Units asked for by name (a push, a sync request) go first in their tenant's turn.
     let urgent = filter.only.is_some();
     if mode == Mode::Apply {
-        for unit in &apps {
-            engine.wanted.want(&unit.id, input.round);
-        }
+        engine.wanted.want(apps.iter().map(|u| &u.id), input.round);
     }
     for level in order::levels(&apps) {
         let mut tasks = tokio::task::JoinSet::new();
@@ -326,8 +324,10 @@ pub(crate) async fn pass(
                     Box::pin(run_spec(&engine, spec, None)).await
                 } else {
                     match tokio::time::timeout(engine.max_wait, waited).await {
+                        // Taken over before it was synced: its dependents in this round wait.
                         Ok(Err(later)) => {
-                            return (unit.id.clone(), left_to(&unit, later, revision));
+                            let entry = left_to(&unit, later, revision, "takes it over");
+                            return (unit.id.clone(), entry, false);
                         }
                         Ok(Ok((_unit_lock, slot))) => match engine.begin_sync(&unit.id, round) {
                             // Boxed: only the units holding a slot carry a sync's state; the others wait small.
@@ -335,7 +335,8 @@ pub(crate) async fn pass(
                             // A later round (a newer fetch) synced it meanwhile: this render is
                             // older, and that round's result is the unit's.
                             Err(later) => {
-                                return (unit.id.clone(), left_to(&unit, later, revision));
+                                let entry = left_to(&unit, later, revision, "synced it meanwhile");
+                                return (unit.id.clone(), entry, true);
                             }
                         },
                         Err(_) => Outcome {
@@ -356,6 +357,7 @@ pub(crate) async fn pass(
                         revision,
                         outcome,
                     },
+                    true,
                 )
             };
             tasks.spawn(tracing::Instrument::instrument(sync, span));
@@ -363,8 +365,12 @@ pub(crate) async fn pass(
         let mut level_entries = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok((id, entry)) => {
-                    note((&mut done, &mut stuck), &id, &entry.outcome);
+                Ok((id, entry, settled)) => {
+                    if settled {
+                        note((&mut done, &mut stuck), &id, &entry.outcome);
+                    } else {
+                        done.insert(id, false);
+                    }
                     level_entries.push(entry);
                 }
                 // Never silently missing from the report (and so from the exit code).
@@ -447,7 +453,8 @@ async fn sync_unit(
         _ => Some(engine.lock_unit(&unit.id).await),
     };
     if let Err(later) = engine.begin_sync(&unit.id, input.round) {
-        return left_to(unit, later, input.revisions.get(&unit.id).cloned());
+        let revision = input.revisions.get(&unit.id).cloned();
+        return left_to(unit, later, revision, "synced it meanwhile");
     }
     Entry {
         unit: Some(unit.id.clone()),
@@ -465,7 +472,8 @@ async fn sync_unit(
 
 /// A unit this pass leaves to round `later`, which synced a newer render of it meanwhile. No
 /// `unit` on the entry: that round's result is the unit's, and this one must not overwrite it.
-fn left_to(unit: &Unit, later: u64, revision: Option<String>) -> Entry {
+/// A unit left to a later round with a newer render, which `did` (took it over, synced it).
+fn left_to(unit: &Unit, later: u64, revision: Option<String>, did: &str) -> Entry {
     Entry {
         unit: None,
         tenant: unit.id.tenant.clone(),
@@ -476,7 +484,7 @@ fn left_to(unit: &Unit, later: u64, revision: Option<String>) -> Entry {
         revision,
         outcome: Outcome {
             notes: vec![format!(
-                "not synced: round {later}, with a newer render, took it over"
+                "not synced: round {later}, with a newer render, {did}"
             )],
             ..Default::default()
         },

@@ -187,16 +187,27 @@ pub(crate) struct Wanted {
 }
 
 impl Wanted {
-    /// Round `round` queues `unit` (round 0, a command's single pass, is never superseded).
-    pub(crate) fn want(&self, unit: &crate::fleet::UnitId, round: u64) {
+    /// Round `round` queues `units` (round 0, a command's single pass, is never superseded);
+    /// the waiting rounds hear of it once.
+    pub(crate) fn want<'a>(
+        &self,
+        units: impl IntoIterator<Item = &'a crate::fleet::UnitId>,
+        round: u64,
+    ) {
         if round == 0 {
             return;
         }
+        let mut moved = false;
         let mut by = self.by.lock().expect("wanted lock");
-        let last = by.entry(unit.clone()).or_default();
-        if *last < round {
-            *last = round;
-            drop(by);
+        for unit in units {
+            let last = by.entry(unit.clone()).or_default();
+            if *last < round {
+                *last = round;
+                moved = true;
+            }
+        }
+        drop(by);
+        if moved {
             self.moved.notify_waiters();
         }
     }
@@ -868,12 +879,12 @@ mod tests {
             tenant: Some("ai".into()),
             app: "web".into(),
         };
-        wanted.want(&unit, 1);
+        wanted.want([&unit], 1);
         // Round 1's turn never comes; round 2 queues the unit meanwhile.
         let waiting = wanted.unless_later(&unit, 1, std::future::pending::<()>());
         let push = async {
             tokio::task::yield_now().await;
-            wanted.want(&unit, 2);
+            wanted.want([&unit], 2);
         };
         let (gave_way, ()) = tokio::join!(waiting, push);
         assert_eq!(gave_way, Err(2));
@@ -881,7 +892,7 @@ mod tests {
         assert_eq!(wanted.unless_later(&unit, 2, async { 7 }).await, Ok(7));
         assert_eq!(wanted.unless_later(&unit, 0, async { 8 }).await, Ok(8));
         // An earlier round queueing it again moves nothing.
-        wanted.want(&unit, 1);
+        wanted.want([&unit], 1);
         assert_eq!(wanted.unless_later(&unit, 1, async {}).await, Err(2));
     }
 }

@@ -4,6 +4,9 @@
 //! Units asked for by name (a push, a sync request) wait in a queue of their own, served in the
 //! same tenant turns and given every other free slot: a push beside a full round waits for a few
 //! syncs, not for its tenant's turn among all the others, and pushes cannot starve the rounds.
+//! A tenant that pushes to its own repository makes its units urgent: its units then delay
+//! another tenant's by at most three syncs (its urgent ones on either side of one of the
+//! others) rather than one.
 //! A slot is held for a unit's writes only: it is given back before the unit waits for health.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -116,13 +119,13 @@ impl Slots {
                 s.free += 1;
                 return;
             };
-            // The other class's turn next.
-            s.urgent_turn = class == 1;
             // A waiter that gave up drops its receiver: the slot comes back here unused.
             if let Err(slot) = tx.send(Slot { pool: self.clone() }) {
                 std::mem::forget(slot);
                 continue;
             }
+            // The other class's turn next.
+            s.urgent_turn = class == 1;
             return;
         }
     }

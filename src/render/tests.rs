@@ -384,3 +384,22 @@ fn claims_survive_a_failed_render_and_an_older_round() {
     claims.check(&mut later);
     assert!(later[&b.id].is_ok(), "B owns it since round 4");
 }
+
+#[test]
+fn a_body_kept_as_text_is_the_same_object_again() {
+    // Floats in their last digit (serde_json parses them back exactly), key order, nesting.
+    let value = serde_json::json!({
+        "kind": "ConfigMap", "apiVersion": "v1",
+        "metadata": {"name": "x", "labels": {"b": "1", "a": "2"}},
+        "spec": {"ratio": 0.15838287025480557, "big": 1.7976931348623157e308, "n": -3,
+                 "list": [1.1, [0.1, {"z": null, "y": true}]]}
+    });
+    let body = crate::render::Body::of(&value);
+    let again = body.value();
+    assert_eq!(again, value);
+    assert_eq!(hash(&again), hash(&value));
+    assert_eq!(
+        serde_json::to_string(&again).unwrap(),
+        serde_json::to_string(&value).unwrap()
+    );
+}
