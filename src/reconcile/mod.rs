@@ -291,11 +291,12 @@ pub(crate) async fn pass(
                 continue;
             }
             let has_dependents = waited.contains(&unit.id);
-            let (engine, unit) = (engine.clone(), unit.clone());
+            // The task carries the unit's id, not the unit (a thousand of them wait at once).
+            let (engine, id) = (engine.clone(), unit.id.clone());
             // Moved, not copied: a unit's objects leave the input as its sync starts.
             let spec = unit_spec(
                 input.results.remove(&unit.id),
-                (&unit, &input.fleet_id),
+                (unit, &input.fleet_id),
                 mode,
                 has_dependents,
             )
@@ -310,11 +311,11 @@ pub(crate) async fn pass(
                 // Both waits are bounded by one unit budget: the unit's other round ends its
                 // health wait by then, and slots come round to every tenant in turn.
                 // A later round that queues the unit meanwhile (a push) takes it over.
-                let waited = engine.wanted.unless_later(&unit.id, round, async {
-                    let unit_lock = engine.lock_unit(&unit.id).await;
+                let waited = engine.wanted.unless_later(&id, round, async {
+                    let unit_lock = engine.lock_unit(&id).await;
                     let slot = engine
                         .units
-                        .acquire(unit.id.tenant.as_deref().unwrap_or_default(), urgent)
+                        .acquire(id.tenant.as_deref().unwrap_or_default(), urgent)
                         .await;
                     (unit_lock, slot)
                 });
@@ -326,17 +327,17 @@ pub(crate) async fn pass(
                     match tokio::time::timeout(engine.max_wait, waited).await {
                         // Taken over before it was synced: its dependents in this round wait.
                         Ok(Err(later)) => {
-                            let entry = left_to(&unit, later, revision, "takes it over");
-                            return (unit.id.clone(), entry, false);
+                            let entry = left_to(&id, later, revision, "takes it over");
+                            return (id.clone(), entry, false);
                         }
-                        Ok(Ok((_unit_lock, slot))) => match engine.begin_sync(&unit.id, round) {
+                        Ok(Ok((_unit_lock, slot))) => match engine.begin_sync(&id, round) {
                             // Boxed: only the units holding a slot carry a sync's state; the others wait small.
                             Ok(()) => Box::pin(run_spec(&engine, spec, Some(slot))).await,
                             // A later round (a newer fetch) synced it meanwhile: this render is
                             // older, and that round's result is the unit's.
                             Err(later) => {
-                                let entry = left_to(&unit, later, revision, "synced it meanwhile");
-                                return (unit.id.clone(), entry, true);
+                                let entry = left_to(&id, later, revision, "synced it meanwhile");
+                                return (id.clone(), entry, true);
                             }
                         },
                         Err(_) => Outcome {
@@ -349,11 +350,11 @@ pub(crate) async fn pass(
                     }
                 };
                 (
-                    unit.id.clone(),
+                    id.clone(),
                     Entry {
-                        unit: Some(unit.id.clone()),
-                        tenant: unit.id.tenant.clone(),
-                        name: fleet::Owner::Unit(unit.id.clone()).to_string(),
+                        unit: Some(id.clone()),
+                        tenant: id.tenant.clone(),
+                        name: fleet::Owner::Unit(id.clone()).to_string(),
                         revision,
                         outcome,
                     },
@@ -454,7 +455,7 @@ async fn sync_unit(
     };
     if let Err(later) = engine.begin_sync(&unit.id, input.round) {
         let revision = input.revisions.get(&unit.id).cloned();
-        return left_to(unit, later, revision, "synced it meanwhile");
+        return left_to(&unit.id, later, revision, "synced it meanwhile");
     }
     Entry {
         unit: Some(unit.id.clone()),
@@ -473,13 +474,13 @@ async fn sync_unit(
 /// A unit this pass leaves to round `later`, which synced a newer render of it meanwhile. No
 /// `unit` on the entry: that round's result is the unit's, and this one must not overwrite it.
 /// A unit left to a later round with a newer render, which `did` (took it over, synced it).
-fn left_to(unit: &Unit, later: u64, revision: Option<String>, did: &str) -> Entry {
+fn left_to(unit: &UnitId, later: u64, revision: Option<String>, did: &str) -> Entry {
     Entry {
         unit: None,
-        tenant: unit.id.tenant.clone(),
+        tenant: unit.tenant.clone(),
         name: format!(
             "{} (left to round {later})",
-            fleet::Owner::Unit(unit.id.clone())
+            fleet::Owner::Unit(unit.clone())
         ),
         revision,
         outcome: Outcome {
