@@ -246,7 +246,8 @@ pub(crate) async fn pass(
         .collect();
     // A pass of one app (a push, a sync) reads for itself: a shared list would read all.
     let shared = (mode == Mode::Apply && apps.len() > 1).then(|| Arc::new(Shared::default()));
-    // Units asked for by name (a push, a sync request) go first in their tenant's turn.
+    // Units asked for by name (a push, a sync request) wait for a slot in the urgent queue, and
+    // an earlier round still waiting for one of this pass's units leaves it to this one.
     let urgent = filter.only.is_some();
     if mode == Mode::Apply {
         engine.wanted.want(apps.iter().map(|u| &u.id), input.round);
@@ -471,9 +472,9 @@ async fn sync_unit(
     }
 }
 
-/// A unit this pass leaves to round `later`, which synced a newer render of it meanwhile. No
-/// `unit` on the entry: that round's result is the unit's, and this one must not overwrite it.
-/// A unit left to a later round with a newer render, which `did` (took it over, synced it).
+/// A unit this pass leaves to round `later`, which has a newer render of it and `did` something
+/// with it (took it over, synced it meanwhile). No `unit` on the entry: that round's result is
+/// the unit's, and this one must not overwrite it.
 fn left_to(unit: &UnitId, later: u64, revision: Option<String>, did: &str) -> Entry {
     Entry {
         unit: None,

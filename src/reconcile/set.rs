@@ -200,10 +200,17 @@ impl Wanted {
         let mut moved = false;
         let mut by = self.by.lock().expect("wanted lock");
         for unit in units {
-            let last = by.entry(unit.clone()).or_default();
-            if *last < round {
-                *last = round;
-                moved = true;
+            // No key copied for a unit already known (every round names every unit).
+            match by.get_mut(unit) {
+                Some(last) if *last >= round => {}
+                Some(last) => {
+                    *last = round;
+                    moved = true;
+                }
+                None => {
+                    by.insert(unit.clone(), round);
+                    moved = true;
+                }
             }
         }
         drop(by);

@@ -141,27 +141,34 @@ impl Drop for Slot {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_freed_slot_goes_to_the_next_tenant_in_turn() {
+    /// The order in which `waiters` (tenant, urgent), queued one after another while tenant a
+    /// holds the one slot, are served once it is given back: `{tenant}{index}`.
+    async fn served(waiters: &[(&'static str, bool)]) -> Vec<String> {
         let pool = Slots::new(1);
         let first = pool.acquire("a", false).await;
         let order = Arc::new(Mutex::new(Vec::new()));
-        let mut waiters = Vec::new();
-        // Tenant a queues five units before b queues one.
-        for (i, t) in ["a", "a", "a", "a", "a", "b"].into_iter().enumerate() {
+        let mut tasks = Vec::new();
+        for (i, &(t, urgent)) in waiters.iter().enumerate() {
             let (pool, order) = (pool.clone(), order.clone());
-            waiters.push(tokio::spawn(async move {
-                let _slot = pool.acquire(t, false).await;
+            tasks.push(tokio::spawn(async move {
+                let _slot = pool.acquire(t, urgent).await;
                 order.lock().unwrap().push(format!("{t}{i}"));
                 tokio::task::yield_now().await;
             }));
             tokio::task::yield_now().await;
         }
         drop(first);
-        for w in waiters {
-            w.await.unwrap();
+        for task in tasks {
+            task.await.unwrap();
         }
-        let order = order.lock().unwrap().clone();
+        order.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_next_tenant_in_turn() {
+        // Tenant a queues five units before b queues one.
+        let a = ("a", false);
+        let order = served(&[a, a, a, a, a, ("b", false)]).await;
         assert_eq!(
             order[..2],
             ["b5", "a0"],
@@ -172,35 +179,16 @@ mod tests {
 
     #[tokio::test]
     async fn urgent_units_take_every_other_slot() {
-        let pool = Slots::new(1);
-        let first = pool.acquire("a", false).await;
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut waiters = Vec::new();
         // A full round's units of tenants a, b and c wait; then pushes of a's and c's apps.
-        for (i, (t, urgent)) in [
+        let order = served(&[
             ("a", false),
             ("a", false),
             ("b", false),
             ("c", false),
             ("c", true),
             ("a", true),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let (pool, order) = (pool.clone(), order.clone());
-            waiters.push(tokio::spawn(async move {
-                let _slot = pool.acquire(t, urgent).await;
-                order.lock().unwrap().push(format!("{t}{i}"));
-                tokio::task::yield_now().await;
-            }));
-            tokio::task::yield_now().await;
-        }
-        drop(first);
-        for w in waiters {
-            w.await.unwrap();
-        }
-        let order = order.lock().unwrap().clone();
+        ])
+        .await;
         // The pushes take every other slot, in their own tenants' turn; the round's units keep
         // theirs in between, in theirs (a was served last: b, c, then a).
         assert_eq!(order, ["a5", "b2", "c4", "c3", "a0", "a1"]);
