@@ -303,7 +303,9 @@ pub(crate) async fn pass(
             )
             .map(|(mut spec, refused)| {
                 spec.shared = shared.clone();
-                (spec, refused)
+                // Packed while the unit waits for its slot (a thousand units may wait at once).
+                let packed = render::Packed::of(std::mem::take(&mut spec.objects));
+                (spec, refused, packed)
             });
             let revision = input.revisions.get(&unit.id).cloned();
             let round = input.round;
@@ -323,7 +325,7 @@ pub(crate) async fn pass(
                 // A comparison writes nothing: it neither waits for a sync of the unit nor
                 // takes a sync slot from the rounds.
                 let outcome = if mode == Mode::Diff {
-                    Box::pin(run_spec(&engine, spec, None)).await
+                    Box::pin(run_spec(&engine, unpacked(spec), None)).await
                 } else {
                     match tokio::time::timeout(engine.max_wait, waited).await {
                         // Taken over before it was synced: its dependents in this round wait.
@@ -333,7 +335,7 @@ pub(crate) async fn pass(
                         }
                         Ok(Ok((_unit_lock, slot))) => match engine.begin_sync(&id, round) {
                             // Boxed: only the units holding a slot carry a sync's state; the others wait small.
-                            Ok(()) => Box::pin(run_spec(&engine, spec, Some(slot))).await,
+                            Ok(()) => Box::pin(run_spec(&engine, unpacked(spec), Some(slot))).await,
                             // A later round (a newer fetch) synced it meanwhile: this render is
                             // older, and that round's result is the unit's.
                             Err(later) => {
@@ -491,6 +493,17 @@ fn left_to(unit: &UnitId, later: u64, revision: Option<String>, did: &str) -> En
             ..Default::default()
         },
     }
+}
+
+/// A waiting unit's set with its objects unpacked (see [`render::Packed`]).
+fn unpacked(
+    waiting: Result<(SetSpec, Vec<Failure>, render::Packed), Failure>,
+) -> Result<(SetSpec, Vec<Failure>), Failure> {
+    let (mut spec, refused, packed) = waiting?;
+    spec.objects = packed
+        .objects()
+        .map_err(|e| Failure::transient(format!("internal error: {e}")))?;
+    Ok((spec, refused))
 }
 
 /// Syncs a unit's set and adds its refused objects to the failures; a unit without a set (its

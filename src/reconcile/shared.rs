@@ -44,20 +44,22 @@ type Lists<T> = Mutex<HashMap<Key, Arc<OnceCell<Option<Listed<T>>>>>>;
 /// What deciding needs of a live member (a few hundred bytes; the same as a JSON tree takes
 /// kilobytes, and a pass may hold every tenant's lists at once).
 struct Summary {
-    name: String,
-    namespace: Option<String>,
-    uid: Option<String>,
-    deletion: Option<String>,
-    hash: Option<String>,
+    name: Box<str>,
+    /// Shared by the members of one namespace.
+    namespace: Option<Arc<str>>,
+    uid: Option<Box<str>>,
+    deletion: Option<Box<str>>,
+    hash: Option<Box<str>>,
     /// [`crate::plan::fingerprint`] of the whole object's managed fields.
-    fingerprint: String,
+    fingerprint: Box<str>,
 }
 
 /// One pass's shared lists.
 #[derive(Default)]
 pub(crate) struct Shared {
     members: Lists<Summary>,
-    inventories: Lists<Value>,
+    /// Kept as JSON text until taken (a third of the tree's memory).
+    inventories: Lists<Box<str>>,
 }
 
 impl Shared {
@@ -79,25 +81,39 @@ impl Shared {
             let items = Cluster::list_metadata(client, r, ns, PART_OF_LABEL).await;
             items.map(|items| {
                 let mut shares: HashMap<String, Vec<Summary>> = HashMap::new();
+                let mut namespace: Option<Arc<str>> = None;
                 for item in items {
                     let meta = &item["metadata"];
-                    let text = |v: &Value| v.as_str().map(str::to_string);
-                    let set = text(&meta["labels"][PART_OF_LABEL]).unwrap_or_default();
-                    shares.entry(set).or_default().push(Summary {
+                    let text = |v: &Value| v.as_str().map(Box::<str>::from);
+                    let set = meta["labels"][PART_OF_LABEL].as_str().unwrap_or_default();
+                    let ns = meta["namespace"].as_str().map(|ns| match &namespace {
+                        Some(shared) if **shared == *ns => shared.clone(),
+                        _ => namespace.insert(Arc::from(ns)).clone(),
+                    });
+                    let summary = Summary {
                         name: text(&meta["name"]).unwrap_or_default(),
-                        namespace: text(&meta["namespace"]),
+                        namespace: ns,
                         uid: text(&meta["uid"]),
                         deletion: text(&meta["deletionTimestamp"]),
                         hash: text(&meta["annotations"][HASH_ANNOTATION]),
-                        fingerprint: crate::plan::fingerprint(&item),
-                    });
+                        fingerprint: crate::plan::fingerprint(&item).into(),
+                    };
+                    match shares.get_mut(set) {
+                        Some(share) => share.push(summary),
+                        None => {
+                            shares.insert(set.to_string(), vec![summary]);
+                        }
+                    }
+                }
+                for share in shares.values_mut() {
+                    share.shrink_to_fit();
                 }
                 shares
             })
         })
         .await?;
         let members = mine.into_iter().map(|s| {
-            let fingerprint = s.fingerprint.clone();
+            let fingerprint = s.fingerprint.to_string();
             (compact(s, r, id), fingerprint)
         });
         Some((at, members.collect()))
@@ -129,7 +145,7 @@ impl Shared {
                             meta.remove("managedFields");
                         }
                         let name = i["metadata"]["name"].as_str().unwrap_or_default();
-                        (name.to_string(), vec![i])
+                        (name.to_string(), vec![i.to_string().into_boxed_str()])
                     })
                     .collect()
             })
@@ -137,7 +153,8 @@ impl Shared {
         .await?;
         // Not in the list: no inventory, or a ConfigMap of that name without the id label,
         // which the set must read and refuse itself. Either way, read by name.
-        Some((at, Some(found.pop()?)))
+        let text = found.pop()?;
+        Some((at, Some(serde_json::from_str(&text).ok()?)))
     }
 }
 
@@ -190,7 +207,7 @@ fn compact(s: Summary, r: &Resource, id: &str) -> Value {
         "kind": r.api.kind,
         "metadata": {
             "name": s.name,
-            "namespace": s.namespace,
+            "namespace": s.namespace.as_deref(),
             "uid": s.uid,
             "deletionTimestamp": s.deletion,
             "labels": { PART_OF_LABEL: id },

@@ -7,16 +7,19 @@
 pub mod hook;
 mod kustomize_check;
 mod objects;
+mod packed;
 mod plain;
 mod scope;
 pub(crate) mod secrets;
 mod tools;
 
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use objects::{Body, Object, ObjectKey, hash};
+pub use packed::Packed;
 pub use scope::{Scope, Scopes};
 pub use tools::{Capabilities, Tools};
 
@@ -269,8 +272,28 @@ pub fn render_all(
 /// unit takes an object that belongs to one it did not render.
 #[derive(Debug, Default)]
 pub struct Claims {
-    /// Each unit's objects, and the round whose render said so.
-    by_unit: HashMap<UnitId, (u64, Vec<ObjectKey>)>,
+    /// Each unit's objects (by [`claim`]), and the round whose render said so.
+    by_unit: HashMap<UnitId, (u64, Vec<u128>)>,
+}
+
+/// An object key as a claim: 128 bits of its sha256 (kept for every object across rounds:
+/// a tenth of the key's memory; two keys share it with a chance of about 2^-100 in a fleet of
+/// millions of objects).
+fn claim(key: &ObjectKey) -> u128 {
+    let mut h = Sha256::new();
+    for part in [key.group.as_str(), key.kind.as_str(), key.name.as_str()] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    match &key.namespace {
+        Some(ns) => {
+            h.update([1]);
+            h.update(ns.as_bytes());
+        }
+        None => h.update([2]),
+    }
+    let digest = h.finalize();
+    u128::from_le_bytes(digest[..16].try_into().unwrap_or_default())
 }
 
 impl Claims {
@@ -294,7 +317,7 @@ impl Claims {
             if let Ok(objects) = result
                 && self.by_unit.get(id).is_none_or(|(r, _)| *r <= round)
             {
-                let keys = objects.iter().map(|o| o.key.clone()).collect();
+                let keys = objects.iter().map(|o| claim(&o.key)).collect();
                 self.by_unit.insert(id.clone(), (round, keys));
             }
         }
@@ -305,13 +328,13 @@ impl Claims {
     /// cluster's infra unit keeps its objects against any tenant. Run in every round: a full
     /// round's own one-owner check sees only the renders that worked.
     pub fn check(&self, results: &mut BTreeMap<UnitId, Rendered>) {
-        let mut owner: HashMap<&ObjectKey, &UnitId> = HashMap::new();
+        let mut owner: HashMap<u128, &UnitId> = HashMap::new();
         for (id, (_, keys)) in &self.by_unit {
             if matches!(results.get(id), Some(Ok(_))) {
                 continue;
             }
             for k in keys {
-                owner.insert(k, id);
+                owner.insert(*k, id);
             }
         }
         let mut failed: Vec<(UnitId, Vec<Problem>)> = Vec::new();
@@ -320,7 +343,7 @@ impl Claims {
             let problems: Vec<Problem> = objects
                 .iter()
                 .filter_map(|o| {
-                    let other = owner.get(&o.key)?;
+                    let other = owner.get(&claim(&o.key))?;
                     let detail = match (&other.tenant, &id.tenant) {
                         // Infra's objects are the platform's; infra never yields to a tenant.
                         (_, None) => return None,

@@ -56,6 +56,16 @@ impl Body {
     pub fn value(&self) -> serde_json::Value {
         serde_json::from_str(&self.0).expect("a rendered body is JSON serde_json wrote")
     }
+
+    /// The JSON text.
+    pub(super) fn text(&self) -> &str {
+        &self.0
+    }
+
+    /// A body from text [`Body::text`] gave (a packed object's).
+    pub(super) fn from_text(text: &str) -> Body {
+        Body(text.into())
+    }
 }
 
 impl Object {
