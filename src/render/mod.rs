@@ -277,8 +277,8 @@ pub struct Claims {
 }
 
 /// An object key as a claim: 128 bits of its sha256 (kept for every object across rounds:
-/// a tenth of the key's memory; two keys share it with a chance of about 2^-100 in a fleet of
-/// millions of objects).
+/// a tenth of the key's memory; two keys share it with a chance below 2^-80 among ten million
+/// objects).
 fn claim(key: &ObjectKey) -> u128 {
     let mut h = Sha256::new();
     for part in [key.group.as_str(), key.kind.as_str(), key.name.as_str()] {

@@ -1,6 +1,6 @@
 //! A unit's rendered objects packed while the unit waits for a sync slot: a round renders every
 //! unit before it syncs the first, and a thousand units may wait at once. Packed, a unit's
-//! objects take one deflated buffer (objects of one app share most of their text: labels,
+//! objects take one compressed buffer (zlib: deflate with a checksum) (objects of one app share most of their text: labels,
 //! annotations, the shape of a Deployment) instead of a few allocations each.
 
 use std::io::{Read as _, Write as _};
@@ -20,7 +20,7 @@ impl Packed {
     /// Packs `objects` (their order is kept).
     pub fn of(objects: Vec<Object>) -> Packed {
         let count = objects.len();
-        let mut out = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut out = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
         let mut buf = Vec::new();
         for o in objects {
             buf.clear();
@@ -37,6 +37,7 @@ impl Packed {
         self.count
     }
 
+    /// Whether it holds no objects.
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -44,7 +45,7 @@ impl Packed {
     /// The objects again, in their order. An error only if the buffer was damaged in memory.
     pub fn objects(&self) -> Result<Vec<Object>, String> {
         let mut raw = Vec::new();
-        flate2::read::DeflateDecoder::new(&self.bytes[..])
+        flate2::read::ZlibDecoder::new(&self.bytes[..])
             .read_to_end(&mut raw)
             .map_err(|e| format!("packed objects: {e}"))?;
         let mut r = Reader { raw: &raw, at: 0 };
@@ -54,12 +55,17 @@ impl Packed {
         for _ in 0..self.count {
             objects.push(r.object(&mut file).ok_or("packed objects: damaged")?);
         }
+        if r.at != raw.len() {
+            return Err("packed objects: damaged".into());
+        }
         Ok(objects)
     }
 }
 
 fn encode(o: &Object, out: &mut Vec<u8>) {
     let text = |out: &mut Vec<u8>, s: &str| {
+        // A render's strings are far below 4 GiB (bounded by the checkout's and Helm's limits).
+        debug_assert!(u32::try_from(s.len()).is_ok());
         out.extend_from_slice(&(s.len() as u32).to_le_bytes());
         out.extend_from_slice(s.as_bytes());
     };
@@ -130,7 +136,8 @@ impl Reader<'_> {
     fn maybe(&mut self) -> Option<Option<String>> {
         match self.byte()? {
             0 => Some(None),
-            _ => self.text().map(Some),
+            1 => self.text().map(Some),
+            _ => None,
         }
     }
 
@@ -145,7 +152,8 @@ impl Reader<'_> {
         let scope = match self.byte()? {
             0 => Scope::Namespaced,
             1 => Scope::Cluster,
-            _ => Scope::Unknown,
+            2 => Scope::Unknown,
+            _ => return None,
         };
         let body = Body::from_text(self.str()?);
         let hash = self.text()?;
@@ -157,13 +165,17 @@ impl Reader<'_> {
         let refused = self.maybe()?;
         let hook = match self.byte()? {
             0 => None,
-            _ => {
+            1 => {
                 let phase = match self.byte()? {
                     0 => Phase::Pre,
-                    _ => Phase::Post,
+                    1 => Phase::Post,
+                    _ => return None,
                 };
                 let weight = i32::from_le_bytes(self.bytes(4)?.try_into().ok()?);
                 let flags = self.byte()?;
+                if flags > 7 {
+                    return None;
+                }
                 Some(Hook {
                     phase,
                     weight,
@@ -172,6 +184,7 @@ impl Reader<'_> {
                     on_failure: flags & 4 != 0,
                 })
             }
+            _ => return None,
         };
         Some(Object {
             key,
@@ -248,5 +261,15 @@ mod tests {
         assert!(packed.objects().is_err());
         packed.bytes = vec![1, 2, 3].into_boxed_slice();
         assert!(packed.objects().is_err());
+        // A flipped byte inside a valid stream fails its checksum.
+        let good = Packed::of(vec![object("a", Some("team"), None, "a.yaml")]);
+        let mut bytes = good.bytes.to_vec();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        let damaged = Packed {
+            bytes: bytes.into_boxed_slice(),
+            count: 1,
+        };
+        assert!(damaged.objects().is_err());
     }
 }

@@ -70,7 +70,8 @@ pub struct Sources {
     /// then finds the commit already there (no second fetch).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Bounds the Git operations in flight, so a poll of many repositories does not open more
-    /// connections than a Git host accepts at once. `concurrency` bounds both units and fetches.
+    /// connections than a Git host accepts at once, and the hashing of local directories (each on
+    /// a blocking thread). `concurrency` bounds both units and fetches.
     in_flight: Arc<tokio::sync::Semaphore>,
     /// The keys `verify` names.
     verification_keys: Arc<BTreeMap<String, crate::config::VerificationKey>>,
@@ -193,6 +194,14 @@ impl Sources {
         }
         let root = apply_path(dir, spec).map_err(fail)?;
         let owned = dir.to_path_buf();
+        // Under the bound on Git operations too: a fleet of a hundred tenant directories hashed
+        // at once took a blocking thread each (each thread's stack and allocations stay for a while).
+        let _slot = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let revision = tokio::task::spawn_blocking(move || local::revision(&owned))
             .await
             .map_err(|e| fail(format!("hashing the tree failed: {e}")))?
