@@ -81,8 +81,13 @@ fn flotilla() -> Command {
 }
 
 pub fn start(root: &Path) -> Child {
+    start_with(root, "flotilla.yaml")
+}
+
+/// The agent with the config file `config` in `root`.
+pub fn start_with(root: &Path, config: &str) -> Child {
     let mut cmd = flotilla();
-    cmd.args(["run", "--config", "flotilla.yaml"])
+    cmd.args(["run", "--config", config])
         .current_dir(root)
         .env_remove("NOTIFY_SOCKET")
         .envs(
