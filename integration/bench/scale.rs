@@ -75,17 +75,21 @@ fn main() {
     let port = free_port();
     write(root, "secret", SECRET);
     write(root, "api-token", SECRET);
-    write(
-        root,
-        "flotilla.yaml",
-        &format!(
-            "cluster: bench\nfleet: {{ dir: fleet }}\nstate_dir: state\nkubeconfig: {}\ninterval: 1h\n\
-             concurrency: {CONCURRENCY}\napply_concurrency: {APPLY_CONCURRENCY}\n\
-             listen: {{ http: \"127.0.0.1:{port}\", socket: agent.sock, token_file: api-token }}\n\
-             webhooks: {{ github: {{ secret_file: secret }} }}\nlog: {{ level: warn }}\n",
-            kubeconfig.display()
-        ),
-    );
+    // The agent's config: `name` (its state and socket take the name too), the cluster, the port.
+    let agent_config = |name: &str, kubeconfig: &std::path::Path, port: u16| {
+        write(
+            root,
+            &format!("{name}.yaml"),
+            &format!(
+                "cluster: bench\nfleet: {{ dir: fleet }}\nstate_dir: {name}-state\nkubeconfig: {}\ninterval: 1h\n\
+                 concurrency: {CONCURRENCY}\napply_concurrency: {APPLY_CONCURRENCY}\n\
+                 listen: {{ http: \"127.0.0.1:{port}\", socket: {name}.sock, token_file: api-token }}\n\
+                 webhooks: {{ github: {{ secret_file: secret }} }}\nlog: {{ level: warn }}\n",
+                kubeconfig.display()
+            ),
+        )
+    };
+    agent_config("flotilla", &kubeconfig, port);
     write(root, "fleet/clusters/bench/cluster.yaml", "name: bench\n");
     let repo = root.join("app-repo");
     git(root, &["init", "-q", "-b", "main", repo.to_str().unwrap()]);
@@ -271,19 +275,7 @@ fn main() {
         Some(_) => {
             let empty = kube_api::ApiServer::start();
             let cold_port = free_port();
-            let config = std::fs::read_to_string(root.join("flotilla.yaml"))
-                .unwrap()
-                .replace(
-                    &kubeconfig.display().to_string(),
-                    &empty.kubeconfig().display().to_string(),
-                )
-                .replace("state_dir: state", "state_dir: state-cold")
-                .replace(
-                    &format!("127.0.0.1:{port}"),
-                    &format!("127.0.0.1:{cold_port}"),
-                )
-                .replace("socket: agent.sock", "socket: agent-cold.sock");
-            write(root, "flotilla-cold.yaml", &config);
+            agent_config("flotilla-cold", empty.kubeconfig(), cold_port);
             let started = Instant::now();
             let mut agent = start_with(root, "flotilla-cold.yaml");
             wait_ready(cold_port, &mut agent);

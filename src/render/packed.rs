@@ -1,7 +1,7 @@
 //! A unit's rendered objects packed while the unit waits for a sync slot: a round renders every
 //! unit before it syncs the first, and a thousand units may wait at once. Packed, a unit's
-//! objects take one compressed buffer (zlib: deflate with a checksum) (objects of one app share most of their text: labels,
-//! annotations, the shape of a Deployment) instead of a few allocations each.
+//! objects take one zlib buffer (deflate with a checksum; objects of one app share most of their
+//! text: labels, annotations, the shape of a Deployment) instead of a few allocations each.
 
 use std::io::{Read as _, Write as _};
 use std::sync::Arc;
@@ -30,16 +30,6 @@ impl Packed {
         }
         let bytes = out.finish().unwrap_or_default().into_boxed_slice();
         Packed { bytes, count }
-    }
-
-    /// How many objects it holds.
-    pub fn len(&self) -> usize {
-        self.count
-    }
-
-    /// Whether it holds no objects.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
     }
 
     /// The objects again, in their order. An error only if the buffer was damaged in memory.
@@ -246,7 +236,6 @@ mod tests {
             object("c", Some("other"), None, "apps/b.yaml (kustomize output)"),
         ];
         let packed = Packed::of(objects.clone());
-        assert_eq!(packed.len(), 3);
         let back = packed.objects().unwrap();
         assert_eq!(back, objects);
         // One file's objects share its name again.
